@@ -1,0 +1,119 @@
+//! Build script of `mlx-sys`: find the pinned official MLX binaries, compile our C API against them,
+//! link `libmlx` dynamically (with an rpath), and provide the Rust bindings.
+
+use std::env;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+#[path = "src/pin.rs"]
+mod pin;
+
+#[path = "build/dist.rs"]
+mod dist;
+
+#[cfg(feature = "bindgen")]
+#[path = "build/bindings.rs"]
+mod bindings;
+
+fn fail(msg: &str) -> ! {
+    // One readable line, not a backtrace: cargo shows stderr of a failing build script.
+    eprintln!("error: mlx-sys: {msg}");
+    std::process::exit(1);
+}
+
+fn sources(dir: &Path, ext: &str) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == ext))
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
+/// Makes `OUT_DIR/mlx-dist` point at the folder two levels above `lib/` and returns the lib folder seen
+/// through it. Cargo puts link-search paths inside OUT_DIR on the loader path of `cargo run`/`cargo test`,
+/// which is how binaries of dependents (mlx-rs's tests, examples) find libmlx without LD_LIBRARY_PATH.
+/// Going through the grandparent keeps the wheel's own `$ORIGIN/../../mlx_*.libs` rpath valid.
+fn loader_view(out: &Path, lib: &Path) -> PathBuf {
+    let lib = lib.canonicalize().unwrap_or_else(|_| lib.to_path_buf());
+    let (Some(parent), Some(lib_name)) = (lib.parent(), lib.file_name()) else {
+        return lib;
+    };
+    let (Some(grand), Some(parent_name)) = (parent.parent(), parent.file_name()) else {
+        return lib;
+    };
+    let link = out.join("mlx-dist");
+    let _ = fs::remove_file(&link);
+    #[cfg(unix)]
+    {
+        if std::os::unix::fs::symlink(grand, &link).is_ok() {
+            return link.join(parent_name).join(lib_name);
+        }
+    }
+    lib
+}
+
+fn main() {
+    for var in [
+        "MLX_DIR",
+        "MLX_SYS_CACHE",
+        "MLX_SYS_PYTHON",
+        "MLX_SYS_NO_PYTHON_MLX",
+        "XDG_CACHE_HOME",
+    ] {
+        println!("cargo:rerun-if-env-changed={var}");
+    }
+    println!("cargo:rerun-if-changed=build/dist.rs");
+    println!("cargo:rerun-if-changed=src/pin.rs");
+    println!("cargo:rerun-if-changed=capi");
+
+    let (dist, backend) = dist::resolve().unwrap_or_else(|msg| fail(&msg));
+    let out = PathBuf::from(env::var("OUT_DIR").unwrap_or_else(|_| fail("OUT_DIR is not set")));
+    let manifest = PathBuf::from(
+        env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| fail("CARGO_MANIFEST_DIR is not set")),
+    );
+    let capi_include = manifest.join("capi/include");
+    let capi_src = manifest.join("capi/src");
+
+    // Our C API, compiled against the wheel's headers.
+    let files = sources(&capi_src, "cpp");
+    if files.is_empty() {
+        fail(&format!("no C API sources under {}", capi_src.display()));
+    }
+    let mut build = cc::Build::new();
+    build
+        .cpp(true)
+        .std("c++20")
+        .include(&capi_include)
+        .include(&dist.include)
+        .files(&files)
+        .flag_if_supported("-Wno-deprecated-declarations")
+        .warnings(false);
+    build.compile("mlxc");
+
+    let lib_dir = loader_view(&out, &dist.lib);
+    println!("cargo:rustc-link-search=native={}", lib_dir.display());
+    println!("cargo:rustc-link-lib=dylib=mlx");
+
+    // Metadata for dependents (`DEP_MLX_*`): extension builds compile against the same headers.
+    let include = env::join_paths([capi_include.as_path(), dist.include.as_path()])
+        .unwrap_or_else(|_| fail("MLX include paths must not contain the path-list separator"));
+    println!("cargo:include={}", include.to_string_lossy());
+    let defines = match backend {
+        dist::Backend::Cuda => "MLX_SYS_BACKEND_CUDA",
+        dist::Backend::Metal => "MLX_SYS_BACKEND_METAL",
+        dist::Backend::Cpu => "MLX_SYS_BACKEND_CPU",
+    };
+    println!("cargo:defines={defines}");
+    println!("cargo:version={}", pin::MLX_VERSION);
+    println!("cargo:libdir={}", dist.lib.display());
+    println!("cargo:backend={}", backend.name());
+    println!("cargo:rustc-env=MLX_SYS_BACKEND={}", backend.name());
+    println!("cargo:rustc-env=MLX_SYS_ORIGIN={}", dist.origin);
+
+    #[cfg(feature = "bindgen")]
+    bindings::generate(&capi_include, &out).unwrap_or_else(|msg| fail(&msg));
+}

@@ -1,0 +1,2 @@
+//! zmlx: MLX for Rust with fused quantized Mixture-of-Experts primitives.
+pub use mlx_sys as sys;

@@ -1,0 +1,3 @@
+fn main() {
+    println!("zmlx (MLX {})", zmlx::sys::MLX_VERSION);
+}
