@@ -57,6 +57,8 @@ fn loader_view(out: &Path, lib: &Path) -> PathBuf {
 }
 
 fn main() {
+    // Resolve before printing anything, so a failure shows cargo one clean line.
+    let (dist, backend) = dist::resolve().unwrap_or_else(|msg| fail(&msg));
     for var in [
         "MLX_DIR",
         "MLX_SYS_CACHE",
@@ -70,7 +72,6 @@ fn main() {
     println!("cargo:rerun-if-changed=src/pin.rs");
     println!("cargo:rerun-if-changed=capi");
 
-    let (dist, backend) = dist::resolve().unwrap_or_else(|msg| fail(&msg));
     let out = PathBuf::from(env::var("OUT_DIR").unwrap_or_else(|_| fail("OUT_DIR is not set")));
     let manifest = PathBuf::from(
         env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| fail("CARGO_MANIFEST_DIR is not set")),

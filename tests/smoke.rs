@@ -127,7 +127,7 @@ fn quantize_gather_qmm_matches_float64() {
             "quantize",
         );
         assert_eq!(sys::mlx_vector_array_size(parts), 3);
-        let mut get = |i| {
+        let get = |i| {
             let mut a = sys::mlx_array_new();
             check(sys::mlx_vector_array_get(&mut a, parts, i), "vector get");
             Arr(a)
