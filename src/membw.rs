@@ -1,0 +1,110 @@
+//! Measures this machine's memory read bandwidth, so benchmarks can state achieved GB/s as a fraction of
+//! what the machine can do, measured in the same run.
+
+use std::time::Instant;
+
+/// Result of a read-bandwidth measurement.
+#[derive(Clone, Copy, Debug)]
+pub struct Bandwidth {
+    /// Best observed read bandwidth, bytes per second.
+    pub bytes_per_sec: f64,
+    /// Threads that read concurrently.
+    pub threads: usize,
+    /// Size of the buffer that was read, bytes.
+    pub buffer_bytes: usize,
+}
+
+impl Bandwidth {
+    pub fn gb_per_sec(&self) -> f64 {
+        self.bytes_per_sec / 1e9
+    }
+}
+
+/// Sums a slice with independent accumulators so the compiler can keep several loads in flight.
+#[inline(never)]
+fn read_sum(chunk: &[u64]) -> u64 {
+    let mut acc = [0u64; 8];
+    let mut it = chunk.chunks_exact(8);
+    for c in &mut it {
+        for i in 0..8 {
+            acc[i] = acc[i].wrapping_add(c[i]);
+        }
+    }
+    let mut total = it.remainder().iter().fold(0u64, |a, &b| a.wrapping_add(b));
+    for a in acc {
+        total = total.wrapping_add(a);
+    }
+    total
+}
+
+/// Reads a `buffer_bytes` buffer (should be far larger than the last-level cache) with `threads` threads,
+/// `repeats` times, and returns the best pass. Errors only on nonsensical arguments.
+pub fn measure_read(
+    buffer_bytes: usize,
+    threads: usize,
+    repeats: usize,
+) -> Result<Bandwidth, String> {
+    if threads == 0 || repeats == 0 {
+        return Err("bandwidth measurement needs at least one thread and one repeat".into());
+    }
+    let words = buffer_bytes / 8;
+    if words < threads * 64 {
+        return Err(format!(
+            "buffer of {buffer_bytes} bytes is too small to measure"
+        ));
+    }
+    // Distinct non-zero values: pages are really backed and the sum cannot be folded away.
+    let buf: Vec<u64> = (0..words as u64)
+        .map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
+        .collect();
+    let per = words.div_ceil(threads);
+    let mut best = 0f64;
+    let mut sink = 0u64;
+    for _ in 0..repeats {
+        let t0 = Instant::now();
+        let sums: Vec<u64> = std::thread::scope(|s| {
+            let handles: Vec<_> = buf
+                .chunks(per)
+                .map(|chunk| s.spawn(move || read_sum(chunk)))
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap_or(0)).collect()
+        });
+        let dt = t0.elapsed().as_secs_f64();
+        sink = sums.into_iter().fold(sink, u64::wrapping_add);
+        if dt > 0.0 {
+            best = best.max((words * 8) as f64 / dt);
+        }
+    }
+    std::hint::black_box(sink);
+    Ok(Bandwidth {
+        bytes_per_sec: best,
+        threads,
+        buffer_bytes: words * 8,
+    })
+}
+
+/// Cores available to this process.
+pub fn available_threads() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn measures_a_positive_bandwidth() {
+        let bw = measure_read(16 << 20, 2, 2).expect("measure");
+        assert!(bw.bytes_per_sec > 1e8, "implausible bandwidth {:?}", bw);
+        assert_eq!(bw.threads, 2);
+    }
+
+    #[test]
+    fn rejects_bad_arguments() {
+        assert!(measure_read(1 << 20, 0, 1).is_err());
+        assert!(measure_read(1 << 20, 1, 0).is_err());
+        assert!(measure_read(64, 2, 1).is_err());
+    }
+}
