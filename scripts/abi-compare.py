@@ -13,7 +13,7 @@ def norm(s):
 
 def split_params(p):
     out, depth, cur = [], 0, ""
-    for ch in p:
+    for ch in p.replace("->", "\u2192"):
         if ch in "(<[":
             depth += 1
         elif ch in ")>]":
@@ -25,18 +25,23 @@ def split_params(p):
             cur += ch
     if cur.strip():
         out.append(cur)
-    return [norm(x) for x in out if norm(x)]
+    return [norm(x).replace("\u2192", "->") for x in out if norm(x)]
 
 
 def parse(path):
     text = open(path).read()
     text = re.sub(r"#\[doc = .*?\]\n", "", text)
     items = {"fn": {}, "struct": {}, "type": {}, "const": {}}
-    for m in re.finditer(r"pub fn (\w+)\((.*?)\)(\s*->\s*[^;]+)?;", text, re.S):
-        params = split_params(m.group(2))
+    for m in re.finditer(r"pub fn (\w+)\(", text):
+        depth, i = 1, m.end()
+        while depth:
+            depth += {"(": 1, ")": -1}.get(text[i], 0)
+            i += 1
+        params = split_params(text[m.end() : i - 1])
+        params = [p if ":" in p else "_: " + p for p in params]
         names = [p.split(":", 1)[0].strip() for p in params]
         types = [norm(p.split(":", 1)[1]) for p in params]
-        ret = norm(m.group(3) or "")
+        ret = norm(text[i : text.index(";", i)])
         items["fn"][m.group(1)] = (types, ret, names)
     for m in re.finditer(r"pub (?:struct|union) (\w+) \{(.*?)\n\}", text, re.S):
         items["struct"][m.group(1)] = norm(m.group(2))

@@ -30,6 +30,8 @@ extern "C" {
 extern "C" {
     pub fn mlx_string_free(str_: mlx_string) -> ::std::os::raw::c_int;
 }
+pub type __off_t = ::std::os::raw::c_long;
+pub type __off64_t = ::std::os::raw::c_long;
 pub type mlx_complex64_t = __BindgenComplex<f32>;
 pub type float16_t = __BindgenFloat16;
 pub type bfloat16_t = u16;
@@ -289,138 +291,6 @@ extern "C" {
 }
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
-pub struct mlx_device_ {
-    pub ctx: *mut ::std::os::raw::c_void,
-}
-pub type mlx_device = mlx_device_;
-pub type mlx_vector_string = mlx_vector_string_;
-pub const mlx_device_type__MLX_CPU: mlx_device_type_ = 0;
-pub const mlx_device_type__MLX_GPU: mlx_device_type_ = 1;
-pub type mlx_device_type_ = ::std::os::raw::c_uint;
-pub use self::mlx_device_type_ as mlx_device_type;
-extern "C" {
-    pub fn mlx_device_new() -> mlx_device;
-}
-extern "C" {
-    pub fn mlx_device_new_type(type_: mlx_device_type, index: ::std::os::raw::c_int) -> mlx_device;
-}
-extern "C" {
-    pub fn mlx_device_free(dev: mlx_device) -> ::std::os::raw::c_int;
-}
-extern "C" {
-    pub fn mlx_device_set(dev: *mut mlx_device, src: mlx_device) -> ::std::os::raw::c_int;
-}
-extern "C" {
-    pub fn mlx_device_tostring(str_: *mut mlx_string, dev: mlx_device) -> ::std::os::raw::c_int;
-}
-extern "C" {
-    pub fn mlx_device_equal(lhs: mlx_device, rhs: mlx_device) -> bool;
-}
-extern "C" {
-    pub fn mlx_device_get_index(
-        index: *mut ::std::os::raw::c_int,
-        dev: mlx_device,
-    ) -> ::std::os::raw::c_int;
-}
-extern "C" {
-    pub fn mlx_device_get_type(
-        type_: *mut mlx_device_type,
-        dev: mlx_device,
-    ) -> ::std::os::raw::c_int;
-}
-extern "C" {
-    pub fn mlx_get_default_device(dev: *mut mlx_device) -> ::std::os::raw::c_int;
-}
-extern "C" {
-    pub fn mlx_set_default_device(dev: mlx_device) -> ::std::os::raw::c_int;
-}
-extern "C" {
-    pub fn mlx_device_is_available(avail: *mut bool, dev: mlx_device) -> ::std::os::raw::c_int;
-}
-extern "C" {
-    pub fn mlx_device_count(
-        count: *mut ::std::os::raw::c_int,
-        type_: mlx_device_type,
-    ) -> ::std::os::raw::c_int;
-}
-#[repr(C)]
-#[derive(Debug, Copy, Clone)]
-pub struct mlx_device_info_ {
-    pub ctx: *mut ::std::os::raw::c_void,
-}
-pub type mlx_device_info = mlx_device_info_;
-extern "C" {
-    pub fn mlx_device_info_new() -> mlx_device_info;
-}
-extern "C" {
-    pub fn mlx_device_info_get(
-        info: *mut mlx_device_info,
-        dev: mlx_device,
-    ) -> ::std::os::raw::c_int;
-}
-extern "C" {
-    pub fn mlx_device_info_free(info: mlx_device_info) -> ::std::os::raw::c_int;
-}
-extern "C" {
-    pub fn mlx_device_info_has_key(
-        exists: *mut bool,
-        info: mlx_device_info,
-        key: *const ::std::os::raw::c_char,
-    ) -> ::std::os::raw::c_int;
-}
-extern "C" {
-    pub fn mlx_device_info_is_string(
-        is_string: *mut bool,
-        info: mlx_device_info,
-        key: *const ::std::os::raw::c_char,
-    ) -> ::std::os::raw::c_int;
-}
-extern "C" {
-    pub fn mlx_device_info_get_string(
-        value: *mut *const ::std::os::raw::c_char,
-        info: mlx_device_info,
-        key: *const ::std::os::raw::c_char,
-    ) -> ::std::os::raw::c_int;
-}
-extern "C" {
-    pub fn mlx_device_info_get_size(
-        value: *mut usize,
-        info: mlx_device_info,
-        key: *const ::std::os::raw::c_char,
-    ) -> ::std::os::raw::c_int;
-}
-extern "C" {
-    pub fn mlx_device_info_get_keys(
-        keys: *mut mlx_vector_string,
-        info: mlx_device_info,
-    ) -> ::std::os::raw::c_int;
-}
-pub type mlx_error_handler_func = ::std::option::Option<
-    unsafe extern "C" fn(msg: *const ::std::os::raw::c_char, data: *mut ::std::os::raw::c_void),
->;
-extern "C" {
-    pub fn mlx_set_error_handler(
-        handler: mlx_error_handler_func,
-        data: *mut ::std::os::raw::c_void,
-        dtor: ::std::option::Option<unsafe extern "C" fn(arg1: *mut ::std::os::raw::c_void)>,
-    );
-}
-extern "C" {
-    pub fn _mlx_error(
-        file: *const ::std::os::raw::c_char,
-        line: ::std::os::raw::c_int,
-        fmt: *const ::std::os::raw::c_char,
-        ...
-    );
-}
-extern "C" {
-    pub fn mlx_last_error() -> *const ::std::os::raw::c_char;
-}
-extern "C" {
-    pub fn mlx_clear_last_error();
-}
-#[repr(C)]
-#[derive(Debug, Copy, Clone)]
 pub struct mlx_map_string_to_array_ {
     pub ctx: *mut ::std::os::raw::c_void,
 }
@@ -531,33 +401,6 @@ extern "C" {
         it: mlx_map_string_to_string_iterator,
     ) -> ::std::os::raw::c_int;
 }
-extern "C" {
-    pub fn mlx_clear_cache() -> ::std::os::raw::c_int;
-}
-extern "C" {
-    pub fn mlx_get_active_memory(res: *mut usize) -> ::std::os::raw::c_int;
-}
-extern "C" {
-    pub fn mlx_get_cache_memory(res: *mut usize) -> ::std::os::raw::c_int;
-}
-extern "C" {
-    pub fn mlx_get_memory_limit(res: *mut usize) -> ::std::os::raw::c_int;
-}
-extern "C" {
-    pub fn mlx_get_peak_memory(res: *mut usize) -> ::std::os::raw::c_int;
-}
-extern "C" {
-    pub fn mlx_reset_peak_memory() -> ::std::os::raw::c_int;
-}
-extern "C" {
-    pub fn mlx_set_cache_limit(res: *mut usize, limit: usize) -> ::std::os::raw::c_int;
-}
-extern "C" {
-    pub fn mlx_set_memory_limit(res: *mut usize, limit: usize) -> ::std::os::raw::c_int;
-}
-extern "C" {
-    pub fn mlx_set_wired_limit(res: *mut usize, limit: usize) -> ::std::os::raw::c_int;
-}
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct mlx_optional_int_ {
@@ -579,6 +422,114 @@ pub struct mlx_optional_dtype_ {
     pub has_value: bool,
 }
 pub type mlx_optional_dtype = mlx_optional_dtype_;
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct mlx_device_ {
+    pub ctx: *mut ::std::os::raw::c_void,
+}
+pub type mlx_device = mlx_device_;
+pub type mlx_vector_string = mlx_vector_string_;
+pub const mlx_device_type__MLX_CPU: mlx_device_type_ = 0;
+pub const mlx_device_type__MLX_GPU: mlx_device_type_ = 1;
+pub type mlx_device_type_ = ::std::os::raw::c_uint;
+pub use self::mlx_device_type_ as mlx_device_type;
+extern "C" {
+    pub fn mlx_device_new() -> mlx_device;
+}
+extern "C" {
+    pub fn mlx_device_new_type(type_: mlx_device_type, index: ::std::os::raw::c_int) -> mlx_device;
+}
+extern "C" {
+    pub fn mlx_device_free(dev: mlx_device) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_device_set(dev: *mut mlx_device, src: mlx_device) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_device_tostring(str_: *mut mlx_string, dev: mlx_device) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_device_equal(lhs: mlx_device, rhs: mlx_device) -> bool;
+}
+extern "C" {
+    pub fn mlx_device_get_index(
+        index: *mut ::std::os::raw::c_int,
+        dev: mlx_device,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_device_get_type(
+        type_: *mut mlx_device_type,
+        dev: mlx_device,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_get_default_device(dev: *mut mlx_device) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_set_default_device(dev: mlx_device) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_device_is_available(avail: *mut bool, dev: mlx_device) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_device_count(
+        count: *mut ::std::os::raw::c_int,
+        type_: mlx_device_type,
+    ) -> ::std::os::raw::c_int;
+}
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct mlx_device_info_ {
+    pub ctx: *mut ::std::os::raw::c_void,
+}
+pub type mlx_device_info = mlx_device_info_;
+extern "C" {
+    pub fn mlx_device_info_new() -> mlx_device_info;
+}
+extern "C" {
+    pub fn mlx_device_info_get(
+        info: *mut mlx_device_info,
+        dev: mlx_device,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_device_info_free(info: mlx_device_info) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_device_info_has_key(
+        exists: *mut bool,
+        info: mlx_device_info,
+        key: *const ::std::os::raw::c_char,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_device_info_is_string(
+        is_string: *mut bool,
+        info: mlx_device_info,
+        key: *const ::std::os::raw::c_char,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_device_info_get_string(
+        value: *mut *const ::std::os::raw::c_char,
+        info: mlx_device_info,
+        key: *const ::std::os::raw::c_char,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_device_info_get_size(
+        value: *mut usize,
+        info: mlx_device_info,
+        key: *const ::std::os::raw::c_char,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_device_info_get_keys(
+        keys: *mut mlx_vector_string,
+        info: mlx_device_info,
+    ) -> ::std::os::raw::c_int;
+}
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct mlx_stream_ {
@@ -976,6 +927,1596 @@ extern "C" {
         idx: usize,
     ) -> ::std::os::raw::c_int;
 }
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct mlx_closure_ {
+    pub ctx: *mut ::std::os::raw::c_void,
+}
+pub type mlx_closure = mlx_closure_;
+extern "C" {
+    pub fn mlx_closure_new() -> mlx_closure;
+}
+extern "C" {
+    pub fn mlx_closure_free(cls: mlx_closure) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_closure_new_func(
+        fun: ::std::option::Option<
+            unsafe extern "C" fn(
+                arg1: *mut mlx_vector_array,
+                arg2: mlx_vector_array,
+            ) -> ::std::os::raw::c_int,
+        >,
+    ) -> mlx_closure;
+}
+extern "C" {
+    pub fn mlx_closure_new_func_payload(
+        fun: ::std::option::Option<
+            unsafe extern "C" fn(
+                arg1: *mut mlx_vector_array,
+                arg2: mlx_vector_array,
+                arg3: *mut ::std::os::raw::c_void,
+            ) -> ::std::os::raw::c_int,
+        >,
+        payload: *mut ::std::os::raw::c_void,
+        dtor: ::std::option::Option<unsafe extern "C" fn(arg1: *mut ::std::os::raw::c_void)>,
+    ) -> mlx_closure;
+}
+extern "C" {
+    pub fn mlx_closure_set(cls: *mut mlx_closure, src: mlx_closure) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_closure_apply(
+        res: *mut mlx_vector_array,
+        cls: mlx_closure,
+        input: mlx_vector_array,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_closure_new_unary(
+        fun: ::std::option::Option<
+            unsafe extern "C" fn(arg1: *mut mlx_array, arg2: mlx_array) -> ::std::os::raw::c_int,
+        >,
+    ) -> mlx_closure;
+}
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct mlx_closure_kwargs_ {
+    pub ctx: *mut ::std::os::raw::c_void,
+}
+pub type mlx_closure_kwargs = mlx_closure_kwargs_;
+extern "C" {
+    pub fn mlx_closure_kwargs_new() -> mlx_closure_kwargs;
+}
+extern "C" {
+    pub fn mlx_closure_kwargs_free(cls: mlx_closure_kwargs) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_closure_kwargs_new_func(
+        fun: ::std::option::Option<
+            unsafe extern "C" fn(
+                arg1: *mut mlx_vector_array,
+                arg2: mlx_vector_array,
+                arg3: mlx_map_string_to_array,
+            ) -> ::std::os::raw::c_int,
+        >,
+    ) -> mlx_closure_kwargs;
+}
+extern "C" {
+    pub fn mlx_closure_kwargs_new_func_payload(
+        fun: ::std::option::Option<
+            unsafe extern "C" fn(
+                arg1: *mut mlx_vector_array,
+                arg2: mlx_vector_array,
+                arg3: mlx_map_string_to_array,
+                arg4: *mut ::std::os::raw::c_void,
+            ) -> ::std::os::raw::c_int,
+        >,
+        payload: *mut ::std::os::raw::c_void,
+        dtor: ::std::option::Option<unsafe extern "C" fn(arg1: *mut ::std::os::raw::c_void)>,
+    ) -> mlx_closure_kwargs;
+}
+extern "C" {
+    pub fn mlx_closure_kwargs_set(
+        cls: *mut mlx_closure_kwargs,
+        src: mlx_closure_kwargs,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_closure_kwargs_apply(
+        res: *mut mlx_vector_array,
+        cls: mlx_closure_kwargs,
+        input_0: mlx_vector_array,
+        input_1: mlx_map_string_to_array,
+    ) -> ::std::os::raw::c_int;
+}
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct mlx_closure_value_and_grad_ {
+    pub ctx: *mut ::std::os::raw::c_void,
+}
+pub type mlx_closure_value_and_grad = mlx_closure_value_and_grad_;
+extern "C" {
+    pub fn mlx_closure_value_and_grad_new() -> mlx_closure_value_and_grad;
+}
+extern "C" {
+    pub fn mlx_closure_value_and_grad_free(
+        cls: mlx_closure_value_and_grad,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_closure_value_and_grad_new_func(
+        fun: ::std::option::Option<
+            unsafe extern "C" fn(
+                arg1: *mut mlx_vector_array,
+                arg2: *mut mlx_vector_array,
+                arg3: mlx_vector_array,
+            ) -> ::std::os::raw::c_int,
+        >,
+    ) -> mlx_closure_value_and_grad;
+}
+extern "C" {
+    pub fn mlx_closure_value_and_grad_new_func_payload(
+        fun: ::std::option::Option<
+            unsafe extern "C" fn(
+                arg1: *mut mlx_vector_array,
+                arg2: *mut mlx_vector_array,
+                arg3: mlx_vector_array,
+                arg4: *mut ::std::os::raw::c_void,
+            ) -> ::std::os::raw::c_int,
+        >,
+        payload: *mut ::std::os::raw::c_void,
+        dtor: ::std::option::Option<unsafe extern "C" fn(arg1: *mut ::std::os::raw::c_void)>,
+    ) -> mlx_closure_value_and_grad;
+}
+extern "C" {
+    pub fn mlx_closure_value_and_grad_set(
+        cls: *mut mlx_closure_value_and_grad,
+        src: mlx_closure_value_and_grad,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_closure_value_and_grad_apply(
+        res_0: *mut mlx_vector_array,
+        res_1: *mut mlx_vector_array,
+        cls: mlx_closure_value_and_grad,
+        input: mlx_vector_array,
+    ) -> ::std::os::raw::c_int;
+}
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct mlx_closure_custom_ {
+    pub ctx: *mut ::std::os::raw::c_void,
+}
+pub type mlx_closure_custom = mlx_closure_custom_;
+extern "C" {
+    pub fn mlx_closure_custom_new() -> mlx_closure_custom;
+}
+extern "C" {
+    pub fn mlx_closure_custom_free(cls: mlx_closure_custom) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_closure_custom_new_func(
+        fun: ::std::option::Option<
+            unsafe extern "C" fn(
+                arg1: *mut mlx_vector_array,
+                arg2: mlx_vector_array,
+                arg3: mlx_vector_array,
+                arg4: mlx_vector_array,
+            ) -> ::std::os::raw::c_int,
+        >,
+    ) -> mlx_closure_custom;
+}
+extern "C" {
+    pub fn mlx_closure_custom_new_func_payload(
+        fun: ::std::option::Option<
+            unsafe extern "C" fn(
+                arg1: *mut mlx_vector_array,
+                arg2: mlx_vector_array,
+                arg3: mlx_vector_array,
+                arg4: mlx_vector_array,
+                arg5: *mut ::std::os::raw::c_void,
+            ) -> ::std::os::raw::c_int,
+        >,
+        payload: *mut ::std::os::raw::c_void,
+        dtor: ::std::option::Option<unsafe extern "C" fn(arg1: *mut ::std::os::raw::c_void)>,
+    ) -> mlx_closure_custom;
+}
+extern "C" {
+    pub fn mlx_closure_custom_set(
+        cls: *mut mlx_closure_custom,
+        src: mlx_closure_custom,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_closure_custom_apply(
+        res: *mut mlx_vector_array,
+        cls: mlx_closure_custom,
+        input_0: mlx_vector_array,
+        input_1: mlx_vector_array,
+        input_2: mlx_vector_array,
+    ) -> ::std::os::raw::c_int;
+}
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct mlx_closure_custom_jvp_ {
+    pub ctx: *mut ::std::os::raw::c_void,
+}
+pub type mlx_closure_custom_jvp = mlx_closure_custom_jvp_;
+extern "C" {
+    pub fn mlx_closure_custom_jvp_new() -> mlx_closure_custom_jvp;
+}
+extern "C" {
+    pub fn mlx_closure_custom_jvp_free(cls: mlx_closure_custom_jvp) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_closure_custom_jvp_new_func(
+        fun: ::std::option::Option<
+            unsafe extern "C" fn(
+                arg1: *mut mlx_vector_array,
+                arg2: mlx_vector_array,
+                arg3: mlx_vector_array,
+                arg4: *const ::std::os::raw::c_int,
+                _num: usize,
+            ) -> ::std::os::raw::c_int,
+        >,
+    ) -> mlx_closure_custom_jvp;
+}
+extern "C" {
+    pub fn mlx_closure_custom_jvp_new_func_payload(
+        fun: ::std::option::Option<
+            unsafe extern "C" fn(
+                arg1: *mut mlx_vector_array,
+                arg2: mlx_vector_array,
+                arg3: mlx_vector_array,
+                arg4: *const ::std::os::raw::c_int,
+                _num: usize,
+                arg5: *mut ::std::os::raw::c_void,
+            ) -> ::std::os::raw::c_int,
+        >,
+        payload: *mut ::std::os::raw::c_void,
+        dtor: ::std::option::Option<unsafe extern "C" fn(arg1: *mut ::std::os::raw::c_void)>,
+    ) -> mlx_closure_custom_jvp;
+}
+extern "C" {
+    pub fn mlx_closure_custom_jvp_set(
+        cls: *mut mlx_closure_custom_jvp,
+        src: mlx_closure_custom_jvp,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_closure_custom_jvp_apply(
+        res: *mut mlx_vector_array,
+        cls: mlx_closure_custom_jvp,
+        input_0: mlx_vector_array,
+        input_1: mlx_vector_array,
+        input_2: *const ::std::os::raw::c_int,
+        input_2_num: usize,
+    ) -> ::std::os::raw::c_int;
+}
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct mlx_closure_custom_vmap_ {
+    pub ctx: *mut ::std::os::raw::c_void,
+}
+pub type mlx_closure_custom_vmap = mlx_closure_custom_vmap_;
+extern "C" {
+    pub fn mlx_closure_custom_vmap_new() -> mlx_closure_custom_vmap;
+}
+extern "C" {
+    pub fn mlx_closure_custom_vmap_free(cls: mlx_closure_custom_vmap) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_closure_custom_vmap_new_func(
+        fun: ::std::option::Option<
+            unsafe extern "C" fn(
+                arg1: *mut mlx_vector_array,
+                arg2: *mut mlx_vector_int,
+                arg3: mlx_vector_array,
+                arg4: *const ::std::os::raw::c_int,
+                _num: usize,
+            ) -> ::std::os::raw::c_int,
+        >,
+    ) -> mlx_closure_custom_vmap;
+}
+extern "C" {
+    pub fn mlx_closure_custom_vmap_new_func_payload(
+        fun: ::std::option::Option<
+            unsafe extern "C" fn(
+                arg1: *mut mlx_vector_array,
+                arg2: *mut mlx_vector_int,
+                arg3: mlx_vector_array,
+                arg4: *const ::std::os::raw::c_int,
+                _num: usize,
+                arg5: *mut ::std::os::raw::c_void,
+            ) -> ::std::os::raw::c_int,
+        >,
+        payload: *mut ::std::os::raw::c_void,
+        dtor: ::std::option::Option<unsafe extern "C" fn(arg1: *mut ::std::os::raw::c_void)>,
+    ) -> mlx_closure_custom_vmap;
+}
+extern "C" {
+    pub fn mlx_closure_custom_vmap_set(
+        cls: *mut mlx_closure_custom_vmap,
+        src: mlx_closure_custom_vmap,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_closure_custom_vmap_apply(
+        res_0: *mut mlx_vector_array,
+        res_1: *mut mlx_vector_int,
+        cls: mlx_closure_custom_vmap,
+        input_0: mlx_vector_array,
+        input_1: *const ::std::os::raw::c_int,
+        input_1_num: usize,
+    ) -> ::std::os::raw::c_int;
+}
+pub const mlx_compile_mode__MLX_COMPILE_MODE_DISABLED: mlx_compile_mode_ = 0;
+pub const mlx_compile_mode__MLX_COMPILE_MODE_NO_SIMPLIFY: mlx_compile_mode_ = 1;
+pub const mlx_compile_mode__MLX_COMPILE_MODE_NO_FUSE: mlx_compile_mode_ = 2;
+pub const mlx_compile_mode__MLX_COMPILE_MODE_ENABLED: mlx_compile_mode_ = 3;
+pub type mlx_compile_mode_ = ::std::os::raw::c_uint;
+pub use self::mlx_compile_mode_ as mlx_compile_mode;
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct mlx_compile_cache_ {
+    pub ctx: *mut ::std::os::raw::c_void,
+}
+pub type mlx_compile_cache = mlx_compile_cache_;
+extern "C" {
+    pub fn mlx_compile_cache_new() -> mlx_compile_cache;
+}
+extern "C" {
+    pub fn mlx_compile_cache_free(cache: mlx_compile_cache) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_compile(
+        res: *mut mlx_closure,
+        fun: mlx_closure,
+        shapeless: bool,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_detail_compile(
+        res: *mut mlx_closure,
+        fun: mlx_closure,
+        fun_id: usize,
+        shapeless: bool,
+        constants: *const u64,
+        constants_num: usize,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_detail_compile_cache(res: *mut mlx_compile_cache) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_detail_compile_clear_cache(cache: mlx_compile_cache) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_detail_compile_erase(
+        cache: mlx_compile_cache,
+        fun_id: usize,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_disable_compile() -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_enable_compile() -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_set_compile_mode(mode: mlx_compile_mode) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_cuda_is_available(res: *mut bool) -> ::std::os::raw::c_int;
+}
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct mlx_distributed_group_ {
+    pub ctx: *mut ::std::os::raw::c_void,
+}
+pub type mlx_distributed_group = mlx_distributed_group_;
+extern "C" {
+    pub fn mlx_distributed_group_new() -> mlx_distributed_group;
+}
+extern "C" {
+    pub fn mlx_distributed_group_free(group: mlx_distributed_group) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_distributed_init(
+        res: *mut mlx_distributed_group,
+        strict: bool,
+        bk: *const ::std::os::raw::c_char,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_distributed_group_rank(group: mlx_distributed_group) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_distributed_group_size(group: mlx_distributed_group) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_distributed_group_split(
+        res: *mut mlx_distributed_group,
+        group: mlx_distributed_group,
+        color: ::std::os::raw::c_int,
+        key: ::std::os::raw::c_int,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_distributed_is_available(bk: *const ::std::os::raw::c_char) -> bool;
+}
+extern "C" {
+    pub fn mlx_distributed_all_gather(
+        res: *mut mlx_array,
+        x: mlx_array,
+        group: mlx_distributed_group,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_distributed_all_max(
+        res: *mut mlx_array,
+        x: mlx_array,
+        group: mlx_distributed_group,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_distributed_all_min(
+        res: *mut mlx_array,
+        x: mlx_array,
+        group: mlx_distributed_group,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_distributed_all_sum(
+        res: *mut mlx_array,
+        x: mlx_array,
+        group: mlx_distributed_group,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_distributed_recv(
+        res: *mut mlx_array,
+        shape: *const ::std::os::raw::c_int,
+        shape_num: usize,
+        dtype: mlx_dtype,
+        src: ::std::os::raw::c_int,
+        group: mlx_distributed_group,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_distributed_recv_like(
+        res: *mut mlx_array,
+        x: mlx_array,
+        src: ::std::os::raw::c_int,
+        group: mlx_distributed_group,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_distributed_send(
+        res: *mut mlx_array,
+        x: mlx_array,
+        dst: ::std::os::raw::c_int,
+        group: mlx_distributed_group,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_distributed_sum_scatter(
+        res: *mut mlx_array,
+        x: mlx_array,
+        group: mlx_distributed_group,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+pub type mlx_error_handler_func = ::std::option::Option<
+    unsafe extern "C" fn(msg: *const ::std::os::raw::c_char, data: *mut ::std::os::raw::c_void),
+>;
+extern "C" {
+    pub fn mlx_set_error_handler(
+        handler: mlx_error_handler_func,
+        data: *mut ::std::os::raw::c_void,
+        dtor: ::std::option::Option<unsafe extern "C" fn(arg1: *mut ::std::os::raw::c_void)>,
+    );
+}
+extern "C" {
+    pub fn _mlx_error(
+        file: *const ::std::os::raw::c_char,
+        line: ::std::os::raw::c_int,
+        fmt: *const ::std::os::raw::c_char,
+        ...
+    );
+}
+extern "C" {
+    pub fn mlx_last_error() -> *const ::std::os::raw::c_char;
+}
+extern "C" {
+    pub fn mlx_clear_last_error();
+}
+extern "C" {
+    pub fn mlx_export_function(
+        file: *const ::std::os::raw::c_char,
+        fun: mlx_closure,
+        args: mlx_vector_array,
+        shapeless: bool,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_export_function_kwargs(
+        file: *const ::std::os::raw::c_char,
+        fun: mlx_closure_kwargs,
+        args: mlx_vector_array,
+        kwargs: mlx_map_string_to_array,
+        shapeless: bool,
+    ) -> ::std::os::raw::c_int;
+}
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct mlx_function_exporter_ {
+    pub ctx: *mut ::std::os::raw::c_void,
+}
+pub type mlx_function_exporter = mlx_function_exporter_;
+extern "C" {
+    pub fn mlx_function_exporter_new(
+        file: *const ::std::os::raw::c_char,
+        fun: mlx_closure,
+        shapeless: bool,
+    ) -> mlx_function_exporter;
+}
+extern "C" {
+    pub fn mlx_function_exporter_free(xfunc: mlx_function_exporter) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_function_exporter_apply(
+        xfunc: mlx_function_exporter,
+        args: mlx_vector_array,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_function_exporter_apply_kwargs(
+        xfunc: mlx_function_exporter,
+        args: mlx_vector_array,
+        kwargs: mlx_map_string_to_array,
+    ) -> ::std::os::raw::c_int;
+}
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct mlx_imported_function_ {
+    pub ctx: *mut ::std::os::raw::c_void,
+}
+pub type mlx_imported_function = mlx_imported_function_;
+extern "C" {
+    pub fn mlx_imported_function_new(file: *const ::std::os::raw::c_char) -> mlx_imported_function;
+}
+extern "C" {
+    pub fn mlx_imported_function_free(xfunc: mlx_imported_function) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_imported_function_apply(
+        res: *mut mlx_vector_array,
+        xfunc: mlx_imported_function,
+        args: mlx_vector_array,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_imported_function_apply_kwargs(
+        res: *mut mlx_vector_array,
+        xfunc: mlx_imported_function,
+        args: mlx_vector_array,
+        kwargs: mlx_map_string_to_array,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_fast_cross_entropy(
+        res: *mut mlx_array,
+        logits: mlx_array,
+        targets: mlx_array,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_fast_layer_norm(
+        res: *mut mlx_array,
+        x: mlx_array,
+        weight: mlx_array,
+        bias: mlx_array,
+        eps: f32,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_fast_rms_norm(
+        res: *mut mlx_array,
+        x: mlx_array,
+        weight: mlx_array,
+        eps: f32,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_fast_rope(
+        res: *mut mlx_array,
+        x: mlx_array,
+        dims: ::std::os::raw::c_int,
+        traditional: bool,
+        base: mlx_optional_float,
+        scale: f32,
+        offset: ::std::os::raw::c_int,
+        freqs: mlx_array,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_fast_rope_dynamic(
+        res: *mut mlx_array,
+        x: mlx_array,
+        dims: ::std::os::raw::c_int,
+        traditional: bool,
+        base: mlx_optional_float,
+        scale: f32,
+        offset: mlx_array,
+        freqs: mlx_array,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_fast_scaled_dot_product_attention(
+        res: *mut mlx_array,
+        queries: mlx_array,
+        keys: mlx_array,
+        values: mlx_array,
+        scale: f32,
+        mask_mode: *const ::std::os::raw::c_char,
+        mask_arr: mlx_array,
+        sinks: mlx_array,
+        force_fused: bool,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct mlx_fast_cuda_kernel_config_ {
+    pub ctx: *mut ::std::os::raw::c_void,
+}
+pub type mlx_fast_cuda_kernel_config = mlx_fast_cuda_kernel_config_;
+extern "C" {
+    pub fn mlx_fast_cuda_kernel_config_new() -> mlx_fast_cuda_kernel_config;
+}
+extern "C" {
+    pub fn mlx_fast_cuda_kernel_config_free(cls: mlx_fast_cuda_kernel_config);
+}
+extern "C" {
+    pub fn mlx_fast_cuda_kernel_config_add_output_arg(
+        cls: mlx_fast_cuda_kernel_config,
+        shape: *const ::std::os::raw::c_int,
+        size: usize,
+        dtype: mlx_dtype,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_fast_cuda_kernel_config_set_grid(
+        cls: mlx_fast_cuda_kernel_config,
+        grid1: ::std::os::raw::c_int,
+        grid2: ::std::os::raw::c_int,
+        grid3: ::std::os::raw::c_int,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_fast_cuda_kernel_config_set_thread_group(
+        cls: mlx_fast_cuda_kernel_config,
+        thread1: ::std::os::raw::c_int,
+        thread2: ::std::os::raw::c_int,
+        thread3: ::std::os::raw::c_int,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_fast_cuda_kernel_config_set_init_value(
+        cls: mlx_fast_cuda_kernel_config,
+        value: f32,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_fast_cuda_kernel_config_set_verbose(
+        cls: mlx_fast_cuda_kernel_config,
+        verbose: bool,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_fast_cuda_kernel_config_add_template_arg_dtype(
+        cls: mlx_fast_cuda_kernel_config,
+        name: *const ::std::os::raw::c_char,
+        dtype: mlx_dtype,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_fast_cuda_kernel_config_add_template_arg_int(
+        cls: mlx_fast_cuda_kernel_config,
+        name: *const ::std::os::raw::c_char,
+        value: ::std::os::raw::c_int,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_fast_cuda_kernel_config_add_template_arg_bool(
+        cls: mlx_fast_cuda_kernel_config,
+        name: *const ::std::os::raw::c_char,
+        value: bool,
+    ) -> ::std::os::raw::c_int;
+}
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct mlx_fast_cuda_kernel_ {
+    pub ctx: *mut ::std::os::raw::c_void,
+}
+pub type mlx_fast_cuda_kernel = mlx_fast_cuda_kernel_;
+extern "C" {
+    pub fn mlx_fast_cuda_kernel_new(
+        name: *const ::std::os::raw::c_char,
+        input_names: mlx_vector_string,
+        output_names: mlx_vector_string,
+        source: *const ::std::os::raw::c_char,
+        header: *const ::std::os::raw::c_char,
+        ensure_row_contiguous: bool,
+        shared_memory: ::std::os::raw::c_int,
+    ) -> mlx_fast_cuda_kernel;
+}
+extern "C" {
+    pub fn mlx_fast_cuda_kernel_free(cls: mlx_fast_cuda_kernel);
+}
+extern "C" {
+    pub fn mlx_fast_cuda_kernel_apply(
+        outputs: *mut mlx_vector_array,
+        cls: mlx_fast_cuda_kernel,
+        inputs: mlx_vector_array,
+        config: mlx_fast_cuda_kernel_config,
+        stream: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct mlx_fast_metal_kernel_config_ {
+    pub ctx: *mut ::std::os::raw::c_void,
+}
+pub type mlx_fast_metal_kernel_config = mlx_fast_metal_kernel_config_;
+extern "C" {
+    pub fn mlx_fast_metal_kernel_config_new() -> mlx_fast_metal_kernel_config;
+}
+extern "C" {
+    pub fn mlx_fast_metal_kernel_config_free(cls: mlx_fast_metal_kernel_config);
+}
+extern "C" {
+    pub fn mlx_fast_metal_kernel_config_add_output_arg(
+        cls: mlx_fast_metal_kernel_config,
+        shape: *const ::std::os::raw::c_int,
+        size: usize,
+        dtype: mlx_dtype,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_fast_metal_kernel_config_set_grid(
+        cls: mlx_fast_metal_kernel_config,
+        grid1: ::std::os::raw::c_int,
+        grid2: ::std::os::raw::c_int,
+        grid3: ::std::os::raw::c_int,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_fast_metal_kernel_config_set_thread_group(
+        cls: mlx_fast_metal_kernel_config,
+        thread1: ::std::os::raw::c_int,
+        thread2: ::std::os::raw::c_int,
+        thread3: ::std::os::raw::c_int,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_fast_metal_kernel_config_set_init_value(
+        cls: mlx_fast_metal_kernel_config,
+        value: f32,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_fast_metal_kernel_config_set_verbose(
+        cls: mlx_fast_metal_kernel_config,
+        verbose: bool,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_fast_metal_kernel_config_add_template_arg_dtype(
+        cls: mlx_fast_metal_kernel_config,
+        name: *const ::std::os::raw::c_char,
+        dtype: mlx_dtype,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_fast_metal_kernel_config_add_template_arg_int(
+        cls: mlx_fast_metal_kernel_config,
+        name: *const ::std::os::raw::c_char,
+        value: ::std::os::raw::c_int,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_fast_metal_kernel_config_add_template_arg_bool(
+        cls: mlx_fast_metal_kernel_config,
+        name: *const ::std::os::raw::c_char,
+        value: bool,
+    ) -> ::std::os::raw::c_int;
+}
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct mlx_fast_metal_kernel_ {
+    pub ctx: *mut ::std::os::raw::c_void,
+}
+pub type mlx_fast_metal_kernel = mlx_fast_metal_kernel_;
+extern "C" {
+    pub fn mlx_fast_metal_kernel_new(
+        name: *const ::std::os::raw::c_char,
+        input_names: mlx_vector_string,
+        output_names: mlx_vector_string,
+        source: *const ::std::os::raw::c_char,
+        header: *const ::std::os::raw::c_char,
+        ensure_row_contiguous: bool,
+        atomic_outputs: bool,
+    ) -> mlx_fast_metal_kernel;
+}
+extern "C" {
+    pub fn mlx_fast_metal_kernel_free(cls: mlx_fast_metal_kernel);
+}
+extern "C" {
+    pub fn mlx_fast_metal_kernel_apply(
+        outputs: *mut mlx_vector_array,
+        cls: mlx_fast_metal_kernel,
+        inputs: mlx_vector_array,
+        config: mlx_fast_metal_kernel_config,
+        stream: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+pub const mlx_fft_norm__MLX_FFT_NORM_BACKWARD: mlx_fft_norm_ = 0;
+pub const mlx_fft_norm__MLX_FFT_NORM_ORTHO: mlx_fft_norm_ = 1;
+pub const mlx_fft_norm__MLX_FFT_NORM_FORWARD: mlx_fft_norm_ = 2;
+pub type mlx_fft_norm_ = ::std::os::raw::c_uint;
+pub use self::mlx_fft_norm_ as mlx_fft_norm;
+extern "C" {
+    pub fn mlx_fft_fft(
+        res: *mut mlx_array,
+        a: mlx_array,
+        n: ::std::os::raw::c_int,
+        axis: ::std::os::raw::c_int,
+        norm: mlx_fft_norm,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_fft_fft2(
+        res: *mut mlx_array,
+        a: mlx_array,
+        n: *const ::std::os::raw::c_int,
+        n_num: usize,
+        axes: *const ::std::os::raw::c_int,
+        axes_num: usize,
+        norm: mlx_fft_norm,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_fft_fftfreq(
+        res: *mut mlx_array,
+        n: ::std::os::raw::c_int,
+        d: f64,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_fft_fftn(
+        res: *mut mlx_array,
+        a: mlx_array,
+        n: *const ::std::os::raw::c_int,
+        n_num: usize,
+        axes: *const ::std::os::raw::c_int,
+        axes_num: usize,
+        norm: mlx_fft_norm,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_fft_fftshift(
+        res: *mut mlx_array,
+        a: mlx_array,
+        axes: *const ::std::os::raw::c_int,
+        axes_num: usize,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_fft_ifft(
+        res: *mut mlx_array,
+        a: mlx_array,
+        n: ::std::os::raw::c_int,
+        axis: ::std::os::raw::c_int,
+        norm: mlx_fft_norm,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_fft_ifft2(
+        res: *mut mlx_array,
+        a: mlx_array,
+        n: *const ::std::os::raw::c_int,
+        n_num: usize,
+        axes: *const ::std::os::raw::c_int,
+        axes_num: usize,
+        norm: mlx_fft_norm,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_fft_ifftn(
+        res: *mut mlx_array,
+        a: mlx_array,
+        n: *const ::std::os::raw::c_int,
+        n_num: usize,
+        axes: *const ::std::os::raw::c_int,
+        axes_num: usize,
+        norm: mlx_fft_norm,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_fft_ifftshift(
+        res: *mut mlx_array,
+        a: mlx_array,
+        axes: *const ::std::os::raw::c_int,
+        axes_num: usize,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_fft_irfft(
+        res: *mut mlx_array,
+        a: mlx_array,
+        n: ::std::os::raw::c_int,
+        axis: ::std::os::raw::c_int,
+        norm: mlx_fft_norm,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_fft_irfft2(
+        res: *mut mlx_array,
+        a: mlx_array,
+        n: *const ::std::os::raw::c_int,
+        n_num: usize,
+        axes: *const ::std::os::raw::c_int,
+        axes_num: usize,
+        norm: mlx_fft_norm,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_fft_irfftn(
+        res: *mut mlx_array,
+        a: mlx_array,
+        n: *const ::std::os::raw::c_int,
+        n_num: usize,
+        axes: *const ::std::os::raw::c_int,
+        axes_num: usize,
+        norm: mlx_fft_norm,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_fft_rfft(
+        res: *mut mlx_array,
+        a: mlx_array,
+        n: ::std::os::raw::c_int,
+        axis: ::std::os::raw::c_int,
+        norm: mlx_fft_norm,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_fft_rfft2(
+        res: *mut mlx_array,
+        a: mlx_array,
+        n: *const ::std::os::raw::c_int,
+        n_num: usize,
+        axes: *const ::std::os::raw::c_int,
+        axes_num: usize,
+        norm: mlx_fft_norm,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_fft_rfftfreq(
+        res: *mut mlx_array,
+        n: ::std::os::raw::c_int,
+        d: f64,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_fft_rfftn(
+        res: *mut mlx_array,
+        a: mlx_array,
+        n: *const ::std::os::raw::c_int,
+        n_num: usize,
+        axes: *const ::std::os::raw::c_int,
+        axes_num: usize,
+        norm: mlx_fft_norm,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+pub type FILE = _IO_FILE;
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct _IO_marker {
+    _unused: [u8; 0],
+}
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct _IO_codecvt {
+    _unused: [u8; 0],
+}
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct _IO_wide_data {
+    _unused: [u8; 0],
+}
+pub type _IO_lock_t = ::std::os::raw::c_void;
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct _IO_FILE {
+    pub _flags: ::std::os::raw::c_int,
+    pub _IO_read_ptr: *mut ::std::os::raw::c_char,
+    pub _IO_read_end: *mut ::std::os::raw::c_char,
+    pub _IO_read_base: *mut ::std::os::raw::c_char,
+    pub _IO_write_base: *mut ::std::os::raw::c_char,
+    pub _IO_write_ptr: *mut ::std::os::raw::c_char,
+    pub _IO_write_end: *mut ::std::os::raw::c_char,
+    pub _IO_buf_base: *mut ::std::os::raw::c_char,
+    pub _IO_buf_end: *mut ::std::os::raw::c_char,
+    pub _IO_save_base: *mut ::std::os::raw::c_char,
+    pub _IO_backup_base: *mut ::std::os::raw::c_char,
+    pub _IO_save_end: *mut ::std::os::raw::c_char,
+    pub _markers: *mut _IO_marker,
+    pub _chain: *mut _IO_FILE,
+    pub _fileno: ::std::os::raw::c_int,
+    pub _flags2: ::std::os::raw::c_int,
+    pub _old_offset: __off_t,
+    pub _cur_column: ::std::os::raw::c_ushort,
+    pub _vtable_offset: ::std::os::raw::c_schar,
+    pub _shortbuf: [::std::os::raw::c_char; 1usize],
+    pub _lock: *mut _IO_lock_t,
+    pub _offset: __off64_t,
+    pub _codecvt: *mut _IO_codecvt,
+    pub _wide_data: *mut _IO_wide_data,
+    pub _freeres_list: *mut _IO_FILE,
+    pub _freeres_buf: *mut ::std::os::raw::c_void,
+    pub __pad5: usize,
+    pub _mode: ::std::os::raw::c_int,
+    pub _unused2: [::std::os::raw::c_char; 20usize],
+}
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct mlx_node_namer_ {
+    pub ctx: *mut ::std::os::raw::c_void,
+}
+pub type mlx_node_namer = mlx_node_namer_;
+extern "C" {
+    pub fn mlx_node_namer_new() -> mlx_node_namer;
+}
+extern "C" {
+    pub fn mlx_node_namer_free(namer: mlx_node_namer) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_node_namer_set_name(
+        namer: mlx_node_namer,
+        arr: mlx_array,
+        name: *const ::std::os::raw::c_char,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_node_namer_get_name(
+        name: *mut *const ::std::os::raw::c_char,
+        namer: mlx_node_namer,
+        arr: mlx_array,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_export_to_dot(
+        os: *mut FILE,
+        namer: mlx_node_namer,
+        outputs: mlx_vector_array,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_print_graph(
+        os: *mut FILE,
+        namer: mlx_node_namer,
+        outputs: mlx_vector_array,
+    ) -> ::std::os::raw::c_int;
+}
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct mlx_io_reader_ {
+    pub ctx: *mut ::std::os::raw::c_void,
+}
+pub type mlx_io_reader = mlx_io_reader_;
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct mlx_io_writer_ {
+    pub ctx: *mut ::std::os::raw::c_void,
+}
+pub type mlx_io_writer = mlx_io_writer_;
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct mlx_io_vtable_ {
+    pub is_open:
+        ::std::option::Option<unsafe extern "C" fn(arg1: *mut ::std::os::raw::c_void) -> bool>,
+    pub good:
+        ::std::option::Option<unsafe extern "C" fn(arg1: *mut ::std::os::raw::c_void) -> bool>,
+    pub tell:
+        ::std::option::Option<unsafe extern "C" fn(arg1: *mut ::std::os::raw::c_void) -> usize>,
+    pub seek: ::std::option::Option<
+        unsafe extern "C" fn(
+            arg1: *mut ::std::os::raw::c_void,
+            off: i64,
+            whence: ::std::os::raw::c_int,
+        ) -> ::std::os::raw::c_int,
+    >,
+    pub read: ::std::option::Option<
+        unsafe extern "C" fn(
+            arg1: *mut ::std::os::raw::c_void,
+            data: *mut ::std::os::raw::c_char,
+            n: usize,
+        ) -> usize,
+    >,
+    pub read_at_offset: ::std::option::Option<
+        unsafe extern "C" fn(
+            arg1: *mut ::std::os::raw::c_void,
+            data: *mut ::std::os::raw::c_char,
+            n: usize,
+            off: usize,
+        ) -> usize,
+    >,
+    pub write: ::std::option::Option<
+        unsafe extern "C" fn(
+            arg1: *mut ::std::os::raw::c_void,
+            data: *const ::std::os::raw::c_char,
+            n: usize,
+        ) -> usize,
+    >,
+    pub label: ::std::option::Option<
+        unsafe extern "C" fn(arg1: *mut ::std::os::raw::c_void) -> *const ::std::os::raw::c_char,
+    >,
+    pub free: ::std::option::Option<unsafe extern "C" fn(arg1: *mut ::std::os::raw::c_void)>,
+}
+pub type mlx_io_vtable = mlx_io_vtable_;
+extern "C" {
+    pub fn mlx_io_reader_new(
+        desc: *mut ::std::os::raw::c_void,
+        vtable: mlx_io_vtable,
+    ) -> mlx_io_reader;
+}
+extern "C" {
+    pub fn mlx_io_reader_descriptor(
+        desc_: *mut *mut ::std::os::raw::c_void,
+        io: mlx_io_reader,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_io_reader_tostring(
+        str_: *mut mlx_string,
+        io: mlx_io_reader,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_io_reader_free(io: mlx_io_reader) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_io_writer_new(
+        desc: *mut ::std::os::raw::c_void,
+        vtable: mlx_io_vtable,
+    ) -> mlx_io_writer;
+}
+extern "C" {
+    pub fn mlx_io_writer_descriptor(
+        desc_: *mut *mut ::std::os::raw::c_void,
+        io: mlx_io_writer,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_io_writer_tostring(
+        str_: *mut mlx_string,
+        io: mlx_io_writer,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_io_writer_free(io: mlx_io_writer) -> ::std::os::raw::c_int;
+}
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct mlx_io_gguf_ {
+    pub ctx: *mut ::std::os::raw::c_void,
+}
+pub type mlx_io_gguf = mlx_io_gguf_;
+extern "C" {
+    pub fn mlx_io_gguf_new() -> mlx_io_gguf;
+}
+extern "C" {
+    pub fn mlx_io_gguf_free(io: mlx_io_gguf) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_io_gguf_get_keys(
+        keys: *mut mlx_vector_string,
+        io: mlx_io_gguf,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_io_gguf_get_array(
+        arr: *mut mlx_array,
+        io: mlx_io_gguf,
+        key: *const ::std::os::raw::c_char,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_io_gguf_get_metadata_array(
+        arr: *mut mlx_array,
+        io: mlx_io_gguf,
+        key: *const ::std::os::raw::c_char,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_io_gguf_get_metadata_string(
+        str_: *mut mlx_string,
+        io: mlx_io_gguf,
+        key: *const ::std::os::raw::c_char,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_io_gguf_get_metadata_vector_string(
+        vstr: *mut mlx_vector_string,
+        io: mlx_io_gguf,
+        key: *const ::std::os::raw::c_char,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_io_gguf_has_metadata_array(
+        flag: *mut bool,
+        io: mlx_io_gguf,
+        key: *const ::std::os::raw::c_char,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_io_gguf_has_metadata_string(
+        flag: *mut bool,
+        io: mlx_io_gguf,
+        key: *const ::std::os::raw::c_char,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_io_gguf_has_metadata_vector_string(
+        flag: *mut bool,
+        io: mlx_io_gguf,
+        key: *const ::std::os::raw::c_char,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_io_gguf_set_array(
+        io: mlx_io_gguf,
+        key: *const ::std::os::raw::c_char,
+        arr: mlx_array,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_io_gguf_set_metadata_array(
+        io: mlx_io_gguf,
+        key: *const ::std::os::raw::c_char,
+        marr: mlx_array,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_io_gguf_set_metadata_string(
+        io: mlx_io_gguf,
+        key: *const ::std::os::raw::c_char,
+        mstr: *const ::std::os::raw::c_char,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_io_gguf_set_metadata_vector_string(
+        io: mlx_io_gguf,
+        key: *const ::std::os::raw::c_char,
+        mvstr: mlx_vector_string,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_load_reader(
+        res: *mut mlx_array,
+        in_stream: mlx_io_reader,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_load(
+        res: *mut mlx_array,
+        file: *const ::std::os::raw::c_char,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_load_gguf(
+        gguf: *mut mlx_io_gguf,
+        file: *const ::std::os::raw::c_char,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_load_safetensors_reader(
+        res_0: *mut mlx_map_string_to_array,
+        res_1: *mut mlx_map_string_to_string,
+        in_stream: mlx_io_reader,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_load_safetensors(
+        res_0: *mut mlx_map_string_to_array,
+        res_1: *mut mlx_map_string_to_string,
+        file: *const ::std::os::raw::c_char,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_save_writer(out_stream: mlx_io_writer, a: mlx_array) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_save(file: *const ::std::os::raw::c_char, a: mlx_array) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_save_gguf(
+        file: *const ::std::os::raw::c_char,
+        gguf: mlx_io_gguf,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_save_safetensors_writer(
+        in_stream: mlx_io_writer,
+        param: mlx_map_string_to_array,
+        metadata: mlx_map_string_to_string,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_save_safetensors(
+        file: *const ::std::os::raw::c_char,
+        param: mlx_map_string_to_array,
+        metadata: mlx_map_string_to_string,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_linalg_cholesky(
+        res: *mut mlx_array,
+        a: mlx_array,
+        upper: bool,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_linalg_cholesky_inv(
+        res: *mut mlx_array,
+        a: mlx_array,
+        upper: bool,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_linalg_cross(
+        res: *mut mlx_array,
+        a: mlx_array,
+        b: mlx_array,
+        axis: ::std::os::raw::c_int,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_linalg_det(
+        res: *mut mlx_array,
+        a: mlx_array,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_linalg_eig(
+        res_0: *mut mlx_array,
+        res_1: *mut mlx_array,
+        a: mlx_array,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_linalg_eigh(
+        res_0: *mut mlx_array,
+        res_1: *mut mlx_array,
+        a: mlx_array,
+        UPLO: *const ::std::os::raw::c_char,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_linalg_eigvals(
+        res: *mut mlx_array,
+        a: mlx_array,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_linalg_eigvalsh(
+        res: *mut mlx_array,
+        a: mlx_array,
+        UPLO: *const ::std::os::raw::c_char,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_linalg_inv(
+        res: *mut mlx_array,
+        a: mlx_array,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_linalg_lu(
+        res: *mut mlx_vector_array,
+        a: mlx_array,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_linalg_lu_factor(
+        res_0: *mut mlx_array,
+        res_1: *mut mlx_array,
+        a: mlx_array,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_linalg_norm(
+        res: *mut mlx_array,
+        a: mlx_array,
+        ord: f64,
+        axis: *const ::std::os::raw::c_int,
+        axis_num: usize,
+        keepdims: bool,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_linalg_norm_matrix(
+        res: *mut mlx_array,
+        a: mlx_array,
+        ord: *const ::std::os::raw::c_char,
+        axis: *const ::std::os::raw::c_int,
+        axis_num: usize,
+        keepdims: bool,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_linalg_norm_l2(
+        res: *mut mlx_array,
+        a: mlx_array,
+        axis: *const ::std::os::raw::c_int,
+        axis_num: usize,
+        keepdims: bool,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_linalg_pinv(
+        res: *mut mlx_array,
+        a: mlx_array,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_linalg_qr(
+        res_0: *mut mlx_array,
+        res_1: *mut mlx_array,
+        a: mlx_array,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_linalg_slogdet(
+        res_0: *mut mlx_array,
+        res_1: *mut mlx_array,
+        a: mlx_array,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_linalg_solve(
+        res: *mut mlx_array,
+        a: mlx_array,
+        b: mlx_array,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_linalg_solve_triangular(
+        res: *mut mlx_array,
+        a: mlx_array,
+        b: mlx_array,
+        upper: bool,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_linalg_svd(
+        res: *mut mlx_vector_array,
+        a: mlx_array,
+        compute_uv: bool,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_linalg_tri_inv(
+        res: *mut mlx_array,
+        a: mlx_array,
+        upper: bool,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_clear_cache() -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_get_active_memory(res: *mut usize) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_get_cache_memory(res: *mut usize) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_get_memory_limit(res: *mut usize) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_get_peak_memory(res: *mut usize) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_reset_peak_memory() -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_set_cache_limit(res: *mut usize, limit: usize) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_set_memory_limit(res: *mut usize, limit: usize) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_set_wired_limit(res: *mut usize, limit: usize) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_metal_get_metallib_path(res: *mut mlx_string) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_metal_is_available(res: *mut bool) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_metal_set_metallib_path(
+        path: *const ::std::os::raw::c_char,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_metal_start_capture(path: *const ::std::os::raw::c_char) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_metal_stop_capture() -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_abs(res: *mut mlx_array, a: mlx_array, s: mlx_stream) -> ::std::os::raw::c_int;
+}
 extern "C" {
     pub fn mlx_add(
         res: *mut mlx_array,
@@ -985,26 +2526,78 @@ extern "C" {
     ) -> ::std::os::raw::c_int;
 }
 extern "C" {
-    pub fn mlx_subtract(
+    pub fn mlx_addmm(
         res: *mut mlx_array,
+        c: mlx_array,
         a: mlx_array,
         b: mlx_array,
+        alpha: f32,
+        beta: f32,
         s: mlx_stream,
     ) -> ::std::os::raw::c_int;
 }
 extern "C" {
-    pub fn mlx_multiply(
+    pub fn mlx_all_axes(
         res: *mut mlx_array,
         a: mlx_array,
-        b: mlx_array,
+        axes: *const ::std::os::raw::c_int,
+        axes_num: usize,
+        keepdims: bool,
         s: mlx_stream,
     ) -> ::std::os::raw::c_int;
 }
 extern "C" {
-    pub fn mlx_divide(
+    pub fn mlx_all_axis(
+        res: *mut mlx_array,
+        a: mlx_array,
+        axis: ::std::os::raw::c_int,
+        keepdims: bool,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_all(
+        res: *mut mlx_array,
+        a: mlx_array,
+        keepdims: bool,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_allclose(
         res: *mut mlx_array,
         a: mlx_array,
         b: mlx_array,
+        rtol: f64,
+        atol: f64,
+        equal_nan: bool,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_any_axes(
+        res: *mut mlx_array,
+        a: mlx_array,
+        axes: *const ::std::os::raw::c_int,
+        axes_num: usize,
+        keepdims: bool,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_any_axis(
+        res: *mut mlx_array,
+        a: mlx_array,
+        axis: ::std::os::raw::c_int,
+        keepdims: bool,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_any(
+        res: *mut mlx_array,
+        a: mlx_array,
+        keepdims: bool,
         s: mlx_stream,
     ) -> ::std::os::raw::c_int;
 }
@@ -1019,6 +2612,115 @@ extern "C" {
     ) -> ::std::os::raw::c_int;
 }
 extern "C" {
+    pub fn mlx_arccos(res: *mut mlx_array, a: mlx_array, s: mlx_stream) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_arccosh(res: *mut mlx_array, a: mlx_array, s: mlx_stream) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_arcsin(res: *mut mlx_array, a: mlx_array, s: mlx_stream) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_arcsinh(res: *mut mlx_array, a: mlx_array, s: mlx_stream) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_arctan(res: *mut mlx_array, a: mlx_array, s: mlx_stream) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_arctan2(
+        res: *mut mlx_array,
+        a: mlx_array,
+        b: mlx_array,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_arctanh(res: *mut mlx_array, a: mlx_array, s: mlx_stream) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_argmax_axis(
+        res: *mut mlx_array,
+        a: mlx_array,
+        axis: ::std::os::raw::c_int,
+        keepdims: bool,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_argmax(
+        res: *mut mlx_array,
+        a: mlx_array,
+        keepdims: bool,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_argmin_axis(
+        res: *mut mlx_array,
+        a: mlx_array,
+        axis: ::std::os::raw::c_int,
+        keepdims: bool,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_argmin(
+        res: *mut mlx_array,
+        a: mlx_array,
+        keepdims: bool,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_argpartition_axis(
+        res: *mut mlx_array,
+        a: mlx_array,
+        kth: ::std::os::raw::c_int,
+        axis: ::std::os::raw::c_int,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_argpartition(
+        res: *mut mlx_array,
+        a: mlx_array,
+        kth: ::std::os::raw::c_int,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_argsort_axis(
+        res: *mut mlx_array,
+        a: mlx_array,
+        axis: ::std::os::raw::c_int,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_argsort(res: *mut mlx_array, a: mlx_array, s: mlx_stream) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_array_equal(
+        res: *mut mlx_array,
+        a: mlx_array,
+        b: mlx_array,
+        equal_nan: bool,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_as_strided(
+        res: *mut mlx_array,
+        a: mlx_array,
+        shape: *const ::std::os::raw::c_int,
+        shape_num: usize,
+        strides: *const i64,
+        strides_num: usize,
+        offset: usize,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
     pub fn mlx_astype(
         res: *mut mlx_array,
         a: mlx_array,
@@ -1027,7 +2729,92 @@ extern "C" {
     ) -> ::std::os::raw::c_int;
 }
 extern "C" {
-    pub fn mlx_reshape(
+    pub fn mlx_atleast_1d(
+        res: *mut mlx_array,
+        a: mlx_array,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_atleast_2d(
+        res: *mut mlx_array,
+        a: mlx_array,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_atleast_3d(
+        res: *mut mlx_array,
+        a: mlx_array,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_bartlett(
+        res: *mut mlx_array,
+        M: ::std::os::raw::c_int,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_bitwise_and(
+        res: *mut mlx_array,
+        a: mlx_array,
+        b: mlx_array,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_bitwise_invert(
+        res: *mut mlx_array,
+        a: mlx_array,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_bitwise_or(
+        res: *mut mlx_array,
+        a: mlx_array,
+        b: mlx_array,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_bitwise_xor(
+        res: *mut mlx_array,
+        a: mlx_array,
+        b: mlx_array,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_blackman(
+        res: *mut mlx_array,
+        M: ::std::os::raw::c_int,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_block_masked_mm(
+        res: *mut mlx_array,
+        a: mlx_array,
+        b: mlx_array,
+        block_size: ::std::os::raw::c_int,
+        mask_out: mlx_array,
+        mask_lhs: mlx_array,
+        mask_rhs: mlx_array,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_broadcast_arrays(
+        res: *mut mlx_vector_array,
+        inputs: mlx_vector_array,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_broadcast_to(
         res: *mut mlx_array,
         a: mlx_array,
         shape: *const ::std::os::raw::c_int,
@@ -1036,35 +2823,284 @@ extern "C" {
     ) -> ::std::os::raw::c_int;
 }
 extern "C" {
-    pub fn mlx_transpose(res: *mut mlx_array, a: mlx_array, s: mlx_stream)
+    pub fn mlx_ceil(res: *mut mlx_array, a: mlx_array, s: mlx_stream) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_clip(
+        res: *mut mlx_array,
+        a: mlx_array,
+        a_min: mlx_array,
+        a_max: mlx_array,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_concatenate_axis(
+        res: *mut mlx_array,
+        arrays: mlx_vector_array,
+        axis: ::std::os::raw::c_int,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_concatenate(
+        res: *mut mlx_array,
+        arrays: mlx_vector_array,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_conjugate(res: *mut mlx_array, a: mlx_array, s: mlx_stream)
         -> ::std::os::raw::c_int;
 }
 extern "C" {
-    pub fn mlx_transpose_axes(
+    pub fn mlx_contiguous(
+        res: *mut mlx_array,
+        a: mlx_array,
+        allow_col_major: bool,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_conv1d(
+        res: *mut mlx_array,
+        input: mlx_array,
+        weight: mlx_array,
+        stride: ::std::os::raw::c_int,
+        padding: ::std::os::raw::c_int,
+        dilation: ::std::os::raw::c_int,
+        groups: ::std::os::raw::c_int,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_conv2d(
+        res: *mut mlx_array,
+        input: mlx_array,
+        weight: mlx_array,
+        stride_0: ::std::os::raw::c_int,
+        stride_1: ::std::os::raw::c_int,
+        padding_0: ::std::os::raw::c_int,
+        padding_1: ::std::os::raw::c_int,
+        dilation_0: ::std::os::raw::c_int,
+        dilation_1: ::std::os::raw::c_int,
+        groups: ::std::os::raw::c_int,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_conv3d(
+        res: *mut mlx_array,
+        input: mlx_array,
+        weight: mlx_array,
+        stride_0: ::std::os::raw::c_int,
+        stride_1: ::std::os::raw::c_int,
+        stride_2: ::std::os::raw::c_int,
+        padding_0: ::std::os::raw::c_int,
+        padding_1: ::std::os::raw::c_int,
+        padding_2: ::std::os::raw::c_int,
+        dilation_0: ::std::os::raw::c_int,
+        dilation_1: ::std::os::raw::c_int,
+        dilation_2: ::std::os::raw::c_int,
+        groups: ::std::os::raw::c_int,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_conv_general(
+        res: *mut mlx_array,
+        input: mlx_array,
+        weight: mlx_array,
+        stride: *const ::std::os::raw::c_int,
+        stride_num: usize,
+        padding_lo: *const ::std::os::raw::c_int,
+        padding_lo_num: usize,
+        padding_hi: *const ::std::os::raw::c_int,
+        padding_hi_num: usize,
+        kernel_dilation: *const ::std::os::raw::c_int,
+        kernel_dilation_num: usize,
+        input_dilation: *const ::std::os::raw::c_int,
+        input_dilation_num: usize,
+        groups: ::std::os::raw::c_int,
+        flip: bool,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_conv_transpose1d(
+        res: *mut mlx_array,
+        input: mlx_array,
+        weight: mlx_array,
+        stride: ::std::os::raw::c_int,
+        padding: ::std::os::raw::c_int,
+        dilation: ::std::os::raw::c_int,
+        output_padding: ::std::os::raw::c_int,
+        groups: ::std::os::raw::c_int,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_conv_transpose2d(
+        res: *mut mlx_array,
+        input: mlx_array,
+        weight: mlx_array,
+        stride_0: ::std::os::raw::c_int,
+        stride_1: ::std::os::raw::c_int,
+        padding_0: ::std::os::raw::c_int,
+        padding_1: ::std::os::raw::c_int,
+        dilation_0: ::std::os::raw::c_int,
+        dilation_1: ::std::os::raw::c_int,
+        output_padding_0: ::std::os::raw::c_int,
+        output_padding_1: ::std::os::raw::c_int,
+        groups: ::std::os::raw::c_int,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_conv_transpose3d(
+        res: *mut mlx_array,
+        input: mlx_array,
+        weight: mlx_array,
+        stride_0: ::std::os::raw::c_int,
+        stride_1: ::std::os::raw::c_int,
+        stride_2: ::std::os::raw::c_int,
+        padding_0: ::std::os::raw::c_int,
+        padding_1: ::std::os::raw::c_int,
+        padding_2: ::std::os::raw::c_int,
+        dilation_0: ::std::os::raw::c_int,
+        dilation_1: ::std::os::raw::c_int,
+        dilation_2: ::std::os::raw::c_int,
+        output_padding_0: ::std::os::raw::c_int,
+        output_padding_1: ::std::os::raw::c_int,
+        output_padding_2: ::std::os::raw::c_int,
+        groups: ::std::os::raw::c_int,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_copy(res: *mut mlx_array, a: mlx_array, s: mlx_stream) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_cos(res: *mut mlx_array, a: mlx_array, s: mlx_stream) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_cosh(res: *mut mlx_array, a: mlx_array, s: mlx_stream) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_count_nonzero_axis(
+        res: *mut mlx_array,
+        a: mlx_array,
+        axis: ::std::os::raw::c_int,
+        keepdims: bool,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_count_nonzero_axes(
         res: *mut mlx_array,
         a: mlx_array,
         axes: *const ::std::os::raw::c_int,
         axes_num: usize,
+        keepdims: bool,
         s: mlx_stream,
     ) -> ::std::os::raw::c_int;
 }
 extern "C" {
-    pub fn mlx_matmul(
+    pub fn mlx_count_nonzero(
         res: *mut mlx_array,
         a: mlx_array,
-        b: mlx_array,
+        keepdims: bool,
         s: mlx_stream,
     ) -> ::std::os::raw::c_int;
 }
 extern "C" {
-    pub fn mlx_quantize(
-        res: *mut mlx_vector_array,
-        w: mlx_array,
-        group_size: mlx_optional_int,
-        bits: mlx_optional_int,
-        mode: *const ::std::os::raw::c_char,
-        global_scale: mlx_array,
+    pub fn mlx_cummax_axis(
+        res: *mut mlx_array,
+        a: mlx_array,
+        axis: ::std::os::raw::c_int,
+        reverse: bool,
+        inclusive: bool,
         s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_cummax(
+        res: *mut mlx_array,
+        a: mlx_array,
+        reverse: bool,
+        inclusive: bool,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_cummin_axis(
+        res: *mut mlx_array,
+        a: mlx_array,
+        axis: ::std::os::raw::c_int,
+        reverse: bool,
+        inclusive: bool,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_cummin(
+        res: *mut mlx_array,
+        a: mlx_array,
+        reverse: bool,
+        inclusive: bool,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_cumprod_axis(
+        res: *mut mlx_array,
+        a: mlx_array,
+        axis: ::std::os::raw::c_int,
+        reverse: bool,
+        inclusive: bool,
+        dtype: mlx_optional_dtype,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_cumprod(
+        res: *mut mlx_array,
+        a: mlx_array,
+        reverse: bool,
+        inclusive: bool,
+        dtype: mlx_optional_dtype,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_cumsum_axis(
+        res: *mut mlx_array,
+        a: mlx_array,
+        axis: ::std::os::raw::c_int,
+        reverse: bool,
+        inclusive: bool,
+        dtype: mlx_optional_dtype,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_cumsum(
+        res: *mut mlx_array,
+        a: mlx_array,
+        reverse: bool,
+        inclusive: bool,
+        dtype: mlx_optional_dtype,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_degrees(res: *mut mlx_array, a: mlx_array, s: mlx_stream) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_depends(
+        res: *mut mlx_vector_array,
+        inputs: mlx_vector_array,
+        dependencies: mlx_vector_array,
     ) -> ::std::os::raw::c_int;
 }
 extern "C" {
@@ -1078,6 +3114,205 @@ extern "C" {
         mode: *const ::std::os::raw::c_char,
         global_scale: mlx_array,
         dtype: mlx_optional_dtype,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_diag(
+        res: *mut mlx_array,
+        a: mlx_array,
+        k: ::std::os::raw::c_int,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_diagonal(
+        res: *mut mlx_array,
+        a: mlx_array,
+        offset: ::std::os::raw::c_int,
+        axis1: ::std::os::raw::c_int,
+        axis2: ::std::os::raw::c_int,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_diff(
+        res: *mut mlx_array,
+        a: mlx_array,
+        n: ::std::os::raw::c_int,
+        axis: ::std::os::raw::c_int,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_divide(
+        res: *mut mlx_array,
+        a: mlx_array,
+        b: mlx_array,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_divmod(
+        res: *mut mlx_vector_array,
+        a: mlx_array,
+        b: mlx_array,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_einsum(
+        res: *mut mlx_array,
+        subscripts: *const ::std::os::raw::c_char,
+        operands: mlx_vector_array,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_equal(
+        res: *mut mlx_array,
+        a: mlx_array,
+        b: mlx_array,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_erf(res: *mut mlx_array, a: mlx_array, s: mlx_stream) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_erfinv(res: *mut mlx_array, a: mlx_array, s: mlx_stream) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_exp(res: *mut mlx_array, a: mlx_array, s: mlx_stream) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_expand_dims_axes(
+        res: *mut mlx_array,
+        a: mlx_array,
+        axes: *const ::std::os::raw::c_int,
+        axes_num: usize,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_expand_dims(
+        res: *mut mlx_array,
+        a: mlx_array,
+        axis: ::std::os::raw::c_int,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_expm1(res: *mut mlx_array, a: mlx_array, s: mlx_stream) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_eye(
+        res: *mut mlx_array,
+        n: ::std::os::raw::c_int,
+        m: ::std::os::raw::c_int,
+        k: ::std::os::raw::c_int,
+        dtype: mlx_dtype,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_flatten(
+        res: *mut mlx_array,
+        a: mlx_array,
+        start_axis: ::std::os::raw::c_int,
+        end_axis: ::std::os::raw::c_int,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_flip_axes(
+        res: *mut mlx_array,
+        a: mlx_array,
+        axes: *const ::std::os::raw::c_int,
+        axes_num: usize,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_flip_axis(
+        res: *mut mlx_array,
+        a: mlx_array,
+        axis: ::std::os::raw::c_int,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_flip(res: *mut mlx_array, a: mlx_array, s: mlx_stream) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_floor(res: *mut mlx_array, a: mlx_array, s: mlx_stream) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_floor_divide(
+        res: *mut mlx_array,
+        a: mlx_array,
+        b: mlx_array,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_from_fp8(
+        res: *mut mlx_array,
+        x: mlx_array,
+        dtype: mlx_dtype,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_full(
+        res: *mut mlx_array,
+        shape: *const ::std::os::raw::c_int,
+        shape_num: usize,
+        vals: mlx_array,
+        dtype: mlx_dtype,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_full_like(
+        res: *mut mlx_array,
+        a: mlx_array,
+        vals: mlx_array,
+        dtype: mlx_dtype,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_gather(
+        res: *mut mlx_array,
+        a: mlx_array,
+        indices: mlx_vector_array,
+        axes: *const ::std::os::raw::c_int,
+        axes_num: usize,
+        slice_sizes: *const ::std::os::raw::c_int,
+        slice_sizes_num: usize,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_gather_single(
+        res: *mut mlx_array,
+        a: mlx_array,
+        indices: mlx_array,
+        axis: ::std::os::raw::c_int,
+        slice_sizes: *const ::std::os::raw::c_int,
+        slice_sizes_num: usize,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_gather_mm(
+        res: *mut mlx_array,
+        a: mlx_array,
+        b: mlx_array,
+        lhs_indices: mlx_array,
+        rhs_indices: mlx_array,
+        sorted_indices: bool,
         s: mlx_stream,
     ) -> ::std::os::raw::c_int;
 }
@@ -1096,6 +3331,1638 @@ extern "C" {
         mode: *const ::std::os::raw::c_char,
         sorted_indices: bool,
         s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_gather_qqmm(
+        res: *mut mlx_array,
+        x: mlx_array,
+        w: mlx_array,
+        scales_w: mlx_array,
+        lhs_indices: mlx_array,
+        rhs_indices: mlx_array,
+        group_size: mlx_optional_int,
+        bits: mlx_optional_int,
+        mode: *const ::std::os::raw::c_char,
+        global_scale_x: mlx_array,
+        global_scale_w: mlx_array,
+        sorted_indices: bool,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_greater(
+        res: *mut mlx_array,
+        a: mlx_array,
+        b: mlx_array,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_greater_equal(
+        res: *mut mlx_array,
+        a: mlx_array,
+        b: mlx_array,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_hadamard_transform(
+        res: *mut mlx_array,
+        a: mlx_array,
+        scale: mlx_optional_float,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_hamming(
+        res: *mut mlx_array,
+        M: ::std::os::raw::c_int,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_hanning(
+        res: *mut mlx_array,
+        M: ::std::os::raw::c_int,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_identity(
+        res: *mut mlx_array,
+        n: ::std::os::raw::c_int,
+        dtype: mlx_dtype,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_imag(res: *mut mlx_array, a: mlx_array, s: mlx_stream) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_inner(
+        res: *mut mlx_array,
+        a: mlx_array,
+        b: mlx_array,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_isclose(
+        res: *mut mlx_array,
+        a: mlx_array,
+        b: mlx_array,
+        rtol: f64,
+        atol: f64,
+        equal_nan: bool,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_isfinite(res: *mut mlx_array, a: mlx_array, s: mlx_stream) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_isinf(res: *mut mlx_array, a: mlx_array, s: mlx_stream) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_isnan(res: *mut mlx_array, a: mlx_array, s: mlx_stream) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_isneginf(res: *mut mlx_array, a: mlx_array, s: mlx_stream) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_isposinf(res: *mut mlx_array, a: mlx_array, s: mlx_stream) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_kron(
+        res: *mut mlx_array,
+        a: mlx_array,
+        b: mlx_array,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_left_shift(
+        res: *mut mlx_array,
+        a: mlx_array,
+        b: mlx_array,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_less(
+        res: *mut mlx_array,
+        a: mlx_array,
+        b: mlx_array,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_less_equal(
+        res: *mut mlx_array,
+        a: mlx_array,
+        b: mlx_array,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_linspace_endpoint(
+        res: *mut mlx_array,
+        start: f64,
+        stop: f64,
+        num: ::std::os::raw::c_int,
+        endpoint: bool,
+        dtype: mlx_dtype,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_linspace(
+        res: *mut mlx_array,
+        start: f64,
+        stop: f64,
+        num: ::std::os::raw::c_int,
+        dtype: mlx_dtype,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_log(res: *mut mlx_array, a: mlx_array, s: mlx_stream) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_log10(res: *mut mlx_array, a: mlx_array, s: mlx_stream) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_log1p(res: *mut mlx_array, a: mlx_array, s: mlx_stream) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_log2(res: *mut mlx_array, a: mlx_array, s: mlx_stream) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_logaddexp(
+        res: *mut mlx_array,
+        a: mlx_array,
+        b: mlx_array,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_logcumsumexp_axis(
+        res: *mut mlx_array,
+        a: mlx_array,
+        axis: ::std::os::raw::c_int,
+        reverse: bool,
+        inclusive: bool,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_logcumsumexp(
+        res: *mut mlx_array,
+        a: mlx_array,
+        reverse: bool,
+        inclusive: bool,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_logical_and(
+        res: *mut mlx_array,
+        a: mlx_array,
+        b: mlx_array,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_logical_not(
+        res: *mut mlx_array,
+        a: mlx_array,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_logical_or(
+        res: *mut mlx_array,
+        a: mlx_array,
+        b: mlx_array,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_logical_xor(
+        res: *mut mlx_array,
+        a: mlx_array,
+        b: mlx_array,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_logsumexp_axes(
+        res: *mut mlx_array,
+        a: mlx_array,
+        axes: *const ::std::os::raw::c_int,
+        axes_num: usize,
+        keepdims: bool,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_logsumexp_axis(
+        res: *mut mlx_array,
+        a: mlx_array,
+        axis: ::std::os::raw::c_int,
+        keepdims: bool,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_logsumexp(
+        res: *mut mlx_array,
+        a: mlx_array,
+        keepdims: bool,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_masked_scatter(
+        res: *mut mlx_array,
+        a: mlx_array,
+        mask: mlx_array,
+        src: mlx_array,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_matmul(
+        res: *mut mlx_array,
+        a: mlx_array,
+        b: mlx_array,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_max_axes(
+        res: *mut mlx_array,
+        a: mlx_array,
+        axes: *const ::std::os::raw::c_int,
+        axes_num: usize,
+        keepdims: bool,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_max_axis(
+        res: *mut mlx_array,
+        a: mlx_array,
+        axis: ::std::os::raw::c_int,
+        keepdims: bool,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_max(
+        res: *mut mlx_array,
+        a: mlx_array,
+        keepdims: bool,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_maximum(
+        res: *mut mlx_array,
+        a: mlx_array,
+        b: mlx_array,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_mean_axes(
+        res: *mut mlx_array,
+        a: mlx_array,
+        axes: *const ::std::os::raw::c_int,
+        axes_num: usize,
+        keepdims: bool,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_mean_axis(
+        res: *mut mlx_array,
+        a: mlx_array,
+        axis: ::std::os::raw::c_int,
+        keepdims: bool,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_mean(
+        res: *mut mlx_array,
+        a: mlx_array,
+        keepdims: bool,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_median_axes(
+        res: *mut mlx_array,
+        a: mlx_array,
+        axes: *const ::std::os::raw::c_int,
+        axes_num: usize,
+        keepdims: bool,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_median_axis(
+        res: *mut mlx_array,
+        a: mlx_array,
+        axis: ::std::os::raw::c_int,
+        keepdims: bool,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_median(
+        res: *mut mlx_array,
+        a: mlx_array,
+        keepdims: bool,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_meshgrid(
+        res: *mut mlx_vector_array,
+        arrays: mlx_vector_array,
+        sparse: bool,
+        indexing: *const ::std::os::raw::c_char,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_min_axes(
+        res: *mut mlx_array,
+        a: mlx_array,
+        axes: *const ::std::os::raw::c_int,
+        axes_num: usize,
+        keepdims: bool,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_min_axis(
+        res: *mut mlx_array,
+        a: mlx_array,
+        axis: ::std::os::raw::c_int,
+        keepdims: bool,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_min(
+        res: *mut mlx_array,
+        a: mlx_array,
+        keepdims: bool,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_minimum(
+        res: *mut mlx_array,
+        a: mlx_array,
+        b: mlx_array,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_moveaxis(
+        res: *mut mlx_array,
+        a: mlx_array,
+        source: ::std::os::raw::c_int,
+        destination: ::std::os::raw::c_int,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_multiply(
+        res: *mut mlx_array,
+        a: mlx_array,
+        b: mlx_array,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_nan_to_num(
+        res: *mut mlx_array,
+        a: mlx_array,
+        nan: f32,
+        posinf: mlx_optional_float,
+        neginf: mlx_optional_float,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_negative(res: *mut mlx_array, a: mlx_array, s: mlx_stream) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_not_equal(
+        res: *mut mlx_array,
+        a: mlx_array,
+        b: mlx_array,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_number_of_elements(
+        res: *mut mlx_array,
+        a: mlx_array,
+        axes: *const ::std::os::raw::c_int,
+        axes_num: usize,
+        inverted: bool,
+        dtype: mlx_dtype,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_ones(
+        res: *mut mlx_array,
+        shape: *const ::std::os::raw::c_int,
+        shape_num: usize,
+        dtype: mlx_dtype,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_ones_like_dtype(
+        res: *mut mlx_array,
+        a: mlx_array,
+        dtype: mlx_dtype,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_ones_like(res: *mut mlx_array, a: mlx_array, s: mlx_stream)
+        -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_outer(
+        res: *mut mlx_array,
+        a: mlx_array,
+        b: mlx_array,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_pad(
+        res: *mut mlx_array,
+        a: mlx_array,
+        axes: *const ::std::os::raw::c_int,
+        axes_num: usize,
+        low_pad_size: *const ::std::os::raw::c_int,
+        low_pad_size_num: usize,
+        high_pad_size: *const ::std::os::raw::c_int,
+        high_pad_size_num: usize,
+        pad_value: mlx_array,
+        mode: *const ::std::os::raw::c_char,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_pad_symmetric(
+        res: *mut mlx_array,
+        a: mlx_array,
+        pad_width: ::std::os::raw::c_int,
+        pad_value: mlx_array,
+        mode: *const ::std::os::raw::c_char,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_partition_axis(
+        res: *mut mlx_array,
+        a: mlx_array,
+        kth: ::std::os::raw::c_int,
+        axis: ::std::os::raw::c_int,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_partition(
+        res: *mut mlx_array,
+        a: mlx_array,
+        kth: ::std::os::raw::c_int,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_positive(res: *mut mlx_array, a: mlx_array, s: mlx_stream) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_power(
+        res: *mut mlx_array,
+        a: mlx_array,
+        b: mlx_array,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_prod_axes(
+        res: *mut mlx_array,
+        a: mlx_array,
+        axes: *const ::std::os::raw::c_int,
+        axes_num: usize,
+        keepdims: bool,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_prod_axis(
+        res: *mut mlx_array,
+        a: mlx_array,
+        axis: ::std::os::raw::c_int,
+        keepdims: bool,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_prod(
+        res: *mut mlx_array,
+        a: mlx_array,
+        keepdims: bool,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_put_along_axis(
+        res: *mut mlx_array,
+        a: mlx_array,
+        indices: mlx_array,
+        values: mlx_array,
+        axis: ::std::os::raw::c_int,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_qqmm(
+        res: *mut mlx_array,
+        x: mlx_array,
+        w: mlx_array,
+        w_scales: mlx_array,
+        group_size: mlx_optional_int,
+        bits: mlx_optional_int,
+        mode: *const ::std::os::raw::c_char,
+        global_scale_x: mlx_array,
+        global_scale_w: mlx_array,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_quantize(
+        res: *mut mlx_vector_array,
+        w: mlx_array,
+        group_size: mlx_optional_int,
+        bits: mlx_optional_int,
+        mode: *const ::std::os::raw::c_char,
+        global_scale: mlx_array,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_quantized_matmul(
+        res: *mut mlx_array,
+        x: mlx_array,
+        w: mlx_array,
+        scales: mlx_array,
+        biases: mlx_array,
+        transpose: bool,
+        group_size: mlx_optional_int,
+        bits: mlx_optional_int,
+        mode: *const ::std::os::raw::c_char,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_radians(res: *mut mlx_array, a: mlx_array, s: mlx_stream) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_real(res: *mut mlx_array, a: mlx_array, s: mlx_stream) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_reciprocal(
+        res: *mut mlx_array,
+        a: mlx_array,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_remainder(
+        res: *mut mlx_array,
+        a: mlx_array,
+        b: mlx_array,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_repeat_axis(
+        res: *mut mlx_array,
+        arr: mlx_array,
+        repeats: ::std::os::raw::c_int,
+        axis: ::std::os::raw::c_int,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_repeat(
+        res: *mut mlx_array,
+        arr: mlx_array,
+        repeats: ::std::os::raw::c_int,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_reshape(
+        res: *mut mlx_array,
+        a: mlx_array,
+        shape: *const ::std::os::raw::c_int,
+        shape_num: usize,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_right_shift(
+        res: *mut mlx_array,
+        a: mlx_array,
+        b: mlx_array,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_roll_axis(
+        res: *mut mlx_array,
+        a: mlx_array,
+        shift: *const ::std::os::raw::c_int,
+        shift_num: usize,
+        axis: ::std::os::raw::c_int,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_roll_axes(
+        res: *mut mlx_array,
+        a: mlx_array,
+        shift: *const ::std::os::raw::c_int,
+        shift_num: usize,
+        axes: *const ::std::os::raw::c_int,
+        axes_num: usize,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_roll(
+        res: *mut mlx_array,
+        a: mlx_array,
+        shift: *const ::std::os::raw::c_int,
+        shift_num: usize,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_round(
+        res: *mut mlx_array,
+        a: mlx_array,
+        decimals: ::std::os::raw::c_int,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_rsqrt(res: *mut mlx_array, a: mlx_array, s: mlx_stream) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_scatter(
+        res: *mut mlx_array,
+        a: mlx_array,
+        indices: mlx_vector_array,
+        updates: mlx_array,
+        axes: *const ::std::os::raw::c_int,
+        axes_num: usize,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_scatter_single(
+        res: *mut mlx_array,
+        a: mlx_array,
+        indices: mlx_array,
+        updates: mlx_array,
+        axis: ::std::os::raw::c_int,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_scatter_add(
+        res: *mut mlx_array,
+        a: mlx_array,
+        indices: mlx_vector_array,
+        updates: mlx_array,
+        axes: *const ::std::os::raw::c_int,
+        axes_num: usize,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_scatter_add_single(
+        res: *mut mlx_array,
+        a: mlx_array,
+        indices: mlx_array,
+        updates: mlx_array,
+        axis: ::std::os::raw::c_int,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_scatter_add_axis(
+        res: *mut mlx_array,
+        a: mlx_array,
+        indices: mlx_array,
+        values: mlx_array,
+        axis: ::std::os::raw::c_int,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_scatter_max(
+        res: *mut mlx_array,
+        a: mlx_array,
+        indices: mlx_vector_array,
+        updates: mlx_array,
+        axes: *const ::std::os::raw::c_int,
+        axes_num: usize,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_scatter_max_single(
+        res: *mut mlx_array,
+        a: mlx_array,
+        indices: mlx_array,
+        updates: mlx_array,
+        axis: ::std::os::raw::c_int,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_scatter_min(
+        res: *mut mlx_array,
+        a: mlx_array,
+        indices: mlx_vector_array,
+        updates: mlx_array,
+        axes: *const ::std::os::raw::c_int,
+        axes_num: usize,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_scatter_min_single(
+        res: *mut mlx_array,
+        a: mlx_array,
+        indices: mlx_array,
+        updates: mlx_array,
+        axis: ::std::os::raw::c_int,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_scatter_prod(
+        res: *mut mlx_array,
+        a: mlx_array,
+        indices: mlx_vector_array,
+        updates: mlx_array,
+        axes: *const ::std::os::raw::c_int,
+        axes_num: usize,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_scatter_prod_single(
+        res: *mut mlx_array,
+        a: mlx_array,
+        indices: mlx_array,
+        updates: mlx_array,
+        axis: ::std::os::raw::c_int,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_searchsorted(
+        res: *mut mlx_array,
+        sorted_sequence: mlx_array,
+        values: mlx_array,
+        side: *const ::std::os::raw::c_char,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_segmented_mm(
+        res: *mut mlx_array,
+        a: mlx_array,
+        b: mlx_array,
+        segments: mlx_array,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_sigmoid(res: *mut mlx_array, a: mlx_array, s: mlx_stream) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_sign(res: *mut mlx_array, a: mlx_array, s: mlx_stream) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_sin(res: *mut mlx_array, a: mlx_array, s: mlx_stream) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_sinh(res: *mut mlx_array, a: mlx_array, s: mlx_stream) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_slice(
+        res: *mut mlx_array,
+        a: mlx_array,
+        start: *const ::std::os::raw::c_int,
+        start_num: usize,
+        stop: *const ::std::os::raw::c_int,
+        stop_num: usize,
+        strides: *const ::std::os::raw::c_int,
+        strides_num: usize,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_slice_dynamic(
+        res: *mut mlx_array,
+        a: mlx_array,
+        start: mlx_array,
+        axes: *const ::std::os::raw::c_int,
+        axes_num: usize,
+        slice_size: *const ::std::os::raw::c_int,
+        slice_size_num: usize,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_slice_update(
+        res: *mut mlx_array,
+        src: mlx_array,
+        update: mlx_array,
+        start: *const ::std::os::raw::c_int,
+        start_num: usize,
+        stop: *const ::std::os::raw::c_int,
+        stop_num: usize,
+        strides: *const ::std::os::raw::c_int,
+        strides_num: usize,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_slice_update_dynamic(
+        res: *mut mlx_array,
+        src: mlx_array,
+        update: mlx_array,
+        start: mlx_array,
+        axes: *const ::std::os::raw::c_int,
+        axes_num: usize,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_slice_update_add(
+        res: *mut mlx_array,
+        src: mlx_array,
+        update: mlx_array,
+        start: *const ::std::os::raw::c_int,
+        start_num: usize,
+        stop: *const ::std::os::raw::c_int,
+        stop_num: usize,
+        strides: *const ::std::os::raw::c_int,
+        strides_num: usize,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_slice_update_max(
+        res: *mut mlx_array,
+        src: mlx_array,
+        update: mlx_array,
+        start: *const ::std::os::raw::c_int,
+        start_num: usize,
+        stop: *const ::std::os::raw::c_int,
+        stop_num: usize,
+        strides: *const ::std::os::raw::c_int,
+        strides_num: usize,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_slice_update_min(
+        res: *mut mlx_array,
+        src: mlx_array,
+        update: mlx_array,
+        start: *const ::std::os::raw::c_int,
+        start_num: usize,
+        stop: *const ::std::os::raw::c_int,
+        stop_num: usize,
+        strides: *const ::std::os::raw::c_int,
+        strides_num: usize,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_slice_update_prod(
+        res: *mut mlx_array,
+        src: mlx_array,
+        update: mlx_array,
+        start: *const ::std::os::raw::c_int,
+        start_num: usize,
+        stop: *const ::std::os::raw::c_int,
+        stop_num: usize,
+        strides: *const ::std::os::raw::c_int,
+        strides_num: usize,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_softmax_axes(
+        res: *mut mlx_array,
+        a: mlx_array,
+        axes: *const ::std::os::raw::c_int,
+        axes_num: usize,
+        precise: bool,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_softmax_axis(
+        res: *mut mlx_array,
+        a: mlx_array,
+        axis: ::std::os::raw::c_int,
+        precise: bool,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_softmax(
+        res: *mut mlx_array,
+        a: mlx_array,
+        precise: bool,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_sort_axis(
+        res: *mut mlx_array,
+        a: mlx_array,
+        axis: ::std::os::raw::c_int,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_sort(res: *mut mlx_array, a: mlx_array, s: mlx_stream) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_split(
+        res: *mut mlx_vector_array,
+        a: mlx_array,
+        num_splits: ::std::os::raw::c_int,
+        axis: ::std::os::raw::c_int,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_split_sections(
+        res: *mut mlx_vector_array,
+        a: mlx_array,
+        indices: *const ::std::os::raw::c_int,
+        indices_num: usize,
+        axis: ::std::os::raw::c_int,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_sqrt(res: *mut mlx_array, a: mlx_array, s: mlx_stream) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_square(res: *mut mlx_array, a: mlx_array, s: mlx_stream) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_squeeze_axes(
+        res: *mut mlx_array,
+        a: mlx_array,
+        axes: *const ::std::os::raw::c_int,
+        axes_num: usize,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_squeeze_axis(
+        res: *mut mlx_array,
+        a: mlx_array,
+        axis: ::std::os::raw::c_int,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_squeeze(res: *mut mlx_array, a: mlx_array, s: mlx_stream) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_stack_axis(
+        res: *mut mlx_array,
+        arrays: mlx_vector_array,
+        axis: ::std::os::raw::c_int,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_stack(
+        res: *mut mlx_array,
+        arrays: mlx_vector_array,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_std_axes(
+        res: *mut mlx_array,
+        a: mlx_array,
+        axes: *const ::std::os::raw::c_int,
+        axes_num: usize,
+        keepdims: bool,
+        ddof: ::std::os::raw::c_int,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_std_axis(
+        res: *mut mlx_array,
+        a: mlx_array,
+        axis: ::std::os::raw::c_int,
+        keepdims: bool,
+        ddof: ::std::os::raw::c_int,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_std(
+        res: *mut mlx_array,
+        a: mlx_array,
+        keepdims: bool,
+        ddof: ::std::os::raw::c_int,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_stop_gradient(
+        res: *mut mlx_array,
+        a: mlx_array,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_subtract(
+        res: *mut mlx_array,
+        a: mlx_array,
+        b: mlx_array,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_sum_axes(
+        res: *mut mlx_array,
+        a: mlx_array,
+        axes: *const ::std::os::raw::c_int,
+        axes_num: usize,
+        keepdims: bool,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_sum_axis(
+        res: *mut mlx_array,
+        a: mlx_array,
+        axis: ::std::os::raw::c_int,
+        keepdims: bool,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_sum(
+        res: *mut mlx_array,
+        a: mlx_array,
+        keepdims: bool,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_swapaxes(
+        res: *mut mlx_array,
+        a: mlx_array,
+        axis1: ::std::os::raw::c_int,
+        axis2: ::std::os::raw::c_int,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_take_axis(
+        res: *mut mlx_array,
+        a: mlx_array,
+        indices: mlx_array,
+        axis: ::std::os::raw::c_int,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_take(
+        res: *mut mlx_array,
+        a: mlx_array,
+        indices: mlx_array,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_take_along_axis(
+        res: *mut mlx_array,
+        a: mlx_array,
+        indices: mlx_array,
+        axis: ::std::os::raw::c_int,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_tan(res: *mut mlx_array, a: mlx_array, s: mlx_stream) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_tanh(res: *mut mlx_array, a: mlx_array, s: mlx_stream) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_tensordot(
+        res: *mut mlx_array,
+        a: mlx_array,
+        b: mlx_array,
+        axes_a: *const ::std::os::raw::c_int,
+        axes_a_num: usize,
+        axes_b: *const ::std::os::raw::c_int,
+        axes_b_num: usize,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_tensordot_axis(
+        res: *mut mlx_array,
+        a: mlx_array,
+        b: mlx_array,
+        axis: ::std::os::raw::c_int,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_tile(
+        res: *mut mlx_array,
+        arr: mlx_array,
+        reps: *const ::std::os::raw::c_int,
+        reps_num: usize,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_to_fp8(res: *mut mlx_array, x: mlx_array, s: mlx_stream) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_topk_axis(
+        res: *mut mlx_array,
+        a: mlx_array,
+        k: ::std::os::raw::c_int,
+        axis: ::std::os::raw::c_int,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_topk(
+        res: *mut mlx_array,
+        a: mlx_array,
+        k: ::std::os::raw::c_int,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_trace_axes(
+        res: *mut mlx_array,
+        a: mlx_array,
+        offset: ::std::os::raw::c_int,
+        axis1: ::std::os::raw::c_int,
+        axis2: ::std::os::raw::c_int,
+        dtype: mlx_dtype,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_trace(res: *mut mlx_array, a: mlx_array, s: mlx_stream) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_transpose_axes(
+        res: *mut mlx_array,
+        a: mlx_array,
+        axes: *const ::std::os::raw::c_int,
+        axes_num: usize,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_transpose(res: *mut mlx_array, a: mlx_array, s: mlx_stream)
+        -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_tri(
+        res: *mut mlx_array,
+        n: ::std::os::raw::c_int,
+        m: ::std::os::raw::c_int,
+        k: ::std::os::raw::c_int,
+        type_: mlx_dtype,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_tril(
+        res: *mut mlx_array,
+        x: mlx_array,
+        k: ::std::os::raw::c_int,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_triu(
+        res: *mut mlx_array,
+        x: mlx_array,
+        k: ::std::os::raw::c_int,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_trunc(res: *mut mlx_array, a: mlx_array, s: mlx_stream) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_unflatten(
+        res: *mut mlx_array,
+        a: mlx_array,
+        axis: ::std::os::raw::c_int,
+        shape: *const ::std::os::raw::c_int,
+        shape_num: usize,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_unstack_axis(
+        res: *mut mlx_vector_array,
+        a: mlx_array,
+        axis: ::std::os::raw::c_int,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_unstack(
+        res: *mut mlx_vector_array,
+        a: mlx_array,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_var_axes(
+        res: *mut mlx_array,
+        a: mlx_array,
+        axes: *const ::std::os::raw::c_int,
+        axes_num: usize,
+        keepdims: bool,
+        ddof: ::std::os::raw::c_int,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_var_axis(
+        res: *mut mlx_array,
+        a: mlx_array,
+        axis: ::std::os::raw::c_int,
+        keepdims: bool,
+        ddof: ::std::os::raw::c_int,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_var(
+        res: *mut mlx_array,
+        a: mlx_array,
+        keepdims: bool,
+        ddof: ::std::os::raw::c_int,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_vecdot(
+        res: *mut mlx_array,
+        a: mlx_array,
+        b: mlx_array,
+        axis: ::std::os::raw::c_int,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_view(
+        res: *mut mlx_array,
+        a: mlx_array,
+        dtype: mlx_dtype,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_where(
+        res: *mut mlx_array,
+        condition: mlx_array,
+        x: mlx_array,
+        y: mlx_array,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_zeros(
+        res: *mut mlx_array,
+        shape: *const ::std::os::raw::c_int,
+        shape_num: usize,
+        dtype: mlx_dtype,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_zeros_like_dtype(
+        res: *mut mlx_array,
+        a: mlx_array,
+        dtype: mlx_dtype,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_zeros_like(
+        res: *mut mlx_array,
+        a: mlx_array,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_random_bernoulli(
+        res: *mut mlx_array,
+        p: mlx_array,
+        shape: *const ::std::os::raw::c_int,
+        shape_num: usize,
+        key: mlx_array,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_random_bits(
+        res: *mut mlx_array,
+        shape: *const ::std::os::raw::c_int,
+        shape_num: usize,
+        width: ::std::os::raw::c_int,
+        key: mlx_array,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_random_categorical_shape(
+        res: *mut mlx_array,
+        logits: mlx_array,
+        axis: ::std::os::raw::c_int,
+        shape: *const ::std::os::raw::c_int,
+        shape_num: usize,
+        key: mlx_array,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_random_categorical_num_samples(
+        res: *mut mlx_array,
+        logits_: mlx_array,
+        axis: ::std::os::raw::c_int,
+        num_samples: ::std::os::raw::c_int,
+        key: mlx_array,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_random_categorical(
+        res: *mut mlx_array,
+        logits: mlx_array,
+        axis: ::std::os::raw::c_int,
+        key: mlx_array,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_random_gumbel(
+        res: *mut mlx_array,
+        shape: *const ::std::os::raw::c_int,
+        shape_num: usize,
+        dtype: mlx_dtype,
+        key: mlx_array,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_random_key(res: *mut mlx_array, seed: u64) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_random_laplace(
+        res: *mut mlx_array,
+        shape: *const ::std::os::raw::c_int,
+        shape_num: usize,
+        dtype: mlx_dtype,
+        loc: f32,
+        scale: f32,
+        key: mlx_array,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_random_multivariate_normal(
+        res: *mut mlx_array,
+        mean: mlx_array,
+        cov: mlx_array,
+        shape: *const ::std::os::raw::c_int,
+        shape_num: usize,
+        dtype: mlx_dtype,
+        key: mlx_array,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_random_normal_broadcast(
+        res: *mut mlx_array,
+        shape: *const ::std::os::raw::c_int,
+        shape_num: usize,
+        dtype: mlx_dtype,
+        loc: mlx_array,
+        scale: mlx_array,
+        key: mlx_array,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_random_normal(
+        res: *mut mlx_array,
+        shape: *const ::std::os::raw::c_int,
+        shape_num: usize,
+        dtype: mlx_dtype,
+        loc: f32,
+        scale: f32,
+        key: mlx_array,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_random_permutation(
+        res: *mut mlx_array,
+        x: mlx_array,
+        axis: ::std::os::raw::c_int,
+        key: mlx_array,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_random_permutation_arange(
+        res: *mut mlx_array,
+        x: ::std::os::raw::c_int,
+        key: mlx_array,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_random_randint(
+        res: *mut mlx_array,
+        low: mlx_array,
+        high: mlx_array,
+        shape: *const ::std::os::raw::c_int,
+        shape_num: usize,
+        dtype: mlx_dtype,
+        key: mlx_array,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_random_seed(seed: u64) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_random_split_num(
+        res: *mut mlx_array,
+        key: mlx_array,
+        num: ::std::os::raw::c_int,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_random_split(
+        res_0: *mut mlx_array,
+        res_1: *mut mlx_array,
+        key: mlx_array,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_random_truncated_normal(
+        res: *mut mlx_array,
+        lower: mlx_array,
+        upper: mlx_array,
+        shape: *const ::std::os::raw::c_int,
+        shape_num: usize,
+        dtype: mlx_dtype,
+        key: mlx_array,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_random_uniform(
+        res: *mut mlx_array,
+        low: mlx_array,
+        high: mlx_array,
+        shape: *const ::std::os::raw::c_int,
+        shape_num: usize,
+        dtype: mlx_dtype,
+        key: mlx_array,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_async_eval(outputs: mlx_vector_array) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_checkpoint(res: *mut mlx_closure, fun: mlx_closure) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_custom_function(
+        res: *mut mlx_closure,
+        fun: mlx_closure,
+        fun_vjp: mlx_closure_custom,
+        fun_jvp: mlx_closure_custom_jvp,
+        fun_vmap: mlx_closure_custom_vmap,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_custom_vjp(
+        res: *mut mlx_closure,
+        fun: mlx_closure,
+        fun_vjp: mlx_closure_custom,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_eval(outputs: mlx_vector_array) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_jvp(
+        res_0: *mut mlx_vector_array,
+        res_1: *mut mlx_vector_array,
+        fun: mlx_closure,
+        primals: mlx_vector_array,
+        tangents: mlx_vector_array,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_value_and_grad(
+        res: *mut mlx_closure_value_and_grad,
+        fun: mlx_closure,
+        argnums: *const ::std::os::raw::c_int,
+        argnums_num: usize,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_vjp(
+        res_0: *mut mlx_vector_array,
+        res_1: *mut mlx_vector_array,
+        fun: mlx_closure,
+        primals: mlx_vector_array,
+        cotangents: mlx_vector_array,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_detail_vmap_replace(
+        res: *mut mlx_vector_array,
+        inputs: mlx_vector_array,
+        s_inputs: mlx_vector_array,
+        s_outputs: mlx_vector_array,
+        in_axes: *const ::std::os::raw::c_int,
+        in_axes_num: usize,
+        out_axes: *const ::std::os::raw::c_int,
+        out_axes_num: usize,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_detail_vmap_trace(
+        res_0: *mut mlx_vector_array,
+        res_1: *mut mlx_vector_array,
+        fun: mlx_closure,
+        inputs: mlx_vector_array,
+        in_axes: *const ::std::os::raw::c_int,
+        in_axes_num: usize,
     ) -> ::std::os::raw::c_int;
 }
 extern "C" {

@@ -289,17 +289,17 @@ MLXC_ACCESSORS(bfloat16, bfloat16_t, mx::bfloat16_t, mx::bfloat16)
 #undef MLXC_ACCESSORS
 
 extern "C" int _mlx_array_is_available(bool* res, const mlx_array arr) {
-  return guard([&] { *res = get(arr).is_available(); });
+  return guard([&] { out(res) = get(arr).is_available(); });
 }
 extern "C" int _mlx_array_wait(const mlx_array arr) {
   return guard([&] { get(arr).wait(); });
 }
 extern "C" int _mlx_array_is_contiguous(bool* res, const mlx_array arr) {
-  return guard([&] { *res = get(arr).flags().contiguous; });
+  return guard([&] { out(res) = get(arr).flags().contiguous; });
 }
 extern "C" int _mlx_array_is_row_contiguous(bool* res, const mlx_array arr) {
-  return guard([&] { *res = get(arr).flags().row_contiguous; });
+  return guard([&] { out(res) = get(arr).flags().row_contiguous; });
 }
 extern "C" int _mlx_array_is_col_contiguous(bool* res, const mlx_array arr) {
-  return guard([&] { *res = get(arr).flags().col_contiguous; });
+  return guard([&] { out(res) = get(arr).flags().col_contiguous; });
 }

@@ -129,11 +129,11 @@ extern "C" int mlx_vector_vector_array_get(
   return guard([&] { put(res, at(vec, idx)); });
 }
 extern "C" int mlx_vector_int_get(int* res, const mlx_vector_int vec, size_t idx) {
-  return guard([&] { *res = at(vec, idx); });
+  return guard([&] { out(res) = at(vec, idx); });
 }
 extern "C" int mlx_vector_string_get(char** res, const mlx_vector_string vec, size_t idx) {
   // The characters stay owned by the vector (as in mlx-c).
-  return guard([&] { *res = at(vec, idx).data(); });
+  return guard([&] { out(res) = at(vec, idx).data(); });
 }
 extern "C" int mlx_vector_stream_get(mlx_stream* res, const mlx_vector_stream vec, size_t idx) {
   return guard([&] { put(res, at(vec, idx)); });
@@ -189,7 +189,7 @@ extern "C" int mlx_map_string_to_array_iterator_next(
       done = 1;
       return;
     }
-    *key = i->first.c_str();
+    out(key) = i->first.c_str();
     put(value, i->second);
     ++i;
   });
@@ -214,7 +214,7 @@ extern "C" int mlx_map_string_to_string_get(const char** value, const mlx_map_st
     auto& m = get(map);
     auto it = m.find(str(key, "map key"));
     if (it != m.end()) {
-      *value = it->second.c_str();
+      out(value) = it->second.c_str();
       found = 1;
     }
   });
@@ -244,8 +244,8 @@ extern "C" int mlx_map_string_to_string_iterator_next(
       done = 1;
       return;
     }
-    *key = i->first.c_str();
-    *value = i->second.c_str();
+    out(key) = i->first.c_str();
+    out(value) = i->second.c_str();
     ++i;
   });
   return rc ? rc : (done ? 2 : 0);

@@ -75,10 +75,10 @@ extern "C" bool mlx_device_equal(mlx_device lhs, mlx_device rhs) {
   return guard_value(false, [&] { return get(lhs) == get(rhs); });
 }
 extern "C" int mlx_device_get_index(int* index, mlx_device dev) {
-  return guard([&] { *index = get(dev).index; });
+  return guard([&] { out(index) = get(dev).index; });
 }
 extern "C" int mlx_device_get_type(mlx_device_type* type, mlx_device dev) {
-  return guard([&] { *type = get(dev).type == mx::Device::cpu ? MLX_CPU : MLX_GPU; });
+  return guard([&] { out(type) = get(dev).type == mx::Device::cpu ? MLX_CPU : MLX_GPU; });
 }
 extern "C" int mlx_get_default_device(mlx_device* dev) {
   return guard([&] { put(dev, mx::default_device()); });
@@ -87,10 +87,10 @@ extern "C" int mlx_set_default_device(mlx_device dev) {
   return guard([&] { mx::set_default_device(get(dev)); });
 }
 extern "C" int mlx_device_is_available(bool* avail, mlx_device dev) {
-  return guard([&] { *avail = mx::is_available(get(dev)); });
+  return guard([&] { out(avail) = mx::is_available(get(dev)); });
 }
 extern "C" int mlx_device_count(int* count, mlx_device_type type) {
-  return guard([&] { *count = mx::device_count(device_type(type)); });
+  return guard([&] { out(count) = mx::device_count(device_type(type)); });
 }
 
 extern "C" mlx_device_info mlx_device_info_new(void) {
@@ -114,10 +114,10 @@ extern "C" int mlx_device_info_free(mlx_device_info info) {
   return 0;
 }
 extern "C" int mlx_device_info_has_key(bool* exists, mlx_device_info info, const char* key) {
-  return guard([&] { *exists = info_of(info).count(str(key, "device info key")) > 0; });
+  return guard([&] { out(exists) = info_of(info).count(str(key, "device info key")) > 0; });
 }
 extern "C" int mlx_device_info_is_string(bool* is_string, mlx_device_info info, const char* key) {
-  return guard([&] { *is_string = std::holds_alternative<std::string>(info_value(info, key)); });
+  return guard([&] { out(is_string) = std::holds_alternative<std::string>(info_value(info, key)); });
 }
 extern "C" int mlx_device_info_get_string(const char** value, mlx_device_info info, const char* key) {
   return guard([&] {
@@ -125,7 +125,7 @@ extern "C" int mlx_device_info_get_string(const char** value, mlx_device_info in
     if (!std::holds_alternative<std::string>(v)) {
       throw std::invalid_argument(std::string("device info '") + key + "' is not a string");
     }
-    *value = std::get<std::string>(v).c_str();
+    out(value) = std::get<std::string>(v).c_str();
   });
 }
 extern "C" int mlx_device_info_get_size(size_t* value, mlx_device_info info, const char* key) {
@@ -134,7 +134,7 @@ extern "C" int mlx_device_info_get_size(size_t* value, mlx_device_info info, con
     if (!std::holds_alternative<size_t>(v)) {
       throw std::invalid_argument(std::string("device info '") + key + "' is not a size");
     }
-    *value = std::get<size_t>(v);
+    out(value) = std::get<size_t>(v);
   });
 }
 extern "C" int mlx_device_info_get_keys(mlx_vector_string* keys, mlx_device_info info) {
@@ -203,7 +203,7 @@ extern "C" int mlx_stream_get_device(mlx_device* dev, mlx_stream stream) {
   return guard([&] { put(dev, get(stream).device); });
 }
 extern "C" int mlx_stream_get_index(int* index, mlx_stream stream) {
-  return guard([&] { *index = get(stream).index; });
+  return guard([&] { out(index) = get(stream).index; });
 }
 extern "C" int mlx_synchronize(mlx_stream stream) {
   return guard([&] { mx::synchronize(get(stream)); });

@@ -24,13 +24,23 @@ Handler& handler() {
 }
 
 thread_local std::string last_error;
+thread_local unsigned long errors_reported = 0;
 
 } // namespace
 
 namespace mlxc {
 
+unsigned long error_count() {
+  return errors_reported;
+}
+
+const char* last_error_message() {
+  return last_error.c_str();
+}
+
 void report_error(const char* msg) {
   last_error = msg ? msg : "";
+  ++errors_reported;
   Handler h;
   {
     std::lock_guard<std::mutex> lock(handler_mutex());

@@ -7,9 +7,13 @@
 // call + status code that callers of the C API see.
 #pragma once
 
+#include <mlx/compile_impl.h>
 #include <mlx/mlx.h>
 
+#include <algorithm>
 #include <exception>
+#include <functional>
+#include <memory>
 #include <optional>
 #include <string>
 #include <unordered_map>
@@ -30,26 +34,48 @@ void report_error(const char* msg);
 using ArrayMap = std::unordered_map<std::string, mx::array>;
 using StringMap = std::unordered_map<std::string, std::string>;
 
+// The C++ signatures behind the closure handles.
+using Arrays = std::vector<mx::array>;
+using ClosureFn = std::function<Arrays(const Arrays&)>;
+using ClosureKwargsFn = std::function<Arrays(const Arrays&, const ArrayMap&)>;
+using ValueAndGradFn = std::function<std::pair<Arrays, Arrays>(const Arrays&)>;
+using CustomFn = std::function<Arrays(const Arrays&, const Arrays&, const Arrays&)>;
+using CustomJvpFn = std::function<Arrays(const Arrays&, const Arrays&, const std::vector<int>&)>;
+using CustomVmapFn = std::function<std::pair<Arrays, std::vector<int>>(const Arrays&, const std::vector<int>&)>;
+
 template <class H>
 struct Cpp;
-#define MLXC_HANDLE(H, T) \
+// Declares the C++ type behind handle H (MLXC_HANDLE: the same, at global scope, for .cpp files that
+// implement handles of their own).
+#define MLXC_HANDLE_IN_NS(H, T) \
   template <>             \
   struct Cpp<H> {         \
     using type = T;       \
     static constexpr const char* name = #H; \
   };
-MLXC_HANDLE(mlx_array, mx::array)
-MLXC_HANDLE(mlx_string, std::string)
-MLXC_HANDLE(mlx_stream, mx::Stream)
-MLXC_HANDLE(mlx_device, mx::Device)
-MLXC_HANDLE(mlx_vector_array, std::vector<mx::array>)
-MLXC_HANDLE(mlx_vector_vector_array, std::vector<std::vector<mx::array>>)
-MLXC_HANDLE(mlx_vector_int, std::vector<int>)
-MLXC_HANDLE(mlx_vector_string, std::vector<std::string>)
-MLXC_HANDLE(mlx_vector_stream, std::vector<mx::Stream>)
-MLXC_HANDLE(mlx_map_string_to_array, ArrayMap)
-MLXC_HANDLE(mlx_map_string_to_string, StringMap)
-#undef MLXC_HANDLE
+MLXC_HANDLE_IN_NS(mlx_array, mx::array)
+MLXC_HANDLE_IN_NS(mlx_string, std::string)
+MLXC_HANDLE_IN_NS(mlx_stream, mx::Stream)
+MLXC_HANDLE_IN_NS(mlx_device, mx::Device)
+MLXC_HANDLE_IN_NS(mlx_vector_array, std::vector<mx::array>)
+MLXC_HANDLE_IN_NS(mlx_vector_vector_array, std::vector<std::vector<mx::array>>)
+MLXC_HANDLE_IN_NS(mlx_vector_int, std::vector<int>)
+MLXC_HANDLE_IN_NS(mlx_vector_string, std::vector<std::string>)
+MLXC_HANDLE_IN_NS(mlx_vector_stream, std::vector<mx::Stream>)
+MLXC_HANDLE_IN_NS(mlx_map_string_to_array, ArrayMap)
+MLXC_HANDLE_IN_NS(mlx_map_string_to_string, StringMap)
+MLXC_HANDLE_IN_NS(mlx_closure, ClosureFn)
+MLXC_HANDLE_IN_NS(mlx_closure_kwargs, ClosureKwargsFn)
+MLXC_HANDLE_IN_NS(mlx_closure_value_and_grad, ValueAndGradFn)
+MLXC_HANDLE_IN_NS(mlx_closure_custom, CustomFn)
+MLXC_HANDLE_IN_NS(mlx_closure_custom_jvp, CustomJvpFn)
+MLXC_HANDLE_IN_NS(mlx_closure_custom_vmap, CustomVmapFn)
+MLXC_HANDLE_IN_NS(mlx_distributed_group, mx::distributed::Group)
+
+#define MLXC_HANDLE(H, T) \
+  namespace mlxc {        \
+  MLXC_HANDLE_IN_NS(H, T) \
+  }
 
 template <class H>
 using cpp_t = typename Cpp<H>::type;
@@ -76,6 +102,15 @@ void put(H* h, V&& v) {
   }
 }
 
+// The target of a plain (non-handle) result pointer; a null pointer is an error.
+template <class T>
+T& out(T* p) {
+  if (p == nullptr) {
+    throw std::invalid_argument("null result pointer");
+  }
+  return *p;
+}
+
 // A new handle owning a copy of (or the moved) `v`.
 template <class H, class V>
 H make(V&& v) {
@@ -84,11 +119,82 @@ H make(V&& v) {
   return h;
 }
 
+// Objects handed to C callbacks as out-params (see Slot) that the callback has not freed yet.
+inline thread_local std::vector<void*> pending_slots;
+
 template <class H>
 int drop(H h) {
+  if (!pending_slots.empty()) {
+    auto it = std::find(pending_slots.begin(), pending_slots.end(), h.ctx);
+    if (it != pending_slots.end()) {
+      pending_slots.erase(it);
+    }
+  }
   delete static_cast<cpp_t<H>*>(h.ctx);
   return 0;
 }
+
+// Owns a handle for the duration of a scope (inputs handed to C callbacks).
+template <class H>
+struct Temp {
+  H h;
+  template <class V>
+  explicit Temp(V&& v) : h(make<H>(std::forward<V>(v))) {}
+  Temp(const Temp&) = delete;
+  Temp& operator=(const Temp&) = delete;
+  ~Temp() {
+    drop(h);
+  }
+};
+
+// An out-param for a C callback: a handle to a fresh empty object (the empty handle for mlx_array) that
+// the callback may fill in place (set/append), or replace with a handle of its own (freeing ours or not).
+// take() returns the result; every object involved is freed exactly once.
+template <class H>
+class Slot {
+ public:
+  Slot() {
+    if constexpr (std::is_default_constructible_v<cpp_t<H>>) {
+      placeholder_ = new cpp_t<H>();
+      h_.ctx = placeholder_;
+      pending_slots.push_back(placeholder_);
+    } // else (mlx_array): the empty handle, which `_set` fills
+  }
+  Slot(const Slot&) = delete;
+  Slot& operator=(const Slot&) = delete;
+  ~Slot() {
+    release_placeholder();
+    if (h_.ctx != nullptr && h_.ctx != placeholder_) {
+      delete static_cast<cpp_t<H>*>(h_.ctx);
+    }
+  }
+  H* ptr() {
+    return &h_;
+  }
+  cpp_t<H> take(const char* what) {
+    if (h_.ctx == nullptr) {
+      throw std::runtime_error(std::string(what) + ": the callback returned an empty result handle");
+    }
+    return std::move(*static_cast<cpp_t<H>*>(h_.ctx));
+  }
+
+ private:
+  void release_placeholder() {
+    if (placeholder_ == nullptr) {
+      return;
+    }
+    auto it = std::find(pending_slots.begin(), pending_slots.end(), placeholder_);
+    if (it != pending_slots.end()) { // not freed by the callback: ours to free
+      pending_slots.erase(it);
+      if (h_.ctx == placeholder_) {
+        h_.ctx = nullptr;
+      }
+      delete static_cast<cpp_t<H>*>(placeholder_);
+    }
+  }
+  H h_{};
+  void* placeholder_ = nullptr;
+};
 
 // --- argument conversion ---------------------------------------------------------------------------
 
@@ -106,6 +212,14 @@ inline std::optional<int> opt(mlx_optional_int v) {
 
 inline std::optional<float> opt(mlx_optional_float v) {
   return v.has_value ? std::optional<float>(v.value) : std::nullopt;
+}
+
+// An optional list of ints: a null pointer means "absent".
+inline std::optional<std::vector<int>> opt_ints(const int* data, size_t n) {
+  if (data == nullptr) {
+    return std::nullopt;
+  }
+  return std::vector<int>(data, data + n);
 }
 
 mx::Dtype to_cpp(mlx_dtype t);
@@ -143,6 +257,49 @@ inline std::vector<int> ints(const int* data, size_t n, const char* what = "axes
     throw std::invalid_argument(std::string("null ") + what + " with non-zero length");
   }
   return std::vector<int>(data, data + n);
+}
+
+inline mx::Strides strides(const int64_t* data, size_t n, const char* what = "strides") {
+  if (data == nullptr && n != 0) {
+    throw std::invalid_argument(std::string("null ") + what + " with non-zero length");
+  }
+  return mx::Strides(data, data + n);
+}
+
+inline mx::fft::FFTNorm fft_norm(mlx_fft_norm n) {
+  switch (n) {
+    case MLX_FFT_NORM_BACKWARD:
+      return mx::fft::FFTNorm::Backward;
+    case MLX_FFT_NORM_ORTHO:
+      return mx::fft::FFTNorm::Ortho;
+    case MLX_FFT_NORM_FORWARD:
+      return mx::fft::FFTNorm::Forward;
+  }
+  throw std::invalid_argument("invalid mlx_fft_norm value " + std::to_string(static_cast<int>(n)));
+}
+
+// A group argument: the empty handle means the global group (MLX's default).
+inline std::optional<mx::distributed::Group> group(mlx_distributed_group g) {
+  if (g.ctx == nullptr) {
+    return std::nullopt;
+  }
+  return get(g);
+}
+
+// Throws unless a C callback returned 0. `errors_before` is error_count() from before the call: a
+// message reported during the callback (e.g. by a failing operation it called) is passed on.
+unsigned long error_count();
+const char* last_error_message();
+inline void check_callback(int status, const char* what, unsigned long errors_before) {
+  if (status == 0) {
+    return;
+  }
+  std::string msg = std::string(what) + ": the callback failed (status " + std::to_string(status) + ")";
+  if (error_count() != errors_before) {
+    msg += ": ";
+    msg += last_error_message();
+  }
+  throw std::runtime_error(msg);
 }
 
 // --- error guard ------------------------------------------------------------------------------------
