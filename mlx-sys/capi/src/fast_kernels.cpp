@@ -1,7 +1,4 @@
 // zmlx mlx-sys: custom Metal and CUDA kernels (the object part of fast.h).
-//
-// A kernel object keeps its definition and builds MLX's kernel function at the first `_apply`, so the
-// objects can be created everywhere; applying one on a build without its backend is an error.
 #include "mlx/c/private/capi.h"
 
 using namespace mlxc;
@@ -18,44 +15,17 @@ struct KernelConfig {
   bool verbose = false;
 };
 
-enum class Backend { Metal, Cuda };
-
-template <Backend B>
-struct Kernel {
-  std::string name;
-  std::vector<std::string> input_names;
-  std::vector<std::string> output_names;
-  std::string source;
-  std::string header;
-  bool ensure_row_contiguous;
-  int extra; // Metal: atomic_outputs; CUDA: shared_memory
-  std::optional<mx::fast::CustomKernelFunction> fn;
-
-  mx::fast::CustomKernelFunction& function() {
-    if (fn) {
-      return *fn;
-    }
-    if constexpr (B == Backend::Metal) {
-      if (!mx::metal::is_available()) {
-        throw std::runtime_error("[metal_kernel] Metal is not available: this MLX build cannot run Metal kernels");
-      }
-      fn = mx::fast::metal_kernel(name, input_names, output_names, source, header, ensure_row_contiguous, extra != 0);
-    } else {
-      if (!mx::cu::is_available()) {
-        throw std::runtime_error("[cuda_kernel] CUDA is not available: this MLX build cannot run CUDA kernels");
-      }
-      fn = mx::fast::cuda_kernel(name, input_names, output_names, source, header, ensure_row_contiguous, extra);
-    }
-    return *fn;
-  }
-};
+// A kernel built by MLX at creation (which validates the definition); applying a Metal kernel off
+// macOS fails with MLX's "[metal_kernel] No Metal back-end." error, and creating a CUDA kernel on a
+// build without CUDA fails with "[cuda_kernel] No CUDA back-end.".
+using Kernel = mx::fast::CustomKernelFunction;
 
 } // namespace
 
 MLXC_HANDLE(mlx_fast_metal_kernel_config, KernelConfig)
 MLXC_HANDLE(mlx_fast_cuda_kernel_config, KernelConfig)
-MLXC_HANDLE(mlx_fast_metal_kernel, Kernel<Backend::Metal>)
-MLXC_HANDLE(mlx_fast_cuda_kernel, Kernel<Backend::Cuda>)
+MLXC_HANDLE(mlx_fast_metal_kernel, Kernel)
+MLXC_HANDLE(mlx_fast_cuda_kernel, Kernel)
 
 namespace {
 
@@ -121,10 +91,9 @@ int add_template_arg(H cls, const char* name, T value) {
       bool ensure_row_contiguous,                                                                       \
       EXTRA_DECL) {                                                                                     \
     return guard_value(mlx_fast_##KIND##_kernel{}, [&] {                                                \
-      return make<mlx_fast_##KIND##_kernel>(cpp_t<mlx_fast_##KIND##_kernel>{                           \
+      return make<mlx_fast_##KIND##_kernel>(mx::fast::KIND##_kernel(                                   \
           str(name, "name"), get(input_names), get(output_names), str(source, "source"),                \
-          header ? std::string(header) : std::string(), ensure_row_contiguous, static_cast<int>(EXTRA), \
-          std::nullopt});                                                                               \
+          header ? std::string(header) : std::string(), ensure_row_contiguous, EXTRA));                 \
     });                                                                                                 \
   }                                                                                                     \
   extern "C" void mlx_fast_##KIND##_kernel_free(mlx_fast_##KIND##_kernel cls) {                         \
@@ -141,7 +110,7 @@ int add_template_arg(H cls, const char* name, T value) {
       auto& k = get(cls);                                                                               \
       auto& ins = get(inputs);                                                                          \
       put(outputs,                                                                                      \
-          k.function()(                                                                                 \
+          k(                                                                                            \
               ins, c.output_shapes, c.output_dtypes, c.grid, c.thread_group, c.template_args,           \
               c.init_value, c.verbose, stream(s)));                                                     \
     });                                                                                                 \

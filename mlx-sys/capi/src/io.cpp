@@ -141,27 +141,45 @@ MLXC_IO(mlx_io_writer, CWriter)
 
 namespace {
 
-template <class T>
-const T* gguf_meta(mlx_io_gguf io, const char* key) {
-  auto& meta = get(io).second;
-  auto it = meta.find(str(key, "key"));
-  return it == meta.end() ? nullptr : std::get_if<T>(&it->second);
+// mlx-c's statuses for GGUF lookups, returned without reporting an error: no such key, or the key
+// holds metadata of another kind.
+constexpr int kNotFound = 2;
+constexpr int kWrongKind = 3;
+
+// Runs `found(entry)` on the metadata entry `key`; the status is 0, kNotFound, kWrongKind (when
+// `found` returns false) or 1 after an error.
+template <class F>
+int gguf_meta(mlx_io_gguf io, const char* key, F found) {
+  int status = 0;
+  int rc = guard([&] {
+    auto& meta = get(io).second;
+    auto it = meta.find(str(key, "key"));
+    status = it == meta.end() ? kNotFound : found(it->second) ? 0 : kWrongKind;
+  });
+  return rc ? rc : status;
 }
 
-template <class T>
-const T& gguf_meta_required(mlx_io_gguf io, const char* key, const char* kind) {
-  auto v = gguf_meta<T>(io, key);
-  if (v == nullptr) {
-    throw std::invalid_argument(std::string("gguf: no ") + kind + " metadata under key '" + key + "'");
-  }
-  return *v;
+template <class T, class H>
+int gguf_get(H* res, mlx_io_gguf io, const char* key) {
+  return gguf_meta(io, key, [&](const mx::GGUFMetaData& v) {
+    auto p = std::get_if<T>(&v);
+    if (p) {
+      put(res, *p);
+    }
+    return p != nullptr;
+  });
 }
 
+// 0 with *flag telling whether `key` holds a T; kNotFound (and *flag false) for an absent key.
 template <class T>
 int gguf_has(bool* flag, mlx_io_gguf io, const char* key) {
-  return guard([&] {
-    out(flag) = gguf_meta<T>(io, key) != nullptr;
+  bool present = false;
+  int status = gguf_meta(io, key, [&](const mx::GGUFMetaData& v) {
+    present = std::holds_alternative<T>(v);
+    return true;
   });
+  int rc = guard([&] { out(flag) = present; });
+  return rc ? rc : status;
 }
 
 // Stores value() (evaluated inside the guard) as metadata `key`.
@@ -188,23 +206,26 @@ extern "C" int mlx_io_gguf_get_keys(mlx_vector_string* keys, mlx_io_gguf io) {
   });
 }
 extern "C" int mlx_io_gguf_get_array(mlx_array* arr, mlx_io_gguf io, const char* key) {
-  return guard([&] {
+  int status = 0;
+  int rc = guard([&] {
     auto& arrays = get(io).first;
     auto it = arrays.find(str(key, "key"));
     if (it == arrays.end()) {
-      throw std::invalid_argument(std::string("gguf: no array '") + key + "'");
+      status = kNotFound;
+    } else {
+      put(arr, it->second);
     }
-    put(arr, it->second);
   });
+  return rc ? rc : status;
 }
 extern "C" int mlx_io_gguf_get_metadata_array(mlx_array* arr, mlx_io_gguf io, const char* key) {
-  return guard([&] { put(arr, gguf_meta_required<mx::array>(io, key, "array")); });
+  return gguf_get<mx::array>(arr, io, key);
 }
 extern "C" int mlx_io_gguf_get_metadata_string(mlx_string* s, mlx_io_gguf io, const char* key) {
-  return guard([&] { put(s, gguf_meta_required<std::string>(io, key, "string")); });
+  return gguf_get<std::string>(s, io, key);
 }
 extern "C" int mlx_io_gguf_get_metadata_vector_string(mlx_vector_string* vstr, mlx_io_gguf io, const char* key) {
-  return guard([&] { put(vstr, gguf_meta_required<std::vector<std::string>>(io, key, "string list")); });
+  return gguf_get<std::vector<std::string>>(vstr, io, key);
 }
 extern "C" int mlx_io_gguf_has_metadata_array(bool* flag, mlx_io_gguf io, const char* key) {
   return gguf_has<mx::array>(flag, io, key);
