@@ -1,9 +1,106 @@
-//! Build script of `zmlx`: give our binaries an rpath to the libmlx that `mlx-sys` linked.
+//! Build script of `zmlx`: compile the fork's fused MoE primitives (`mlx_local/`, C++20) against the
+//! pinned MLX that `mlx-sys` resolved, and give our binaries an rpath to that libmlx. With the
+//! `bindgen` feature it also regenerates the Rust FFI of `mlx_local/mlx/c/moe.h` (committed as
+//! `src/ffi.rs`; `scripts/check-bindings.sh` keeps the two equal).
 use std::env;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+fn fail(msg: &str) -> ! {
+    eprintln!("error: zmlx: {msg}");
+    std::process::exit(1);
+}
+
+fn cpp_sources(dir: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(rd) = fs::read_dir(dir) else {
+        return;
+    };
+    let mut entries: Vec<PathBuf> = rd.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    entries.sort();
+    for p in entries {
+        if p.is_dir() {
+            cpp_sources(&p, out);
+        } else if p.extension().is_some_and(|x| x == "cpp") {
+            out.push(p);
+        }
+    }
+}
 
 fn main() {
-    println!("cargo:rerun-if-env-changed=DEP_MLX_LIBDIR");
+    println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-changed=mlx_local");
+    for var in ["DEP_MLX_LIBDIR", "DEP_MLX_INCLUDE", "DEP_MLX_DEFINES"] {
+        println!("cargo:rerun-if-env-changed={var}");
+    }
     if let Ok(libdir) = env::var("DEP_MLX_LIBDIR") {
         println!("cargo:rustc-link-arg=-Wl,-rpath,{libdir}");
     }
+
+    let manifest = PathBuf::from(
+        env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| fail("CARGO_MANIFEST_DIR is not set")),
+    );
+    let local = manifest.join("mlx_local");
+    let include = env::var_os("DEP_MLX_INCLUDE")
+        .unwrap_or_else(|| fail("DEP_MLX_INCLUDE is not set (mlx-sys publishes it)"));
+    let includes: Vec<PathBuf> = env::split_paths(&include).collect();
+
+    let mut files = Vec::new();
+    cpp_sources(&local.join("mlx"), &mut files);
+    if files.is_empty() {
+        fail(&format!("no C++ sources under {}", local.display()));
+    }
+    let mut build = cc::Build::new();
+    build
+        .cpp(true)
+        .std("c++20")
+        // MLX itself is prebuilt and optimized; keep the kernels optimized in debug builds too.
+        .opt_level(2)
+        .include(&local)
+        .includes(&includes)
+        .files(&files)
+        .flag_if_supported("-Wno-deprecated-declarations")
+        .warnings(false);
+    if let Ok(defines) = env::var("DEP_MLX_DEFINES") {
+        for d in defines.split([' ', ',', ';']).filter(|d| !d.is_empty()) {
+            match d.split_once('=') {
+                Some((k, v)) => build.define(k, v),
+                None => build.define(d, None),
+            };
+        }
+    }
+    build.compile("zmlx_moe");
+
+    #[cfg(feature = "bindgen")]
+    ffi_bindings(&local, &includes);
+}
+
+#[cfg(feature = "bindgen")]
+fn ffi_bindings(local: &Path, includes: &[PathBuf]) {
+    let header = local.join("mlx/c/moe.h");
+    let mut builder = bindgen::Builder::default()
+        .rust_target(
+            "1.73.0"
+                .parse()
+                .unwrap_or_else(|e| fail(&format!("bindgen rust target: {e}"))),
+        )
+        .header(header.to_string_lossy())
+        .clang_arg(format!("-I{}", local.display()))
+        // Only the functions of moe.h; the mlx-c types they use come from mlx_sys.
+        .allowlist_file(format!("{}", header.display()))
+        .allowlist_recursively(false)
+        .raw_line("#![allow(non_camel_case_types, clippy::missing_safety_doc)]")
+        .raw_line("use mlx_sys::*;")
+        .layout_tests(false);
+    for inc in includes {
+        builder = builder.clang_arg(format!("-I{}", inc.display()));
+    }
+    let bindings = builder.generate().unwrap_or_else(|e| {
+        fail(&format!(
+            "bindgen failed on {} ({e}): install libclang-dev or build without the `bindgen` feature",
+            header.display()
+        ))
+    });
+    let out = PathBuf::from(env::var("OUT_DIR").unwrap_or_else(|_| fail("OUT_DIR is not set")));
+    fs::write(out.join("ffi.rs"), bindings.to_string())
+        .unwrap_or_else(|e| fail(&format!("cannot write ffi.rs: {e}")));
 }

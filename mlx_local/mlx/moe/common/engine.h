@@ -1,0 +1,105 @@
+// Copyright © 2026 zmlx contributors.
+//
+// The quantized dot-product engine shared by the fused MoE kernels. An op prepares the activation
+// rows it needs once per call (converted to float32, laid out for the weight format and the SIMD
+// level), then asks for blocks of dot products between some of those rows and a block of weight
+// rows of one expert. Every engine accumulates in float32.
+//
+// Two strategies inside `dots`:
+//  - few rows (decode): each weight group is decoded in registers and multiplied straight into the
+//    rows' accumulators (affine: sum_k x*q per group, times the scale, plus bias * sum_k x);
+//  - many rows (prefill, sorted experts): a tile of weight rows is dequantized once into float32
+//    and reused by a register-blocked micro kernel for all rows that picked the expert.
+#pragma once
+
+#include <mlx/dtype.h>
+
+#include <cstdint>
+#include <vector>
+
+#include "mlx/moe/common/dequant.h"
+#include "mlx/moe/common/simd.h"
+
+namespace mlx::core::moe {
+
+// Activation rows prepared for one weight tensor and one engine.
+struct XPrep {
+  int64_t K = 0; // elements per row
+  int64_t stride = 0; // floats between rows
+  int64_t gstride = 0; // floats between rows of gsum
+  // float32 activations: always dequantize weights to float32 first (the same rounding as MLX's
+  // float32 path), never the per-group decomposition of the few-rows path, whose cancellation between
+  // scale * sum(x*q) and bias * sum(x) costs a few float32 ulps.
+  bool exact = false;
+  std::vector<float> lane; // [rows][stride]: engine layout, values as given
+  std::vector<float> direct; // [rows][stride]: affine decode layout (prescaled); may be empty
+  std::vector<float> gsum; // [rows][gstride]: sums over each quantization group (affine)
+
+  const float* lane_row(int64_t r) const {
+    return lane.data() + r * stride;
+  }
+  const float* direct_row(int64_t r) const {
+    return (direct.empty() ? lane.data() : direct.data()) + r * stride;
+  }
+  const float* gsum_row(int64_t r) const {
+    return gsum.data() + r * gstride;
+  }
+};
+
+struct Engine {
+  SimdLevel level;
+
+  // Prepares rows src_rows[0..n) of x (row-contiguous [*, K], dtype float32/float16/bfloat16) for
+  // the weights m, into slots 0..n-1 of p. May use the thread pool.
+  void (*prepare)(const QMat& m, const void* x, Dtype xt, const int64_t* src_rows, int64_t n, XPrep& p);
+
+  // y[r * ldy + j] = sum_k row(slots[r])[k] * W[e][n0 + j][k] for r < R, j < nb (transpose = true;
+  // with transpose = false W[e][k][n0 + j], and n0, nb multiples of the group size).
+  void (*dots)(
+      const QMat& m,
+      int64_t e,
+      int64_t n0,
+      int64_t nb,
+      const XPrep& p,
+      const int64_t* slots,
+      int64_t R,
+      float* y,
+      int64_t ldy);
+};
+
+// The engine of the active SIMD level.
+const Engine& engine();
+
+// Per level (engine() picks one).
+const Engine& portable_engine();
+#if defined(__x86_64__) || defined(_M_X64)
+const Engine& avx2_engine();
+#endif
+
+// Shared pieces used by the engines.
+namespace detail {
+
+// x row (any supported float dtype) to float32.
+void load_row(const void* x, Dtype xt, int64_t row, int64_t K, float* out);
+
+// transpose = false for every engine: y[r][j] = sum_k x_r[k] W[e][k][n0 + j] (natural layout rows).
+void dots_nt(
+    const QMat& m,
+    int64_t e,
+    int64_t n0,
+    int64_t nb,
+    const XPrep& p,
+    const int64_t* slots,
+    int64_t R,
+    float* y,
+    int64_t ldy);
+
+// Natural-layout preparation (portable engine, and transpose = false everywhere).
+void prepare_natural(const QMat& m, const void* x, Dtype xt, const int64_t* src_rows, int64_t n, XPrep& p);
+
+// A thread's scratch buffer of at least n floats (reused across calls, 64-byte aligned).
+float* scratch(int which, int64_t n);
+
+} // namespace detail
+
+} // namespace mlx::core::moe

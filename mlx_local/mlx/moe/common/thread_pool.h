@@ -1,0 +1,66 @@
+// Copyright © 2026 zmlx contributors.
+//
+// The fused MoE kernels' own thread pool. MLX runs each CPU task on the stream's single worker
+// thread; inside such a task `parallel_for` spreads independent pieces of work over all cores (the
+// calling thread takes part). Exceptions thrown by a piece are caught on the thread that ran it and
+// the first one is rethrown by `parallel_for` on the calling thread, so nothing escapes a worker.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <exception>
+#include <functional>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace mlx::core::moe {
+
+class ThreadPool {
+ public:
+  // The process-wide pool, started lazily with the default size: MLX_MOE_NUM_THREADS if set to a
+  // positive integer, else the number of hardware threads.
+  static ThreadPool& instance();
+
+  // Threads that take part in parallel_for, the caller included.
+  int num_threads() const;
+
+  // Changes the number of threads (1..256); waits for a running parallel_for to finish first.
+  void set_num_threads(int n);
+
+  // Runs fn(i) for every i in [0, n): each i once, in any order, on any of the threads. Returns when
+  // all are done; rethrows the first exception. If the pool is busy (another MLX stream is inside
+  // parallel_for) the calling thread runs everything itself.
+  void parallel_for(int64_t n, const std::function<void(int64_t)>& fn);
+
+  ~ThreadPool();
+  ThreadPool(const ThreadPool&) = delete;
+  ThreadPool& operator=(const ThreadPool&) = delete;
+
+ private:
+  explicit ThreadPool(int n);
+  void start(int n);
+  void stop();
+  void worker(int id);
+  void run_pieces();
+
+  std::mutex run_mtx_; // one parallel_for at a time
+  std::mutex mtx_;
+  std::condition_variable cv_work_;
+  std::condition_variable cv_done_;
+  std::vector<std::thread> workers_;
+  bool stopping_ = false;
+  uint64_t generation_ = 0;
+  int busy_workers_ = 0;
+
+  // The current job.
+  const std::function<void(int64_t)>* fn_ = nullptr;
+  int64_t n_ = 0;
+  std::atomic<int64_t> next_{0};
+  std::atomic<bool> failed_{false};
+  std::exception_ptr error_;
+  std::mutex error_mtx_;
+};
+
+} // namespace mlx::core::moe

@@ -1,0 +1,124 @@
+// Copyright © 2026 zmlx contributors.
+//
+// CPU evaluation of gather_qmm_combine: check indices, route rows to experts, prepare each distinct
+// h row once, then in parallel over blocks of output features accumulate
+// score * (dot + bias) over every routed expert in float32 and round once to the output dtype.
+#include <mlx/allocator.h>
+#include <mlx/backend/cpu/encoder.h>
+
+#include <algorithm>
+
+#include "mlx/moe/common/engine.h"
+#include "mlx/moe/common/routing.h"
+#include "mlx/moe/common/thread_pool.h"
+#include "mlx/moe/common/validate.h"
+#include "mlx/moe/gather_qmm_combine/gather_qmm_combine.h"
+
+namespace mlx::core {
+
+namespace moe {
+
+namespace {
+constexpr const char* kTag = "gather_qmm_combine";
+constexpr int64_t kRowChunk = 256;
+} // namespace
+
+void gather_qmm_combine_cpu(const std::vector<array>& in, array& out, const CombineParams& p) {
+  const bool affine = p.q.info->has_biases;
+  size_t k = 0;
+  const array& h = in[k++];
+  const array& w = in[k++];
+  const array& sc = in[k++];
+  const array* bi = affine ? &in[k++] : nullptr;
+  const array& lhs = in[k++];
+  const array& rhs = in[k++];
+  const array& scores = in[k++];
+  const array* bias = p.has_bias ? &in[k++] : nullptr;
+
+  const int64_t Bh = h.shape(0);
+  const int64_t M = h.shape(1);
+  const int64_t B = static_cast<int64_t>(lhs.size());
+  const int64_t N = out.shape(-1);
+  const int64_t out_rows = static_cast<int64_t>(out.shape(0)) * M;
+  const QMat W = qmat_view(w, sc, bi, p.q, p.transpose);
+  const int64_t E = W.experts;
+
+  const uint32_t* li = lhs.data<uint32_t>();
+  const uint32_t* ri = rhs.data<uint32_t>();
+  check_index_range(kTag, "lhs index", li, B, Bh);
+  check_index_range(kTag, "expert index", ri, B, E);
+  if (out_rows == 0 || N == 0) {
+    return;
+  }
+
+  const Routing route_ = route(li, ri, B, M, Bh, E);
+  const Engine& eng = engine();
+  XPrep xp;
+  eng.prepare(W, h.data<uint8_t>(), h.dtype(), route_.src_rows.data(),
+              static_cast<int64_t>(route_.src_rows.size()), xp);
+
+  ThreadPool& pool = ThreadPool::instance();
+  const int64_t nb_rows = block_rows(N, p.transpose ? 1 : p.q.group_size, pool.num_threads());
+  const int64_t pieces = (N + nb_rows - 1) / nb_rows;
+  void* o = out.data<uint8_t>();
+  const Dtype ot = out.dtype();
+  const void* sp = scores.data<uint8_t>();
+  const Dtype st = scores.dtype();
+  const void* bp = bias ? bias->data<uint8_t>() : nullptr;
+  const Dtype bt = bias ? bias->dtype() : float32;
+  const int64_t kk = std::max<int64_t>(p.k, 1);
+
+  pool.parallel_for(pieces, [&](int64_t piece) {
+    const int64_t n0 = piece * nb_rows;
+    const int64_t nb = std::min(nb_rows, N - n0);
+    thread_local std::vector<float> acc, y, bb;
+    const int64_t rc = std::min<int64_t>(kRowChunk, std::max<int64_t>(route_.max_rows, 1));
+    acc.assign(static_cast<size_t>(out_rows * nb), 0.0f);
+    y.resize(static_cast<size_t>(rc * nb));
+    bb.resize(static_cast<size_t>(nb));
+    for (size_t a = 0; a < route_.experts.size(); ++a) {
+      const int64_t e = route_.experts[a];
+      for (int64_t j = 0; j < nb; ++j) {
+        bb[j] = bp ? load_float(bp, bt, e * N + n0 + j) : 0.0f;
+      }
+      for (int64_t r0 = route_.begin[a]; r0 < route_.begin[a + 1]; r0 += rc) {
+        const int64_t R = std::min(rc, route_.begin[a + 1] - r0);
+        eng.dots(W, e, n0, nb, xp, route_.slot.data() + r0, R, y.data(), nb);
+        for (int64_t r = 0; r < R; ++r) {
+          const int64_t i = route_.batch[r0 + r];
+          const float s = load_float(sp, st, i);
+          float* ar = acc.data() + ((i / kk) * M + route_.m[r0 + r]) * nb;
+          const float* yr = y.data() + r * nb;
+          for (int64_t j = 0; j < nb; ++j) {
+            ar[j] += s * (yr[j] + bb[j]);
+          }
+        }
+      }
+    }
+    for (int64_t row = 0; row < out_rows; ++row) {
+      const float* ar = acc.data() + row * nb;
+      for (int64_t j = 0; j < nb; ++j) {
+        store_float(o, ot, row * N + n0 + j, ar[j]);
+      }
+    }
+  });
+}
+
+} // namespace moe
+
+void GatherQMMCombine::eval_cpu(const std::vector<array>& inputs, array& out) {
+  out.set_data(allocator::malloc(out.nbytes()));
+  auto& enc = cpu::get_command_encoder(stream());
+  std::vector<array> in;
+  in.reserve(inputs.size());
+  for (const auto& a : inputs) {
+    enc.set_input_array(a);
+    in.push_back(array::unsafe_weak_copy(a));
+  }
+  enc.set_output_array(out);
+  enc.dispatch([in = std::move(in), out = array::unsafe_weak_copy(out), p = params_]() mutable {
+    moe::gather_qmm_combine_cpu(in, out, p);
+  });
+}
+
+} // namespace mlx::core

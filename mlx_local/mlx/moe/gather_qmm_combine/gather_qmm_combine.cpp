@@ -1,0 +1,214 @@
+// Copyright © 2026 zmlx contributors.
+//
+// gather_qmm_combine: the op, the composed reference and the primitive's non-kernel methods. The
+// CPU kernel is in cpu.cpp.
+#include "mlx/moe/gather_qmm_combine/gather_qmm_combine.h"
+
+#include <mlx/ops.h>
+
+#include <limits>
+#include <numeric>
+#include <sstream>
+#include <stdexcept>
+
+#include "mlx/moe/common/checked_indices.h"
+#include "mlx/moe/common/validate.h"
+
+namespace mlx::core {
+
+namespace {
+
+constexpr const char* kTag = "gather_qmm_combine";
+
+struct Checked {
+  moe::ProjInfo proj;
+  moe::CombineParams params;
+  Dtype out_dtype = float32;
+  Shape batch; // B = broadcast of h's batch and rhs_indices
+};
+
+Checked check_combine(
+    const array& h,
+    const array& w,
+    const array& scales,
+    const std::optional<array>& biases,
+    const array& rhs_indices,
+    const array& scores,
+    bool transpose,
+    std::optional<int> group_size,
+    std::optional<int> bits,
+    const std::string& mode,
+    const std::optional<array>& bias,
+    StreamOrDevice s) {
+  Checked c;
+  moe::check_activations(kTag, "h", h);
+  c.params.q = moe::resolve_quant(kTag, mode, group_size, bits);
+  c.proj = moe::check_projection(kTag, "w", h, w, scales, biases, transpose, c.params.q);
+  c.params.transpose = transpose;
+  if (!(scores.dtype() == float32 || scores.dtype() == float16 || scores.dtype() == bfloat16)) {
+    std::ostringstream msg;
+    msg << "[" << kTag << "] scores must be float32, float16 or bfloat16 but have dtype "
+        << scores.dtype() << ".";
+    throw std::invalid_argument(msg.str());
+  }
+  c.out_dtype = c.proj.out_dtype;
+  if (bias) {
+    moe::check_expert_bias(kTag, "bias", *bias, c.proj);
+    c.params.has_bias = true;
+    c.out_dtype = promote_types(c.out_dtype, bias->dtype());
+  }
+  c.out_dtype = promote_types(c.out_dtype, scores.dtype());
+  auto [lb, rb] = moe::gather_indices(kTag, std::nullopt, rhs_indices, h, w, s);
+  (void)rb;
+  c.batch = lb.shape();
+  if (c.batch.empty()) {
+    throw std::invalid_argument(
+        std::string("[") + kTag +
+        "] the batch shape of h and rhs_indices must have at least one dimension (the k experts "
+        "to combine).");
+  }
+  bool ok = scores.ndim() <= c.batch.size();
+  for (size_t i = 0; ok && i < scores.ndim(); ++i) {
+    int sd = scores.shape(static_cast<int>(scores.ndim() - 1 - i));
+    int bd = c.batch[c.batch.size() - 1 - i];
+    ok = sd == bd || sd == 1;
+  }
+  if (!ok) {
+    std::ostringstream msg;
+    msg << "[" << kTag << "] scores with shape " << scores.shape()
+        << " do not broadcast to the batch shape " << c.batch << " of h and rhs_indices.";
+    throw std::invalid_argument(msg.str());
+  }
+  c.params.k = c.batch.back();
+  return c;
+}
+
+[[noreturn]] void inference_only() {
+  throw std::invalid_argument(
+      "[gather_qmm_combine] not implemented: gather_qmm_combine is inference-only "
+      "(no vjp, jvp or vmap).");
+}
+
+} // namespace
+
+array gather_qmm_combine_reference(
+    const array& h,
+    const array& w,
+    const array& scales,
+    const std::optional<array>& biases,
+    const array& rhs_indices,
+    const array& scores,
+    bool transpose,
+    std::optional<int> group_size,
+    std::optional<int> bits,
+    const std::string& mode,
+    const std::optional<array>& bias,
+    StreamOrDevice s) {
+  Checked c = check_combine(
+      h, w, scales, biases, rhs_indices, scores, transpose, group_size, bits, mode, bias, s);
+  array rhs = moe::checked_indices(rhs_indices, c.proj.experts, "expert index", kTag);
+  array y = gather_qmm(
+      h, w, scales, biases, std::nullopt, rhs, transpose, c.params.q.group_size, c.params.q.bits,
+      c.params.q.info->name, std::nullopt, false, s);
+  if (bias) {
+    auto [lb, rb] = moe::gather_indices(kTag, std::nullopt, rhs, h, w, s);
+    (void)lb;
+    array b2 = reshape(*bias, {static_cast<int>(c.proj.experts), c.proj.N}, s);
+    y = add(y, expand_dims(take(b2, rb, 0, s), -2, s), s);
+  }
+  y = multiply(y, expand_dims(scores, {-1, -2}, s), s);
+  return sum(y, -3, false, s);
+}
+
+array gather_qmm_combine(
+    const array& h,
+    const array& w,
+    const array& scales,
+    const std::optional<array>& biases,
+    const array& rhs_indices,
+    const array& scores,
+    bool transpose,
+    std::optional<int> group_size,
+    std::optional<int> bits,
+    const std::string& mode,
+    const std::optional<array>& bias,
+    StreamOrDevice s) {
+  Stream stream = to_stream(s);
+  if (stream.device == Device::gpu) {
+    return gather_qmm_combine_reference(
+        h, w, scales, biases, rhs_indices, scores, transpose, group_size, bits, mode, bias, stream);
+  }
+  Checked c = check_combine(
+      h, w, scales, biases, rhs_indices, scores, transpose, group_size, bits, mode, bias, stream);
+  auto [lhs, rhs] = moe::gather_indices(kTag, std::nullopt, rhs_indices, h, w, stream);
+  const int M = h.shape(-2);
+  const int K = c.proj.K;
+  const int N = c.proj.N;
+  const int64_t bh = std::accumulate(
+      h.shape().begin(), h.shape().end() - 2, int64_t{1}, std::multiplies<int64_t>());
+  const int64_t B = static_cast<int64_t>(lhs.size());
+  if (bh > std::numeric_limits<int>::max() || B > std::numeric_limits<int>::max()) {
+    throw std::invalid_argument(std::string("[") + kTag + "] too many batch entries.");
+  }
+  Shape out_shape(c.batch.begin(), c.batch.end() - 1);
+  const int64_t bout = std::accumulate(
+      out_shape.begin(), out_shape.end(), int64_t{1}, std::multiplies<int64_t>());
+  out_shape.push_back(M);
+  out_shape.push_back(N);
+
+  std::vector<array> inputs;
+  inputs.push_back(reshape(moe::ensure_contiguous(h, stream), {static_cast<int>(bh), M, K}, stream));
+  inputs.push_back(moe::ensure_contiguous(w, stream));
+  inputs.push_back(moe::ensure_contiguous(scales, stream));
+  if (c.params.q.info->has_biases) {
+    inputs.push_back(moe::ensure_contiguous(*biases, stream));
+  }
+  inputs.push_back(moe::flat_indices(lhs, stream));
+  inputs.push_back(moe::flat_indices(rhs, stream));
+  inputs.push_back(moe::flat_indices(broadcast_to(scores, c.batch, stream), stream));
+  if (bias) {
+    inputs.push_back(reshape(
+        moe::ensure_contiguous(*bias, stream), {static_cast<int>(c.proj.experts), N}, stream));
+  }
+  array out(
+      {static_cast<int>(bout), M, N},
+      c.out_dtype,
+      std::make_shared<GatherQMMCombine>(stream, c.params),
+      std::move(inputs));
+  return reshape(out, std::move(out_shape), stream);
+}
+
+void GatherQMMCombine::eval_gpu(const std::vector<array>&, array&) {
+  throw std::runtime_error(
+      "[gather_qmm_combine] no GPU kernel yet: on GPU streams the op builds the composed path.");
+}
+
+std::vector<array> GatherQMMCombine::jvp(
+    const std::vector<array>&,
+    const std::vector<array>&,
+    const std::vector<int>&) {
+  inference_only();
+}
+
+std::vector<array> GatherQMMCombine::vjp(
+    const std::vector<array>&,
+    const std::vector<array>&,
+    const std::vector<int>&,
+    const std::vector<array>&) {
+  inference_only();
+}
+
+std::pair<std::vector<array>, std::vector<int>> GatherQMMCombine::vmap(
+    const std::vector<array>&,
+    const std::vector<int>&) {
+  inference_only();
+}
+
+bool GatherQMMCombine::is_equivalent(const Primitive& other) const {
+  const auto& o = static_cast<const GatherQMMCombine&>(other).params_;
+  const auto& p = params_;
+  return p.q.info == o.q.info && p.q.group_size == o.q.group_size && p.q.bits == o.q.bits &&
+      p.transpose == o.transpose && p.has_bias == o.has_bias && p.k == o.k;
+}
+
+} // namespace mlx::core

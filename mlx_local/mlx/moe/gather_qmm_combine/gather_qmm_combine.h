@@ -1,0 +1,116 @@
+// Copyright © 2026 zmlx contributors.
+//
+// gather_qmm_combine: the down projection of a quantized Mixture-of-Experts layer fused with the
+// score-weighted sum over the k experts each token picked.
+#pragma once
+
+#include <mlx/array.h>
+#include <mlx/primitives.h>
+#include <mlx/utils.h>
+
+#include <optional>
+#include <string>
+
+#include "mlx/moe/common/quant_modes.h"
+
+namespace mlx::core {
+
+/**
+ * sum_j scores[..., j] * (gather_qmm(h, w, scales, biases, rhs_indices=rhs_indices)[..., j, :, :]
+ *                         + bias[rhs_indices[..., j]])
+ *
+ *  - `h` is [..., M, K] (float32, float16 or bfloat16); its batch dimensions index like
+ *    gather_qmm's default lhs indices (arange over them) and broadcast with `rhs_indices`
+ *    (integral, into the expert dimensions of w) to the batch shape B = [..., k], which must have at
+ *    least one dimension: its last one, k, is summed over. Typically h is [..., k, M, K] and
+ *    rhs_indices / scores are [..., k].
+ *  - `w`, `scales`, `biases`, `transpose`, `group_size`, `bits`, `mode`: as in gather_qmm (see
+ *    gather_qmm_swiglu.h for the layouts and the mode table).
+ *  - `scores` (float32, float16 or bfloat16) must broadcast to B without changing it.
+ *  - `bias` (optional, [E..., N], floating): per-expert additive bias of the projection.
+ *  - Result: B[:-1] + [M, N]. dtype: promote(projection dtype (gather_qmm's rule), bias dtype,
+ *    scores dtype): float32 scores give a float32 result.
+ *  - An expert index >= E makes evaluation fail with an error; nothing is read out of bounds.
+ *
+ * CPU streams run the fused kernel (float32 accumulation over the experts, one rounding at the
+ * end); GPU streams compute the composed reference. Inference only.
+ */
+array gather_qmm_combine(
+    const array& h,
+    const array& w,
+    const array& scales,
+    const std::optional<array>& biases,
+    const array& rhs_indices,
+    const array& scores,
+    bool transpose = true,
+    std::optional<int> group_size = std::nullopt,
+    std::optional<int> bits = std::nullopt,
+    const std::string& mode = "affine",
+    const std::optional<array>& bias = std::nullopt,
+    StreamOrDevice s = {});
+
+/**
+ * The same result composed from MLX's own ops: gather_qmm, take + add for the bias, multiply by the
+ * scores (MLX's dtype promotion) and sum over the k axis, with the same validation; user indices
+ * are bounds-checked first.
+ */
+array gather_qmm_combine_reference(
+    const array& h,
+    const array& w,
+    const array& scales,
+    const std::optional<array>& biases,
+    const array& rhs_indices,
+    const array& scores,
+    bool transpose = true,
+    std::optional<int> group_size = std::nullopt,
+    std::optional<int> bits = std::nullopt,
+    const std::string& mode = "affine",
+    const std::optional<array>& bias = std::nullopt,
+    StreamOrDevice s = {});
+
+namespace moe {
+
+struct CombineParams {
+  QuantParams q;
+  bool transpose = true;
+  bool has_bias = false;
+  int64_t k = 1; // experts per output row (last batch dimension)
+};
+
+// Inputs: h [Bh, M, K], w, scales, (biases if affine), lhs [B], rhs [B], scores [B],
+// (bias [E, N]); all row-contiguous. Output [B / k, M, N].
+void gather_qmm_combine_cpu(const std::vector<array>& inputs, array& out, const CombineParams& p);
+
+} // namespace moe
+
+class GatherQMMCombine : public UnaryPrimitive {
+ public:
+  GatherQMMCombine(Stream stream, moe::CombineParams params)
+      : UnaryPrimitive(stream), params_(params) {}
+
+  void eval_cpu(const std::vector<array>& inputs, array& out) override;
+  void eval_gpu(const std::vector<array>& inputs, array& out) override;
+
+  std::vector<array> jvp(
+      const std::vector<array>& primals,
+      const std::vector<array>& tangents,
+      const std::vector<int>& argnums) override;
+  std::vector<array> vjp(
+      const std::vector<array>& primals,
+      const std::vector<array>& cotangents,
+      const std::vector<int>& argnums,
+      const std::vector<array>& outputs) override;
+  std::pair<std::vector<array>, std::vector<int>> vmap(
+      const std::vector<array>& inputs,
+      const std::vector<int>& axes) override;
+
+  const char* name() const override {
+    return "GatherQMMCombine";
+  }
+  bool is_equivalent(const Primitive& other) const override;
+
+ private:
+  moe::CombineParams params_;
+};
+
+} // namespace mlx::core

@@ -1,0 +1,152 @@
+// Copyright © 2026 zmlx contributors.
+//
+// CPU evaluation of gather_qmm_swiglu. Inside the task MLX runs on the stream's worker thread:
+//  1. check every index (an error here is thrown before anything is read through an index, and
+//     MLX's scheduler turns it into an exception from eval on the caller's thread);
+//  2. route rows to experts (grouped, each expert's weights read once per call);
+//  3. prepare each distinct activation row once (float32, engine layout) for both projections;
+//  4. in parallel over blocks of output features: for every routed expert, the gate and up dot
+//     products of its rows (float32), expert biases, the activation, one rounding to the output.
+#include <mlx/allocator.h>
+#include <mlx/backend/cpu/encoder.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "mlx/moe/common/engine.h"
+#include "mlx/moe/common/routing.h"
+#include "mlx/moe/common/thread_pool.h"
+#include "mlx/moe/common/validate.h"
+#include "mlx/moe/gather_qmm_swiglu/gather_qmm_swiglu.h"
+
+namespace mlx::core {
+
+namespace moe {
+
+namespace {
+
+constexpr const char* kTag = "gather_qmm_swiglu";
+// Routed rows handled per engine call (bounds the per-thread result buffers).
+constexpr int64_t kRowChunk = 256;
+
+inline float sigmoid(float z) {
+  return 1.0f / (1.0f + std::exp(-z));
+}
+
+} // namespace
+
+void gather_qmm_swiglu_cpu(const std::vector<array>& in, array& out, const SwigluParams& p) {
+  const bool affine = p.q.info->has_biases;
+  size_t k = 0;
+  const array& x = in[k++];
+  const array& gw = in[k++];
+  const array& gs = in[k++];
+  const array* gb = affine ? &in[k++] : nullptr;
+  const array& uw = in[k++];
+  const array& us = in[k++];
+  const array* ub = affine ? &in[k++] : nullptr;
+  const array& lhs = in[k++];
+  const array& rhs = in[k++];
+  const array* gbias = p.has_gate_bias ? &in[k++] : nullptr;
+  const array* ubias = p.has_up_bias ? &in[k++] : nullptr;
+
+  const int64_t Bx = x.shape(0);
+  const int64_t M = x.shape(1);
+  const int64_t K = x.shape(2);
+  const int64_t B = static_cast<int64_t>(lhs.size());
+  const int64_t N = out.shape(-1);
+  const QMat G = qmat_view(gw, gs, gb, p.q, p.transpose);
+  const QMat U = qmat_view(uw, us, ub, p.q, p.transpose);
+  const int64_t E = G.experts;
+
+  const uint32_t* li = lhs.data<uint32_t>();
+  const uint32_t* ri = rhs.data<uint32_t>();
+  check_index_range(kTag, "lhs index", li, B, Bx);
+  check_index_range(kTag, "expert index", ri, B, E);
+  if (B * M == 0 || N == 0) {
+    return;
+  }
+
+  const Routing route_ = route(li, ri, B, M, Bx, E);
+  const Engine& eng = engine();
+  XPrep xp;
+  eng.prepare(G, x.data<uint8_t>(), x.dtype(), route_.src_rows.data(),
+              static_cast<int64_t>(route_.src_rows.size()), xp);
+  (void)K;
+
+  ThreadPool& pool = ThreadPool::instance();
+  const int64_t nb_rows = block_rows(N, p.transpose ? 1 : p.q.group_size, pool.num_threads());
+  const int64_t pieces = (N + nb_rows - 1) / nb_rows;
+  void* o = out.data<uint8_t>();
+  const Dtype ot = out.dtype();
+  const void* gbp = gbias ? gbias->data<uint8_t>() : nullptr;
+  const void* ubp = ubias ? ubias->data<uint8_t>() : nullptr;
+  const Dtype gbt = gbias ? gbias->dtype() : float32;
+  const Dtype ubt = ubias ? ubias->dtype() : float32;
+
+  pool.parallel_for(pieces, [&](int64_t piece) {
+    const int64_t n0 = piece * nb_rows;
+    const int64_t nb = std::min(nb_rows, N - n0);
+    thread_local std::vector<float> yg, yu, bg, bu;
+    const int64_t rc = std::min<int64_t>(kRowChunk, std::max<int64_t>(route_.max_rows, 1));
+    yg.resize(static_cast<size_t>(rc * nb));
+    yu.resize(static_cast<size_t>(rc * nb));
+    bg.resize(static_cast<size_t>(nb));
+    bu.resize(static_cast<size_t>(nb));
+    for (size_t a = 0; a < route_.experts.size(); ++a) {
+      const int64_t e = route_.experts[a];
+      for (int64_t j = 0; j < nb; ++j) {
+        bg[j] = gbp ? load_float(gbp, gbt, e * N + n0 + j) : 0.0f;
+        bu[j] = ubp ? load_float(ubp, ubt, e * N + n0 + j) : 0.0f;
+      }
+      for (int64_t r0 = route_.begin[a]; r0 < route_.begin[a + 1]; r0 += rc) {
+        const int64_t R = std::min(rc, route_.begin[a + 1] - r0);
+        const int64_t* slots = route_.slot.data() + r0;
+        eng.dots(G, e, n0, nb, xp, slots, R, yg.data(), nb);
+        eng.dots(U, e, n0, nb, xp, slots, R, yu.data(), nb);
+        for (int64_t r = 0; r < R; ++r) {
+          const int64_t orow = route_.batch[r0 + r] * M + route_.m[r0 + r];
+          const float* gr = yg.data() + r * nb;
+          const float* ur = yu.data() + r * nb;
+          const int64_t base = orow * N + n0;
+          if (p.activation == Activation::SwiGLU) {
+            for (int64_t j = 0; j < nb; ++j) {
+              const float g = gr[j] + bg[j];
+              const float u = ur[j] + bu[j];
+              store_float(o, ot, base + j, g * sigmoid(g) * u);
+            }
+          } else {
+            const float lim = p.limit;
+            const float alpha = p.alpha;
+            for (int64_t j = 0; j < nb; ++j) {
+              float g = gr[j] + bg[j];
+              float u = ur[j] + bu[j];
+              g = std::isnan(g) ? g : std::min(g, lim);
+              u = std::isnan(u) ? u : std::min(std::max(u, -lim), lim);
+              store_float(o, ot, base + j, g * sigmoid(alpha * g) * (u + 1.0f));
+            }
+          }
+        }
+      }
+    }
+  });
+}
+
+} // namespace moe
+
+void GatherQMMSwiGLU::eval_cpu(const std::vector<array>& inputs, array& out) {
+  out.set_data(allocator::malloc(out.nbytes()));
+  auto& enc = cpu::get_command_encoder(stream());
+  std::vector<array> in;
+  in.reserve(inputs.size());
+  for (const auto& a : inputs) {
+    enc.set_input_array(a);
+    in.push_back(array::unsafe_weak_copy(a));
+  }
+  enc.set_output_array(out);
+  enc.dispatch([in = std::move(in), out = array::unsafe_weak_copy(out), p = params_]() mutable {
+    moe::gather_qmm_swiglu_cpu(in, out, p);
+  });
+}
+
+} // namespace mlx::core

@@ -1,0 +1,287 @@
+// Copyright © 2026 zmlx contributors.
+//
+// gather_qmm_swiglu: the op (validation, input preparation, primitive construction), the composed
+// reference, and the primitive's non-kernel methods. The CPU kernel is in cpu.cpp.
+#include "mlx/moe/gather_qmm_swiglu/gather_qmm_swiglu.h"
+
+#include <mlx/ops.h>
+
+#include <cmath>
+#include <numeric>
+#include <sstream>
+#include <stdexcept>
+
+#include "mlx/moe/common/checked_indices.h"
+#include "mlx/moe/common/validate.h"
+
+namespace mlx::core {
+
+namespace {
+
+constexpr const char* kTag = "gather_qmm_swiglu";
+
+struct Checked {
+  moe::ProjInfo gate;
+  moe::ProjInfo up;
+  moe::SwigluParams params;
+  Dtype out_dtype = float32;
+};
+
+Checked check_swiglu(
+    const array& x,
+    const array& gate_w,
+    const array& gate_scales,
+    const std::optional<array>& gate_biases,
+    const array& up_w,
+    const array& up_scales,
+    const std::optional<array>& up_biases,
+    bool transpose,
+    std::optional<int> group_size,
+    std::optional<int> bits,
+    const std::string& mode,
+    bool sorted_indices,
+    const std::string& activation,
+    std::optional<float> alpha,
+    std::optional<float> limit,
+    const std::optional<array>& gate_bias,
+    const std::optional<array>& up_bias) {
+  Checked c;
+  moe::check_activations(kTag, "x", x);
+  c.params.q = moe::resolve_quant(kTag, mode, group_size, bits);
+  c.gate = moe::check_projection(kTag, "gate", x, gate_w, gate_scales, gate_biases, transpose, c.params.q);
+  c.up = moe::check_projection(kTag, "up", x, up_w, up_scales, up_biases, transpose, c.params.q);
+  if (up_w.shape() != gate_w.shape() || up_scales.shape() != gate_scales.shape()) {
+    std::ostringstream msg;
+    msg << "[" << kTag << "] gate and up must have the same shapes but have weights "
+        << gate_w.shape() << " and " << up_w.shape() << ", scales " << gate_scales.shape()
+        << " and " << up_scales.shape() << ".";
+    throw std::invalid_argument(msg.str());
+  }
+  c.params.transpose = transpose;
+  c.params.sorted = sorted_indices;
+  if (activation == "swiglu") {
+    c.params.activation = moe::Activation::SwiGLU;
+    if (alpha || limit) {
+      throw std::invalid_argument(
+          std::string("[") + kTag +
+          "] alpha and limit apply to the 'gpt_oss' activation only; leave them unset for 'swiglu'.");
+    }
+  } else if (activation == "gpt_oss") {
+    c.params.activation = moe::Activation::GptOss;
+    c.params.alpha = alpha.value_or(1.702f);
+    c.params.limit = limit.value_or(7.0f);
+    if (!std::isfinite(c.params.alpha)) {
+      throw std::invalid_argument(std::string("[") + kTag + "] alpha must be finite.");
+    }
+    if (!std::isfinite(c.params.limit) || !(c.params.limit > 0.0f)) {
+      throw std::invalid_argument(std::string("[") + kTag + "] limit must be finite and positive.");
+    }
+  } else {
+    throw std::invalid_argument(
+        std::string("[") + kTag + "] unknown activation '" + activation +
+        "'; expected 'swiglu' or 'gpt_oss'.");
+  }
+  c.out_dtype = promote_types(c.gate.out_dtype, c.up.out_dtype);
+  if (gate_bias) {
+    moe::check_expert_bias(kTag, "gate_bias", *gate_bias, c.gate);
+    c.params.has_gate_bias = true;
+    c.out_dtype = promote_types(c.out_dtype, gate_bias->dtype());
+  }
+  if (up_bias) {
+    moe::check_expert_bias(kTag, "up_bias", *up_bias, c.up);
+    c.params.has_up_bias = true;
+    c.out_dtype = promote_types(c.out_dtype, up_bias->dtype());
+  }
+  return c;
+}
+
+int64_t batch_count(const array& a) {
+  return std::accumulate(
+      a.shape().begin(), a.shape().end() - 2, int64_t{1}, std::multiplies<int64_t>());
+}
+
+[[noreturn]] void inference_only() {
+  throw std::invalid_argument(
+      "[gather_qmm_swiglu] not implemented: gather_qmm_swiglu is inference-only "
+      "(no vjp, jvp or vmap).");
+}
+
+} // namespace
+
+array gather_qmm_swiglu_reference(
+    const array& x,
+    const array& gate_w,
+    const array& gate_scales,
+    const std::optional<array>& gate_biases,
+    const array& up_w,
+    const array& up_scales,
+    const std::optional<array>& up_biases,
+    std::optional<array> lhs_indices,
+    std::optional<array> rhs_indices,
+    bool transpose,
+    std::optional<int> group_size,
+    std::optional<int> bits,
+    const std::string& mode,
+    bool sorted_indices,
+    const std::string& activation,
+    std::optional<float> alpha,
+    std::optional<float> limit,
+    const std::optional<array>& gate_bias,
+    const std::optional<array>& up_bias,
+    StreamOrDevice s) {
+  Checked c = check_swiglu(
+      x, gate_w, gate_scales, gate_biases, up_w, up_scales, up_biases, transpose, group_size, bits,
+      mode, sorted_indices, activation, alpha, limit, gate_bias, up_bias);
+  // Validates index dtypes and broadcasting with the op's messages.
+  moe::gather_indices(kTag, lhs_indices, rhs_indices, x, gate_w, s);
+  std::optional<array> lhs, rhs;
+  if (lhs_indices) {
+    lhs = moe::checked_indices(*lhs_indices, batch_count(x), "lhs index", kTag);
+  }
+  if (rhs_indices) {
+    rhs = moe::checked_indices(*rhs_indices, c.gate.experts, "expert index", kTag);
+  }
+  const std::string mode_name = c.params.q.info->name;
+  array g = gather_qmm(
+      x, gate_w, gate_scales, gate_biases, lhs, rhs, transpose, c.params.q.group_size,
+      c.params.q.bits, mode_name, std::nullopt, sorted_indices, s);
+  array u = gather_qmm(
+      x, up_w, up_scales, up_biases, lhs, rhs, transpose, c.params.q.group_size, c.params.q.bits,
+      mode_name, std::nullopt, sorted_indices, s);
+  if (gate_bias || up_bias) {
+    auto [lb, rb] = moe::gather_indices(kTag, lhs, rhs, x, gate_w, s);
+    (void)lb;
+    auto add_bias = [&](const array& y, const array& bias) {
+      array b2 = reshape(bias, {static_cast<int>(c.gate.experts), c.gate.N}, s);
+      return add(y, expand_dims(take(b2, rb, 0, s), -2, s), s);
+    };
+    if (gate_bias) {
+      g = add_bias(g, *gate_bias);
+    }
+    if (up_bias) {
+      u = add_bias(u, *up_bias);
+    }
+  }
+  if (c.params.activation == moe::Activation::SwiGLU) {
+    return multiply(multiply(g, sigmoid(g, s), s), u, s);
+  }
+  // gpt-oss (mlx-lm): scalars take the array's dtype, like Python scalars in MLX.
+  array lim_g(c.params.limit, g.dtype());
+  array lim_u(c.params.limit, u.dtype());
+  g = minimum(g, lim_g, s);
+  u = clip(u, array(-c.params.limit, u.dtype()), lim_u, s);
+  array sig = sigmoid(multiply(array(c.params.alpha, g.dtype()), g, s), s);
+  return multiply(multiply(g, sig, s), add(u, array(1.0f, u.dtype()), s), s);
+}
+
+array gather_qmm_swiglu(
+    const array& x,
+    const array& gate_w,
+    const array& gate_scales,
+    const std::optional<array>& gate_biases,
+    const array& up_w,
+    const array& up_scales,
+    const std::optional<array>& up_biases,
+    std::optional<array> lhs_indices,
+    std::optional<array> rhs_indices,
+    bool transpose,
+    std::optional<int> group_size,
+    std::optional<int> bits,
+    const std::string& mode,
+    bool sorted_indices,
+    const std::string& activation,
+    std::optional<float> alpha,
+    std::optional<float> limit,
+    const std::optional<array>& gate_bias,
+    const std::optional<array>& up_bias,
+    StreamOrDevice s) {
+  Stream stream = to_stream(s);
+  if (stream.device == Device::gpu) {
+    // No fused GPU kernel yet: the composed ops (correct, unfused).
+    return gather_qmm_swiglu_reference(
+        x, gate_w, gate_scales, gate_biases, up_w, up_scales, up_biases, std::move(lhs_indices),
+        std::move(rhs_indices), transpose, group_size, bits, mode, sorted_indices, activation, alpha,
+        limit, gate_bias, up_bias, stream);
+  }
+  Checked c = check_swiglu(
+      x, gate_w, gate_scales, gate_biases, up_w, up_scales, up_biases, transpose, group_size, bits,
+      mode, sorted_indices, activation, alpha, limit, gate_bias, up_bias);
+  auto [lhs, rhs] = moe::gather_indices(kTag, lhs_indices, rhs_indices, x, gate_w, stream);
+
+  const int M = x.shape(-2);
+  const int K = c.gate.K;
+  const int N = c.gate.N;
+  const int64_t bx = batch_count(x);
+  const int64_t B = static_cast<int64_t>(lhs.size());
+  if (bx > std::numeric_limits<int>::max() || B > std::numeric_limits<int>::max()) {
+    throw std::invalid_argument(std::string("[") + kTag + "] too many batch entries.");
+  }
+  Shape out_shape = lhs.shape();
+  out_shape.push_back(M);
+  out_shape.push_back(N);
+
+  std::vector<array> inputs;
+  inputs.push_back(reshape(moe::ensure_contiguous(x, stream), {static_cast<int>(bx), M, K}, stream));
+  inputs.push_back(moe::ensure_contiguous(gate_w, stream));
+  inputs.push_back(moe::ensure_contiguous(gate_scales, stream));
+  if (c.params.q.info->has_biases) {
+    inputs.push_back(moe::ensure_contiguous(*gate_biases, stream));
+  }
+  inputs.push_back(moe::ensure_contiguous(up_w, stream));
+  inputs.push_back(moe::ensure_contiguous(up_scales, stream));
+  if (c.params.q.info->has_biases) {
+    inputs.push_back(moe::ensure_contiguous(*up_biases, stream));
+  }
+  inputs.push_back(moe::flat_indices(lhs, stream));
+  inputs.push_back(moe::flat_indices(rhs, stream));
+  const int E = static_cast<int>(c.gate.experts);
+  if (gate_bias) {
+    inputs.push_back(reshape(moe::ensure_contiguous(*gate_bias, stream), {E, N}, stream));
+  }
+  if (up_bias) {
+    inputs.push_back(reshape(moe::ensure_contiguous(*up_bias, stream), {E, N}, stream));
+  }
+  array out(
+      {static_cast<int>(B), M, N},
+      c.out_dtype,
+      std::make_shared<GatherQMMSwiGLU>(stream, c.params),
+      std::move(inputs));
+  return reshape(out, std::move(out_shape), stream);
+}
+
+void GatherQMMSwiGLU::eval_gpu(const std::vector<array>&, array&) {
+  throw std::runtime_error(
+      "[gather_qmm_swiglu] no GPU kernel yet: on GPU streams the op builds the composed path.");
+}
+
+std::vector<array> GatherQMMSwiGLU::jvp(
+    const std::vector<array>&,
+    const std::vector<array>&,
+    const std::vector<int>&) {
+  inference_only();
+}
+
+std::vector<array> GatherQMMSwiGLU::vjp(
+    const std::vector<array>&,
+    const std::vector<array>&,
+    const std::vector<int>&,
+    const std::vector<array>&) {
+  inference_only();
+}
+
+std::pair<std::vector<array>, std::vector<int>> GatherQMMSwiGLU::vmap(
+    const std::vector<array>&,
+    const std::vector<int>&) {
+  inference_only();
+}
+
+bool GatherQMMSwiGLU::is_equivalent(const Primitive& other) const {
+  const auto& o = static_cast<const GatherQMMSwiGLU&>(other).params_;
+  const auto& p = params_;
+  return p.q.info == o.q.info && p.q.group_size == o.q.group_size && p.q.bits == o.q.bits &&
+      p.transpose == o.transpose && p.activation == o.activation && p.alpha == o.alpha &&
+      p.limit == o.limit && p.has_gate_bias == o.has_gate_bias && p.has_up_bias == o.has_up_bias &&
+      p.sorted == o.sorted;
+}
+
+} // namespace mlx::core

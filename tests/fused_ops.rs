@@ -1,0 +1,2073 @@
+//! Fused quantized-MoE primitives (`mlx_gather_qmm_swiglu`, `mlx_gather_qmm_combine`) against a float64
+//! oracle computed here from the dequantized weights, and against MLX's composed path (the `_reference`
+//! C functions), for every quantization mode x activation dtype x shape case x sorted/unsorted, on every
+//! SIMD level this machine has; plus every validation error path.
+//!
+//! Inputs are fresh random numbers every run; a failing case prints its seed (set FUSED_SEED=<seed> to
+//! replay it).
+
+use std::ffi::{c_char, c_int, c_void, CStr, CString};
+use std::sync::Mutex;
+
+use mlx_sys as sys;
+use zmlx::ffi;
+
+// ------------------------------------------------------------------------------------------------
+// Tolerances (the one place). err(a) = max |a - ref64| / max |ref64|.
+// A case passes iff
+//   err(fused) <= COMPOSED_FACTOR * err(composed) + ABS_SLACK + rounding(out dtype)      and
+//   err(fused) <= rounding(out dtype) + F32_REL
+// where rounding(dtype) is half an ulp of the output dtype relative to the largest output (one final
+// rounding, which the fused kernels do once and the composed path does at every step) and ABS_SLACK is
+// the float32 accumulation noise floor (K = 2880): there both paths' errors are a few float32 ulps and
+// their ratio is chance (the fused kernels are the more accurate ones on average).
+// ------------------------------------------------------------------------------------------------
+const COMPOSED_FACTOR: f64 = 1.05;
+const ABS_SLACK: f64 = 1e-5;
+const F32_REL: f64 = 1e-5;
+
+fn rounding(dt: Dt) -> f64 {
+    match dt {
+        Dt::F32 => 0.0,
+        Dt::F16 => 2f64.powi(-11),
+        Dt::Bf16 => 2f64.powi(-8),
+    }
+}
+
+/// The SIMD level and the thread count are process-wide: tests that change them run one at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+// ------------------------------------------------------------------------------------------------
+// Small safe layer over the C API.
+// ------------------------------------------------------------------------------------------------
+
+struct Arr(sys::mlx_array);
+
+impl Drop for Arr {
+    fn drop(&mut self) {
+        if !self.0.ctx.is_null() {
+            unsafe { sys::mlx_array_free(self.0) };
+        }
+    }
+}
+
+fn none() -> sys::mlx_array {
+    sys::mlx_array {
+        ctx: std::ptr::null_mut(),
+    }
+}
+
+fn opt(a: &Option<Arr>) -> sys::mlx_array {
+    a.as_ref().map_or_else(none, |a| a.0)
+}
+
+fn last_error() -> String {
+    unsafe { CStr::from_ptr(sys::mlx_last_error()) }
+        .to_string_lossy()
+        .into_owned()
+}
+
+fn ok(rc: c_int, what: &str) {
+    assert_eq!(rc, 0, "{what} failed: {}", last_error());
+}
+
+struct Stream(sys::mlx_stream);
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        unsafe { sys::mlx_stream_free(self.0) };
+    }
+}
+
+fn cpu() -> Stream {
+    Stream(unsafe { sys::mlx_default_cpu_stream_new() })
+}
+
+fn oi(v: Option<i32>) -> sys::mlx_optional_int {
+    sys::mlx_optional_int {
+        value: v.unwrap_or(0),
+        has_value: v.is_some(),
+    }
+}
+
+fn of(v: Option<f32>) -> sys::mlx_optional_float {
+    sys::mlx_optional_float {
+        value: v.unwrap_or(0.0),
+        has_value: v.is_some(),
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Dt {
+    F32,
+    F16,
+    Bf16,
+}
+
+impl Dt {
+    fn c(self) -> sys::mlx_dtype {
+        match self {
+            Dt::F32 => sys::mlx_dtype__MLX_FLOAT32,
+            Dt::F16 => sys::mlx_dtype__MLX_FLOAT16,
+            Dt::Bf16 => sys::mlx_dtype__MLX_BFLOAT16,
+        }
+    }
+    fn of(t: sys::mlx_dtype) -> Dt {
+        if t == sys::mlx_dtype__MLX_FLOAT16 {
+            Dt::F16
+        } else if t == sys::mlx_dtype__MLX_BFLOAT16 {
+            Dt::Bf16
+        } else {
+            assert_eq!(t, sys::mlx_dtype__MLX_FLOAT32, "unexpected dtype {t}");
+            Dt::F32
+        }
+    }
+}
+
+const DTS: [Dt; 3] = [Dt::F32, Dt::F16, Dt::Bf16];
+
+fn new_arr<T>(data: &[T], shape: &[i32], dtype: sys::mlx_dtype) -> Arr {
+    let n: i64 = shape.iter().map(|&d| d as i64).product();
+    assert_eq!(n as usize, data.len(), "data/shape mismatch");
+    let a = unsafe {
+        sys::mlx_array_new_data(
+            data.as_ptr().cast::<c_void>(),
+            shape.as_ptr(),
+            shape.len() as c_int,
+            dtype,
+        )
+    };
+    assert!(!a.ctx.is_null(), "mlx_array_new_data: {}", last_error());
+    Arr(a)
+}
+
+fn f32s(data: &[f32], shape: &[i32]) -> Arr {
+    new_arr(data, shape, sys::mlx_dtype__MLX_FLOAT32)
+}
+
+fn u32s(data: &[u32], shape: &[i32]) -> Arr {
+    new_arr(data, shape, sys::mlx_dtype__MLX_UINT32)
+}
+
+fn i32s(data: &[i32], shape: &[i32]) -> Arr {
+    new_arr(data, shape, sys::mlx_dtype__MLX_INT32)
+}
+
+fn astype(a: &Arr, t: sys::mlx_dtype, s: &Stream) -> Arr {
+    let mut r = Arr(unsafe { sys::mlx_array_new() });
+    ok(unsafe { sys::mlx_astype(&mut r.0, a.0, t, s.0) }, "astype");
+    r
+}
+
+fn transpose(a: &Arr, axes: &[i32], s: &Stream) -> Arr {
+    let mut r = Arr(unsafe { sys::mlx_array_new() });
+    ok(
+        unsafe { sys::mlx_transpose_axes(&mut r.0, a.0, axes.as_ptr(), axes.len(), s.0) },
+        "transpose",
+    );
+    r
+}
+
+fn shape_of(a: &Arr) -> Vec<i32> {
+    unsafe {
+        let n = sys::mlx_array_ndim(a.0);
+        std::slice::from_raw_parts(sys::mlx_array_shape(a.0), n).to_vec()
+    }
+}
+
+fn dtype_of(a: &Arr) -> sys::mlx_dtype {
+    unsafe { sys::mlx_array_dtype(a.0) }
+}
+
+/// Evaluates `a` and returns its elements as f32 (exact for every float dtype).
+fn read(a: &Arr, s: &Stream) -> Result<Vec<f32>, String> {
+    let f = astype(a, sys::mlx_dtype__MLX_FLOAT32, s);
+    unsafe {
+        if sys::mlx_array_eval(f.0) != 0 {
+            return Err(last_error());
+        }
+        let n = sys::mlx_array_size(f.0);
+        let p = sys::mlx_array_data_float32(f.0);
+        if p.is_null() {
+            return Err(last_error());
+        }
+        Ok(std::slice::from_raw_parts(p, n).to_vec())
+    }
+}
+
+fn eval(a: &Arr) -> Result<(), String> {
+    if unsafe { sys::mlx_array_eval(a.0) } != 0 {
+        Err(last_error())
+    } else {
+        Ok(())
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Random numbers (xorshift64*), seeded per run.
+// ------------------------------------------------------------------------------------------------
+
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Rng {
+        Rng(seed ^ 0x9e37_79b9_7f4a_7c15 | 1)
+    }
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    /// Uniform in [-1, 1), never exactly zero.
+    fn uniform(&mut self) -> f32 {
+        let v = ((self.next() >> 40) as f32 + 0.5) / (1u64 << 24) as f32;
+        v * 2.0 - 1.0
+    }
+    fn below(&mut self, n: u32) -> u32 {
+        (self.next() % n as u64) as u32
+    }
+    fn vec(&mut self, n: usize, scale: f32) -> Vec<f32> {
+        (0..n).map(|_| self.uniform() * scale).collect()
+    }
+}
+
+fn run_seed() -> u64 {
+    if let Ok(v) = std::env::var("FUSED_SEED") {
+        if let Ok(s) = v.parse() {
+            return s;
+        }
+    }
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0x1234_5678)
+}
+
+// ------------------------------------------------------------------------------------------------
+// Quantized weights.
+// ------------------------------------------------------------------------------------------------
+
+#[derive(Clone, Copy, Debug)]
+struct Quant {
+    mode: &'static str,
+    group: i32,
+    bits: i32,
+}
+
+fn quant_configs() -> Vec<Quant> {
+    let mut v = Vec::new();
+    for bits in [2, 3, 4, 5, 6, 8] {
+        for group in [32, 64, 128] {
+            v.push(Quant {
+                mode: "affine",
+                group,
+                bits,
+            });
+        }
+    }
+    v.push(Quant {
+        mode: "mxfp4",
+        group: 32,
+        bits: 4,
+    });
+    v.push(Quant {
+        mode: "nvfp4",
+        group: 16,
+        bits: 4,
+    });
+    v.push(Quant {
+        mode: "mxfp8",
+        group: 32,
+        bits: 8,
+    });
+    v
+}
+
+struct QW {
+    w: Arr,
+    scales: Arr,
+    biases: Option<Arr>,
+    /// Dequantized logical weights [E][N][K] (as f64), whatever the storage layout.
+    deq: Vec<f64>,
+}
+
+fn dequantize(
+    w: &Arr,
+    scales: &Arr,
+    biases: Option<&Arr>,
+    q: Quant,
+    mode: &CStr,
+    s: &Stream,
+) -> Arr {
+    let mut r = Arr(unsafe { sys::mlx_array_new() });
+    ok(
+        unsafe {
+            sys::mlx_dequantize(
+                &mut r.0,
+                w.0,
+                scales.0,
+                biases.map_or_else(none, |b| b.0),
+                oi(Some(q.group)),
+                oi(Some(q.bits)),
+                mode.as_ptr(),
+                none(),
+                sys::mlx_optional_dtype {
+                    value: sys::mlx_dtype__MLX_FLOAT32,
+                    has_value: true,
+                },
+                s.0,
+            )
+        },
+        "dequantize",
+    );
+    r
+}
+
+/// Random weights for E experts of logical shape [N, K], stored transposed ([E, N, K]) or not
+/// ([E, K, N]), quantized by MLX from `dt` values. `noncontig`: the packed arrays handed to the op are
+/// transposed views.
+#[allow(clippy::too_many_arguments)]
+fn make_weights(
+    rng: &mut Rng,
+    e: usize,
+    n: usize,
+    k: usize,
+    q: Quant,
+    dt: Dt,
+    transpose_w: bool,
+    noncontig: bool,
+    s: &Stream,
+) -> QW {
+    let (rows, cols) = if transpose_w { (n, k) } else { (k, n) };
+    let data = rng.vec(e * rows * cols, 0.5);
+    let wf = astype(
+        &f32s(&data, &[e as i32, rows as i32, cols as i32]),
+        dt.c(),
+        s,
+    );
+    let mode = CString::new(q.mode).unwrap();
+    let mut parts = unsafe { sys::mlx_vector_array_new() };
+    ok(
+        unsafe {
+            sys::mlx_quantize(
+                &mut parts,
+                wf.0,
+                oi(Some(q.group)),
+                oi(Some(q.bits)),
+                mode.as_ptr(),
+                none(),
+                s.0,
+            )
+        },
+        "quantize",
+    );
+    let count = unsafe { sys::mlx_vector_array_size(parts) };
+    let get = |i: usize| {
+        let mut a = Arr(unsafe { sys::mlx_array_new() });
+        ok(
+            unsafe { sys::mlx_vector_array_get(&mut a.0, parts, i) },
+            "vector get",
+        );
+        a
+    };
+    let w = get(0);
+    let scales = get(1);
+    let biases = if count > 2 { Some(get(2)) } else { None };
+    unsafe { sys::mlx_vector_array_free(parts) };
+    // Exact dequantization in f64. MLX's dequantize computes in the scales' dtype even when asked for
+    // float32, so for affine the integer codes come from dequantize(w, 1, 0) (exact in f32) and
+    // scale * q + bias is formed here; the fp modes' products are exact in any float dtype.
+    let groups = cols / q.group as usize;
+    let flat: Vec<f64> = if let Some(b) = &biases {
+        let shape = [e as i32, rows as i32, groups as i32];
+        let ones = f32s(&vec![1.0; e * rows * groups], &shape);
+        let zeros = f32s(&vec![0.0; e * rows * groups], &shape);
+        let codes = read(&dequantize(&w, &ones, Some(&zeros), q, &mode, s), s).expect("codes");
+        let sv = read(&scales, s).expect("scales");
+        let bv = read(b, s).expect("biases");
+        codes
+            .iter()
+            .enumerate()
+            .map(|(i, &c)| {
+                let g = i / q.group as usize;
+                sv[g] as f64 * c as f64 + bv[g] as f64
+            })
+            .collect()
+    } else {
+        read(&dequantize(&w, &scales, None, q, &mode, s), s)
+            .expect("dequantize")
+            .into_iter()
+            .map(f64::from)
+            .collect()
+    };
+    let mut logical = vec![0f64; e * n * k];
+    for ee in 0..e {
+        for r in 0..rows {
+            for c in 0..cols {
+                let v = flat[(ee * rows + r) * cols + c];
+                let (nn, kk) = if transpose_w { (r, c) } else { (c, r) };
+                logical[(ee * n + nn) * k + kk] = v;
+            }
+        }
+    }
+    let (w, scales, biases) = if noncontig {
+        (
+            noncontig_view(&w, s),
+            noncontig_view(&scales, s),
+            biases.as_ref().map(|b| noncontig_view(b, s)),
+        )
+    } else {
+        (w, scales, biases)
+    };
+    QW {
+        w,
+        scales,
+        biases,
+        deq: logical,
+    }
+}
+
+/// The same values as `a` ([E, R, C]) through a non-contiguous view: materialize [R, E, C] and
+/// transpose it back.
+fn noncontig_view(a: &Arr, s: &Stream) -> Arr {
+    let t = transpose(a, &[1, 0, 2], s);
+    let mut c = Arr(unsafe { sys::mlx_array_new() });
+    ok(
+        unsafe { sys::mlx_contiguous(&mut c.0, t.0, false, s.0) },
+        "contiguous",
+    );
+    eval(&c).expect("eval permuted copy");
+    transpose(&c, &[1, 0, 2], s)
+}
+
+// ------------------------------------------------------------------------------------------------
+// Activations and indices of a case.
+// ------------------------------------------------------------------------------------------------
+
+/// x (or h) with shape batch + [M, K] in dtype `dt`; values as the op sees them (f64).
+struct Act {
+    arr: Arr,
+    vals: Vec<f64>,
+}
+
+fn make_act(rng: &mut Rng, shape: &[i32], dt: Dt, noncontig: bool, s: &Stream) -> Act {
+    let n: usize = shape.iter().map(|&d| d as usize).product();
+    let data = rng.vec(n, 1.0);
+    let arr = if noncontig && shape.len() >= 2 {
+        // Store with the last two axes swapped, then swap them back in a view.
+        let nd = shape.len();
+        let (m, k) = (shape[nd - 2] as usize, shape[nd - 1] as usize);
+        let batch = n / (m * k);
+        let mut swapped = vec![0f32; n];
+        for b in 0..batch {
+            for i in 0..m {
+                for j in 0..k {
+                    swapped[b * m * k + j * m + i] = data[b * m * k + i * k + j];
+                }
+            }
+        }
+        let mut sshape = shape.to_vec();
+        sshape.swap(nd - 2, nd - 1);
+        let base = astype(&f32s(&swapped, &sshape), dt.c(), s);
+        eval(&base).expect("eval x");
+        let mut axes: Vec<i32> = (0..nd as i32).collect();
+        axes.swap(nd - 2, nd - 1);
+        transpose(&base, &axes, s)
+    } else {
+        astype(&f32s(&data, shape), dt.c(), s)
+    };
+    let vals = read(&arr, s)
+        .expect("read x")
+        .into_iter()
+        .map(f64::from)
+        .collect();
+    Act { arr, vals }
+}
+
+/// numpy broadcasting of two shapes.
+fn broadcast_shape(a: &[i32], b: &[i32]) -> Vec<i32> {
+    let n = a.len().max(b.len());
+    (0..n)
+        .map(|i| {
+            let da = if i + a.len() >= n {
+                a[i + a.len() - n]
+            } else {
+                1
+            };
+            let db = if i + b.len() >= n {
+                b[i + b.len() - n]
+            } else {
+                1
+            };
+            assert!(
+                da == db || da == 1 || db == 1,
+                "test shapes do not broadcast"
+            );
+            da.max(db)
+        })
+        .collect()
+}
+
+/// Element `flat` (of shape `out`) of an array of shape `shape` broadcast to `out`.
+fn bcast_index(flat: usize, out: &[i32], shape: &[i32]) -> usize {
+    let mut rem = flat;
+    let mut idx = 0usize;
+    let mut stride = 1usize;
+    for i in (0..out.len()).rev() {
+        let c = rem % out[i] as usize;
+        rem /= out[i] as usize;
+        let j = i as isize - (out.len() - shape.len()) as isize;
+        if j >= 0 {
+            let d = shape[j as usize] as usize;
+            if d != 1 {
+                idx += c * stride;
+            }
+            stride *= d;
+        }
+    }
+    idx
+}
+
+/// Index values with their shape (None: the op's default, arange over the batch dims).
+#[derive(Clone)]
+struct Idx {
+    vals: Vec<u32>,
+    shape: Vec<i32>,
+}
+
+fn idx_arr(i: &Option<Idx>, as_i32: bool) -> Option<Arr> {
+    i.as_ref().map(|i| {
+        if as_i32 {
+            let v: Vec<i32> = i.vals.iter().map(|&x| x as i32).collect();
+            i32s(&v, &i.shape)
+        } else {
+            u32s(&i.vals, &i.shape)
+        }
+    })
+}
+
+/// Broadcast (lhs, rhs) pairs per flat batch position, and the batch shape.
+fn pairs(
+    lhs: &Option<Idx>,
+    rhs: &Option<Idx>,
+    xbatch: &[i32],
+    wbatch: &[i32],
+) -> (Vec<(usize, usize)>, Vec<i32>) {
+    let default = |b: &[i32]| {
+        let n: i32 = b.iter().product();
+        Idx {
+            vals: (0..n as u32).collect(),
+            shape: b.to_vec(),
+        }
+    };
+    let l = lhs.clone().unwrap_or_else(|| default(xbatch));
+    let r = rhs.clone().unwrap_or_else(|| default(wbatch));
+    let out = broadcast_shape(&l.shape, &r.shape);
+    let n: usize = out.iter().map(|&d| d as usize).product();
+    let p = (0..n)
+        .map(|f| {
+            (
+                l.vals[bcast_index(f, &out, &l.shape)] as usize,
+                r.vals[bcast_index(f, &out, &r.shape)] as usize,
+            )
+        })
+        .collect();
+    (p, out)
+}
+
+fn dot(x: &[f64], w: &[f64]) -> f64 {
+    x.iter().zip(w).map(|(a, b)| a * b).sum()
+}
+
+fn max_abs(v: &[f64]) -> f64 {
+    v.iter().fold(0f64, |m, x| m.max(x.abs()))
+}
+
+fn rel_err(got: &[f32], want: &[f64]) -> f64 {
+    assert_eq!(got.len(), want.len(), "result size");
+    let scale = max_abs(want).max(f64::MIN_POSITIVE);
+    got.iter()
+        .zip(want)
+        .map(|(&g, &w)| {
+            let d = (g as f64 - w).abs();
+            if d.is_nan() {
+                f64::INFINITY
+            } else {
+                d
+            }
+        })
+        .fold(0f64, f64::max)
+        / scale
+}
+
+struct Outcome {
+    fused: f64,
+    composed: f64,
+    out_dt: Dt,
+}
+
+fn judge(name: &str, seed: u64, o: &Outcome, failures: &mut Vec<String>) {
+    let r = rounding(o.out_dt);
+    let pass_a = o.fused <= COMPOSED_FACTOR * o.composed + ABS_SLACK + r;
+    let pass_b = o.fused <= r + F32_REL;
+    if !(pass_a && pass_b) {
+        failures.push(format!(
+            "{name}: err(fused) {:.3e} vs err(composed) {:.3e} (out {:?}) [seed {seed}]",
+            o.fused, o.composed, o.out_dt
+        ));
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// gather_qmm_swiglu
+// ------------------------------------------------------------------------------------------------
+
+#[derive(Clone)]
+struct SwigluCase {
+    name: &'static str,
+    xbatch: Vec<i32>,
+    m: i32,
+    /// K as a multiple of the group size (odd multiples), or a fixed K if it divides.
+    kmul: i32,
+    fixed_k: Option<i32>,
+    n: i32,
+    e: i32,
+    lhs: Option<Idx>,
+    rhs: Option<Idx>,
+    sorted: bool,
+    transpose_w: bool,
+    noncontig: bool,
+    gpt_oss: bool,
+    expert_bias: bool,
+}
+
+fn swiglu_cases(rng: &mut Rng) -> Vec<SwigluCase> {
+    let base = SwigluCase {
+        name: "",
+        xbatch: vec![],
+        m: 1,
+        kmul: 3,
+        fixed_k: None,
+        n: 40,
+        e: 4,
+        lhs: None,
+        rhs: None,
+        sorted: false,
+        transpose_w: true,
+        noncontig: false,
+        gpt_oss: false,
+        expert_bias: false,
+    };
+    let topk = |rng: &mut Rng, t: i32, k: i32, e: i32| Idx {
+        vals: (0..t * k).map(|_| rng.below(e as u32)).collect(),
+        shape: vec![t, k],
+    };
+    let mut sorted_vals: Vec<u32> = (0..24).map(|_| rng.below(4)).collect();
+    sorted_vals.sort_unstable();
+    vec![
+        // mlx-lm decode: x (T, 1, 1, K) against (T, k) expert indices.
+        SwigluCase {
+            name: "decode",
+            xbatch: vec![3, 1],
+            rhs: Some(topk(rng, 3, 2, 4)),
+            ..base.clone()
+        },
+        // Prefill with M > 1 and explicit lhs indices (rows reuse an expert: tile path).
+        SwigluCase {
+            name: "prefill-m5",
+            xbatch: vec![2],
+            m: 5,
+            kmul: 5,
+            n: 33,
+            lhs: Some(Idx {
+                vals: vec![1, 0, 1],
+                shape: vec![3],
+            }),
+            rhs: Some(Idx {
+                vals: vec![2, 0, 2],
+                shape: vec![3],
+            }),
+            ..base.clone()
+        },
+        // mlx-lm sorted prefill: x (T*k, 1, K) gathered, rhs sorted, sorted_indices = true.
+        SwigluCase {
+            name: "sorted",
+            xbatch: vec![24],
+            kmul: 1,
+            n: 24,
+            rhs: Some(Idx {
+                vals: sorted_vals.clone(),
+                shape: vec![24],
+            }),
+            sorted: true,
+            ..base.clone()
+        },
+        // The same rows unsorted (sorted_indices = false).
+        SwigluCase {
+            name: "unsorted",
+            xbatch: vec![24],
+            kmul: 1,
+            n: 24,
+            rhs: Some(Idx {
+                vals: (0..24).map(|_| rng.below(4)).collect(),
+                shape: vec![24],
+            }),
+            ..base.clone()
+        },
+        // gpt-oss: K = 2880, per-expert biases, clamped activation; non-contiguous inputs.
+        SwigluCase {
+            name: "gptoss-k2880",
+            xbatch: vec![2, 1],
+            fixed_k: Some(2880),
+            n: 16,
+            e: 3,
+            rhs: Some(topk(rng, 2, 2, 3)),
+            gpt_oss: true,
+            expert_bias: true,
+            noncontig: true,
+            ..base.clone()
+        },
+        // transpose = false storage; default rhs (arange over the expert dims).
+        SwigluCase {
+            name: "no-transpose",
+            xbatch: vec![4],
+            m: 2,
+            kmul: 1,
+            n: 0, // set per quantization: 3 groups
+            e: 4,
+            transpose_w: false,
+            ..base.clone()
+        },
+    ]
+}
+
+#[allow(clippy::too_many_arguments)]
+fn call_swiglu(
+    reference: bool,
+    x: &Arr,
+    g: &QW,
+    u: &QW,
+    lhs: &Option<Arr>,
+    rhs: &Option<Arr>,
+    transpose_w: bool,
+    q: Quant,
+    sorted: bool,
+    act: Option<(&str, Option<f32>, Option<f32>)>,
+    gbias: &Option<Arr>,
+    ubias: &Option<Arr>,
+    s: &Stream,
+) -> Result<Arr, String> {
+    let mode = CString::new(q.mode).unwrap();
+    let act_c = act.map(|(a, _, _)| CString::new(a).unwrap());
+    let (alpha, limit) = act.map_or((None, None), |(_, a, l)| (a, l));
+    let f = if reference {
+        ffi::mlx_gather_qmm_swiglu_reference
+    } else {
+        ffi::mlx_gather_qmm_swiglu
+    };
+    let mut r = Arr(unsafe { sys::mlx_array_new() });
+    let rc = unsafe {
+        f(
+            &mut r.0,
+            x.0,
+            g.w.0,
+            g.scales.0,
+            opt(&g.biases),
+            u.w.0,
+            u.scales.0,
+            opt(&u.biases),
+            opt(lhs),
+            opt(rhs),
+            transpose_w,
+            oi(Some(q.group)),
+            oi(Some(q.bits)),
+            mode.as_ptr(),
+            sorted,
+            act_c.as_ref().map_or(std::ptr::null(), |c| c.as_ptr()),
+            of(alpha),
+            of(limit),
+            opt(gbias),
+            opt(ubias),
+            s.0,
+        )
+    };
+    if rc != 0 {
+        Err(last_error())
+    } else {
+        Ok(r)
+    }
+}
+
+fn sigmoid(z: f64) -> f64 {
+    1.0 / (1.0 + (-z).exp())
+}
+
+/// Runs one swiglu case; returns (fused err, composed err, out dtype) or an error string.
+fn run_swiglu_case(
+    c: &SwigluCase,
+    q: Quant,
+    dt: Dt,
+    seed: u64,
+    s: &Stream,
+) -> Result<Outcome, String> {
+    let mut rng = Rng::new(seed);
+    let k = match c.fixed_k {
+        Some(k) if k % q.group == 0 => k,
+        _ => q.group * c.kmul,
+    } as usize;
+    let n = if c.n == 0 { 3 * q.group } else { c.n } as usize;
+    let e = c.e as usize;
+    let m = c.m as usize;
+    let mut xshape = c.xbatch.clone();
+    xshape.push(c.m);
+    xshape.push(k as i32);
+    let x = make_act(&mut rng, &xshape, dt, c.noncontig, s);
+    let g = make_weights(&mut rng, e, n, k, q, dt, c.transpose_w, c.noncontig, s);
+    let u = make_weights(&mut rng, e, n, k, q, dt, c.transpose_w, c.noncontig, s);
+    let (gb, ub, gbv, ubv) = if c.expert_bias {
+        let gv = rng.vec(e * n, 1.0);
+        let uv = rng.vec(e * n, 1.0);
+        let ga = astype(&f32s(&gv, &[e as i32, n as i32]), dt.c(), s);
+        let ua = astype(&f32s(&uv, &[e as i32, n as i32]), dt.c(), s);
+        let gvv: Vec<f64> = read(&ga, s)?.into_iter().map(f64::from).collect();
+        let uvv: Vec<f64> = read(&ua, s)?.into_iter().map(f64::from).collect();
+        (Some(ga), Some(ua), gvv, uvv)
+    } else {
+        (None, None, vec![0.0; e * n], vec![0.0; e * n])
+    };
+    // Alternate index dtypes (int32 / uint32) across cases.
+    let as_i32 = seed.is_multiple_of(2);
+    let lhs = idx_arr(&c.lhs, as_i32);
+    let rhs = idx_arr(&c.rhs, as_i32);
+    let act = if c.gpt_oss {
+        Some(("gpt_oss", Some(1.5f32), Some(2.0f32)))
+    } else {
+        None
+    };
+    let fused = call_swiglu(
+        false,
+        &x.arr,
+        &g,
+        &u,
+        &lhs,
+        &rhs,
+        c.transpose_w,
+        q,
+        c.sorted,
+        act,
+        &gb,
+        &ub,
+        s,
+    )?;
+    let composed = call_swiglu(
+        true,
+        &x.arr,
+        &g,
+        &u,
+        &lhs,
+        &rhs,
+        c.transpose_w,
+        q,
+        c.sorted,
+        act,
+        &gb,
+        &ub,
+        s,
+    )?;
+
+    // Oracle.
+    let wbatch = vec![c.e];
+    let (pr, bshape) = pairs(&c.lhs, &c.rhs, &c.xbatch, &wbatch);
+    let mut want_shape = bshape.clone();
+    want_shape.push(c.m);
+    want_shape.push(n as i32);
+    let mut want = vec![0f64; pr.len() * m * n];
+    for (b, &(li, ri)) in pr.iter().enumerate() {
+        for mm in 0..m {
+            let xr = &x.vals[(li * m + mm) * k..(li * m + mm + 1) * k];
+            for nn in 0..n {
+                let wg = &g.deq[(ri * n + nn) * k..(ri * n + nn + 1) * k];
+                let wu = &u.deq[(ri * n + nn) * k..(ri * n + nn + 1) * k];
+                let gv = dot(xr, wg) + gbv[ri * n + nn];
+                let uv = dot(xr, wu) + ubv[ri * n + nn];
+                let h = if c.gpt_oss {
+                    let (alpha, lim) = (1.5f64, 2.0f64);
+                    let gg = gv.min(lim);
+                    let uu = uv.clamp(-lim, lim);
+                    gg * sigmoid(alpha * gg) * (uu + 1.0)
+                } else {
+                    gv * sigmoid(gv) * uv
+                };
+                want[(b * m + mm) * n + nn] = h;
+            }
+        }
+    }
+    if shape_of(&fused) != want_shape {
+        return Err(format!(
+            "fused shape {:?}, expected {want_shape:?}",
+            shape_of(&fused)
+        ));
+    }
+    if shape_of(&composed) != want_shape {
+        return Err(format!(
+            "composed shape {:?}, expected {want_shape:?}",
+            shape_of(&composed)
+        ));
+    }
+    let (fd, cd) = (dtype_of(&fused), dtype_of(&composed));
+    if fd != cd {
+        return Err(format!("fused dtype {fd} != composed dtype {cd}"));
+    }
+    let f = read(&fused, s)?;
+    let cpo = read(&composed, s)?;
+    Ok(Outcome {
+        fused: rel_err(&f, &want),
+        composed: rel_err(&cpo, &want),
+        out_dt: Dt::of(fd),
+    })
+}
+
+fn simd_levels() -> Vec<&'static str> {
+    let mut v = vec!["portable"];
+    let lvl = CString::new("auto").unwrap();
+    ok(
+        unsafe { ffi::mlx_moe_set_simd_level(lvl.as_ptr()) },
+        "set simd auto",
+    );
+    let mut name: *const c_char = std::ptr::null();
+    ok(unsafe { ffi::mlx_moe_simd_level(&mut name) }, "simd level");
+    let detected = unsafe { CStr::from_ptr(name) }
+        .to_string_lossy()
+        .into_owned();
+    if detected == "avx2" {
+        v.insert(0, "avx2");
+    }
+    v
+}
+
+fn set_simd(level: &str) {
+    let l = CString::new(level).unwrap();
+    ok(
+        unsafe { ffi::mlx_moe_set_simd_level(l.as_ptr()) },
+        "set simd",
+    );
+}
+
+#[test]
+fn swiglu_matches_oracle_and_composed() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let s = cpu();
+    let seed0 = run_seed();
+    let mut rng = Rng::new(seed0);
+    let cases = swiglu_cases(&mut rng);
+    let mut failures = Vec::new();
+    let mut count = 0usize;
+    let mut worst = 0f64;
+    for level in simd_levels() {
+        set_simd(level);
+        for (ci, c) in cases.iter().enumerate() {
+            for (qi, q) in quant_configs().into_iter().enumerate() {
+                for (di, dt) in DTS.into_iter().enumerate() {
+                    // The portable level runs a third of the matrix (it shares everything but the
+                    // inner kernels).
+                    if level == "portable" && (ci + qi + di) % 3 != 0 {
+                        continue;
+                    }
+                    let seed = seed0 ^ ((ci as u64) << 40 | (qi as u64) << 20 | di as u64);
+                    let name = format!(
+                        "swiglu/{level}/{}/{}-g{}-b{}/{dt:?}",
+                        c.name, q.mode, q.group, q.bits
+                    );
+                    count += 1;
+                    match run_swiglu_case(c, q, dt, seed, &s) {
+                        Ok(o) => {
+                            if std::env::var("FUSED_VERBOSE").is_ok() {
+                                eprintln!("{name}: {:.3e} {:.3e}", o.fused, o.composed);
+                            }
+                            worst = worst.max(o.fused);
+                            judge(&name, seed, &o, &mut failures)
+                        }
+                        Err(e) => failures.push(format!("{name}: {e} [seed {seed}]")),
+                    }
+                }
+            }
+        }
+    }
+    set_simd("auto");
+    eprintln!("swiglu: {count} cases, worst fused error {worst:.3e}");
+    assert!(
+        failures.is_empty(),
+        "{} of {count} swiglu cases failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+// ------------------------------------------------------------------------------------------------
+// gather_qmm_combine
+// ------------------------------------------------------------------------------------------------
+
+#[derive(Clone)]
+struct CombineCase {
+    name: &'static str,
+    /// h batch dims (before [M, K]).
+    hbatch: Vec<i32>,
+    m: i32,
+    kmul: i32,
+    fixed_k: Option<i32>,
+    n: i32,
+    e: i32,
+    rhs: Idx,
+    scores_shape: Vec<i32>,
+    scores_f32: bool,
+    bias: bool,
+    transpose_w: bool,
+    noncontig: bool,
+}
+
+fn combine_cases(rng: &mut Rng) -> Vec<CombineCase> {
+    let topk = |rng: &mut Rng, t: i32, k: i32, e: i32| Idx {
+        vals: (0..t * k).map(|_| rng.below(e as u32)).collect(),
+        shape: vec![t, k],
+    };
+    let base = CombineCase {
+        name: "",
+        hbatch: vec![3, 2],
+        m: 1,
+        kmul: 3,
+        fixed_k: None,
+        n: 40,
+        e: 4,
+        rhs: Idx {
+            vals: vec![],
+            shape: vec![],
+        },
+        scores_shape: vec![3, 2],
+        scores_f32: false,
+        bias: false,
+        transpose_w: true,
+        noncontig: false,
+    };
+    vec![
+        // Decode: h (T, k, 1, K), scores in the activation dtype (Qwen3 / Mixtral).
+        CombineCase {
+            name: "decode",
+            rhs: topk(rng, 3, 2, 4),
+            ..base.clone()
+        },
+        // Prefill: many rows per expert (tile path), float32 scores (GLM-4 style: float32 result).
+        CombineCase {
+            name: "prefill-f32-scores",
+            hbatch: vec![12, 2],
+            kmul: 1,
+            n: 24,
+            e: 3,
+            rhs: topk(rng, 12, 2, 3),
+            scores_shape: vec![12, 2],
+            scores_f32: true,
+            ..base.clone()
+        },
+        // M > 1, per-expert bias, scores broadcast over the token axis.
+        CombineCase {
+            name: "m3-bias-bcast-scores",
+            hbatch: vec![2, 3],
+            m: 3,
+            kmul: 5,
+            n: 17,
+            rhs: topk(rng, 2, 3, 4),
+            scores_shape: vec![3],
+            bias: true,
+            ..base.clone()
+        },
+        // h shared by all k experts (h batch (T, 1) broadcast with (T, k) indices).
+        CombineCase {
+            name: "shared-h",
+            hbatch: vec![2, 1],
+            n: 24,
+            rhs: topk(rng, 2, 4, 4),
+            scores_shape: vec![2, 4],
+            ..base.clone()
+        },
+        // gpt-oss sizes: K = 2880, bias, float32 scores, non-contiguous inputs.
+        CombineCase {
+            name: "k2880-noncontig",
+            hbatch: vec![2, 2],
+            fixed_k: Some(2880),
+            n: 16,
+            e: 3,
+            rhs: topk(rng, 2, 2, 3),
+            scores_shape: vec![2, 2],
+            scores_f32: true,
+            bias: true,
+            noncontig: true,
+            ..base.clone()
+        },
+        // transpose = false storage.
+        CombineCase {
+            name: "no-transpose",
+            hbatch: vec![3, 2],
+            kmul: 1,
+            n: 0,
+            rhs: topk(rng, 3, 2, 4),
+            ..base.clone()
+        },
+    ]
+}
+
+#[allow(clippy::too_many_arguments)]
+fn call_combine(
+    reference: bool,
+    h: &Arr,
+    w: &QW,
+    rhs: &Arr,
+    scores: &Arr,
+    transpose_w: bool,
+    q: Quant,
+    bias: &Option<Arr>,
+    s: &Stream,
+) -> Result<Arr, String> {
+    let mode = CString::new(q.mode).unwrap();
+    let f = if reference {
+        ffi::mlx_gather_qmm_combine_reference
+    } else {
+        ffi::mlx_gather_qmm_combine
+    };
+    let mut r = Arr(unsafe { sys::mlx_array_new() });
+    let rc = unsafe {
+        f(
+            &mut r.0,
+            h.0,
+            w.w.0,
+            w.scales.0,
+            opt(&w.biases),
+            rhs.0,
+            scores.0,
+            transpose_w,
+            oi(Some(q.group)),
+            oi(Some(q.bits)),
+            mode.as_ptr(),
+            opt(bias),
+            s.0,
+        )
+    };
+    if rc != 0 {
+        Err(last_error())
+    } else {
+        Ok(r)
+    }
+}
+
+fn run_combine_case(
+    c: &CombineCase,
+    q: Quant,
+    dt: Dt,
+    seed: u64,
+    s: &Stream,
+) -> Result<Outcome, String> {
+    let mut rng = Rng::new(seed);
+    let k = match c.fixed_k {
+        Some(k) if k % q.group == 0 => k,
+        _ => q.group * c.kmul,
+    } as usize;
+    let n = if c.n == 0 { 3 * q.group } else { c.n } as usize;
+    let (e, m) = (c.e as usize, c.m as usize);
+    let mut hshape = c.hbatch.clone();
+    hshape.push(c.m);
+    hshape.push(k as i32);
+    let h = make_act(&mut rng, &hshape, dt, c.noncontig, s);
+    let w = make_weights(&mut rng, e, n, k, q, dt, c.transpose_w, c.noncontig, s);
+    let sdt = if c.scores_f32 { Dt::F32 } else { dt };
+    let snum: i32 = c.scores_shape.iter().product();
+    let sv = rng.vec(snum as usize, 1.0);
+    let scores = astype(&f32s(&sv, &c.scores_shape), sdt.c(), s);
+    let svals: Vec<f64> = read(&scores, s)?.into_iter().map(f64::from).collect();
+    let (bias, bvals) = if c.bias {
+        let bv = rng.vec(e * n, 1.0);
+        let ba = astype(&f32s(&bv, &[e as i32, n as i32]), dt.c(), s);
+        let vals: Vec<f64> = read(&ba, s)?.into_iter().map(f64::from).collect();
+        (Some(ba), vals)
+    } else {
+        (None, vec![0.0; e * n])
+    };
+    let rhs = idx_arr(&Some(c.rhs.clone()), seed.is_multiple_of(2)).expect("rhs");
+    let fused = call_combine(false, &h.arr, &w, &rhs, &scores, c.transpose_w, q, &bias, s)?;
+    let composed = call_combine(true, &h.arr, &w, &rhs, &scores, c.transpose_w, q, &bias, s)?;
+
+    let (pr, bshape) = pairs(&None, &Some(c.rhs.clone()), &c.hbatch, &[c.e]);
+    let kk = *bshape.last().expect("batch has a k axis") as usize;
+    let outer = pr.len() / kk;
+    let mut want_shape = bshape[..bshape.len() - 1].to_vec();
+    want_shape.push(c.m);
+    want_shape.push(n as i32);
+    let mut want = vec![0f64; outer * m * n];
+    for (b, &(li, ri)) in pr.iter().enumerate() {
+        let sc = svals[bcast_index(b, &bshape, &c.scores_shape)];
+        for mm in 0..m {
+            let hr = &h.vals[(li * m + mm) * k..(li * m + mm + 1) * k];
+            for nn in 0..n {
+                let wr = &w.deq[(ri * n + nn) * k..(ri * n + nn + 1) * k];
+                want[((b / kk) * m + mm) * n + nn] += sc * (dot(hr, wr) + bvals[ri * n + nn]);
+            }
+        }
+    }
+    for (what, a) in [("fused", &fused), ("composed", &composed)] {
+        if shape_of(a) != want_shape {
+            return Err(format!(
+                "{what} shape {:?}, expected {want_shape:?}",
+                shape_of(a)
+            ));
+        }
+    }
+    let (fd, cd) = (dtype_of(&fused), dtype_of(&composed));
+    if fd != cd {
+        return Err(format!("fused dtype {fd} != composed dtype {cd}"));
+    }
+    if c.scores_f32 && Dt::of(fd) != Dt::F32 {
+        return Err("float32 scores must give a float32 result".into());
+    }
+    let f = read(&fused, s)?;
+    let cpo = read(&composed, s)?;
+    Ok(Outcome {
+        fused: rel_err(&f, &want),
+        composed: rel_err(&cpo, &want),
+        out_dt: Dt::of(fd),
+    })
+}
+
+#[test]
+fn combine_matches_oracle_and_composed() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let s = cpu();
+    let seed0 = run_seed();
+    let mut rng = Rng::new(seed0 ^ 0xc0b1);
+    let cases = combine_cases(&mut rng);
+    let mut failures = Vec::new();
+    let mut count = 0usize;
+    let mut worst = 0f64;
+    for level in simd_levels() {
+        set_simd(level);
+        for (ci, c) in cases.iter().enumerate() {
+            for (qi, q) in quant_configs().into_iter().enumerate() {
+                for (di, dt) in DTS.into_iter().enumerate() {
+                    if level == "portable" && (ci + qi + di) % 3 != 0 {
+                        continue;
+                    }
+                    let seed =
+                        seed0 ^ ((ci as u64) << 40 | (qi as u64) << 20 | di as u64 | 1 << 60);
+                    let name = format!(
+                        "combine/{level}/{}/{}-g{}-b{}/{dt:?}",
+                        c.name, q.mode, q.group, q.bits
+                    );
+                    count += 1;
+                    match run_combine_case(c, q, dt, seed, &s) {
+                        Ok(o) => {
+                            if std::env::var("FUSED_VERBOSE").is_ok() {
+                                eprintln!("{name}: {:.3e} {:.3e}", o.fused, o.composed);
+                            }
+                            worst = worst.max(o.fused);
+                            judge(&name, seed, &o, &mut failures)
+                        }
+                        Err(e) => failures.push(format!("{name}: {e} [seed {seed}]")),
+                    }
+                }
+            }
+        }
+    }
+    set_simd("auto");
+    eprintln!("combine: {count} cases, worst fused error {worst:.3e}");
+    assert!(
+        failures.is_empty(),
+        "{} of {count} combine cases failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+/// Thread counts other than the default (1, and more threads than cores) give the same results.
+#[test]
+fn thread_counts_agree() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let s = cpu();
+    let seed = run_seed() ^ 0x7417;
+    let mut rng = Rng::new(seed);
+    let q = Quant {
+        mode: "affine",
+        group: 64,
+        bits: 4,
+    };
+    let case = SwigluCase {
+        name: "threads",
+        xbatch: vec![24],
+        m: 1,
+        kmul: 4,
+        fixed_k: None,
+        n: 200,
+        e: 4,
+        lhs: None,
+        rhs: Some(Idx {
+            vals: (0..24).map(|_| rng.below(4)).collect(),
+            shape: vec![24],
+        }),
+        sorted: false,
+        transpose_w: true,
+        noncontig: false,
+        gpt_oss: false,
+        expert_bias: false,
+    };
+    let mut default_threads = 0;
+    ok(
+        unsafe { ffi::mlx_moe_num_threads(&mut default_threads) },
+        "num threads",
+    );
+    let mut failures = Vec::new();
+    for threads in [1, 3] {
+        ok(
+            unsafe { ffi::mlx_moe_set_num_threads(threads) },
+            "set threads",
+        );
+        let mut got = 0;
+        ok(unsafe { ffi::mlx_moe_num_threads(&mut got) }, "num threads");
+        assert_eq!(got, threads);
+        for dt in DTS {
+            match run_swiglu_case(&case, q, dt, seed, &s) {
+                Ok(o) => judge(
+                    &format!("threads={threads}/{dt:?}"),
+                    seed,
+                    &o,
+                    &mut failures,
+                ),
+                Err(e) => failures.push(format!("threads={threads}/{dt:?}: {e}")),
+            }
+        }
+    }
+    ok(
+        unsafe { ffi::mlx_moe_set_num_threads(default_threads) },
+        "restore threads",
+    );
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert_ne!(unsafe { ffi::mlx_moe_set_num_threads(0) }, 0);
+    assert!(last_error().contains("1..256"), "{}", last_error());
+    let bad = CString::new("sse9").unwrap();
+    assert_ne!(unsafe { ffi::mlx_moe_set_simd_level(bad.as_ptr()) }, 0);
+    assert!(
+        last_error().contains("unknown SIMD level"),
+        "{}",
+        last_error()
+    );
+}
+
+// ------------------------------------------------------------------------------------------------
+// Validation errors: every path returns a non-zero status with a clear message, nothing aborts.
+// ------------------------------------------------------------------------------------------------
+
+/// A small valid swiglu problem whose pieces the error tests replace one at a time.
+struct Problem {
+    x: Arr,
+    g: QW,
+    u: QW,
+    rhs: Arr,
+    q: Quant,
+}
+
+fn problem(q: Quant, s: &Stream) -> Problem {
+    let mut rng = Rng::new(run_seed() ^ 0xe770);
+    let (e, n, k) = (4usize, 16usize, 2 * q.group as usize);
+    let x = make_act(&mut rng, &[3, 1, 1, k as i32], Dt::F32, false, s).arr;
+    let g = make_weights(&mut rng, e, n, k, q, Dt::F32, true, false, s);
+    let u = make_weights(&mut rng, e, n, k, q, Dt::F32, true, false, s);
+    let rhs = u32s(&[0, 1, 2, 3, 1, 0], &[3, 2]);
+    Problem { x, g, u, rhs, q }
+}
+
+const AFFINE4: Quant = Quant {
+    mode: "affine",
+    group: 64,
+    bits: 4,
+};
+const MXFP4: Quant = Quant {
+    mode: "mxfp4",
+    group: 32,
+    bits: 4,
+};
+
+#[derive(Default)]
+struct SwigluArgs<'a> {
+    x: Option<&'a Arr>,
+    gw: Option<&'a Arr>,
+    gs: Option<&'a Arr>,
+    gb: Option<Option<&'a Arr>>,
+    u: Option<&'a QW>,
+    lhs: Option<&'a Arr>,
+    rhs: Option<Option<&'a Arr>>,
+    group: Option<Option<i32>>,
+    bits: Option<Option<i32>>,
+    mode: Option<&'a str>,
+    activation: Option<&'a str>,
+    alpha: Option<f32>,
+    limit: Option<f32>,
+    gate_bias: Option<&'a Arr>,
+}
+
+/// Calls the fused op (and the reference, which must agree on validation) with the problem's
+/// arguments except those overridden; returns the fused op's error message (None if it succeeded).
+fn swiglu_error(p: &Problem, a: SwigluArgs, s: &Stream) -> Option<String> {
+    let mode = CString::new(a.mode.unwrap_or(p.q.mode)).unwrap();
+    let act = a.activation.map(|v| CString::new(v).unwrap());
+    let mut msgs = Vec::new();
+    for f in [
+        ffi::mlx_gather_qmm_swiglu,
+        ffi::mlx_gather_qmm_swiglu_reference,
+    ] {
+        let mut r = Arr(unsafe { sys::mlx_array_new() });
+        let rc = unsafe {
+            f(
+                &mut r.0,
+                a.x.unwrap_or(&p.x).0,
+                a.gw.unwrap_or(&p.g.w).0,
+                a.gs.unwrap_or(&p.g.scales).0,
+                a.gb.unwrap_or(p.g.biases.as_ref())
+                    .map_or_else(none, |b| b.0),
+                a.u.unwrap_or(&p.u).w.0,
+                a.u.unwrap_or(&p.u).scales.0,
+                opt(&a.u.unwrap_or(&p.u).biases),
+                a.lhs.map_or_else(none, |l| l.0),
+                a.rhs.unwrap_or(Some(&p.rhs)).map_or_else(none, |r| r.0),
+                true,
+                oi(a.group.unwrap_or(Some(p.q.group))),
+                oi(a.bits.unwrap_or(Some(p.q.bits))),
+                mode.as_ptr(),
+                false,
+                act.as_ref().map_or(std::ptr::null(), |c| c.as_ptr()),
+                of(a.alpha),
+                of(a.limit),
+                a.gate_bias.map_or_else(none, |b| b.0),
+                none(),
+                s.0,
+            )
+        };
+        msgs.push(if rc != 0 { Some(last_error()) } else { None });
+    }
+    assert_eq!(
+        msgs[0].is_some(),
+        msgs[1].is_some(),
+        "fused and reference disagree on validity: {msgs:?}"
+    );
+    msgs.swap_remove(0)
+}
+
+fn expect_err(msg: Option<String>, needle: &str) {
+    let m = msg.unwrap_or_else(|| panic!("expected an error containing {needle:?}, got success"));
+    assert!(
+        m.contains(needle),
+        "error {m:?} does not contain {needle:?}"
+    );
+}
+
+#[test]
+fn swiglu_validation_errors() {
+    let s = cpu();
+    let p = problem(AFFINE4, &s);
+    let pf = problem(MXFP4, &s);
+    // Sanity: the unmodified problem is valid.
+    assert_eq!(swiglu_error(&p, SwigluArgs::default(), &s), None);
+    assert_eq!(swiglu_error(&pf, SwigluArgs::default(), &s), None);
+
+    expect_err(
+        swiglu_error(
+            &p,
+            SwigluArgs {
+                mode: Some("int3"),
+                ..Default::default()
+            },
+            &s,
+        ),
+        "Unknown quantization mode 'int3'",
+    );
+    expect_err(
+        swiglu_error(
+            &p,
+            SwigluArgs {
+                group: Some(Some(16)),
+                ..Default::default()
+            },
+            &s,
+        ),
+        "group_size 16 is not supported for mode 'affine'",
+    );
+    expect_err(
+        swiglu_error(
+            &p,
+            SwigluArgs {
+                bits: Some(Some(7)),
+                ..Default::default()
+            },
+            &s,
+        ),
+        "bits 7 is not supported",
+    );
+    expect_err(
+        swiglu_error(
+            &pf,
+            SwigluArgs {
+                group: Some(Some(64)),
+                ..Default::default()
+            },
+            &s,
+        ),
+        "group_size 64 is not supported for mode 'mxfp4'",
+    );
+    // Defaults of the mode table (absent group/bits) are accepted.
+    assert_eq!(
+        swiglu_error(
+            &p,
+            SwigluArgs {
+                group: Some(None),
+                bits: Some(None),
+                ..Default::default()
+            },
+            &s
+        ),
+        None
+    );
+    // Weight dtype.
+    let wf = astype(&p.g.w, sys::mlx_dtype__MLX_INT32, &s);
+    expect_err(
+        swiglu_error(
+            &p,
+            SwigluArgs {
+                gw: Some(&wf),
+                ..Default::default()
+            },
+            &s,
+        ),
+        "the weight matrix must be uint32",
+    );
+    // Scales shape.
+    let bad_scales = new_arr(&[127u8; 4 * 16 * 3], &[4, 16, 3], sys::mlx_dtype__MLX_UINT8);
+    expect_err(
+        swiglu_error(
+            &pf,
+            SwigluArgs {
+                gs: Some(&bad_scales),
+                ..Default::default()
+            },
+            &s,
+        ),
+        "scales must have shape (4, 16, 2)",
+    );
+    let bad_f = f32s(&[1.0; 4 * 16 * 3], &[4, 16, 3]);
+    expect_err(
+        swiglu_error(
+            &p,
+            SwigluArgs {
+                gs: Some(&bad_f),
+                ..Default::default()
+            },
+            &s,
+        ),
+        "scales and biases must have the same shape",
+    );
+    // Affine needs biases; the fp modes must not have them; fp scales are uint8.
+    expect_err(
+        swiglu_error(
+            &p,
+            SwigluArgs {
+                gb: Some(None),
+                ..Default::default()
+            },
+            &s,
+        ),
+        "biases must be provided for mode 'affine'",
+    );
+    let fake_b = f32s(&vec![0.0; 4 * 16 * 2], &[4, 16, 2]);
+    expect_err(
+        swiglu_error(
+            &pf,
+            SwigluArgs {
+                gb: Some(Some(&fake_b)),
+                ..Default::default()
+            },
+            &s,
+        ),
+        "biases must be absent for mode 'mxfp4'",
+    );
+    let f_scales = astype(&pf.g.scales, sys::mlx_dtype__MLX_FLOAT32, &s);
+    expect_err(
+        swiglu_error(
+            &pf,
+            SwigluArgs {
+                gs: Some(&f_scales),
+                ..Default::default()
+            },
+            &s,
+        ),
+        "scales must be uint8 for mode 'mxfp4'",
+    );
+    // x dtype / rank / inner dimension.
+    let xi = astype(&p.x, sys::mlx_dtype__MLX_INT32, &s);
+    expect_err(
+        swiglu_error(
+            &p,
+            SwigluArgs {
+                x: Some(&xi),
+                ..Default::default()
+            },
+            &s,
+        ),
+        "x must be float32, float16 or bfloat16",
+    );
+    let x1 = f32s(&[1.0; 128], &[128]);
+    expect_err(
+        swiglu_error(
+            &p,
+            SwigluArgs {
+                x: Some(&x1),
+                ..Default::default()
+            },
+            &s,
+        ),
+        "at least two dimensions",
+    );
+    let xk = f32s(&vec![0.5; 3 * 64], &[3, 1, 1, 64]);
+    expect_err(
+        swiglu_error(
+            &p,
+            SwigluArgs {
+                x: Some(&xk),
+                ..Default::default()
+            },
+            &s,
+        ),
+        "does not match the expanded quantized matrix",
+    );
+    // gate vs up.
+    let mut rng = Rng::new(run_seed());
+    let other = make_weights(&mut rng, 4, 8, 128, AFFINE4, Dt::F32, true, false, &s);
+    expect_err(
+        swiglu_error(
+            &p,
+            SwigluArgs {
+                u: Some(&other),
+                ..Default::default()
+            },
+            &s,
+        ),
+        "gate and up must have the same shapes",
+    );
+    // Indices: dtype and broadcasting.
+    let fi = f32s(&[0.0; 6], &[3, 2]);
+    expect_err(
+        swiglu_error(
+            &p,
+            SwigluArgs {
+                rhs: Some(Some(&fi)),
+                ..Default::default()
+            },
+            &s,
+        ),
+        "rhs_indices must be integral",
+    );
+    let l5 = u32s(&[0, 1, 2, 0, 1], &[5]);
+    expect_err(
+        swiglu_error(
+            &p,
+            SwigluArgs {
+                lhs: Some(&l5),
+                ..Default::default()
+            },
+            &s,
+        ),
+        "cannot be broadcast together",
+    );
+    // Activation arguments.
+    expect_err(
+        swiglu_error(
+            &p,
+            SwigluArgs {
+                activation: Some("gelu"),
+                ..Default::default()
+            },
+            &s,
+        ),
+        "unknown activation 'gelu'",
+    );
+    expect_err(
+        swiglu_error(
+            &p,
+            SwigluArgs {
+                alpha: Some(1.0),
+                ..Default::default()
+            },
+            &s,
+        ),
+        "alpha and limit apply to the 'gpt_oss' activation only",
+    );
+    expect_err(
+        swiglu_error(
+            &p,
+            SwigluArgs {
+                activation: Some("gpt_oss"),
+                limit: Some(-1.0),
+                ..Default::default()
+            },
+            &s,
+        ),
+        "limit must be finite and positive",
+    );
+    expect_err(
+        swiglu_error(
+            &p,
+            SwigluArgs {
+                activation: Some("gpt_oss"),
+                alpha: Some(f32::NAN),
+                ..Default::default()
+            },
+            &s,
+        ),
+        "alpha must be finite",
+    );
+    assert_eq!(
+        swiglu_error(
+            &p,
+            SwigluArgs {
+                activation: Some("gpt_oss"),
+                ..Default::default()
+            },
+            &s
+        ),
+        None
+    );
+    // Expert bias shape / dtype.
+    let eb = f32s(&[0.0; 4 * 15], &[4, 15]);
+    expect_err(
+        swiglu_error(
+            &p,
+            SwigluArgs {
+                gate_bias: Some(&eb),
+                ..Default::default()
+            },
+            &s,
+        ),
+        "gate_bias must have shape (4, 16)",
+    );
+    let ebi = i32s(&[0; 4 * 16], &[4, 16]);
+    expect_err(
+        swiglu_error(
+            &p,
+            SwigluArgs {
+                gate_bias: Some(&ebi),
+                ..Default::default()
+            },
+            &s,
+        ),
+        "gate_bias must be float32, float16 or bfloat16",
+    );
+    // Null mode string.
+    let mut r = Arr(unsafe { sys::mlx_array_new() });
+    let rc = unsafe {
+        ffi::mlx_gather_qmm_swiglu(
+            &mut r.0,
+            p.x.0,
+            p.g.w.0,
+            p.g.scales.0,
+            opt(&p.g.biases),
+            p.u.w.0,
+            p.u.scales.0,
+            opt(&p.u.biases),
+            none(),
+            p.rhs.0,
+            true,
+            oi(None),
+            oi(None),
+            std::ptr::null(),
+            false,
+            std::ptr::null(),
+            of(None),
+            of(None),
+            none(),
+            none(),
+            s.0,
+        )
+    };
+    assert_ne!(rc, 0);
+    assert!(
+        last_error().contains("null string for mode"),
+        "{}",
+        last_error()
+    );
+}
+
+/// An expert index >= E (or a negative one, or an lhs index past x's batch) is an error from
+/// evaluation, for the fused ops and the references alike, and the process carries on.
+#[test]
+fn out_of_range_indices_fail_at_eval() {
+    let s = cpu();
+    let p = problem(AFFINE4, &s);
+    for (fused, name) in [(true, "fused"), (false, "reference")] {
+        for (rhs, needle) in [
+            (
+                u32s(&[0, 1, 2, 3, 4, 0], &[3, 2]),
+                "expert index 4 at position 4 is out of range",
+            ),
+            (
+                i32s(&[0, -1, 2, 3, 1, 0], &[3, 2]),
+                "expert index 4294967295 at position 1",
+            ),
+        ] {
+            let out = call_swiglu(
+                !fused,
+                &p.x,
+                &p.g,
+                &p.u,
+                &None,
+                &Some(rhs),
+                true,
+                p.q,
+                false,
+                None,
+                &None,
+                &None,
+                &s,
+            )
+            .expect("building the op succeeds; the error comes at evaluation");
+            let err = eval(&out).expect_err("evaluation must fail");
+            assert!(err.contains(needle), "{name}: {err:?} lacks {needle:?}");
+        }
+        let lhs = u32s(&[0, 5, 1], &[3, 1]);
+        let out = call_swiglu(
+            !fused,
+            &p.x,
+            &p.g,
+            &p.u,
+            &Some(lhs),
+            &Some(u32s(&[0, 1, 2], &[3, 1])),
+            true,
+            p.q,
+            false,
+            None,
+            &None,
+            &None,
+            &s,
+        )
+        .expect("op");
+        let err = eval(&out).expect_err("evaluation must fail");
+        assert!(err.contains("lhs index 5"), "{name}: {err}");
+
+        // Combine: same for its expert indices.
+        let h = f32s(&vec![0.25; 3 * 2 * 128], &[3, 2, 1, 128]);
+        let scores = f32s(&[0.5; 6], &[3, 2]);
+        let bad = u32s(&[0, 1, 2, 9, 1, 0], &[3, 2]);
+        let out = call_combine(!fused, &h, &p.g, &bad, &scores, true, p.q, &None, &s).expect("op");
+        let err = eval(&out).expect_err("evaluation must fail");
+        assert!(err.contains("expert index 9"), "{name}: {err}");
+    }
+    // The stream still works afterwards.
+    let out = call_swiglu(
+        false,
+        &p.x,
+        &p.g,
+        &p.u,
+        &None,
+        &Some(u32s(&[0, 1, 2, 3, 1, 0], &[3, 2])),
+        true,
+        p.q,
+        false,
+        None,
+        &None,
+        &None,
+        &s,
+    )
+    .expect("op");
+    eval(&out).expect("a valid call evaluates after failed ones");
+}
+
+#[test]
+fn combine_validation_errors() {
+    let s = cpu();
+    let p = problem(AFFINE4, &s);
+    let h = f32s(&vec![0.25; 3 * 2 * 128], &[3, 2, 1, 128]);
+    let scores = f32s(&[0.5; 6], &[3, 2]);
+    let rhs = u32s(&[0, 1, 2, 3, 1, 0], &[3, 2]);
+    let run = |h: &Arr, rhs: &Arr, scores: &Arr, bias: &Option<Arr>, mode: &str| {
+        let q = Quant {
+            mode: match mode {
+                "nvfp4" => "nvfp4",
+                _ => "affine",
+            },
+            ..p.q
+        };
+        let a = call_combine(false, h, &p.g, rhs, scores, true, q, bias, &s).err();
+        let b = call_combine(true, h, &p.g, rhs, scores, true, q, bias, &s).err();
+        assert_eq!(a.is_some(), b.is_some(), "fused {a:?} vs reference {b:?}");
+        a
+    };
+    assert_eq!(run(&h, &rhs, &scores, &None, "affine"), None);
+    let bad_scores = f32s(&[0.5; 4], &[2, 2]);
+    expect_err(
+        run(&h, &rhs, &bad_scores, &None, "affine"),
+        "do not broadcast to the batch shape",
+    );
+    let int_scores = i32s(&[1; 6], &[3, 2]);
+    expect_err(
+        run(&h, &rhs, &int_scores, &None, "affine"),
+        "scores must be float32",
+    );
+    let h2 = f32s(&vec![0.25; 128], &[1, 128]);
+    let r0 = u32s(&[1], &[]);
+    let s0 = f32s(&[1.0], &[]);
+    expect_err(
+        run(&h2, &r0, &s0, &None, "affine"),
+        "at least one dimension",
+    );
+    let bias = Some(f32s(&[0.0; 4 * 8], &[4, 8]));
+    expect_err(
+        run(&h, &rhs, &scores, &bias, "affine"),
+        "bias must have shape (4, 16)",
+    );
+    expect_err(
+        run(&h, &rhs, &scores, &None, "nvfp4"),
+        "group_size 64 is not supported for mode 'nvfp4'",
+    );
+    let hk = f32s(&vec![0.25; 3 * 2 * 64], &[3, 2, 1, 64]);
+    expect_err(run(&hk, &rhs, &scores, &None, "affine"), "does not match");
+}
+
+// ------------------------------------------------------------------------------------------------
+// Inference only: vjp / jvp through the fused ops fail with a clear error.
+// ------------------------------------------------------------------------------------------------
+
+struct Payload {
+    p: Problem,
+    combine: bool,
+}
+
+unsafe extern "C" fn closure_fn(
+    out: *mut sys::mlx_vector_array,
+    inputs: sys::mlx_vector_array,
+    payload: *mut c_void,
+) -> c_int {
+    let pl = &*(payload as *const Payload);
+    let mut x = sys::mlx_array_new();
+    if sys::mlx_vector_array_get(&mut x, inputs, 0) != 0 {
+        return 1;
+    }
+    let x = Arr(x);
+    let mode = CString::new(pl.p.q.mode).unwrap();
+    let mut r = sys::mlx_array_new();
+    let s = sys::mlx_default_cpu_stream_new();
+    let rc = if pl.combine {
+        let scores = f32s(&[0.5; 6], &[3, 2]);
+        ffi::mlx_gather_qmm_combine(
+            &mut r,
+            x.0,
+            pl.p.g.w.0,
+            pl.p.g.scales.0,
+            opt(&pl.p.g.biases),
+            pl.p.rhs.0,
+            scores.0,
+            true,
+            oi(None),
+            oi(None),
+            mode.as_ptr(),
+            none(),
+            s,
+        )
+    } else {
+        ffi::mlx_gather_qmm_swiglu(
+            &mut r,
+            x.0,
+            pl.p.g.w.0,
+            pl.p.g.scales.0,
+            opt(&pl.p.g.biases),
+            pl.p.u.w.0,
+            pl.p.u.scales.0,
+            opt(&pl.p.u.biases),
+            none(),
+            pl.p.rhs.0,
+            true,
+            oi(None),
+            oi(None),
+            mode.as_ptr(),
+            false,
+            std::ptr::null(),
+            of(None),
+            of(None),
+            none(),
+            none(),
+            s,
+        )
+    };
+    sys::mlx_stream_free(s);
+    let r = Arr(r);
+    if rc != 0 {
+        return rc;
+    }
+    *out = sys::mlx_vector_array_new_data(&r.0, 1);
+    0
+}
+
+#[test]
+fn transforms_are_not_implemented() {
+    let s = cpu();
+    for combine in [false, true] {
+        let p = problem(AFFINE4, &s);
+        let x = if combine {
+            f32s(&vec![0.25; 3 * 2 * 128], &[3, 2, 1, 128])
+        } else {
+            f32s(&vec![0.25; 3 * 128], &[3, 1, 1, 128])
+        };
+        let payload = Box::into_raw(Box::new(Payload { p, combine }));
+        unsafe extern "C" fn drop_payload(p: *mut c_void) {
+            drop(Box::from_raw(p as *mut Payload));
+        }
+        let cls = unsafe {
+            sys::mlx_closure_new_func_payload(Some(closure_fn), payload.cast(), Some(drop_payload))
+        };
+        let primals = unsafe { sys::mlx_vector_array_new_data(&x.0, 1) };
+        let n = if combine { 3 * 16 } else { 3 * 2 * 16 };
+        let shape: Vec<i32> = if combine {
+            vec![3, 1, 16]
+        } else {
+            vec![3, 2, 1, 16]
+        };
+        let ct = f32s(&vec![1.0; n], &shape);
+        let cots = unsafe { sys::mlx_vector_array_new_data(&ct.0, 1) };
+        let mut r0 = unsafe { sys::mlx_vector_array_new() };
+        let mut r1 = unsafe { sys::mlx_vector_array_new() };
+        let rc = unsafe { sys::mlx_vjp(&mut r0, &mut r1, cls, primals, cots) };
+        let msg = last_error();
+        assert_ne!(rc, 0, "vjp must fail");
+        assert!(msg.contains("inference-only"), "{msg}");
+        let tx = f32s(&vec![1.0; x_len(combine)], &shape_x(combine));
+        let tans = unsafe { sys::mlx_vector_array_new_data(&tx.0, 1) };
+        let rc = unsafe { sys::mlx_jvp(&mut r0, &mut r1, cls, primals, tans) };
+        let msg = last_error();
+        assert_ne!(rc, 0, "jvp must fail");
+        assert!(msg.contains("inference-only"), "{msg}");
+        unsafe {
+            sys::mlx_vector_array_free(r0);
+            sys::mlx_vector_array_free(r1);
+            sys::mlx_vector_array_free(primals);
+            sys::mlx_vector_array_free(cots);
+            sys::mlx_vector_array_free(tans);
+            sys::mlx_closure_free(cls);
+        }
+    }
+}
+
+fn x_len(combine: bool) -> usize {
+    if combine {
+        3 * 2 * 128
+    } else {
+        3 * 128
+    }
+}
+
+fn shape_x(combine: bool) -> Vec<i32> {
+    if combine {
+        vec![3, 2, 1, 128]
+    } else {
+        vec![3, 1, 1, 128]
+    }
+}
