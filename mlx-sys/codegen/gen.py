@@ -184,10 +184,12 @@ def cpp_body(spec, fn):
     if result == "void":
         body = f"{expr};"
     elif result == "array, array":
-        body = f"auto r = {expr};\n    put(res_0, std::get<0>(r));\n    put(res_1, std::get<1>(r));"
+        body = None
     else:
         body = f"put(res, {expr});"
     sig = c_decl(cname, params, result, has_stream, indent="    ")[:-1]
+    if body is None:
+        return f'extern "C" {sig} {{\n  return put_pair(res_0, res_1, [&] {{ return {expr}; }});\n}}'
     if "\n" in body:
         return f'extern "C" {sig} {{\n  return guard([&] {{\n    {body}\n  }});\n}}'
     one = f'extern "C" {sig} {{\n  return guard([&] {{ {body} }});\n}}'

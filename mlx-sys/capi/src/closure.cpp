@@ -186,11 +186,7 @@ extern "C" int mlx_closure_value_and_grad_apply(
     mlx_vector_array* res_1,
     mlx_closure_value_and_grad cls,
     const mlx_vector_array input) {
-  return guard([&] {
-    auto [values, grads] = get(cls)(get(input));
-    put(res_0, std::move(values));
-    put(res_1, std::move(grads));
-  });
+  return put_pair(res_0, res_1, [&] { return get(cls)(get(input)); });
 }
 
 extern "C" int mlx_closure_custom_apply(
@@ -221,9 +217,5 @@ extern "C" int mlx_closure_custom_vmap_apply(
     const mlx_vector_array input_0,
     const int* input_1,
     size_t input_1_num) {
-  return guard([&] {
-    auto [outputs, axes] = get(cls)(get(input_0), ints(input_1, input_1_num, "input_1"));
-    put(res_0, std::move(outputs));
-    put(res_1, std::move(axes));
-  });
+  return put_pair(res_0, res_1, [&] { return get(cls)(get(input_0), ints(input_1, input_1_num, "input_1")); });
 }

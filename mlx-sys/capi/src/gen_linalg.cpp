@@ -38,11 +38,7 @@ extern "C" int mlx_linalg_eig(
     mlx_array* res_1,
     const mlx_array a,
     const mlx_stream s) {
-  return guard([&] {
-    auto r = mx::linalg::eig(mlxc::get(a), mlxc::stream(s));
-    put(res_0, std::get<0>(r));
-    put(res_1, std::get<1>(r));
-  });
+  return put_pair(res_0, res_1, [&] { return mx::linalg::eig(mlxc::get(a), mlxc::stream(s)); });
 }
 
 extern "C" int mlx_linalg_eigh(
@@ -51,11 +47,7 @@ extern "C" int mlx_linalg_eigh(
     const mlx_array a,
     const char* UPLO,
     const mlx_stream s) {
-  return guard([&] {
-    auto r = mx::linalg::eigh(mlxc::get(a), mlxc::str(UPLO, "UPLO"), mlxc::stream(s));
-    put(res_0, std::get<0>(r));
-    put(res_1, std::get<1>(r));
-  });
+  return put_pair(res_0, res_1, [&] { return mx::linalg::eigh(mlxc::get(a), mlxc::str(UPLO, "UPLO"), mlxc::stream(s)); });
 }
 
 extern "C" int mlx_linalg_eigvals(mlx_array* res, const mlx_array a, const mlx_stream s) {
@@ -85,11 +77,7 @@ extern "C" int mlx_linalg_lu_factor(
     mlx_array* res_1,
     const mlx_array a,
     const mlx_stream s) {
-  return guard([&] {
-    auto r = mx::linalg::lu_factor(mlxc::get(a), mlxc::stream(s));
-    put(res_0, std::get<0>(r));
-    put(res_1, std::get<1>(r));
-  });
+  return put_pair(res_0, res_1, [&] { return mx::linalg::lu_factor(mlxc::get(a), mlxc::stream(s)); });
 }
 
 extern "C" int mlx_linalg_norm(
@@ -139,11 +127,7 @@ extern "C" int mlx_linalg_qr(
     mlx_array* res_1,
     const mlx_array a,
     const mlx_stream s) {
-  return guard([&] {
-    auto r = mx::linalg::qr(mlxc::get(a), mlxc::stream(s));
-    put(res_0, std::get<0>(r));
-    put(res_1, std::get<1>(r));
-  });
+  return put_pair(res_0, res_1, [&] { return mx::linalg::qr(mlxc::get(a), mlxc::stream(s)); });
 }
 
 extern "C" int mlx_linalg_slogdet(
@@ -151,11 +135,7 @@ extern "C" int mlx_linalg_slogdet(
     mlx_array* res_1,
     const mlx_array a,
     const mlx_stream s) {
-  return guard([&] {
-    auto r = mx::linalg::slogdet(mlxc::get(a), mlxc::stream(s));
-    put(res_0, std::get<0>(r));
-    put(res_1, std::get<1>(r));
-  });
+  return put_pair(res_0, res_1, [&] { return mx::linalg::slogdet(mlxc::get(a), mlxc::stream(s)); });
 }
 
 extern "C" int mlx_linalg_solve(

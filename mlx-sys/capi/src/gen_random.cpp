@@ -186,11 +186,7 @@ extern "C" int mlx_random_split(
     mlx_array* res_1,
     const mlx_array key,
     const mlx_stream s) {
-  return guard([&] {
-    auto r = mx::random::split(mlxc::get(key), mlxc::stream(s));
-    put(res_0, std::get<0>(r));
-    put(res_1, std::get<1>(r));
-  });
+  return put_pair(res_0, res_1, [&] { return mx::random::split(mlxc::get(key), mlxc::stream(s)); });
 }
 
 extern "C" int mlx_random_truncated_normal(

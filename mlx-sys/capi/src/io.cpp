@@ -7,20 +7,41 @@ using namespace mlxc;
 
 namespace {
 
-// A reader or writer whose operations are the C callbacks of a vtable, called with `desc`.
-// `free(desc)` runs when the last reference (a handle or a lazy array) is gone.
-class VtableIO {
+// The MLX reader (Base = mx::io::Reader) or writer (mx::io::Writer) whose operations are the C
+// callbacks of a vtable, called with `desc`. `free(desc)` runs when the last reference (a handle or a
+// lazy array) is gone. A missing callback, a failing seek and a short transfer are errors.
+template <class Base>
+class VtableIO : public Base {
  public:
   VtableIO(void* desc, const mlx_io_vtable& vt) : desc_(desc), vt_(vt) {}
   VtableIO(const VtableIO&) = delete;
   VtableIO& operator=(const VtableIO&) = delete;
-  ~VtableIO() {
+  ~VtableIO() override {
     if (vt_.free) {
       vt_.free(desc_);
     }
   }
   void* desc() const {
     return desc_;
+  }
+  bool is_open() const override {
+    return need(vt_.is_open, "is_open")(desc_);
+  }
+  bool good() const override {
+    return need(vt_.good, "good")(desc_);
+  }
+  size_t tell() override {
+    return need(vt_.tell, "tell")(desc_);
+  }
+  void seek(int64_t off, std::ios_base::seekdir way = std::ios_base::beg) override {
+    int whence = way == std::ios_base::beg ? SEEK_SET : way == std::ios_base::cur ? SEEK_CUR : SEEK_END;
+    if (need(vt_.seek, "seek")(desc_, off, whence) != 0) {
+      throw std::runtime_error("[" + label() + "] seek failed");
+    }
+  }
+  std::string label() const override {
+    const char* l = vt_.label ? vt_.label(desc_) : nullptr;
+    return l ? std::string(l) : std::string("custom io");
   }
 
  protected:
@@ -31,29 +52,10 @@ class VtableIO {
     }
     return f;
   }
-  bool is_open_() const {
-    return need(vt_.is_open, "is_open")(desc_);
-  }
-  bool good_() const {
-    return need(vt_.good, "good")(desc_);
-  }
-  size_t tell_() const {
-    return need(vt_.tell, "tell")(desc_);
-  }
-  void seek_(int64_t off, std::ios_base::seekdir way) const {
-    int whence = way == std::ios_base::beg ? SEEK_SET : way == std::ios_base::cur ? SEEK_CUR : SEEK_END;
-    if (need(vt_.seek, "seek")(desc_, off, whence) != 0) {
-      throw std::runtime_error("[" + label_() + "] seek failed");
-    }
-  }
-  std::string label_() const {
-    const char* l = vt_.label ? vt_.label(desc_) : nullptr;
-    return l ? std::string(l) : std::string("custom io");
-  }
-  static void expect(size_t got, size_t n, const std::string& label, const char* op) {
+  void expect(size_t got, size_t n, const char* op) const {
     if (got != n) {
       throw std::runtime_error(
-          "[" + label + "] " + op + " transferred " + std::to_string(got) + " of " + std::to_string(n) + " bytes");
+          "[" + label() + "] " + op + " transferred " + std::to_string(got) + " of " + std::to_string(n) + " bytes");
     }
   }
 
@@ -61,52 +63,22 @@ class VtableIO {
   mlx_io_vtable vt_;
 };
 
-class CReader final : public mx::io::Reader, public VtableIO {
+class CReader final : public VtableIO<mx::io::Reader> {
  public:
   using VtableIO::VtableIO;
-  bool is_open() const override {
-    return is_open_();
-  }
-  bool good() const override {
-    return good_();
-  }
-  size_t tell() override {
-    return tell_();
-  }
-  void seek(int64_t off, std::ios_base::seekdir way = std::ios_base::beg) override {
-    seek_(off, way);
-  }
   void read(char* data, size_t n) override {
-    expect(need(vt_.read, "read")(desc_, data, n), n, label(), "read");
+    expect(need(vt_.read, "read")(desc_, data, n), n, "read");
   }
   void read(char* data, size_t n, size_t offset) override {
-    expect(need(vt_.read_at_offset, "read_at_offset")(desc_, data, n, offset), n, label(), "read");
-  }
-  std::string label() const override {
-    return label_();
+    expect(need(vt_.read_at_offset, "read_at_offset")(desc_, data, n, offset), n, "read");
   }
 };
 
-class CWriter final : public mx::io::Writer, public VtableIO {
+class CWriter final : public VtableIO<mx::io::Writer> {
  public:
   using VtableIO::VtableIO;
-  bool is_open() const override {
-    return is_open_();
-  }
-  bool good() const override {
-    return good_();
-  }
-  size_t tell() override {
-    return tell_();
-  }
-  void seek(int64_t off, std::ios_base::seekdir way = std::ios_base::beg) override {
-    seek_(off, way);
-  }
   void write(const char* data, size_t n) override {
-    expect(need(vt_.write, "write")(desc_, data, n), n, label(), "write");
-  }
-  std::string label() const override {
-    return label_();
+    expect(need(vt_.write, "write")(desc_, data, n), n, "write");
   }
 };
 
@@ -268,22 +240,14 @@ extern "C" int mlx_load_safetensors_reader(
     mlx_map_string_to_string* res_1,
     mlx_io_reader in_stream,
     const mlx_stream s) {
-  return guard([&] {
-    auto [arrays, meta] = mx::load_safetensors(get(in_stream), stream(s));
-    put(res_0, std::move(arrays));
-    put(res_1, std::move(meta));
-  });
+  return put_pair(res_0, res_1, [&] { return mx::load_safetensors(get(in_stream), stream(s)); });
 }
 extern "C" int mlx_load_safetensors(
     mlx_map_string_to_array* res_0,
     mlx_map_string_to_string* res_1,
     const char* file,
     const mlx_stream s) {
-  return guard([&] {
-    auto [arrays, meta] = mx::load_safetensors(str(file, "file"), stream(s));
-    put(res_0, std::move(arrays));
-    put(res_1, std::move(meta));
-  });
+  return put_pair(res_0, res_1, [&] { return mx::load_safetensors(str(file, "file"), stream(s)); });
 }
 extern "C" int mlx_save_writer(mlx_io_writer out_stream, const mlx_array a) {
   return guard([&] { mx::save(get(out_stream), get(a)); });

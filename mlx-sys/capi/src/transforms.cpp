@@ -51,11 +51,7 @@ extern "C" int mlx_jvp(
     const mlx_closure fun,
     const mlx_vector_array primals,
     const mlx_vector_array tangents) {
-  return guard([&] {
-    auto [outputs, jvps] = mx::jvp(get(fun), get(primals), get(tangents));
-    put(res_0, std::move(outputs));
-    put(res_1, std::move(jvps));
-  });
+  return put_pair(res_0, res_1, [&] { return mx::jvp(get(fun), get(primals), get(tangents)); });
 }
 extern "C" int mlx_vjp(
     mlx_vector_array* res_0,
@@ -63,11 +59,7 @@ extern "C" int mlx_vjp(
     const mlx_closure fun,
     const mlx_vector_array primals,
     const mlx_vector_array cotangents) {
-  return guard([&] {
-    auto [outputs, vjps] = mx::vjp(get(fun), get(primals), get(cotangents));
-    put(res_0, std::move(outputs));
-    put(res_1, std::move(vjps));
-  });
+  return put_pair(res_0, res_1, [&] { return mx::vjp(get(fun), get(primals), get(cotangents)); });
 }
 extern "C" int mlx_value_and_grad(
     mlx_closure_value_and_grad* res,
@@ -102,10 +94,8 @@ extern "C" int mlx_detail_vmap_trace(
     const mlx_vector_array inputs,
     const int* in_axes,
     size_t in_axes_num) {
-  return guard([&] {
-    auto [s_inputs, s_outputs] = mx::detail::vmap_trace(get(fun), get(inputs), ints(in_axes, in_axes_num, "in_axes"));
-    put(res_0, std::move(s_inputs));
-    put(res_1, std::move(s_outputs));
+  return put_pair(res_0, res_1, [&] {
+    return mx::detail::vmap_trace(get(fun), get(inputs), ints(in_axes, in_axes_num, "in_axes"));
   });
 }
 

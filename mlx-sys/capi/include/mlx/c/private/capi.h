@@ -331,4 +331,14 @@ R guard_value(R fallback, F&& f) noexcept {
   return fallback;
 }
 
+// Runs f(), which returns a pair (or 2-tuple), inside guard and stores the halves into two results.
+template <class R0, class R1, class F>
+int put_pair(R0* res_0, R1* res_1, F&& f) noexcept {
+  return guard([&] {
+    auto [first, second] = f();
+    put(res_0, std::move(first));
+    put(res_1, std::move(second));
+  });
+}
+
 } // namespace mlxc
