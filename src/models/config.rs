@@ -1,0 +1,402 @@
+//! Model configuration (`config.json` as mlx-lm reads it) and the quantization block.
+
+use std::collections::HashMap;
+
+use mlx_rs::Dtype;
+use serde_json::{json, Map, Value};
+
+use crate::error::{Error, Result};
+use crate::quant::QuantMode;
+
+/// Typed access to a JSON object with one-line errors.
+pub(crate) struct Fields<'a>(pub &'a Value);
+
+impl Fields<'_> {
+    fn get(&self, k: &str) -> Option<&Value> {
+        self.0.get(k).filter(|v| !v.is_null())
+    }
+    pub fn i32(&self, k: &str) -> Result<i32> {
+        self.i32_opt(k)?
+            .ok_or_else(|| Error::config(format!("missing field '{k}'")))
+    }
+    pub fn i32_opt(&self, k: &str) -> Result<Option<i32>> {
+        match self.get(k) {
+            None => Ok(None),
+            Some(v) => v
+                .as_i64()
+                .and_then(|x| i32::try_from(x).ok())
+                .map(Some)
+                .ok_or_else(|| Error::config(format!("field '{k}' must be an integer, got {v}"))),
+        }
+    }
+    pub fn pos(&self, k: &str) -> Result<i32> {
+        let v = self.i32(k)?;
+        if v <= 0 {
+            return Err(Error::config(format!(
+                "field '{k}' must be positive, got {v}"
+            )));
+        }
+        Ok(v)
+    }
+    pub fn f64_or(&self, k: &str, d: f64) -> Result<f64> {
+        match self.get(k) {
+            None => Ok(d),
+            Some(v) => v
+                .as_f64()
+                .ok_or_else(|| Error::config(format!("field '{k}' must be a number, got {v}"))),
+        }
+    }
+    pub fn bool_or(&self, k: &str, d: bool) -> Result<bool> {
+        match self.get(k) {
+            None => Ok(d),
+            Some(v) => v
+                .as_bool()
+                .ok_or_else(|| Error::config(format!("field '{k}' must be true/false, got {v}"))),
+        }
+    }
+    pub fn str_opt(&self, k: &str) -> Result<Option<&str>> {
+        match self.get(k) {
+            None => Ok(None),
+            Some(v) => v
+                .as_str()
+                .map(Some)
+                .ok_or_else(|| Error::config(format!("field '{k}' must be a string, got {v}"))),
+        }
+    }
+    pub fn i32_list_or_empty(&self, k: &str) -> Result<Vec<i32>> {
+        match self.get(k) {
+            None => Ok(vec![]),
+            Some(Value::Array(a)) => a
+                .iter()
+                .map(|v| {
+                    v.as_i64()
+                        .and_then(|x| i32::try_from(x).ok())
+                        .ok_or_else(|| Error::config(format!("field '{k}' must hold integers")))
+                })
+                .collect(),
+            Some(v) => Err(Error::config(format!(
+                "field '{k}' must be a list, got {v}"
+            ))),
+        }
+    }
+}
+
+/// Quantization parameters of one layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LayerQuant {
+    /// Mode.
+    pub mode: QuantMode,
+    /// Group size.
+    pub group_size: i32,
+    /// Bits.
+    pub bits: i32,
+}
+
+/// The `quantization` block of an mlx-lm `config.json`: global parameters plus per-module overrides
+/// (`"model.layers.0.mlp.gate": {"group_size": 64, "bits": 8}`, or `false` for an unquantized module).
+#[derive(Clone, Debug, PartialEq)]
+pub struct QuantConfig {
+    /// Global parameters.
+    pub default: LayerQuant,
+    /// Per-module overrides (`None` = not quantized).
+    pub overrides: HashMap<String, Option<LayerQuant>>,
+}
+
+fn parse_layer_quant(v: &Value, base: Option<LayerQuant>, what: &str) -> Result<LayerQuant> {
+    let f = Fields(v);
+    let mode = match f.str_opt("mode")? {
+        Some(m) => m.parse()?,
+        None => base.map_or(QuantMode::Affine, |b| b.mode),
+    };
+    let group_size = match f.i32_opt("group_size")? {
+        Some(g) => g,
+        None => base
+            .map(|b| b.group_size)
+            .ok_or_else(|| Error::config(format!("{what}: missing 'group_size'")))?,
+    };
+    let bits = match f.i32_opt("bits")? {
+        Some(b) => b,
+        None => base
+            .map(|b| b.bits)
+            .ok_or_else(|| Error::config(format!("{what}: missing 'bits'")))?,
+    };
+    if group_size <= 0 || !(1..=8).contains(&bits) {
+        return Err(Error::config(format!(
+            "{what}: group_size {group_size} / bits {bits} out of range"
+        )));
+    }
+    Ok(LayerQuant {
+        mode,
+        group_size,
+        bits,
+    })
+}
+
+impl QuantConfig {
+    /// Parses a `quantization` object.
+    pub fn parse(v: &Value) -> Result<Self> {
+        let obj = v
+            .as_object()
+            .ok_or_else(|| Error::config("'quantization' must be an object"))?;
+        let default = parse_layer_quant(v, None, "quantization")?;
+        let mut overrides = HashMap::new();
+        for (k, val) in obj {
+            match val {
+                Value::Object(_) => {
+                    overrides.insert(
+                        k.clone(),
+                        Some(parse_layer_quant(
+                            val,
+                            Some(default),
+                            &format!("quantization.{k}"),
+                        )?),
+                    );
+                }
+                Value::Bool(false) => {
+                    overrides.insert(k.clone(), None);
+                }
+                _ => {}
+            }
+        }
+        Ok(QuantConfig { default, overrides })
+    }
+
+    /// Parameters for the module at `path` (`None`: left unquantized).
+    pub fn for_path(&self, path: &str) -> Option<LayerQuant> {
+        match self.overrides.get(path) {
+            Some(o) => *o,
+            None => Some(self.default),
+        }
+    }
+
+    /// The JSON form (as mlx-lm writes it).
+    pub fn to_json(&self) -> Value {
+        let mut m = Map::new();
+        m.insert("group_size".into(), json!(self.default.group_size));
+        m.insert("bits".into(), json!(self.default.bits));
+        m.insert("mode".into(), json!(self.default.mode.name()));
+        let mut keys: Vec<&String> = self.overrides.keys().collect();
+        keys.sort();
+        for k in keys {
+            let v = match &self.overrides[k] {
+                Some(q) => {
+                    json!({"group_size": q.group_size, "bits": q.bits, "mode": q.mode.name()})
+                }
+                None => json!(false),
+            };
+            m.insert(k.clone(), v);
+        }
+        Value::Object(m)
+    }
+}
+
+/// The supported architectures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arch {
+    /// `qwen3_moe`.
+    Qwen3Moe,
+    /// `gpt_oss`.
+    GptOss,
+    /// `mixtral`.
+    Mixtral,
+}
+
+impl Arch {
+    /// The `model_type` string.
+    pub fn model_type(self) -> &'static str {
+        match self {
+            Arch::Qwen3Moe => "qwen3_moe",
+            Arch::GptOss => "gpt_oss",
+            Arch::Mixtral => "mixtral",
+        }
+    }
+}
+
+/// Rotary embedding scaling.
+#[derive(Clone, Debug, PartialEq)]
+pub enum RopeScaling {
+    /// Plain RoPE with a position scale (1.0 = none; `linear` uses 1/factor).
+    Plain {
+        /// Position scale.
+        scale: f32,
+    },
+    /// YaRN.
+    Yarn {
+        /// `factor`.
+        factor: f64,
+        /// `original_max_position_embeddings`.
+        original_max: f64,
+        /// `beta_fast`.
+        beta_fast: f64,
+        /// `beta_slow`.
+        beta_slow: f64,
+        /// `mscale`.
+        mscale: f64,
+        /// `mscale_all_dim`.
+        mscale_all_dim: f64,
+    },
+}
+
+impl RopeScaling {
+    /// Parses a `rope_scaling` object (absent = plain).
+    pub fn parse(v: Option<&Value>) -> Result<Self> {
+        let Some(v) = v.filter(|v| !v.is_null()) else {
+            return Ok(RopeScaling::Plain { scale: 1.0 });
+        };
+        let f = Fields(v);
+        let ty = f
+            .str_opt("type")?
+            .or(f.str_opt("rope_type")?)
+            .unwrap_or("default");
+        match ty {
+            "default" => Ok(RopeScaling::Plain { scale: 1.0 }),
+            "linear" => {
+                let factor = f.f64_or("factor", 0.0)?;
+                if factor <= 0.0 {
+                    return Err(Error::config("rope_scaling.factor must be positive"));
+                }
+                Ok(RopeScaling::Plain {
+                    scale: (1.0 / factor) as f32,
+                })
+            }
+            "yarn" => {
+                let factor = f.f64_or("factor", 0.0)?;
+                if factor <= 0.0 {
+                    return Err(Error::config("rope_scaling.factor must be positive"));
+                }
+                Ok(RopeScaling::Yarn {
+                    factor,
+                    original_max: f.f64_or("original_max_position_embeddings", 4096.0)?,
+                    beta_fast: f.f64_or("beta_fast", 32.0)?,
+                    beta_slow: f.f64_or("beta_slow", 1.0)?,
+                    mscale: f.f64_or("mscale", 1.0)?,
+                    mscale_all_dim: f.f64_or("mscale_all_dim", 0.0)?,
+                })
+            }
+            other => Err(Error::config(format!(
+                "unsupported rope_scaling type '{other}'"
+            ))),
+        }
+    }
+}
+
+/// Everything the model code needs from `config.json`, for all architectures.
+#[derive(Clone, Debug)]
+pub struct ModelConfig {
+    /// Architecture.
+    pub arch: Arch,
+    /// Model width D.
+    pub hidden_size: i32,
+    /// Layers.
+    pub num_layers: i32,
+    /// Query heads.
+    pub n_heads: i32,
+    /// KV heads.
+    pub n_kv_heads: i32,
+    /// Head dimension.
+    pub head_dim: i32,
+    /// Vocabulary size.
+    pub vocab_size: i32,
+    /// RMSNorm epsilon.
+    pub rms_norm_eps: f32,
+    /// RoPE base.
+    pub rope_theta: f32,
+    /// RoPE scaling.
+    pub rope_scaling: RopeScaling,
+    /// Output projection tied to the embedding.
+    pub tie_word_embeddings: bool,
+    /// Routed experts.
+    pub num_experts: i32,
+    /// Experts per token.
+    pub top_k: i32,
+    /// Expert hidden size.
+    pub moe_intermediate: i32,
+    /// Dense MLP hidden size (non-MoE layers).
+    pub intermediate: i32,
+    /// Renormalise top-k router scores.
+    pub norm_topk_prob: bool,
+    /// Per layer: MoE (true) or dense MLP.
+    pub sparse: Vec<bool>,
+    /// Per layer: sliding-window attention.
+    pub sliding: Vec<bool>,
+    /// Sliding window size.
+    pub sliding_window: Option<i32>,
+    /// Float dtype of the weights (`torch_dtype`).
+    pub dtype: Dtype,
+    /// Quantization block.
+    pub quant: Option<QuantConfig>,
+    /// The original JSON.
+    pub raw: Value,
+}
+
+impl ModelConfig {
+    /// Parses a `config.json` value for any supported `model_type`.
+    pub fn from_json(v: &Value) -> Result<Self> {
+        if !v.is_object() {
+            return Err(Error::config("config.json must be a JSON object"));
+        }
+        let f = Fields(v);
+        let mt = f
+            .str_opt("model_type")?
+            .ok_or_else(|| Error::config("missing field 'model_type'"))?;
+        let mut c = match mt {
+            "qwen3_moe" => super::qwen3_moe::parse_config(v)?,
+            "gpt_oss" => super::gpt_oss::parse_config(v)?,
+            "mixtral" => super::mixtral::parse_config(v)?,
+            other => {
+                return Err(Error::config(format!(
+                    "unsupported model_type '{other}' (supported: qwen3_moe, gpt_oss, mixtral)"
+                )))
+            }
+        };
+        c.dtype = match f.str_opt("torch_dtype")?.or(f.str_opt("dtype")?) {
+            Some(d) => crate::array::parse_dtype(d).map_err(|e| Error::config(e.to_string()))?,
+            None => Dtype::Bfloat16,
+        };
+        let q = v
+            .get("quantization")
+            .or_else(|| v.get("quantization_config"));
+        c.quant = match q {
+            Some(q) if !q.is_null() => Some(QuantConfig::parse(q)?),
+            _ => None,
+        };
+        c.raw = v.clone();
+        c.validate()?;
+        Ok(c)
+    }
+
+    fn validate(&self) -> Result<()> {
+        let n = self.num_layers as usize;
+        if self.sparse.len() != n || self.sliding.len() != n {
+            return Err(Error::config(
+                "per-layer lists do not match num_hidden_layers",
+            ));
+        }
+        if self.n_heads % self.n_kv_heads != 0 {
+            return Err(Error::config(format!(
+                "num_attention_heads {} is not a multiple of num_key_value_heads {}",
+                self.n_heads, self.n_kv_heads
+            )));
+        }
+        if self.top_k < 1 || self.top_k > self.num_experts {
+            return Err(Error::config(format!(
+                "num_experts_per_tok {} out of range for {} experts",
+                self.top_k, self.num_experts
+            )));
+        }
+        if self.head_dim % 2 != 0 {
+            return Err(Error::config("head_dim must be even"));
+        }
+        if self.sliding.iter().any(|&s| s) && self.sliding_window.is_none_or(|w| w < 1) {
+            return Err(Error::config(
+                "sliding attention layers need a positive sliding_window",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Quantization of the module at `path` per the config (`None`: unquantized or no quantization).
+    pub fn quant_for(&self, path: &str) -> Option<LayerQuant> {
+        self.quant.as_ref().and_then(|q| q.for_path(path))
+    }
+}

@@ -1,0 +1,53 @@
+//! Models: Qwen3-MoE, gpt-oss and Mixtral, loaded from mlx-lm checkpoints or built synthetically.
+
+pub mod common;
+pub mod config;
+pub mod gpt_oss;
+pub mod mixtral;
+pub mod qwen3_moe;
+pub mod synthetic;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+pub use common::{Ffn, Layer, Mlp, Model};
+pub use config::{Arch, LayerQuant, ModelConfig, QuantConfig, RopeScaling};
+pub use synthetic::{preset, presets, Preset};
+
+use crate::checkpoint::{read_config, save_dir, Tensors};
+use crate::error::{Error, Result};
+
+/// Loads an mlx-lm checkpoint directory (`config.json` + `*.safetensors`).
+pub fn load(dir: &Path) -> Result<Model> {
+    if !dir.is_dir() {
+        return Err(Error::checkpoint(dir, "not a directory"));
+    }
+    let raw = read_config(dir)?;
+    let cfg = ModelConfig::from_json(&raw)
+        .map_err(|e| Error::checkpoint(dir.join("config.json"), e.to_string()))?;
+    let mut t = Tensors::load_dir(dir)?;
+    let model = Model::from_tensors(cfg, &mut t)?;
+    Ok(model)
+}
+
+/// Builds a synthetic model for `config` (a full `config.json` value) from `seed`.
+pub fn synthesize(
+    config: &serde_json::Value,
+    seed: u64,
+    progress: &mut dyn FnMut(usize, usize, &str),
+) -> Result<(Model, Tensors)> {
+    let cfg = ModelConfig::from_json(config)?;
+    let mut t = synthetic::synth_tensors(&cfg, seed, progress)?;
+    let model = Model::from_tensors(cfg, &mut t)?;
+    Ok((model, t))
+}
+
+/// Writes tensors + config as an mlx-lm checkpoint directory.
+pub fn save(dir: &Path, config: &serde_json::Value, tensors: &Tensors) -> Result<()> {
+    let map: BTreeMap<String, mlx_rs::Array> = tensors
+        .sorted()
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect();
+    save_dir(dir, config, &map)
+}

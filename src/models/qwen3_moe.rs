@@ -1,0 +1,83 @@
+//! Qwen3-MoE (`model_type: qwen3_moe`), as mlx-lm's `qwen3_moe.py`: q/k RMSNorm per head, no attention
+//! bias, softmax router with optional top-k renormalisation, SwiGLU experts under `mlp.switch_mlp`, dense MLP
+//! on `mlp_only_layers` and off the `decoder_sparse_step` grid.
+
+use serde_json::{json, Value};
+
+use super::config::{Arch, Fields, ModelConfig, RopeScaling};
+use crate::error::Result;
+
+pub(crate) fn parse_config(v: &Value) -> Result<ModelConfig> {
+    let f = Fields(v);
+    let hidden = f.pos("hidden_size")?;
+    let layers = f.pos("num_hidden_layers")?;
+    let heads = f.pos("num_attention_heads")?;
+    let num_experts = f.i32_opt("num_experts")?.unwrap_or(0);
+    let step = f.i32_opt("decoder_sparse_step")?.unwrap_or(1).max(1);
+    let mlp_only = f.i32_list_or_empty("mlp_only_layers")?;
+    let sparse = (0..layers)
+        .map(|i| !mlp_only.contains(&i) && num_experts > 0 && (i + 1) % step == 0)
+        .collect();
+    Ok(ModelConfig {
+        arch: Arch::Qwen3Moe,
+        hidden_size: hidden,
+        num_layers: layers,
+        n_heads: heads,
+        n_kv_heads: f.i32_opt("num_key_value_heads")?.unwrap_or(heads),
+        head_dim: f.i32_opt("head_dim")?.unwrap_or(hidden / heads),
+        vocab_size: f.pos("vocab_size")?,
+        rms_norm_eps: f.f64_or("rms_norm_eps", 1e-6)? as f32,
+        rope_theta: f.f64_or("rope_theta", 1e6)? as f32,
+        rope_scaling: RopeScaling::Plain { scale: 1.0 },
+        tie_word_embeddings: f.bool_or("tie_word_embeddings", false)?,
+        num_experts: num_experts.max(1),
+        top_k: f.pos("num_experts_per_tok")?,
+        moe_intermediate: f.pos("moe_intermediate_size")?,
+        intermediate: f.i32_opt("intermediate_size")?.unwrap_or(0),
+        norm_topk_prob: f.bool_or("norm_topk_prob", false)?,
+        sparse,
+        sliding: vec![false; layers as usize],
+        sliding_window: None,
+        dtype: mlx_rs::Dtype::Bfloat16,
+        quant: None,
+        raw: Value::Null,
+    })
+}
+
+/// An mlx-lm style `config.json` for a Qwen3-MoE model (without `quantization`).
+#[allow(clippy::too_many_arguments)]
+pub fn config_json(
+    hidden: i32,
+    layers: i32,
+    heads: i32,
+    kv_heads: i32,
+    head_dim: i32,
+    experts: i32,
+    top_k: i32,
+    moe_inter: i32,
+    vocab: i32,
+    dtype: &str,
+) -> Value {
+    json!({
+        "model_type": "qwen3_moe",
+        "architectures": ["Qwen3MoeForCausalLM"],
+        "hidden_size": hidden,
+        "num_hidden_layers": layers,
+        "intermediate_size": moe_inter * 4,
+        "num_attention_heads": heads,
+        "num_key_value_heads": kv_heads,
+        "head_dim": head_dim,
+        "num_experts": experts,
+        "num_experts_per_tok": top_k,
+        "decoder_sparse_step": 1,
+        "mlp_only_layers": [],
+        "moe_intermediate_size": moe_inter,
+        "rms_norm_eps": 1e-6,
+        "vocab_size": vocab,
+        "rope_theta": 1000000.0,
+        "tie_word_embeddings": false,
+        "max_position_embeddings": 32768,
+        "norm_topk_prob": true,
+        "torch_dtype": dtype,
+    })
+}

@@ -1,0 +1,320 @@
+//! `SwitchGlu`: the routed experts of a MoE layer (gate/up/down projections stacked over experts).
+
+use std::fmt;
+use std::str::FromStr;
+
+use mlx_rs::{ops, Array, Dtype};
+
+use crate::error::{Error, Result};
+use crate::quant::{gather_qmm, QuantizedWeight};
+
+/// mlx-lm sorts the (token, expert) rows by expert when there are at least this many of them
+/// (`indices.size >= 64`), i.e. for prefill.
+pub const SORT_THRESHOLD: usize = 64;
+
+/// Which implementation computes the experts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MoePath {
+    /// MLX's composed ops, exactly as mlx-lm: `gather_qmm` for up and gate, activation, `gather_qmm` for
+    /// down, then the score-weighted sum.
+    Reference,
+    /// zmlx's fused primitives: `gather_qmm_swiglu` (gate+up+activation) and `gather_qmm_combine`
+    /// (down + score-weighted sum).
+    Fused,
+}
+
+impl fmt::Display for MoePath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            MoePath::Reference => "reference",
+            MoePath::Fused => "fused",
+        })
+    }
+}
+
+impl FromStr for MoePath {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "reference" | "ref" | "mlx" => Ok(MoePath::Reference),
+            "fused" => Ok(MoePath::Fused),
+            _ => Err(Error::invalid(format!(
+                "unknown MoE path '{s}' (expected reference or fused)"
+            ))),
+        }
+    }
+}
+
+/// The expert activation applied to (gate, up).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Activation {
+    /// `silu(gate) * up`.
+    Swiglu,
+    /// gpt-oss: `g = min(gate, limit)`, `u = clip(up, -limit, limit)`, `(u + 1) * g * sigmoid(alpha * g)`.
+    SwigluOai {
+        /// 1.702 in gpt-oss.
+        alpha: f32,
+        /// 7.0 in gpt-oss.
+        limit: f32,
+    },
+}
+
+impl Activation {
+    /// gpt-oss's constants.
+    pub const GPT_OSS: Activation = Activation::SwigluOai {
+        alpha: 1.702,
+        limit: 7.0,
+    };
+
+    /// Applies the activation as composed MLX ops (what mlx-lm does).
+    pub fn apply(&self, gate: &Array, up: &Array) -> Result<Array> {
+        match *self {
+            Activation::Swiglu => {
+                let silu = ops::multiply(gate, ops::sigmoid(gate)?)?;
+                Ok(ops::multiply(&silu, up)?)
+            }
+            Activation::SwigluOai { alpha, limit } => {
+                let dt = gate.dtype();
+                let lim = Array::from_f32(limit).as_dtype(dt)?;
+                let neg = Array::from_f32(-limit).as_dtype(dt)?;
+                let g = ops::minimum(gate, &lim)?;
+                let u = ops::minimum(ops::maximum(up, &neg)?, &lim)?;
+                let a = Array::from_f32(alpha).as_dtype(dt)?;
+                let glu = ops::multiply(&g, ops::sigmoid(ops::multiply(&g, &a)?)?)?;
+                let one = Array::from_f32(1.0).as_dtype(dt)?;
+                Ok(ops::multiply(ops::add(&u, &one)?, &glu)?)
+            }
+        }
+    }
+}
+
+/// Weights of one expert projection `[E, N, K]`: quantized (model / reference / fused paths) or dense float
+/// (the float32 oracle, which uses no quantized kernels).
+#[derive(Clone, Debug)]
+pub enum ExpertWeight {
+    /// Quantized stack.
+    Quantized(QuantizedWeight),
+    /// Dense float stack `[E, N, K]`.
+    Dense(Array),
+}
+
+impl ExpertWeight {
+    fn shape_enk(&self) -> (i32, i32, i32) {
+        match self {
+            ExpertWeight::Quantized(q) => (q.num_experts(), q.out_dims(), q.in_dims()),
+            ExpertWeight::Dense(w) => {
+                let s = w.shape();
+                if s.len() == 3 {
+                    (s[0], s[1], s[2])
+                } else {
+                    (0, 0, 0)
+                }
+            }
+        }
+    }
+
+    /// `x[b] @ W[idx[b]].T` batched (mlx-lm's `SwitchLinear` / `QuantizedSwitchLinear` without bias).
+    fn apply(&self, x: &Array, idx: &Array, sorted: bool) -> Result<Array> {
+        match self {
+            ExpertWeight::Quantized(q) => gather_qmm(x, q, None, Some(idx), true, sorted),
+            ExpertWeight::Dense(w) => Ok(ops::gather_mm(
+                x,
+                w.swap_axes(-1, -2)?,
+                None,
+                Some(idx),
+                sorted,
+            )?),
+        }
+    }
+
+    fn to_f32(&self) -> Result<ExpertWeight> {
+        Ok(ExpertWeight::Dense(match self {
+            ExpertWeight::Quantized(q) => crate::quant::dequantize(q, Some(Dtype::Float32))?,
+            ExpertWeight::Dense(w) => w.as_dtype(Dtype::Float32)?,
+        }))
+    }
+
+    /// The quantized form, if any.
+    pub fn quantized(&self) -> Option<&QuantizedWeight> {
+        match self {
+            ExpertWeight::Quantized(q) => Some(q),
+            ExpertWeight::Dense(_) => None,
+        }
+    }
+}
+
+/// The routed experts: `down(act(gate(x), up(x)))` per selected expert, with optional per-expert additive
+/// biases `[E, N]` (gpt-oss).
+#[derive(Clone, Debug)]
+pub struct SwitchGlu {
+    /// `[E, I, D]`.
+    pub gate_proj: ExpertWeight,
+    /// `[E, I, D]`.
+    pub up_proj: ExpertWeight,
+    /// `[E, D, I]`.
+    pub down_proj: ExpertWeight,
+    /// `[E, I]`.
+    pub gate_bias: Option<Array>,
+    /// `[E, I]`.
+    pub up_bias: Option<Array>,
+    /// `[E, D]`.
+    pub down_bias: Option<Array>,
+    /// Expert activation.
+    pub activation: Activation,
+}
+
+/// Rows of `x` sorted by expert, as mlx-lm's `_gather_sort`.
+struct Sorted {
+    x: Array,
+    idx: Array,
+    inv_order: Array,
+}
+
+fn gather_sort(x: &Array, indices: &Array) -> Result<Sorted> {
+    let m = *indices.shape().last().unwrap_or(&1);
+    let flat = indices.flatten(None, None)?;
+    let order = ops::argsort_axis(&flat, 0)?;
+    let inv_order = ops::argsort_axis(&order, 0)?;
+    let xs = x.flatten(0, -3)?;
+    let rows = ops::floor_divide(&order, Array::from_int(m).as_dtype(order.dtype())?)?;
+    Ok(Sorted {
+        x: xs.take_axis(&rows, 0)?,
+        idx: flat.take_axis(&order, 0)?,
+        inv_order,
+    })
+}
+
+impl SwitchGlu {
+    /// Checks that the three projections and biases agree: returns (E, D, I).
+    pub fn dims(&self) -> Result<(i32, i32, i32)> {
+        let (eg, ig, dg) = self.gate_proj.shape_enk();
+        let (eu, iu, du) = self.up_proj.shape_enk();
+        let (ed, dd, id) = self.down_proj.shape_enk();
+        if eg != eu || eg != ed || ig != iu || ig != id || dg != du || dg != dd || eg == 0 {
+            return Err(Error::invalid(format!(
+                "expert weights disagree: gate [{eg},{ig},{dg}], up [{eu},{iu},{du}], down [{ed},{dd},{id}]"
+            )));
+        }
+        for (name, b, n) in [
+            ("gate", &self.gate_bias, ig),
+            ("up", &self.up_bias, ig),
+            ("down", &self.down_bias, dg),
+        ] {
+            if let Some(b) = b {
+                if b.shape() != [eg, n] {
+                    return Err(Error::invalid(format!(
+                        "{name} expert bias has shape {:?}, expected [{eg}, {n}]",
+                        b.shape()
+                    )));
+                }
+            }
+        }
+        Ok((eg, dg, ig))
+    }
+
+    fn check_inputs(&self, x: &Array, indices: &Array) -> Result<(i32, i32, i32)> {
+        let (e, d, i) = self.dims()?;
+        let xs = x.shape();
+        let is = indices.shape();
+        if xs.last() != Some(&d) {
+            return Err(Error::invalid(format!(
+                "experts expect input dim {d}, got x shape {xs:?}"
+            )));
+        }
+        if is.is_empty() || is[..is.len() - 1] != xs[..xs.len() - 1] {
+            return Err(Error::invalid(format!(
+                "indices shape {is:?} does not match x shape {xs:?}"
+            )));
+        }
+        Ok((e, d, i))
+    }
+
+    fn add_bias(y: Array, bias: &Option<Array>, idx: &Array) -> Result<Array> {
+        match bias {
+            Some(b) => {
+                let rows = b.take_axis(idx, 0)?.expand_dims(-2)?;
+                Ok(ops::add(&y, &rows)?)
+            }
+            None => Ok(y),
+        }
+    }
+
+    /// The reference (mlx-lm) computation: `x` `[..., D]`, `indices` `[..., k]` → `[..., k, D]`.
+    pub fn forward(&self, x: &Array, indices: &Array) -> Result<Array> {
+        self.check_inputs(x, indices)?;
+        let x = x.expand_dims_axes(&[-2, -3])?;
+        let do_sort = indices.size() >= SORT_THRESHOLD;
+        let (xin, idx, inv) = if do_sort {
+            let s = gather_sort(&x, indices)?;
+            (s.x, s.idx, Some(s.inv_order))
+        } else {
+            (x, indices.clone(), None)
+        };
+        let up = Self::add_bias(
+            self.up_proj.apply(&xin, &idx, do_sort)?,
+            &self.up_bias,
+            &idx,
+        )?;
+        let gate = Self::add_bias(
+            self.gate_proj.apply(&xin, &idx, do_sort)?,
+            &self.gate_bias,
+            &idx,
+        )?;
+        let h = self.activation.apply(&gate, &up)?;
+        let mut y = Self::add_bias(
+            self.down_proj.apply(&h, &idx, do_sort)?,
+            &self.down_bias,
+            &idx,
+        )?;
+        if let Some(inv) = inv {
+            y = y.take_axis(&inv, 0)?;
+            let mut shape = indices.shape().to_vec();
+            shape.extend_from_slice(&y.shape()[1..]);
+            y = y.reshape(&shape)?;
+        }
+        Ok(y.squeeze_axes(&[-2])?)
+    }
+
+    /// Experts plus the score-weighted sum over the k selected experts: `[..., D]`. `scores` `[..., k]`.
+    /// The product and sum run in the scores' dtype promoted with the experts' output (bfloat16 scores for
+    /// Qwen3 / gpt-oss, float32 for GLM-4 MoE), and the result is cast back to the experts' output dtype, as
+    /// mlx-lm does.
+    pub fn forward_combined(
+        &self,
+        x: &Array,
+        indices: &Array,
+        scores: &Array,
+        path: MoePath,
+    ) -> Result<Array> {
+        if scores.shape() != indices.shape() {
+            return Err(Error::invalid(format!(
+                "scores shape {:?} differs from indices shape {:?}",
+                scores.shape(),
+                indices.shape()
+            )));
+        }
+        match path {
+            MoePath::Reference => {
+                let y = self.forward(x, indices)?;
+                let dt = y.dtype();
+                let w = ops::multiply(&y, scores.expand_dims(-1)?)?;
+                Ok(w.sum_axis(-2, false)?.as_dtype(dt)?)
+            }
+            MoePath::Fused => crate::fused::switch_glu_combined(self, x, indices, scores),
+        }
+    }
+
+    /// Float32 copy with dequantized expert weights (for the oracle).
+    pub fn to_f32(&self) -> Result<SwitchGlu> {
+        let f = |b: &Option<Array>| b.as_ref().map(|b| b.as_dtype(Dtype::Float32)).transpose();
+        Ok(SwitchGlu {
+            gate_proj: self.gate_proj.to_f32()?,
+            up_proj: self.up_proj.to_f32()?,
+            down_proj: self.down_proj.to_f32()?,
+            gate_bias: f(&self.gate_bias)?,
+            up_bias: f(&self.up_bias)?,
+            down_bias: f(&self.down_bias)?,
+            activation: self.activation,
+        })
+    }
+}

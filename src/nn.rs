@@ -1,0 +1,407 @@
+//! Layers shared by the models: linear / embedding layers whose weight is dense or quantized, RMSNorm,
+//! rotary embedding, attention with a KV cache (optionally sliding-window and with attention sinks), all
+//! through mlx-rs and MLX's `fast` ops.
+
+use mlx_rs::fast::ScaledDotProductAttentionMask;
+use mlx_rs::{ops, Array, Dtype};
+
+use crate::array::slice_axis;
+use crate::error::{Error, Result};
+use crate::quant::{dequantize, quantized_matmul, QuantizedWeight};
+
+/// A weight matrix `[N, K]` (or stack `[E, N, K]`): dense, or quantized in some mode.
+#[derive(Clone, Debug)]
+pub enum Weight {
+    /// A plain float array.
+    Dense(Array),
+    /// A quantized array.
+    Quantized(QuantizedWeight),
+}
+
+impl Weight {
+    /// Logical output dimension N.
+    pub fn out_dims(&self) -> i32 {
+        match self {
+            Weight::Dense(w) => w.shape()[w.ndim() - 2],
+            Weight::Quantized(q) => q.out_dims(),
+        }
+    }
+
+    /// Logical input dimension K.
+    pub fn in_dims(&self) -> i32 {
+        match self {
+            Weight::Dense(w) => *w.shape().last().unwrap_or(&0),
+            Weight::Quantized(q) => q.in_dims(),
+        }
+    }
+
+    /// The weight as a dense float array of `dtype` (dequantized if needed).
+    pub fn to_dense(&self, dtype: Dtype) -> Result<Array> {
+        match self {
+            Weight::Dense(w) if w.dtype() == dtype => Ok(w.clone()),
+            Weight::Dense(w) => Ok(w.as_dtype(dtype)?),
+            Weight::Quantized(q) => Ok(dequantize(q, Some(Dtype::Float32))?.as_dtype(dtype)?),
+        }
+    }
+
+    /// The quantized form, if any.
+    pub fn quantized(&self) -> Option<&QuantizedWeight> {
+        match self {
+            Weight::Quantized(q) => Some(q),
+            Weight::Dense(_) => None,
+        }
+    }
+
+    /// Evaluates the weight's arrays.
+    pub fn eval(&self) -> Result<()> {
+        match self {
+            Weight::Dense(w) => Ok(w.eval()?),
+            Weight::Quantized(q) => q.eval(),
+        }
+    }
+
+    /// Bytes held.
+    pub fn nbytes(&self) -> usize {
+        match self {
+            Weight::Dense(w) => w.nbytes(),
+            Weight::Quantized(q) => q.nbytes(),
+        }
+    }
+}
+
+/// `y = x @ W.T (+ b)`; `W` dense or quantized (as mlx-lm's `nn.Linear` / `nn.QuantizedLinear`).
+#[derive(Clone, Debug)]
+pub struct Linear {
+    /// `[out, in]`.
+    pub weight: Weight,
+    /// `[out]`.
+    pub bias: Option<Array>,
+}
+
+impl Linear {
+    /// Applies the layer to `x` (`[..., in]`).
+    pub fn forward(&self, x: &Array) -> Result<Array> {
+        let k = *x.shape().last().unwrap_or(&0);
+        if k != self.weight.in_dims() {
+            return Err(Error::invalid(format!(
+                "linear layer expects input dim {}, got {k}",
+                self.weight.in_dims()
+            )));
+        }
+        let y = match &self.weight {
+            Weight::Dense(w) => ops::matmul(x, w.t())?,
+            Weight::Quantized(q) => quantized_matmul(x, q, true)?,
+        };
+        match &self.bias {
+            Some(b) => Ok(ops::add(&y, b)?),
+            None => Ok(y),
+        }
+    }
+
+    /// This layer in float32 with dequantized weights (for the oracle).
+    pub fn to_f32(&self) -> Result<Linear> {
+        Ok(Linear {
+            weight: Weight::Dense(self.weight.to_dense(Dtype::Float32)?),
+            bias: self
+                .bias
+                .as_ref()
+                .map(|b| b.as_dtype(Dtype::Float32))
+                .transpose()?,
+        })
+    }
+}
+
+/// Token embedding `[vocab, dim]`, dense or quantized (as `nn.QuantizedEmbedding`).
+#[derive(Clone, Debug)]
+pub struct Embedding {
+    /// `[vocab, dim]`.
+    pub weight: Weight,
+}
+
+impl Embedding {
+    /// Looks up the rows of `ids` (int array of any shape) → `[..., dim]`.
+    pub fn forward(&self, ids: &Array) -> Result<Array> {
+        match &self.weight {
+            Weight::Dense(w) => Ok(w.take_axis(ids, 0)?),
+            Weight::Quantized(q) => {
+                let rows = QuantizedWeight {
+                    w: q.w.take_axis(ids, 0)?,
+                    scales: q.scales.take_axis(ids, 0)?,
+                    biases: q.biases.as_ref().map(|b| b.take_axis(ids, 0)).transpose()?,
+                    ..q.clone()
+                };
+                dequantize(&rows, q.scale_dtype())
+            }
+        }
+    }
+
+    /// `x @ W.T`: the embedding used as the output projection (tied embeddings).
+    pub fn as_linear(&self, x: &Array) -> Result<Array> {
+        Linear {
+            weight: self.weight.clone(),
+            bias: None,
+        }
+        .forward(x)
+    }
+
+    /// Float32, dequantized.
+    pub fn to_f32(&self) -> Result<Embedding> {
+        Ok(Embedding {
+            weight: Weight::Dense(self.weight.to_dense(Dtype::Float32)?),
+        })
+    }
+}
+
+/// RMSNorm through `mlx_rs::fast::rms_norm`.
+#[derive(Clone, Debug)]
+pub struct RmsNorm {
+    /// `[dim]`.
+    pub weight: Array,
+    /// Epsilon.
+    pub eps: f32,
+}
+
+impl RmsNorm {
+    /// Normalises over the last axis.
+    pub fn forward(&self, x: &Array) -> Result<Array> {
+        Ok(mlx_rs::fast::rms_norm(x, Some(&self.weight), self.eps)?)
+    }
+
+    /// Float32 copy.
+    pub fn to_f32(&self) -> Result<RmsNorm> {
+        Ok(RmsNorm {
+            weight: self.weight.as_dtype(Dtype::Float32)?,
+            eps: self.eps,
+        })
+    }
+}
+
+/// Rotary position embedding (`mlx_rs::fast::rope`), non-traditional (as in mlx-lm's `nn.RoPE`), with
+/// optional precomputed frequencies (YaRN / Llama-3 scaling).
+#[derive(Clone, Debug)]
+pub struct Rope {
+    /// Rotated dimensions.
+    pub dims: i32,
+    /// Base (theta); ignored when `freqs` is set.
+    pub base: f32,
+    /// Scale applied to positions.
+    pub scale: f32,
+    /// Custom frequencies `[dims/2]`.
+    pub freqs: Option<Array>,
+    /// Multiplier applied to the rotated input (YaRN's mscale); 1.0 = none.
+    pub mscale: f32,
+    /// Traditional (interleaved) rotation.
+    pub traditional: bool,
+}
+
+impl Rope {
+    /// Rotates `x` (`[B, H, L, D]`) at positions `offset..offset+L`.
+    pub fn forward(&self, x: &Array, offset: i32) -> Result<Array> {
+        let x = if self.mscale != 1.0 {
+            ops::multiply(x, Array::from_f32(self.mscale).as_dtype(x.dtype())?)?
+        } else {
+            x.clone()
+        };
+        let base = if self.freqs.is_some() {
+            None
+        } else {
+            Some(self.base)
+        };
+        Ok(mlx_rs::fast::rope(
+            &x,
+            self.dims,
+            self.traditional,
+            base,
+            self.scale,
+            offset,
+            self.freqs.as_ref(),
+        )?)
+    }
+}
+
+/// Key/value cache of one attention layer: keys and values `[B, H_kv, T, D]` appended per step.
+#[derive(Clone, Debug, Default)]
+pub struct KvCache {
+    keys: Option<Array>,
+    values: Option<Array>,
+    offset: i32,
+}
+
+impl KvCache {
+    /// An empty cache.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Number of positions seen so far.
+    pub fn offset(&self) -> i32 {
+        self.offset
+    }
+
+    /// Appends `k`, `v` (`[B, H, L, D]`) and returns all keys and values. With `window`, only the last
+    /// `window + L - 1` positions are kept (enough for every new query to see `window` keys), as mlx-lm's
+    /// rotating cache does.
+    pub fn update_and_fetch(
+        &mut self,
+        k: &Array,
+        v: &Array,
+        window: Option<i32>,
+    ) -> Result<(Array, Array)> {
+        let l = k.shape()[2];
+        let (mut keys, mut values) = match (&self.keys, &self.values) {
+            (Some(pk), Some(pv)) => (
+                ops::concatenate(&[pk, k], 2)?,
+                ops::concatenate(&[pv, v], 2)?,
+            ),
+            _ => (k.clone(), v.clone()),
+        };
+        if let Some(w) = window {
+            let keep = w + l - 1;
+            let t = keys.shape()[2];
+            if t > keep {
+                keys = slice_axis(&keys, 2, t - keep, t)?;
+                values = slice_axis(&values, 2, t - keep, t)?;
+            }
+        }
+        self.offset += l;
+        self.keys = Some(keys.clone());
+        self.values = Some(values.clone());
+        Ok((keys, values))
+    }
+}
+
+/// Causal mask `[L, T]` (bool) for `L` queries at positions `T-L..T` over `T` keys, limited to the last
+/// `window` keys (inclusive of the query itself) when given.
+pub fn causal_mask(l: i32, t: i32, window: Option<i32>) -> Result<Array> {
+    let q = Array::from_iter((t - l)..t, &[l, 1]);
+    let k = Array::from_iter(0..t, &[1, t]);
+    let mut m = ops::ge(&q, &k)?;
+    if let Some(w) = window {
+        let lim = ops::lt(&q, ops::add(&k, Array::from_int(w))?)?;
+        m = ops::logical_and(&m, &lim)?;
+    }
+    Ok(m)
+}
+
+/// Multi-head attention with grouped KV heads, RoPE, optional per-head q/k RMSNorm (Qwen3), optional
+/// attention sinks (gpt-oss) and optional sliding window.
+#[derive(Clone, Debug)]
+pub struct Attention {
+    /// Query projection.
+    pub q_proj: Linear,
+    /// Key projection.
+    pub k_proj: Linear,
+    /// Value projection.
+    pub v_proj: Linear,
+    /// Output projection.
+    pub o_proj: Linear,
+    /// Per-head query norm.
+    pub q_norm: Option<RmsNorm>,
+    /// Per-head key norm.
+    pub k_norm: Option<RmsNorm>,
+    /// Attention sinks `[n_heads]`.
+    pub sinks: Option<Array>,
+    /// Query heads.
+    pub n_heads: i32,
+    /// Key/value heads.
+    pub n_kv_heads: i32,
+    /// Head dimension.
+    pub head_dim: i32,
+    /// Softmax scale.
+    pub scale: f32,
+    /// Rotary embedding.
+    pub rope: Rope,
+    /// Sliding window size, if this layer uses one.
+    pub window: Option<i32>,
+}
+
+impl Attention {
+    /// `x`: `[B, L, D]` → `[B, L, D]`, appending to `cache`.
+    pub fn forward(&self, x: &Array, cache: &mut KvCache) -> Result<Array> {
+        let sh = x.shape();
+        if sh.len() != 3 {
+            return Err(Error::invalid(format!(
+                "attention expects [B, L, D], got {sh:?}"
+            )));
+        }
+        let (b, l) = (sh[0], sh[1]);
+        let q = self
+            .q_proj
+            .forward(x)?
+            .reshape(&[b, l, self.n_heads, self.head_dim])?;
+        let k = self
+            .k_proj
+            .forward(x)?
+            .reshape(&[b, l, self.n_kv_heads, self.head_dim])?;
+        let v = self
+            .v_proj
+            .forward(x)?
+            .reshape(&[b, l, self.n_kv_heads, self.head_dim])?;
+        let q = match &self.q_norm {
+            Some(n) => n.forward(&q)?,
+            None => q,
+        };
+        let k = match &self.k_norm {
+            Some(n) => n.forward(&k)?,
+            None => k,
+        };
+        let q = q.transpose_axes(&[0, 2, 1, 3])?;
+        let k = k.transpose_axes(&[0, 2, 1, 3])?;
+        let v = v.transpose_axes(&[0, 2, 1, 3])?;
+        let offset = cache.offset();
+        let q = self.rope.forward(&q, offset)?;
+        let k = self.rope.forward(&k, offset)?;
+        let (keys, values) = cache.update_and_fetch(&k, &v, self.window)?;
+        let t = keys.shape()[2];
+        let mask_arr;
+        let mask = if l == 1 {
+            None
+        } else {
+            mask_arr = causal_mask(l, t, self.window)?;
+            Some(ScaledDotProductAttentionMask::Array(&mask_arr))
+        };
+        let sinks = match &self.sinks {
+            Some(s) if s.dtype() != q.dtype() => Some(s.as_dtype(q.dtype())?),
+            other => other.clone(),
+        };
+        let o = mlx_rs::fast::scaled_dot_product_attention(
+            &q,
+            &keys,
+            &values,
+            self.scale,
+            mask,
+            sinks.as_ref(),
+        )?;
+        let o = o
+            .transpose_axes(&[0, 2, 1, 3])?
+            .reshape(&[b, l, self.n_heads * self.head_dim])?;
+        self.o_proj.forward(&o)
+    }
+
+    /// Float32 copy with dequantized weights.
+    pub fn to_f32(&self) -> Result<Attention> {
+        Ok(Attention {
+            q_proj: self.q_proj.to_f32()?,
+            k_proj: self.k_proj.to_f32()?,
+            v_proj: self.v_proj.to_f32()?,
+            o_proj: self.o_proj.to_f32()?,
+            q_norm: self.q_norm.as_ref().map(RmsNorm::to_f32).transpose()?,
+            k_norm: self.k_norm.as_ref().map(RmsNorm::to_f32).transpose()?,
+            sinks: self
+                .sinks
+                .as_ref()
+                .map(|s| s.as_dtype(Dtype::Float32))
+                .transpose()?,
+            rope: Rope {
+                freqs: self
+                    .rope
+                    .freqs
+                    .as_ref()
+                    .map(|f| f.as_dtype(Dtype::Float32))
+                    .transpose()?,
+                ..self.rope.clone()
+            },
+            ..self.clone()
+        })
+    }
+}

@@ -1,0 +1,319 @@
+//! Quantization for every MLX mode (mlx-rs hard-codes `affine`): [`QuantMode`], the [`QuantizedWeight`]
+//! value that carries a packed matrix (or stack of expert matrices) with its scales and biases, and
+//! `quantize` / `dequantize` / `quantized_matmul` / `gather_qmm` through MLX's C API.
+//!
+//! Facts about modes (allowed group sizes and bit widths, scale formats) live in MLX; this module only parses
+//! mode names and reads group size and bit width back from the shapes MLX produced.
+
+use std::ffi::CStr;
+use std::fmt;
+use std::str::FromStr;
+
+use mlx_rs::{Array, Dtype};
+
+use crate::array::{array_op, opt_dtype, opt_int, opt_ptr, stream, vector_op};
+use crate::error::{Error, Result};
+
+/// A quantization mode of MLX.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum QuantMode {
+    /// Integer codes with a float scale and bias per group.
+    Affine,
+    /// OCP MX FP4 (e2m1 codes, e8m0 scale per 32).
+    Mxfp4,
+    /// NVIDIA FP4 (e2m1 codes, fp8 e4m3 scale per 16).
+    Nvfp4,
+    /// OCP MX FP8 (e4m3 codes, e8m0 scale per 32).
+    Mxfp8,
+}
+
+impl QuantMode {
+    /// All modes, for listings and tests.
+    pub const ALL: [QuantMode; 4] = [
+        QuantMode::Affine,
+        QuantMode::Mxfp4,
+        QuantMode::Nvfp4,
+        QuantMode::Mxfp8,
+    ];
+
+    /// The name MLX uses.
+    pub fn name(self) -> &'static str {
+        self.c_name().to_str().unwrap_or("affine")
+    }
+
+    pub(crate) fn c_name(self) -> &'static CStr {
+        match self {
+            QuantMode::Affine => c"affine",
+            QuantMode::Mxfp4 => c"mxfp4",
+            QuantMode::Nvfp4 => c"nvfp4",
+            QuantMode::Mxfp8 => c"mxfp8",
+        }
+    }
+
+    /// Whether the mode stores an additive bias per group (only `affine`).
+    pub fn has_biases(self) -> bool {
+        self == QuantMode::Affine
+    }
+}
+
+impl fmt::Display for QuantMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for QuantMode {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        QuantMode::ALL
+            .into_iter()
+            .find(|m| m.name().eq_ignore_ascii_case(s))
+            .ok_or_else(|| {
+                Error::invalid(format!(
+                    "unknown quantization mode '{s}' (expected affine, mxfp4, nvfp4 or mxfp8)"
+                ))
+            })
+    }
+}
+
+/// A quantized matrix `[.., N, K]` (logical, `transpose=true` layout) or a stack of expert matrices
+/// `[E, N, K]`: packed codes `w` (uint32 `[.., N, K*bits/32]`), `scales` (`[.., N, K/group_size]`) and, for
+/// `affine`, `biases` of the scales' shape. Gate, up and down projections travel as such units.
+#[derive(Clone, Debug)]
+pub struct QuantizedWeight {
+    /// Packed codes, uint32.
+    pub w: Array,
+    /// Per-group scales.
+    pub scales: Array,
+    /// Per-group additive biases (`affine` only).
+    pub biases: Option<Array>,
+    /// The quantization mode.
+    pub mode: QuantMode,
+    /// Elements per group along K.
+    pub group_size: i32,
+    /// Bits per element.
+    pub bits: i32,
+}
+
+impl QuantizedWeight {
+    /// Assembles a quantized weight from its parts, checking that the shapes agree with `group_size` and
+    /// `bits` (what MLX accepts for the mode is checked by MLX when the weight is used).
+    pub fn new(
+        w: Array,
+        scales: Array,
+        biases: Option<Array>,
+        mode: QuantMode,
+        group_size: i32,
+        bits: i32,
+    ) -> Result<Self> {
+        if group_size <= 0 || !(1..=8).contains(&bits) {
+            return Err(Error::invalid(format!(
+                "group_size {group_size} / bits {bits} out of range"
+            )));
+        }
+        if w.dtype() != Dtype::Uint32 {
+            return Err(Error::invalid(format!(
+                "packed weight must be uint32, got {:?}",
+                w.dtype()
+            )));
+        }
+        let (ws, ss) = (w.shape(), scales.shape());
+        if ws.len() < 2 || ws.len() != ss.len() || ws[..ws.len() - 1] != ss[..ss.len() - 1] {
+            return Err(Error::invalid(format!(
+                "packed weight shape {ws:?} does not match scales shape {ss:?}"
+            )));
+        }
+        let k_from_w = *ws.last().unwrap_or(&0) as i64 * 32 / bits as i64;
+        let k_from_s = *ss.last().unwrap_or(&0) as i64 * group_size as i64;
+        if (*ws.last().unwrap_or(&0) as i64 * 32) % bits as i64 != 0 || k_from_w != k_from_s {
+            return Err(Error::invalid(format!(
+                "packed weight {ws:?} with {bits} bits holds K={k_from_w} but scales {ss:?} with group {group_size} cover K={k_from_s}"
+            )));
+        }
+        match (&biases, mode.has_biases()) {
+            (Some(b), true) if b.shape() != ss => {
+                return Err(Error::invalid(format!(
+                    "biases shape {:?} differs from scales shape {ss:?}",
+                    b.shape()
+                )))
+            }
+            (None, true) => {
+                return Err(Error::invalid(
+                    "affine quantization needs biases".to_string(),
+                ))
+            }
+            (Some(_), false) => return Err(Error::invalid(format!("mode {mode} has no biases"))),
+            _ => {}
+        }
+        Ok(QuantizedWeight {
+            w,
+            scales,
+            biases,
+            mode,
+            group_size,
+            bits,
+        })
+    }
+
+    /// Logical input dimension K.
+    pub fn in_dims(&self) -> i32 {
+        self.scales.shape().last().copied().unwrap_or(0) * self.group_size
+    }
+
+    /// Logical output dimension N.
+    pub fn out_dims(&self) -> i32 {
+        let s = self.w.shape();
+        s[s.len() - 2]
+    }
+
+    /// Number of experts for a stacked `[E, N, K]` weight (1 for a plain matrix).
+    pub fn num_experts(&self) -> i32 {
+        let s = self.w.shape();
+        if s.len() >= 3 {
+            s[..s.len() - 2].iter().product()
+        } else {
+            1
+        }
+    }
+
+    /// The float dtype of the scales for `affine` (that MLX computes in); `None` for the fp modes.
+    pub fn scale_dtype(&self) -> Option<Dtype> {
+        self.mode.has_biases().then(|| self.scales.dtype())
+    }
+
+    /// Evaluates all parts.
+    pub fn eval(&self) -> Result<()> {
+        self.w.eval()?;
+        self.scales.eval()?;
+        if let Some(b) = &self.biases {
+            b.eval()?;
+        }
+        Ok(())
+    }
+
+    /// Bytes held by the parts.
+    pub fn nbytes(&self) -> usize {
+        self.w.nbytes() + self.scales.nbytes() + self.biases.as_ref().map_or(0, Array::nbytes)
+    }
+}
+
+/// Quantizes `w` (`[.., N, K]`, float) in `mode`. `group_size` / `bits` of `None` take MLX's defaults for
+/// the mode; the ones used are read back from the result's shapes.
+pub fn quantize(
+    w: &Array,
+    mode: QuantMode,
+    group_size: Option<i32>,
+    bits: Option<i32>,
+) -> Result<QuantizedWeight> {
+    if w.ndim() < 2 {
+        return Err(Error::invalid(format!(
+            "quantize needs a matrix or a stack of matrices, got shape {:?}",
+            w.shape()
+        )));
+    }
+    if !crate::array::is_float(w.dtype()) {
+        return Err(Error::invalid(format!(
+            "quantize needs a float array, got {:?}",
+            w.dtype()
+        )));
+    }
+    let s = stream();
+    let parts = vector_op(|res| unsafe {
+        mlx_sys::mlx_quantize(
+            res,
+            w.as_ptr(),
+            opt_int(group_size),
+            opt_int(bits),
+            mode.c_name().as_ptr(),
+            crate::array::none(),
+            s.as_ptr(),
+        )
+    })?;
+    let mut it = parts.into_iter();
+    let (wq, scales) = match (it.next(), it.next()) {
+        (Some(a), Some(b)) => (a, b),
+        _ => return Err(Error::Mlx("quantize returned too few arrays".into())),
+    };
+    let biases = it.next();
+    let k = *w.shape().last().unwrap_or(&0);
+    let (wl, sl) = (
+        *wq.shape().last().unwrap_or(&0),
+        *scales.shape().last().unwrap_or(&0),
+    );
+    if k <= 0 || sl <= 0 || k % sl != 0 || (wl * 32) % k != 0 {
+        return Err(Error::Mlx(format!(
+            "unexpected quantize result shapes {:?} / {:?} for K={k}",
+            wq.shape(),
+            scales.shape()
+        )));
+    }
+    QuantizedWeight::new(wq, scales, biases, mode, k / sl, wl * 32 / k)
+}
+
+/// Dequantizes `q` to `dtype` (`None`: MLX's default for the mode — the scales' type for `affine`).
+pub fn dequantize(q: &QuantizedWeight, dtype: Option<Dtype>) -> Result<Array> {
+    let s = stream();
+    array_op(|res| unsafe {
+        mlx_sys::mlx_dequantize(
+            res,
+            q.w.as_ptr(),
+            q.scales.as_ptr(),
+            opt_ptr(q.biases.as_ref()),
+            opt_int(Some(q.group_size)),
+            opt_int(Some(q.bits)),
+            q.mode.c_name().as_ptr(),
+            crate::array::none(),
+            opt_dtype(dtype),
+            s.as_ptr(),
+        )
+    })
+}
+
+/// `x @ dequantize(q).T` (`transpose = true`) or `x @ dequantize(q)`.
+pub fn quantized_matmul(x: &Array, q: &QuantizedWeight, transpose: bool) -> Result<Array> {
+    let s = stream();
+    array_op(|res| unsafe {
+        mlx_sys::mlx_quantized_matmul(
+            res,
+            x.as_ptr(),
+            q.w.as_ptr(),
+            q.scales.as_ptr(),
+            opt_ptr(q.biases.as_ref()),
+            transpose,
+            opt_int(Some(q.group_size)),
+            opt_int(Some(q.bits)),
+            q.mode.c_name().as_ptr(),
+            s.as_ptr(),
+        )
+    })
+}
+
+/// MLX's `gather_qmm`: for every batch element, `x[lhs] @ dequantize(q[rhs]).T`. Missing indices default
+/// to arange over the batch dims. `sorted_indices` promises that `rhs_indices` is sorted.
+pub fn gather_qmm(
+    x: &Array,
+    q: &QuantizedWeight,
+    lhs_indices: Option<&Array>,
+    rhs_indices: Option<&Array>,
+    transpose: bool,
+    sorted_indices: bool,
+) -> Result<Array> {
+    let s = stream();
+    array_op(|res| unsafe {
+        mlx_sys::mlx_gather_qmm(
+            res,
+            x.as_ptr(),
+            q.w.as_ptr(),
+            q.scales.as_ptr(),
+            opt_ptr(q.biases.as_ref()),
+            opt_ptr(lhs_indices),
+            opt_ptr(rhs_indices),
+            transpose,
+            opt_int(Some(q.group_size)),
+            opt_int(Some(q.bits)),
+            q.mode.c_name().as_ptr(),
+            sorted_indices,
+            s.as_ptr(),
+        )
+    })
+}
