@@ -22,3 +22,8 @@ pub mod quant;
 
 pub use error::{Error, Result};
 pub use quant::{QuantMode, QuantizedWeight};
+pub mod bench;
+pub mod fidelity;
+pub mod generate;
+pub mod runtime;
+pub mod tokenizer;

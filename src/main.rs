@@ -1,3 +1,17 @@
-fn main() {
-    println!("zmlx (MLX {})", zmlx::sys::MLX_VERSION);
+//! `zmlx`: run MoE models on MLX with the fused or the reference MoE path and check fidelity.
+
+mod cli;
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    match cli::run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One readable line.
+            let msg: Vec<String> = e.chain().map(|c| c.to_string()).collect();
+            eprintln!("error: {}", msg.join(": ").replace('\n', " "));
+            ExitCode::FAILURE
+        }
+    }
 }

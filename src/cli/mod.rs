@@ -1,0 +1,418 @@
+//! Command line interface.
+
+mod report;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use zmlx::generate::{generate, random_tokens, Generation, Sampler};
+use zmlx::models::{self, Model};
+use zmlx::moe::MoePath;
+use zmlx::runtime::{self, DeviceKind};
+use zmlx::tokenizer::{parse_token_list, Tokenizer};
+
+/// zmlx — MoE inference on MLX with fused quantized expert kernels, checked against MLX's own ops.
+///
+/// Without a subcommand: builds a small synthetic Qwen3-MoE-like model, decodes with the reference (MLX
+/// composed) path and the fused path, and prints tok/s, speedup and the fidelity verdict.
+#[derive(Parser, Debug)]
+#[command(name = "zmlx", version, about, long_about = None)]
+struct Cli {
+    /// Device to run on.
+    #[arg(long, global = true, default_value = "cpu", value_parser = ["cpu", "gpu"])]
+    device: String,
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    demo: DemoArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Generate tokens from a checkpoint or synthetic model.
+    Generate(GenerateArgs),
+    /// Fidelity check: teacher-forced oracle vs reference vs fused.
+    Validate(ValidateArgs),
+    /// Per-layer timing: fused vs MLX composed MoE layer.
+    Bench(BenchArgs),
+    /// MLX version, backend, devices, features.
+    Info,
+    /// Write a synthetic model as an mlx-lm checkpoint directory.
+    Synth(SynthArgs),
+    /// List the synthetic presets.
+    Presets,
+}
+
+#[derive(Args, Debug, Clone)]
+struct ModelSource {
+    /// mlx-lm checkpoint directory (config.json + *.safetensors).
+    #[arg(long, conflicts_with = "synthetic")]
+    model: Option<PathBuf>,
+    /// Synthetic preset (see `zmlx presets`).
+    #[arg(long)]
+    synthetic: Option<String>,
+    /// Seed of the synthetic weights.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+#[derive(Args, Debug)]
+struct DemoArgs {
+    /// Synthetic preset of the default run.
+    #[arg(long, default_value = "qwen3-tiny")]
+    preset: String,
+    /// Tokens to decode per path in the default run.
+    #[arg(long, default_value_t = 64)]
+    decode_tokens: usize,
+    /// Teacher-forced steps of the default run's fidelity check.
+    #[arg(long, default_value_t = 256)]
+    fidelity_steps: usize,
+    /// Preset of the default run's fidelity check (default: the decode preset).
+    #[arg(long)]
+    fidelity_preset: Option<String>,
+}
+
+#[derive(Args, Debug)]
+struct GenerateArgs {
+    #[command(flatten)]
+    src: ModelSource,
+    /// Prompt text (needs tokenizer.json in the model directory).
+    #[arg(long, conflicts_with = "tokens")]
+    prompt: Option<String>,
+    /// Prompt token ids, e.g. "1,2,3".
+    #[arg(long)]
+    tokens: Option<String>,
+    /// Tokens to generate.
+    #[arg(long, default_value_t = 32)]
+    max_tokens: usize,
+    /// Sampling temperature (0 = greedy).
+    #[arg(long, default_value_t = 0.0)]
+    temp: f32,
+    /// MoE path.
+    #[arg(long, default_value = "fused", value_parser = ["fused", "reference"])]
+    path: String,
+}
+
+#[derive(Args, Debug)]
+struct ValidateArgs {
+    #[command(flatten)]
+    src: ModelSource,
+    /// Teacher-forced steps.
+    #[arg(long, default_value_t = 256)]
+    steps: usize,
+    /// Prompt length (random token ids).
+    #[arg(long, default_value_t = 16)]
+    prompt_len: usize,
+}
+
+#[derive(Args, Debug)]
+struct BenchArgs {
+    #[command(flatten)]
+    src: ModelSource,
+    /// Tokens per MoE call (1 = decode).
+    #[arg(long, default_value_t = 1)]
+    tokens: usize,
+    /// Timed iterations per layer and path.
+    #[arg(long, default_value_t = 20)]
+    iters: usize,
+}
+
+#[derive(Args, Debug)]
+struct SynthArgs {
+    /// Preset.
+    #[arg(long)]
+    preset: String,
+    /// Output directory.
+    #[arg(long)]
+    out: PathBuf,
+    /// Seed.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+pub fn run() -> Result<()> {
+    let cli = Cli::parse();
+    let dev: DeviceKind = cli.device.parse()?;
+    runtime::use_device(dev)?;
+    match cli.command {
+        None => demo(&cli.demo),
+        Some(Command::Generate(a)) => cmd_generate(a),
+        Some(Command::Validate(a)) => cmd_validate(a),
+        Some(Command::Bench(a)) => cmd_bench(a),
+        Some(Command::Info) => cmd_info(),
+        Some(Command::Synth(a)) => cmd_synth(a),
+        Some(Command::Presets) => {
+            for p in models::presets() {
+                println!("{:<20} {}", p.name, p.about);
+            }
+            Ok(())
+        }
+    }
+}
+
+fn bar(len: u64, prefix: &str) -> ProgressBar {
+    let pb = ProgressBar::new(len);
+    pb.set_style(
+        ProgressStyle::with_template("{prefix:>12} [{bar:32}] {pos}/{len} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    pb.set_prefix(prefix.to_string());
+    pb
+}
+
+/// A synthetic model from a preset, with a progress bar over its tensors.
+fn synth_model(
+    preset: &str,
+    seed: u64,
+) -> Result<(Model, zmlx::checkpoint::Tensors, serde_json::Value)> {
+    let p = models::preset(preset)?;
+    let cfg = models::ModelConfig::from_json(&p.config)?;
+    let pb = bar(models::synthetic::param_count(&cfg) as u64, "generating");
+    let (m, t) = models::synthesize(&p.config, seed, &mut |done, _, name| {
+        pb.set_position(done as u64);
+        pb.set_message(name.to_string());
+    })
+    .with_context(|| format!("building synthetic model '{preset}'"))?;
+    pb.finish_and_clear();
+    m.eval()?;
+    Ok((m, t, p.config))
+}
+
+struct Loaded {
+    model: Model,
+    tokenizer: Option<Tokenizer>,
+    name: String,
+}
+
+fn load_source(src: &ModelSource) -> Result<Loaded> {
+    match (&src.model, &src.synthetic) {
+        (Some(dir), None) => {
+            let pb = ProgressBar::new_spinner();
+            pb.set_message(format!("loading {}", dir.display()));
+            pb.enable_steady_tick(Duration::from_millis(120));
+            let model = models::load(dir)?;
+            model.eval()?;
+            pb.finish_and_clear();
+            let tokenizer = Tokenizer::from_dir(dir)?;
+            Ok(Loaded {
+                model,
+                tokenizer,
+                name: dir.display().to_string(),
+            })
+        }
+        (None, Some(p)) => {
+            let (model, _, _) = synth_model(p, src.seed)?;
+            Ok(Loaded {
+                model,
+                tokenizer: None,
+                name: format!("synthetic {p} (seed {})", src.seed),
+            })
+        }
+        (None, None) => bail!("give --model DIR or --synthetic PRESET"),
+        (Some(_), Some(_)) => bail!("give either --model or --synthetic, not both"),
+    }
+}
+
+fn decode_bar(n: usize, path: MoePath) -> ProgressBar {
+    bar(n as u64, &format!("{path}"))
+}
+
+fn run_decode(
+    model: &Model,
+    prompt: &[u32],
+    n: usize,
+    sampler: Sampler,
+    path: MoePath,
+) -> Result<Generation> {
+    let pb = decode_bar(n, path);
+    let t0 = Instant::now();
+    let mut count = 0u64;
+    let g = generate(model, prompt, n, sampler, path, &mut |_| {
+        count += 1;
+        pb.set_position(count);
+        let s = t0.elapsed().as_secs_f64();
+        if s > 0.0 {
+            pb.set_message(format!("{:.1} tok/s", count as f64 / s));
+        }
+    })?;
+    pb.finish_and_clear();
+    Ok(g)
+}
+
+fn demo(a: &DemoArgs) -> Result<()> {
+    let t0 = Instant::now();
+    report::header()?;
+    let (model, _, _) = synth_model(&a.preset, 0)?;
+    report::model_line(&model, &format!("synthetic {} (seed 0)", a.preset));
+    if a.decode_tokens == 0 {
+        bail!("--decode-tokens must be at least 1");
+    }
+    let prompt = random_tokens(16, model.config.vocab_size, 1);
+    let r = run_decode(
+        &model,
+        &prompt,
+        a.decode_tokens,
+        Sampler::Greedy,
+        MoePath::Reference,
+    )?;
+    let f = run_decode(
+        &model,
+        &prompt,
+        a.decode_tokens,
+        Sampler::Greedy,
+        MoePath::Fused,
+    )?;
+    report::decode_table(prompt.len(), &r, &f);
+
+    let fid_preset = a
+        .fidelity_preset
+        .clone()
+        .unwrap_or_else(|| a.preset.clone());
+    let fmodel = if fid_preset == a.preset {
+        model
+    } else {
+        println!("fidelity uses the smaller preset '{fid_preset}'");
+        synth_model(&fid_preset, 0)?.0
+    };
+    let rep = validate_model(&fmodel, a.fidelity_steps, 16)?;
+    report::fidelity(&rep);
+    println!("total wall time: {:.1} s", t0.elapsed().as_secs_f64());
+    if !rep.pass() {
+        bail!("fidelity check failed");
+    }
+    Ok(())
+}
+
+fn validate_model(
+    model: &Model,
+    steps: usize,
+    prompt_len: usize,
+) -> Result<zmlx::fidelity::Report> {
+    if prompt_len == 0 {
+        bail!("--prompt-len must be at least 1");
+    }
+    let sp = ProgressBar::new_spinner();
+    sp.set_message("dequantizing the float32 oracle");
+    sp.enable_steady_tick(Duration::from_millis(120));
+    let oracle = model.to_oracle()?;
+    sp.finish_and_clear();
+    let prompt = random_tokens(prompt_len, model.config.vocab_size, 2);
+    let pb = bar(steps as u64 + 1, "fidelity");
+    let rep = zmlx::fidelity::run(model, &oracle, &prompt, steps, &mut |d, _| {
+        pb.set_position(d as u64)
+    })?;
+    pb.finish_and_clear();
+    Ok(rep)
+}
+
+fn cmd_validate(a: ValidateArgs) -> Result<()> {
+    report::header()?;
+    let l = load_source(&a.src)?;
+    report::model_line(&l.model, &l.name);
+    let rep = validate_model(&l.model, a.steps, a.prompt_len)?;
+    report::fidelity(&rep);
+    if !rep.pass() {
+        bail!("fidelity check failed");
+    }
+    Ok(())
+}
+
+fn cmd_generate(a: GenerateArgs) -> Result<()> {
+    let l = load_source(&a.src)?;
+    let prompt = match (&a.prompt, &a.tokens) {
+        (Some(text), None) => match &l.tokenizer {
+            Some(t) => t.encode(text)?,
+            None => {
+                bail!("--prompt needs tokenizer.json in the model directory; use --tokens instead")
+            }
+        },
+        (None, Some(ids)) => parse_token_list(ids)?,
+        (None, None) => random_tokens(8, l.model.config.vocab_size, 1),
+        (Some(_), Some(_)) => bail!("give either --prompt or --tokens"),
+    };
+    let sampler = if a.temp > 0.0 {
+        Sampler::Temperature {
+            temperature: a.temp,
+            seed: a.src.seed,
+        }
+    } else if a.temp == 0.0 {
+        Sampler::Greedy
+    } else {
+        bail!("--temp must be >= 0");
+    };
+    let path: MoePath = a.path.parse()?;
+    let g = run_decode(&l.model, &prompt, a.max_tokens, sampler, path)?;
+    println!("model: {}", l.name);
+    println!("prompt: {:?}", prompt);
+    match &l.tokenizer {
+        Some(t) => println!("output: {}", t.decode(&g.tokens)?),
+        None => println!("output tokens: {:?}", g.tokens),
+    }
+    println!(
+        "{} path: prefill {} tokens in {:.3} s, decode {:.2} tok/s",
+        path,
+        g.prompt_tokens,
+        g.prefill_secs,
+        g.decode_tok_per_s()
+    );
+    Ok(())
+}
+
+fn cmd_bench(a: BenchArgs) -> Result<()> {
+    report::header()?;
+    let l = load_source(&a.src)?;
+    report::model_line(&l.model, &l.name);
+    if a.tokens == 0 || a.iters == 0 {
+        bail!("--tokens and --iters must be at least 1");
+    }
+    let rows = zmlx::bench::moe_layers(&l.model, a.tokens, a.iters, a.src.seed)?;
+    report::bench_table(&rows, a.tokens);
+    Ok(())
+}
+
+fn cmd_info() -> Result<()> {
+    println!("zmlx {}", env!("CARGO_PKG_VERSION"));
+    println!(
+        "MLX version: {} (pinned {})",
+        runtime::mlx_version()?,
+        zmlx::sys::MLX_VERSION
+    );
+    println!("backend: {}", runtime::backend());
+    for k in [DeviceKind::Cpu, DeviceKind::Gpu] {
+        println!(
+            "device {}: {} ({} device(s))",
+            k.name(),
+            if runtime::is_available(k) {
+                "available"
+            } else {
+                "not available"
+            },
+            runtime::device_count(k)
+        );
+    }
+    println!("default device: {}", runtime::default_device()?.name());
+    let modes: Vec<&str> = zmlx::QuantMode::ALL.iter().map(|m| m.name()).collect();
+    println!("quantization modes: {}", modes.join(", "));
+    println!("fused MoE ops: gather_qmm_swiglu, gather_qmm_combine");
+    println!(
+        "models: qwen3_moe, gpt_oss, mixtral; cargo features: {}",
+        if cfg!(feature = "cuda") {
+            "cuda"
+        } else {
+            "(none)"
+        }
+    );
+    Ok(())
+}
+
+fn cmd_synth(a: SynthArgs) -> Result<()> {
+    let (_, t, cfg) = synth_model(&a.preset, a.seed)?;
+    models::save(&a.out, &cfg, &t)?;
+    println!("wrote {} tensors to {}", t.len(), a.out.display());
+    Ok(())
+}

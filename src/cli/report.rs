@@ -1,0 +1,165 @@
+//! Printing of the CLI's reports.
+
+use anyhow::Result;
+
+use zmlx::bench::LayerTiming;
+use zmlx::fidelity::Report;
+use zmlx::generate::Generation;
+use zmlx::models::Model;
+
+pub fn header() -> Result<()> {
+    let dev = zmlx::runtime::default_device()?;
+    println!(
+        "zmlx {} | MLX {} ({} backend) | device {}",
+        env!("CARGO_PKG_VERSION"),
+        zmlx::runtime::mlx_version()?,
+        zmlx::runtime::backend(),
+        dev.name()
+    );
+    Ok(())
+}
+
+pub fn model_line(m: &Model, name: &str) {
+    let c = &m.config;
+    let q = match &c.quant {
+        Some(q) => format!(
+            "{} {}-bit g{}{}",
+            q.default.mode,
+            q.default.bits,
+            q.default.group_size,
+            if q.overrides.is_empty() {
+                ""
+            } else {
+                " (+ per-layer overrides)"
+            }
+        ),
+        None => "unquantized".to_string(),
+    };
+    println!(
+        "model: {name}: {} | {} layers ({} MoE), D {}, {} experts top-{}, expert dim {}, vocab {} | {} | {}",
+        c.arch.model_type(),
+        c.num_layers,
+        m.num_moe_layers(),
+        c.hidden_size,
+        c.num_experts,
+        c.top_k,
+        c.moe_intermediate,
+        c.vocab_size,
+        zmlx::array::dtype_name(c.dtype),
+        q
+    );
+}
+
+fn first_diff(a: &[u32], b: &[u32]) -> Option<usize> {
+    a.iter()
+        .zip(b)
+        .position(|(x, y)| x != y)
+        .or_else(|| (a.len() != b.len()).then(|| a.len().min(b.len())))
+}
+
+pub fn decode_table(prompt: usize, r: &Generation, f: &Generation) {
+    println!();
+    println!(
+        "decode: prompt {prompt} tokens, {} new tokens, greedy",
+        r.tokens.len()
+    );
+    println!(
+        "  {:<11} {:>12} {:>14}",
+        "path", "prefill (s)", "decode tok/s"
+    );
+    for (name, g) in [("reference", r), ("fused", f)] {
+        println!(
+            "  {:<11} {:>12.3} {:>14.2}",
+            name,
+            g.prefill_secs,
+            g.decode_tok_per_s()
+        );
+    }
+    let (rt, ft) = (r.decode_tok_per_s(), f.decode_tok_per_s());
+    if rt > 0.0 {
+        println!("  speedup (fused / reference decode): {:.2}x", ft / rt);
+    }
+    match first_diff(&r.tokens, &f.tokens) {
+        None => println!("  greedy tokens: identical ({} / {})", r.tokens.len(), r.tokens.len()),
+        Some(p) => println!(
+            "  greedy tokens: first difference at generated position {p} (free-running; the fidelity check below decides)"
+        ),
+    }
+}
+
+pub fn fidelity(rep: &Report) {
+    let (mr, mf) = rep.max_errors();
+    let (ar, af) = rep.mean_errors();
+    let (or, of) = rep.oracle_agreement();
+    let n = rep.steps.len();
+    println!();
+    println!(
+        "fidelity: teacher-forced, prompt {} + {} steps, float32 oracle (weights dequantized once, no quantized kernels)",
+        rep.prompt_len,
+        n.saturating_sub(1)
+    );
+    println!("  max |logit - oracle|:  reference {mr:.5}  fused {mf:.5}");
+    println!("  mean |logit - oracle|: reference {ar:.5}  fused {af:.5}");
+    println!(
+        "  fused error <= {:.2} x reference (+ slack): {} / {n} steps{}",
+        rep.tol.error_ratio,
+        n - rep.error_failures.len(),
+        match rep.error_failures.first() {
+            Some(p) => format!(" (first failure at position {p})"),
+            None => String::new(),
+        }
+    );
+    println!(
+        "  fused more accurate than reference on {} / {n} steps; greedy == oracle: reference {or}/{n}, fused {of}/{n}",
+        rep.fused_better_steps()
+    );
+    if rep.float32 {
+        println!(
+            "  float32 model: fused and reference greedy tokens must be identical at every step"
+        );
+    }
+    match rep.first_divergence {
+        None => println!(
+            "  greedy tokens fused vs reference: identical where the margin exceeds both errors ({} flip(s) within error)",
+            rep.explained_mismatches
+        ),
+        Some(p) => println!("  greedy tokens fused vs reference: first real divergence at position {p}"),
+    }
+    println!("FIDELITY {}", if rep.pass() { "PASS" } else { "FAIL" });
+}
+
+pub fn bench_table(rows: &[LayerTiming], tokens: usize) {
+    println!();
+    println!("MoE layer timing, {tokens} token(s) per call (median):");
+    println!(
+        "  {:>5} {:>10} {:>16} {:>12} {:>9}",
+        "layer", "experts", "MLX composed ms", "fused ms", "speedup"
+    );
+    let (mut tr, mut tf) = (0.0, 0.0);
+    for r in rows {
+        tr += r.reference_s;
+        tf += r.fused_s;
+        println!(
+            "  {:>5} {:>10} {:>16.3} {:>12.3} {:>8.2}x",
+            r.layer,
+            format!("{}/top{}", r.experts.0, r.experts.1),
+            r.reference_s * 1e3,
+            r.fused_s * 1e3,
+            if r.fused_s > 0.0 {
+                r.reference_s / r.fused_s
+            } else {
+                0.0
+            }
+        );
+    }
+    if tf > 0.0 {
+        println!(
+            "  {:>5} {:>10} {:>16.3} {:>12.3} {:>8.2}x",
+            "all",
+            "",
+            tr * 1e3,
+            tf * 1e3,
+            tr / tf
+        );
+    }
+}

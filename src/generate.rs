@@ -1,0 +1,162 @@
+//! Token generation with a KV cache: greedy or temperature sampling, timed prefill and decode.
+
+use std::time::Instant;
+
+use mlx_rs::{ops, Array, Dtype};
+
+use crate::array::{slice_axis, to_f32_vec};
+use crate::error::{Error, Result};
+use crate::models::Model;
+use crate::moe::MoePath;
+
+/// How the next token is chosen.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Sampler {
+    /// Argmax.
+    Greedy,
+    /// Sample from `softmax(logits / temperature)` with MLX's categorical sampler (seeded).
+    Temperature {
+        /// > 0.
+        temperature: f32,
+        /// Seed of the sampling keys.
+        seed: u64,
+    },
+}
+
+/// Result of a generation.
+#[derive(Clone, Debug, Default)]
+pub struct Generation {
+    /// Generated token ids (prompt excluded).
+    pub tokens: Vec<u32>,
+    /// Prompt length.
+    pub prompt_tokens: usize,
+    /// Seconds for the prompt (prefill, first token included).
+    pub prefill_secs: f64,
+    /// Seconds for the remaining tokens.
+    pub decode_secs: f64,
+}
+
+impl Generation {
+    /// Decode throughput (tokens after the first / decode time).
+    pub fn decode_tok_per_s(&self) -> f64 {
+        let n = self.tokens.len().saturating_sub(1);
+        if self.decode_secs > 0.0 {
+            n as f64 / self.decode_secs
+        } else {
+            0.0
+        }
+    }
+}
+
+/// Index of the maximum of a slice (first on ties); `None` when empty or all NaN.
+pub fn argmax(v: &[f32]) -> Option<usize> {
+    let mut best: Option<(usize, f32)> = None;
+    for (i, &x) in v.iter().enumerate() {
+        if x.is_nan() {
+            continue;
+        }
+        if best.is_none_or(|(_, b)| x > b) {
+            best = Some((i, x));
+        }
+    }
+    best.map(|(i, _)| i)
+}
+
+/// Logits of the last position of `[1, L, V]` as float32 values.
+pub fn last_logits(logits: &Array) -> Result<Vec<f32>> {
+    let l = logits.shape()[1];
+    let last = slice_axis(logits, 1, l - 1, l)?;
+    to_f32_vec(&last)
+}
+
+fn choose(logits: &Array, sampler: Sampler, step: usize) -> Result<u32> {
+    match sampler {
+        Sampler::Greedy => {
+            let v = last_logits(logits)?;
+            argmax(&v)
+                .map(|i| i as u32)
+                .ok_or_else(|| Error::Mlx("logits are all NaN".into()))
+        }
+        Sampler::Temperature { temperature, seed } => {
+            if temperature <= 0.0 || !temperature.is_finite() {
+                return Err(Error::invalid(format!(
+                    "temperature must be positive, got {temperature}"
+                )));
+            }
+            let l = logits.shape()[1];
+            let last = slice_axis(logits, 1, l - 1, l)?.as_dtype(Dtype::Float32)?;
+            let scaled = ops::multiply(&last, Array::from_f32(1.0 / temperature))?;
+            let key = mlx_rs::random::key(seed.wrapping_add(step as u64))?;
+            let t = mlx_rs::random::categorical(&scaled, -1, None, &key)?;
+            let v = crate::array::to_u32_vec(&t)?;
+            v.first()
+                .copied()
+                .ok_or_else(|| Error::Mlx("sampler returned nothing".into()))
+        }
+    }
+}
+
+/// Validates token ids against the vocabulary.
+pub fn check_tokens(model: &Model, tokens: &[u32]) -> Result<()> {
+    let v = model.config.vocab_size as u32;
+    if let Some(bad) = tokens.iter().find(|&&t| t >= v) {
+        return Err(Error::invalid(format!(
+            "token id {bad} is outside the vocabulary (size {v})"
+        )));
+    }
+    Ok(())
+}
+
+/// Generates `max_tokens` tokens after `prompt` (prefilled in one forward pass). `on_token` sees each new
+/// token as it is produced.
+pub fn generate(
+    model: &Model,
+    prompt: &[u32],
+    max_tokens: usize,
+    sampler: Sampler,
+    path: MoePath,
+    on_token: &mut dyn FnMut(u32),
+) -> Result<Generation> {
+    if prompt.is_empty() {
+        return Err(Error::invalid("the prompt is empty"));
+    }
+    check_tokens(model, prompt)?;
+    let mut cache = model.new_cache();
+    let mut out = Generation {
+        prompt_tokens: prompt.len(),
+        ..Default::default()
+    };
+    if max_tokens == 0 {
+        return Ok(out);
+    }
+    let t0 = Instant::now();
+    let ids = Array::from_slice(prompt, &[1, prompt.len() as i32]);
+    let logits = model.forward(&ids, &mut cache, path)?;
+    let mut tok = choose(&logits, sampler, 0)?;
+    out.prefill_secs = t0.elapsed().as_secs_f64();
+    out.tokens.push(tok);
+    on_token(tok);
+    let t1 = Instant::now();
+    for step in 1..max_tokens {
+        let ids = Array::from_slice(&[tok], &[1, 1]);
+        let logits = model.forward(&ids, &mut cache, path)?;
+        tok = choose(&logits, sampler, step)?;
+        out.tokens.push(tok);
+        on_token(tok);
+    }
+    out.decode_secs = t1.elapsed().as_secs_f64();
+    Ok(out)
+}
+
+/// Deterministic pseudo-random token ids in `[0, vocab)` (a prompt for synthetic models).
+pub fn random_tokens(n: usize, vocab: i32, seed: u64) -> Vec<u32> {
+    let mut s = seed ^ 0x2545_f491_4f6c_dd1d;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s % vocab.max(1) as u64) as u32
+        })
+        .collect()
+}
