@@ -20,7 +20,8 @@ pub struct Preset {
     pub config: Value,
 }
 
-fn qwen3_quant(layers: i32, bits: i32, group: i32) -> Value {
+/// mlx-lm-style `quantization` block for Qwen3-MoE: affine `bits`/`group` everywhere, router at 8 bits.
+pub fn qwen3_quant(layers: i32, bits: i32, group: i32) -> Value {
     let mut q = json!({"group_size": group, "bits": bits, "mode": "affine"});
     for i in 0..layers {
         // mlx-lm's qwen3_moe quant_predicate keeps the router at 8 bits.
@@ -29,7 +30,8 @@ fn qwen3_quant(layers: i32, bits: i32, group: i32) -> Value {
     q
 }
 
-fn gpt_oss_quant(layers: i32) -> Value {
+/// mlx-lm-style `quantization` block for gpt-oss: mxfp4 experts, 8-bit affine elsewhere.
+pub fn gpt_oss_quant(layers: i32) -> Value {
     // As mlx-community's gpt-oss MXFP4-Q8 conversions: experts mxfp4, everything else 8-bit affine.
     let mut q = json!({"group_size": 64, "bits": 8, "mode": "affine"});
     for i in 0..layers {
@@ -41,7 +43,8 @@ fn gpt_oss_quant(layers: i32) -> Value {
     q
 }
 
-fn with_quant(mut c: Value, q: Value) -> Value {
+/// Adds a `quantization` block (and its `quantization_config` twin, as mlx-lm writes) to a config.
+pub fn with_quant(mut c: Value, q: Value) -> Value {
     c["quantization"] = q.clone();
     c["quantization_config"] = q;
     c
