@@ -132,9 +132,9 @@ pub fn slice_axis(a: &Array, axis: i32, start: i32, stop: i32) -> Result<Array> 
 /// Evaluates `a` as float32 and copies it out (any float or integer dtype).
 pub fn to_f32_vec(a: &Array) -> Result<Vec<f32>> {
     let f = if a.dtype() == Dtype::Float32 {
-        a.clone()
+        a.contiguous()?
     } else {
-        a.as_dtype(Dtype::Float32)?
+        a.as_dtype(Dtype::Float32)?.contiguous()?
     };
     f.eval()?;
     Ok(f.try_as_slice::<f32>()
@@ -145,9 +145,9 @@ pub fn to_f32_vec(a: &Array) -> Result<Vec<f32>> {
 /// Evaluates `a` as uint32 and copies it out.
 pub fn to_u32_vec(a: &Array) -> Result<Vec<u32>> {
     let f = if a.dtype() == Dtype::Uint32 {
-        a.clone()
+        a.contiguous()?
     } else {
-        a.as_dtype(Dtype::Uint32)?
+        a.as_dtype(Dtype::Uint32)?.contiguous()?
     };
     f.eval()?;
     Ok(f.try_as_slice::<u32>()
