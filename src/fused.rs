@@ -1,18 +1,352 @@
-//! Safe surface of zmlx's fused MoE primitives (wired to the C API once it lands).
+//! Safe surface of zmlx's fused MoE primitives (C API `mlx_local/mlx/c/moe.h`, FFI in [`crate::ffi`]):
+//!
+//! - [`gather_qmm_swiglu`]: `act(gather_qmm(x, gate), gather_qmm(x, up))` in one pass, with optional
+//!   per-expert biases and gpt-oss's clamped activation;
+//! - [`gather_qmm_combine`]: `sum_j scores[.., j] * (gather_qmm(h, down)[.., j] + bias[idx[.., j]])`.
+//!
+//! Each has a `_reference` twin computed from MLX's own composed ops with the same arguments. Weights are
+//! [`QuantizedWeight`]s in the `transpose = true` layout (`[E, N, K]` logical). All functions validate what
+//! they can see and return MLX's message as [`Error::Mlx`] otherwise; data-dependent errors (an expert
+//! index out of range) surface at evaluation.
 
-use mlx_rs::Array;
+use std::ffi::{CStr, CString};
 
+use mlx_rs::{ops, Array};
+
+use crate::array::{array_op, opt_int, opt_ptr, stream};
 use crate::error::{Error, Result};
-use crate::moe::SwitchGlu;
+use crate::ffi;
+use crate::moe::{Activation, SwitchGlu, SORT_THRESHOLD};
+use crate::quant::QuantizedWeight;
 
-/// Experts + combine through the fused primitives.
-pub(crate) fn switch_glu_combined(
-    _glu: &SwitchGlu,
-    _x: &Array,
-    _indices: &Array,
-    _scores: &Array,
+fn opt_float(v: Option<f32>) -> mlx_sys::mlx_optional_float {
+    mlx_sys::mlx_optional_float {
+        value: v.unwrap_or(0.0),
+        has_value: v.is_some(),
+    }
+}
+
+fn act_args(a: Activation) -> (&'static CStr, Option<f32>, Option<f32>) {
+    match a {
+        Activation::Swiglu => (c"swiglu", None, None),
+        Activation::SwigluOai { alpha, limit } => (c"gpt_oss", Some(alpha), Some(limit)),
+    }
+}
+
+fn check_pair(gate: &QuantizedWeight, up: &QuantizedWeight) -> Result<()> {
+    if gate.mode != up.mode || gate.group_size != up.group_size || gate.bits != up.bits {
+        return Err(Error::invalid(format!(
+            "gate ({} {}-bit g{}) and up ({} {}-bit g{}) must share their quantization",
+            gate.mode, gate.bits, gate.group_size, up.mode, up.bits, up.group_size
+        )));
+    }
+    if gate.w.shape() != up.w.shape() {
+        return Err(Error::invalid(format!(
+            "gate {:?} and up {:?} projections differ in shape",
+            gate.w.shape(),
+            up.w.shape()
+        )));
+    }
+    Ok(())
+}
+
+type SwigluFn = unsafe extern "C" fn(
+    *mut mlx_sys::mlx_array,
+    mlx_sys::mlx_array,
+    mlx_sys::mlx_array,
+    mlx_sys::mlx_array,
+    mlx_sys::mlx_array,
+    mlx_sys::mlx_array,
+    mlx_sys::mlx_array,
+    mlx_sys::mlx_array,
+    mlx_sys::mlx_array,
+    mlx_sys::mlx_array,
+    bool,
+    mlx_sys::mlx_optional_int,
+    mlx_sys::mlx_optional_int,
+    *const std::os::raw::c_char,
+    bool,
+    *const std::os::raw::c_char,
+    mlx_sys::mlx_optional_float,
+    mlx_sys::mlx_optional_float,
+    mlx_sys::mlx_array,
+    mlx_sys::mlx_array,
+    mlx_sys::mlx_stream,
+) -> std::os::raw::c_int;
+
+#[allow(clippy::too_many_arguments)]
+fn swiglu_call(
+    f: SwigluFn,
+    x: &Array,
+    gate: &QuantizedWeight,
+    up: &QuantizedWeight,
+    lhs_indices: Option<&Array>,
+    rhs_indices: Option<&Array>,
+    sorted_indices: bool,
+    activation: Activation,
+    gate_bias: Option<&Array>,
+    up_bias: Option<&Array>,
 ) -> Result<Array> {
-    Err(Error::invalid(
-        "fused MoE primitives are not built into this zmlx yet",
-    ))
+    check_pair(gate, up)?;
+    let (act, alpha, limit) = act_args(activation);
+    let s = stream();
+    array_op(|res| unsafe {
+        f(
+            res,
+            x.as_ptr(),
+            gate.w.as_ptr(),
+            gate.scales.as_ptr(),
+            opt_ptr(gate.biases.as_ref()),
+            up.w.as_ptr(),
+            up.scales.as_ptr(),
+            opt_ptr(up.biases.as_ref()),
+            opt_ptr(lhs_indices),
+            opt_ptr(rhs_indices),
+            true,
+            opt_int(Some(gate.group_size)),
+            opt_int(Some(gate.bits)),
+            gate.mode.c_name().as_ptr(),
+            sorted_indices,
+            act.as_ptr(),
+            opt_float(alpha),
+            opt_float(limit),
+            opt_ptr(gate_bias),
+            opt_ptr(up_bias),
+            s.as_ptr(),
+        )
+    })
+}
+
+/// Fused `act(gather_qmm(x, gate) + gate_bias[idx], gather_qmm(x, up) + up_bias[idx])`.
+/// `x` `[..., M, K]`; result `B + [M, N]` where `B` is the broadcast batch of the indices.
+#[allow(clippy::too_many_arguments)]
+pub fn gather_qmm_swiglu(
+    x: &Array,
+    gate: &QuantizedWeight,
+    up: &QuantizedWeight,
+    lhs_indices: Option<&Array>,
+    rhs_indices: Option<&Array>,
+    sorted_indices: bool,
+    activation: Activation,
+    gate_bias: Option<&Array>,
+    up_bias: Option<&Array>,
+) -> Result<Array> {
+    swiglu_call(
+        ffi::mlx_gather_qmm_swiglu,
+        x,
+        gate,
+        up,
+        lhs_indices,
+        rhs_indices,
+        sorted_indices,
+        activation,
+        gate_bias,
+        up_bias,
+    )
+}
+
+/// [`gather_qmm_swiglu`] composed from MLX's own ops (two `gather_qmm`s, then the activation).
+#[allow(clippy::too_many_arguments)]
+pub fn gather_qmm_swiglu_reference(
+    x: &Array,
+    gate: &QuantizedWeight,
+    up: &QuantizedWeight,
+    lhs_indices: Option<&Array>,
+    rhs_indices: Option<&Array>,
+    sorted_indices: bool,
+    activation: Activation,
+    gate_bias: Option<&Array>,
+    up_bias: Option<&Array>,
+) -> Result<Array> {
+    swiglu_call(
+        ffi::mlx_gather_qmm_swiglu_reference,
+        x,
+        gate,
+        up,
+        lhs_indices,
+        rhs_indices,
+        sorted_indices,
+        activation,
+        gate_bias,
+        up_bias,
+    )
+}
+
+type CombineFn = unsafe extern "C" fn(
+    *mut mlx_sys::mlx_array,
+    mlx_sys::mlx_array,
+    mlx_sys::mlx_array,
+    mlx_sys::mlx_array,
+    mlx_sys::mlx_array,
+    mlx_sys::mlx_array,
+    mlx_sys::mlx_array,
+    bool,
+    mlx_sys::mlx_optional_int,
+    mlx_sys::mlx_optional_int,
+    *const std::os::raw::c_char,
+    mlx_sys::mlx_array,
+    mlx_sys::mlx_stream,
+) -> std::os::raw::c_int;
+
+fn combine_call(
+    f: CombineFn,
+    h: &Array,
+    down: &QuantizedWeight,
+    rhs_indices: &Array,
+    scores: &Array,
+    bias: Option<&Array>,
+) -> Result<Array> {
+    let s = stream();
+    array_op(|res| unsafe {
+        f(
+            res,
+            h.as_ptr(),
+            down.w.as_ptr(),
+            down.scales.as_ptr(),
+            opt_ptr(down.biases.as_ref()),
+            rhs_indices.as_ptr(),
+            scores.as_ptr(),
+            true,
+            opt_int(Some(down.group_size)),
+            opt_int(Some(down.bits)),
+            down.mode.c_name().as_ptr(),
+            opt_ptr(bias),
+            s.as_ptr(),
+        )
+    })
+}
+
+/// Fused down projection + score-weighted sum over the k experts: `h` `[..., k, M, K]`, `rhs_indices` and
+/// `scores` `[..., k]` → `[..., M, N]` (dtype: promote of projection, bias and scores dtypes).
+pub fn gather_qmm_combine(
+    h: &Array,
+    down: &QuantizedWeight,
+    rhs_indices: &Array,
+    scores: &Array,
+    bias: Option<&Array>,
+) -> Result<Array> {
+    combine_call(
+        ffi::mlx_gather_qmm_combine,
+        h,
+        down,
+        rhs_indices,
+        scores,
+        bias,
+    )
+}
+
+/// [`gather_qmm_combine`] composed from MLX's own ops (`gather_qmm`, multiply by scores, sum).
+pub fn gather_qmm_combine_reference(
+    h: &Array,
+    down: &QuantizedWeight,
+    rhs_indices: &Array,
+    scores: &Array,
+    bias: Option<&Array>,
+) -> Result<Array> {
+    combine_call(
+        ffi::mlx_gather_qmm_combine_reference,
+        h,
+        down,
+        rhs_indices,
+        scores,
+        bias,
+    )
+}
+
+/// Threads of the fused CPU kernels (1..=256).
+pub fn set_num_threads(n: i32) -> Result<()> {
+    if unsafe { ffi::mlx_moe_set_num_threads(n) } != 0 {
+        return Err(Error::Mlx(crate::array::last_mlx_error()));
+    }
+    Ok(())
+}
+
+/// Threads the fused CPU kernels use.
+pub fn num_threads() -> Result<i32> {
+    let mut n = 0;
+    if unsafe { ffi::mlx_moe_num_threads(&mut n) } != 0 {
+        return Err(Error::Mlx(crate::array::last_mlx_error()));
+    }
+    Ok(n)
+}
+
+/// Selects the SIMD level of the fused CPU kernels (`auto`, `avx2`, `portable`).
+pub fn set_simd_level(level: &str) -> Result<()> {
+    let c = CString::new(level).map_err(|_| Error::invalid("SIMD level contains NUL"))?;
+    if unsafe { ffi::mlx_moe_set_simd_level(c.as_ptr()) } != 0 {
+        return Err(Error::Mlx(crate::array::last_mlx_error()));
+    }
+    Ok(())
+}
+
+/// The SIMD level in use.
+pub fn simd_level() -> Result<String> {
+    let mut p: *const std::os::raw::c_char = std::ptr::null();
+    if unsafe { ffi::mlx_moe_simd_level(&mut p) } != 0 || p.is_null() {
+        return Err(Error::Mlx(crate::array::last_mlx_error()));
+    }
+    Ok(unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned())
+}
+
+/// The fused path of [`SwitchGlu::forward_combined`]: rows sorted by expert for prefill exactly when the
+/// reference sorts (`indices.size >= 64`), gate+up+activation fused, then down+combine fused; the result is
+/// cast back to `x`'s dtype as mlx-lm does after its combine.
+pub(crate) fn switch_glu_combined(
+    glu: &SwitchGlu,
+    x: &Array,
+    indices: &Array,
+    scores: &Array,
+) -> Result<Array> {
+    let (gate, up, down) =
+        match (
+            glu.gate_proj.quantized(),
+            glu.up_proj.quantized(),
+            glu.down_proj.quantized(),
+        ) {
+            (Some(g), Some(u), Some(d)) => (g, u, d),
+            _ => return Err(Error::invalid(
+                "the fused path needs quantized expert weights (this model's experts are dense)",
+            )),
+        };
+    glu.dims()?;
+    let xe = x.expand_dims_axes(&[-2, -3])?;
+    let h = if indices.size() >= SORT_THRESHOLD {
+        let m = *indices.shape().last().unwrap_or(&1);
+        let flat = indices.flatten(None, None)?;
+        let order = ops::argsort_axis(&flat, 0)?;
+        let inv = ops::argsort_axis(&order, 0)?;
+        let rows = ops::floor_divide(&order, Array::from_int(m).as_dtype(order.dtype())?)?;
+        let xs = xe.flatten(0, -3)?.take_axis(&rows, 0)?;
+        let idx = flat.take_axis(&order, 0)?;
+        let h = gather_qmm_swiglu(
+            &xs,
+            gate,
+            up,
+            None,
+            Some(&idx),
+            true,
+            glu.activation,
+            glu.gate_bias.as_ref(),
+            glu.up_bias.as_ref(),
+        )?;
+        let h = h.take_axis(&inv, 0)?;
+        let mut shape = indices.shape().to_vec();
+        shape.extend_from_slice(&h.shape()[1..]);
+        h.reshape(&shape)?
+    } else {
+        gather_qmm_swiglu(
+            &xe,
+            gate,
+            up,
+            None,
+            Some(indices),
+            false,
+            glu.activation,
+            glu.gate_bias.as_ref(),
+            glu.up_bias.as_ref(),
+        )?
+    };
+    let y = gather_qmm_combine(&h, down, indices, scores, glu.down_bias.as_ref())?;
+    let y = y.squeeze_axes(&[-2])?;
+    Ok(y.as_dtype(x.dtype())?)
 }

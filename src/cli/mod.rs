@@ -52,7 +52,7 @@ struct ModelSource {
     /// mlx-lm checkpoint directory (config.json + *.safetensors).
     #[arg(long, conflicts_with = "synthetic")]
     model: Option<PathBuf>,
-    /// Synthetic preset (see `zmlx presets`).
+    /// Synthetic model: a preset name (see `zmlx presets`) or a config.json file (any config).
     #[arg(long)]
     synthetic: Option<String>,
     /// Seed of the synthetic weights.
@@ -107,6 +107,9 @@ struct ValidateArgs {
     /// Prompt length (random token ids).
     #[arg(long, default_value_t = 16)]
     prompt_len: usize,
+    /// Write the per-step errors, margins and tokens as CSV to this file.
+    #[arg(long)]
+    csv: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -123,7 +126,7 @@ struct BenchArgs {
 
 #[derive(Args, Debug)]
 struct SynthArgs {
-    /// Preset.
+    /// Preset name or config.json file.
     #[arg(long)]
     preset: String,
     /// Output directory.
@@ -170,17 +173,22 @@ fn synth_model(
     preset: &str,
     seed: u64,
 ) -> Result<(Model, zmlx::checkpoint::Tensors, serde_json::Value)> {
-    let p = models::preset(preset)?;
-    let cfg = models::ModelConfig::from_json(&p.config)?;
+    let config: serde_json::Value = if preset.ends_with(".json") {
+        let text = std::fs::read_to_string(preset).with_context(|| format!("reading {preset}"))?;
+        serde_json::from_str(&text).with_context(|| format!("parsing {preset}"))?
+    } else {
+        models::preset(preset)?.config
+    };
+    let cfg = models::ModelConfig::from_json(&config)?;
     let pb = bar(models::synthetic::param_count(&cfg) as u64, "generating");
-    let (m, t) = models::synthesize(&p.config, seed, &mut |done, _, name| {
+    let (m, t) = models::synthesize(&config, seed, &mut |done, _, name| {
         pb.set_position(done as u64);
         pb.set_message(name.to_string());
     })
     .with_context(|| format!("building synthetic model '{preset}'"))?;
     pb.finish_and_clear();
     m.eval()?;
-    Ok((m, t, p.config))
+    Ok((m, t, config))
 }
 
 struct Loaded {
@@ -316,6 +324,25 @@ fn cmd_validate(a: ValidateArgs) -> Result<()> {
     report::model_line(&l.model, &l.name);
     let rep = validate_model(&l.model, a.steps, a.prompt_len)?;
     report::fidelity(&rep);
+    if let Some(p) = &a.csv {
+        let mut out = String::from(
+            "pos,err_ref,err_fused,oracle_scale,ref_margin,oracle_tok,ref_tok,fused_tok\n",
+        );
+        for s in &rep.steps {
+            out += &format!(
+                "{},{},{},{},{},{},{},{}\n",
+                s.pos,
+                s.err_ref,
+                s.err_fused,
+                s.oracle_scale,
+                s.ref_margin,
+                s.oracle_tok,
+                s.ref_tok,
+                s.fused_tok
+            );
+        }
+        std::fs::write(p, out).with_context(|| format!("writing {}", p.display()))?;
+    }
     if !rep.pass() {
         bail!("fidelity check failed");
     }
