@@ -63,6 +63,14 @@ pub fn presets() -> Vec<Preset> {
             ),
         },
         Preset {
+            name: "qwen3-mini",
+            about: "Qwen3-MoE-like, 2 layers, D 256, 16 experts top-4, I 128, bf16, 4-bit affine g64",
+            config: with_quant(
+                qwen3_moe::config_json(256, 2, 4, 2, 64, 16, 4, 128, 2048, "bfloat16"),
+                qwen3_quant(2, 4, 64),
+            ),
+        },
+        Preset {
             name: "qwen3-tiny-q8-f16",
             about: "Qwen3-MoE-like, 4 layers, D 512, 32 experts top-4, I 256, float16, 8-bit affine g32",
             config: with_quant(
@@ -140,6 +148,8 @@ fn params(cfg: &ModelConfig) -> Vec<Param> {
     let hd = cfg.head_dim;
     let mut v = Vec::new();
     let inv = |k: i32| 1.0 / (k as f32).sqrt();
+    // Residual-branch outputs (o_proj, down_proj) scaled by 1/sqrt(2 L), as in GPT-2-style init.
+    let res = 1.0 / (2.0 * cfg.num_layers as f32).sqrt();
     let lin = |v: &mut Vec<Param>,
                path: String,
                lead: &[i32],
@@ -212,7 +222,7 @@ fn params(cfg: &ModelConfig) -> Vec<Param> {
             &[],
             d,
             cfg.n_heads * hd,
-            inv(cfg.n_heads * hd),
+            res * inv(cfg.n_heads * hd),
             ab,
         );
         if n.qk_norm {
@@ -258,13 +268,29 @@ fn params(cfg: &ModelConfig) -> Vec<Param> {
             let eb = n.expert_bias;
             lin(&mut v, format!("{x}.gate_proj"), &[e], it, d, inv(d), eb);
             lin(&mut v, format!("{x}.up_proj"), &[e], it, d, inv(d), eb);
-            lin(&mut v, format!("{x}.down_proj"), &[e], d, it, inv(it), eb);
+            lin(
+                &mut v,
+                format!("{x}.down_proj"),
+                &[e],
+                d,
+                it,
+                res * inv(it),
+                eb,
+            );
         } else {
             let m = format!("{p}.mlp");
             let it = cfg.intermediate;
             lin(&mut v, format!("{m}.gate_proj"), &[], it, d, inv(d), false);
             lin(&mut v, format!("{m}.up_proj"), &[], it, d, inv(d), false);
-            lin(&mut v, format!("{m}.down_proj"), &[], d, it, inv(it), false);
+            lin(
+                &mut v,
+                format!("{m}.down_proj"),
+                &[],
+                d,
+                it,
+                res * inv(it),
+                false,
+            );
         }
     }
     v.push(Param {
