@@ -196,10 +196,9 @@ pub fn run(
     let mut c_r = model.new_cache();
     let mut c_f = model.new_cache();
     let mut input: Vec<u32> = prompt.to_vec();
-    let mut pos = prompt.len() - 1;
     let mut recs = Vec::with_capacity(steps + 1);
     let total = steps + 1;
-    for i in 0..total {
+    for (i, pos) in (0..total).zip(prompt.len() - 1..) {
         let ids = Array::from_slice(&input, &[1, input.len() as i32]);
         let lo = last_logits(&oracle.forward(&ids, &mut c_o, MoePath::Reference)?)?;
         let lr = last_logits(&model.forward(&ids, &mut c_r, MoePath::Reference)?)?;
@@ -221,7 +220,6 @@ pub fn run(
             fused_tok: pick(&lf)?,
         });
         input = vec![oracle_tok];
-        pos += 1;
         progress(i + 1, total);
     }
     Ok(judge(

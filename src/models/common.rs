@@ -45,7 +45,7 @@ pub enum Ffn {
     /// Dense MLP.
     Dense(Mlp),
     /// Sparse MoE.
-    Moe(SparseMoe),
+    Moe(Box<SparseMoe>),
 }
 
 /// One decoder layer.
@@ -140,13 +140,11 @@ fn router_kind(cfg: &ModelConfig) -> RouterKind {
     }
 }
 
+/// An expected tensor shape (`None`: any size).
+type Shape = Vec<Option<i32>>;
+
 /// Expected shapes of a quantized `[.., out, in]` weight's parts.
-fn qshapes(
-    lead: &[i32],
-    out: i32,
-    inp: i32,
-    q: LayerQuant,
-) -> Result<(Vec<Option<i32>>, Vec<Option<i32>>)> {
+fn qshapes(lead: &[i32], out: i32, inp: i32, q: LayerQuant) -> Result<(Shape, Shape)> {
     if inp % q.group_size != 0 || (inp * q.bits) % 32 != 0 {
         return Err(Error::config(format!(
             "input dim {inp} cannot be quantized with group_size {} / {} bits",
@@ -407,7 +405,7 @@ impl Model {
                     activation: n.activation,
                 };
                 experts.dims()?;
-                Ffn::Moe(SparseMoe {
+                Ffn::Moe(Box::new(SparseMoe {
                     router: Router {
                         gate: load_linear(
                             t,
@@ -423,7 +421,7 @@ impl Model {
                     },
                     experts,
                     shared: None,
-                })
+                }))
             } else {
                 let m = format!("{p}.mlp");
                 Ffn::Dense(Mlp {
@@ -535,7 +533,7 @@ impl Model {
                     post_attn_norm: l.post_attn_norm.to_f32()?,
                     ffn: match &l.ffn {
                         Ffn::Dense(m) => Ffn::Dense(m.to_f32()?),
-                        Ffn::Moe(m) => Ffn::Moe(m.to_f32()?),
+                        Ffn::Moe(m) => Ffn::Moe(Box::new(m.to_f32()?)),
                     },
                 })
             })
