@@ -246,3 +246,74 @@ fn unreadable_inputs_are_reported() {
     let e = models::load(&dir.0.join("nope")).unwrap_err().to_string();
     assert!(e.contains("not a directory"), "{e}");
 }
+
+#[test]
+fn presets_parse_including_real_dims() {
+    for p in models::presets() {
+        let c =
+            models::ModelConfig::from_json(&p.config).unwrap_or_else(|e| panic!("{}: {e}", p.name));
+        assert!(c.quant.is_some(), "{}", p.name);
+        assert!(zmlx::models::synthetic::param_count(&c) > 0);
+    }
+    let q =
+        models::ModelConfig::from_json(&models::preset("qwen3-30b-a3b").unwrap().config).unwrap();
+    assert_eq!(
+        (
+            q.hidden_size,
+            q.num_layers,
+            q.num_experts,
+            q.top_k,
+            q.moe_intermediate
+        ),
+        (2048, 48, 128, 8, 768)
+    );
+    let g = models::ModelConfig::from_json(&models::preset("gpt-oss-20b").unwrap().config).unwrap();
+    assert_eq!(
+        (
+            g.hidden_size,
+            g.num_layers,
+            g.num_experts,
+            g.top_k,
+            g.sliding_window
+        ),
+        (2880, 24, 32, 4, Some(128))
+    );
+    let lq = g.quant_for("model.layers.3.mlp.experts.down_proj").unwrap();
+    assert_eq!((lq.mode, lq.group_size, lq.bits), (QuantMode::Mxfp4, 32, 4));
+    assert!(models::preset("nope").is_err());
+}
+
+#[test]
+fn tokenizer_json_round_trips() {
+    let dir = TempDir::new("tok");
+    // A minimal word-level tokenizer in the `tokenizers` JSON format.
+    let tok = json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": [],
+        "normalizer": null,
+        "pre_tokenizer": {"type": "Whitespace"},
+        "post_processor": null,
+        "decoder": null,
+        "model": {"type": "WordLevel", "vocab": {"[UNK]": 0, "hello": 1, "moe": 2, "world": 3}, "unk_token": "[UNK]"}
+    });
+    std::fs::write(dir.0.join("tokenizer.json"), tok.to_string()).unwrap();
+    let t = zmlx::tokenizer::Tokenizer::from_dir(&dir.0)
+        .unwrap()
+        .expect("tokenizer.json present");
+    assert_eq!(t.encode("hello moe world").unwrap(), vec![1, 2, 3]);
+    assert_eq!(t.encode("hello zzz").unwrap(), vec![1, 0]);
+    assert_eq!(t.decode(&[3, 1]).unwrap(), "world hello");
+    let empty = TempDir::new("notok");
+    assert!(zmlx::tokenizer::Tokenizer::from_dir(&empty.0)
+        .unwrap()
+        .is_none());
+    std::fs::write(empty.0.join("tokenizer.json"), "{}").unwrap();
+    assert!(zmlx::tokenizer::Tokenizer::from_dir(&empty.0).is_err());
+    assert_eq!(
+        zmlx::tokenizer::parse_token_list("1, 2 3").unwrap(),
+        vec![1, 2, 3]
+    );
+    assert!(zmlx::tokenizer::parse_token_list("1,x").is_err());
+}

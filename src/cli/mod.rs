@@ -428,7 +428,11 @@ fn cmd_info() -> Result<()> {
     println!("default device: {}", runtime::default_device()?.name());
     let modes: Vec<&str> = zmlx::QuantMode::ALL.iter().map(|m| m.name()).collect();
     println!("quantization modes: {}", modes.join(", "));
-    println!("fused MoE ops: gather_qmm_swiglu, gather_qmm_combine");
+    println!(
+        "fused MoE ops: gather_qmm_swiglu, gather_qmm_combine (CPU kernels: {} threads, SIMD {})",
+        zmlx::fused::num_threads()?,
+        zmlx::fused::simd_level()?
+    );
     println!(
         "models: qwen3_moe, gpt_oss, mixtral; cargo features: {}",
         if cfg!(feature = "cuda") {
