@@ -117,6 +117,33 @@ pub fn generate(
     path: MoePath,
     on_token: &mut dyn FnMut(u32),
 ) -> Result<Generation> {
+    generate_until(model, prompt, max_tokens, sampler, path, &[], on_token)
+}
+
+/// The end-of-sequence token ids of a model's `config.json` (`eos_token_id`, a number or a list).
+pub fn eos_tokens(model: &Model) -> Vec<u32> {
+    match model.config.raw.get("eos_token_id") {
+        Some(serde_json::Value::Number(n)) => {
+            n.as_u64().map(|v| vec![v as u32]).unwrap_or_default()
+        }
+        Some(serde_json::Value::Array(a)) => a
+            .iter()
+            .filter_map(|v| v.as_u64().map(|v| v as u32))
+            .collect(),
+        _ => vec![],
+    }
+}
+
+/// [`generate`], stopping early after any token of `stop` (which is included in the output).
+pub fn generate_until(
+    model: &Model,
+    prompt: &[u32],
+    max_tokens: usize,
+    sampler: Sampler,
+    path: MoePath,
+    stop: &[u32],
+    on_token: &mut dyn FnMut(u32),
+) -> Result<Generation> {
     if prompt.is_empty() {
         return Err(Error::invalid("the prompt is empty"));
     }
@@ -138,6 +165,9 @@ pub fn generate(
     on_token(tok);
     let t1 = Instant::now();
     for step in 1..max_tokens {
+        if stop.contains(&tok) {
+            break;
+        }
         let ids = Array::from_slice(&[tok], &[1, 1]);
         let logits = model.forward(&ids, &mut cache, path)?;
         tok = choose(&logits, sampler, step)?;

@@ -141,6 +141,20 @@ fn tiny_checkpoint_loads_and_decodes() {
     let a = generate(&m, &prompt, 6, s, MoePath::Reference, &mut |_| {}).unwrap();
     let b = generate(&m, &prompt, 6, s, MoePath::Reference, &mut |_| {}).unwrap();
     assert_eq!(a.tokens, b.tokens);
+    // Generation stops after a stop token (e.g. eos_token_id), which is kept.
+    let stop = [g.tokens[2]];
+    let first = g.tokens.iter().position(|t| *t == stop[0]).unwrap();
+    let u = zmlx::generate::generate_until(
+        &m,
+        &prompt,
+        6,
+        Sampler::Greedy,
+        MoePath::Reference,
+        &stop,
+        &mut |_| {},
+    )
+    .unwrap();
+    assert_eq!(u.tokens, g.tokens[..=first].to_vec());
     // Out-of-vocabulary prompt tokens are rejected.
     let e = generate(
         &m,

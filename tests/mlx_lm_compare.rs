@@ -125,7 +125,12 @@ fn qwen3_moe_matches_mlx_lm() {
 #[test]
 fn gpt_oss_matches_mlx_lm() {
     // 2 layers (sliding + full), D 256, 8 experts top-4, mxfp4 experts with biases, window 16 < 40
-    // positions: the window, sinks, clamped activation and expert biases are all exercised.
-    let c = gpt_oss::config_json(256, 2, 4, 2, 64, 8, 4, 256, 1024, 16, "bfloat16");
+    // positions: the window, sinks, clamped activation, expert biases and YaRN RoPE are all exercised.
+    let mut c = gpt_oss::config_json(256, 2, 4, 2, 64, 8, 4, 256, 1024, 16, "bfloat16");
+    // YaRN RoPE as in the released gpt-oss configs.
+    c["rope_scaling"] = serde_json::json!({
+        "rope_type": "yarn", "factor": 32.0, "beta_fast": 32.0, "beta_slow": 1.0,
+        "original_max_position_embeddings": 4096, "truncate": false
+    });
     compare("gpt-oss", with_quant(c, gpt_oss_quant(2)), 40);
 }

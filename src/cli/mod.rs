@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use zmlx::generate::{generate, random_tokens, Generation, Sampler};
+use zmlx::generate::{generate_until, random_tokens, Generation, Sampler};
 use zmlx::models::{self, Model};
 use zmlx::moe::MoePath;
 use zmlx::runtime::{self, DeviceKind};
@@ -237,11 +237,12 @@ fn run_decode(
     n: usize,
     sampler: Sampler,
     path: MoePath,
+    stop: &[u32],
 ) -> Result<Generation> {
     let pb = decode_bar(n, path);
     let t0 = Instant::now();
     let mut count = 0u64;
-    let g = generate(model, prompt, n, sampler, path, &mut |_| {
+    let g = generate_until(model, prompt, n, sampler, path, stop, &mut |_| {
         count += 1;
         pb.set_position(count);
         let s = t0.elapsed().as_secs_f64();
@@ -268,6 +269,7 @@ fn demo(a: &DemoArgs) -> Result<()> {
         a.decode_tokens,
         Sampler::Greedy,
         MoePath::Reference,
+        &[],
     )?;
     let f = run_decode(
         &model,
@@ -275,6 +277,7 @@ fn demo(a: &DemoArgs) -> Result<()> {
         a.decode_tokens,
         Sampler::Greedy,
         MoePath::Fused,
+        &[],
     )?;
     report::decode_table(prompt.len(), &r, &f);
 
@@ -376,7 +379,8 @@ fn cmd_generate(a: GenerateArgs) -> Result<()> {
         bail!("--temp must be >= 0");
     };
     let path: MoePath = a.path.parse()?;
-    let g = run_decode(&l.model, &prompt, a.max_tokens, sampler, path)?;
+    let stop = zmlx::generate::eos_tokens(&l.model);
+    let g = run_decode(&l.model, &prompt, a.max_tokens, sampler, path, &stop)?;
     println!("model: {}", l.name);
     println!("prompt: {:?}", prompt);
     match &l.tokenizer {
