@@ -37,6 +37,13 @@
 #endif
 
 #define MOE_INLINE inline __attribute__((always_inline))
+// Small fixed-count loops over rows / accumulators must be fully unrolled so that the accumulator
+// arrays live in registers (GCC's -O2 does not unroll them by itself).
+#if defined(__clang__)
+#define MOE_UNROLL _Pragma("unroll")
+#else
+#define MOE_UNROLL _Pragma("GCC unroll 16")
+#endif
 
 namespace mlx::core::moe {
 
@@ -47,6 +54,13 @@ namespace {
 constexpr int64_t kDirectMaxRows = 4;
 // Weight rows per dequantized tile.
 constexpr int64_t kTileRows = 16;
+// Software prefetch distance (bytes) ahead of the weight stream; weight rows of one expert are
+// contiguous, so this runs into the following rows.
+constexpr int64_t kPrefetch = 1536;
+
+MOE_INLINE void prefetch(const uint8_t* p) {
+  _mm_prefetch(reinterpret_cast<const char*>(p), _MM_HINT_T0);
+}
 
 template <ElemFormat E, int BITS>
 struct Layout {
@@ -171,18 +185,30 @@ MOE_INLINE __m256i lane_group_index() {
       0 / LPG, 1 / LPG, 2 / LPG, 3 / LPG, 4 / LPG, 5 / LPG, 6 / LPG, 7 / LPG);
 }
 
-// One block of the direct path: t[r][p % NT] += decode(p) * x_r[p].
+// The direct path's accumulation over the blocks of one group (or one block): t[r][p % NT] +=
+// decode(p) * x_r[p]. The accumulators are members (not behind a pointer) so that they stay in
+// registers once everything is inlined.
 template <ElemFormat E, int BITS, int R, int NT>
-struct DirectBlock {
+struct DirectAcc {
+  __m256 t[R][NT];
   __m256i v;
-  const float* const* x;
+  const float* x[R];
   int64_t off;
-  __m256 (*t)[NT];
   const Consts* c;
 
+  MOE_INLINE void zero() {
+    MOE_UNROLL
+    for (int r = 0; r < R; ++r) {
+      MOE_UNROLL
+      for (int i = 0; i < NT; ++i) {
+        t[r][i] = _mm256_setzero_ps();
+      }
+    }
+  }
   template <int p>
   MOE_INLINE void step() {
     __m256 q = decode_pos<E, BITS, p>(v, *c);
+    MOE_UNROLL
     for (int r = 0; r < R; ++r) {
       t[r][p % NT] = _mm256_fmadd_ps(q, _mm256_loadu_ps(x[r] + off + p * 8), t[r][p % NT]);
     }
@@ -190,6 +216,20 @@ struct DirectBlock {
   template <int... I>
   MOE_INLINE void run(std::integer_sequence<int, I...>) {
     (step<I>(), ...);
+  }
+  MOE_INLINE void block(__m256i vv, int64_t o) {
+    v = vv;
+    off = o;
+    run(std::make_integer_sequence<int, Layout<E, BITS>::P>{});
+  }
+  MOE_INLINE __m256 sum(int r) const {
+    if constexpr (NT == 4) {
+      return _mm256_add_ps(_mm256_add_ps(t[r][0], t[r][1]), _mm256_add_ps(t[r][2], t[r][3]));
+    } else if constexpr (NT == 2) {
+      return _mm256_add_ps(t[r][0], t[r][1]);
+    } else {
+      return t[r][0];
+    }
   }
 };
 
@@ -233,36 +273,36 @@ void direct_rows(
     const float* const* gs,
     float* out) {
   using L = Layout<E, BITS>;
-  constexpr int NT = (R == 1) ? 2 : 1;
+  constexpr int NT = (R == 1) ? 4 : (R == 2) ? 2 : 1;
   const Consts c;
   const int64_t nblk = K / L::BE;
   __m256 acc[R];
+  MOE_UNROLL
   for (int r = 0; r < R; ++r) {
     acc[r] = _mm256_setzero_ps();
   }
+  DirectAcc<E, BITS, R, NT> da;
+  MOE_UNROLL
+  for (int r = 0; r < R; ++r) {
+    da.x[r] = xd[r];
+  }
+  da.c = &c;
   if constexpr (L::BE <= G) {
     constexpr int BPG = G / L::BE;
     for (int64_t g = 0; g < groups; ++g) {
-      __m256 t[R][NT];
-      for (int r = 0; r < R; ++r) {
-        for (int i = 0; i < NT; ++i) {
-          t[r][i] = _mm256_setzero_ps();
-        }
-      }
+      da.zero();
       for (int bi = 0; bi < BPG; ++bi) {
         const int64_t blk = g * BPG + bi;
         const bool safe = blk * L::LB + L::kRead > row_bytes;
-        DirectBlock<E, BITS, R, NT> db{
-            load_block<BITS>(wrow + blk * L::LB, safe), xd, blk * L::BE, t, &c};
-        db.run(std::make_integer_sequence<int, L::P>{});
+        if ((blk * L::LB) % 64 < L::LB) {
+          prefetch(wrow + blk * L::LB + kPrefetch);
+        }
+        da.block(load_block<BITS>(wrow + blk * L::LB, safe), blk * L::BE);
       }
       const __m256 sv = _mm256_broadcast_ss(s + g);
+      MOE_UNROLL
       for (int r = 0; r < R; ++r) {
-        __m256 tt = t[r][0];
-        if constexpr (NT == 2) {
-          tt = _mm256_add_ps(tt, t[r][1]);
-        }
-        acc[r] = _mm256_fmadd_ps(tt, sv, acc[r]);
+        acc[r] = _mm256_fmadd_ps(da.sum(r), sv, acc[r]);
       }
     }
   } else {
@@ -270,27 +310,21 @@ void direct_rows(
     constexpr int GPB = L::BE / G; // groups per block
     const __m256i idx = lane_group_index<LPG>();
     for (int64_t blk = 0; blk < nblk; ++blk) {
-      __m256 t[R][NT];
-      for (int r = 0; r < R; ++r) {
-        for (int i = 0; i < NT; ++i) {
-          t[r][i] = _mm256_setzero_ps();
-        }
+      if ((blk * L::LB) % 64 < L::LB) {
+        prefetch(wrow + blk * L::LB + kPrefetch);
       }
+      da.zero();
       const bool safe = blk * L::LB + L::kRead > row_bytes;
-      DirectBlock<E, BITS, R, NT> db{
-          load_block<BITS>(wrow + blk * L::LB, safe), xd, blk * L::BE, t, &c};
-      db.run(std::make_integer_sequence<int, L::P>{});
+      da.block(load_block<BITS>(wrow + blk * L::LB, safe), blk * L::BE);
       const __m256 sv = _mm256_permutevar8x32_ps(_mm256_loadu_ps(s + blk * GPB), idx);
+      MOE_UNROLL
       for (int r = 0; r < R; ++r) {
-        __m256 tt = t[r][0];
-        if constexpr (NT == 2) {
-          tt = _mm256_add_ps(tt, t[r][1]);
-        }
-        acc[r] = _mm256_fmadd_ps(tt, sv, acc[r]);
+        acc[r] = _mm256_fmadd_ps(da.sum(r), sv, acc[r]);
       }
     }
   }
   float total[R];
+  MOE_UNROLL
   for (int r = 0; r < R; ++r) {
     total[r] = hsum(acc[r]);
   }
@@ -307,6 +341,7 @@ void direct_rows(
         w = e4m3_to_f32(wrow[k]);
       }
       w *= s[k / G];
+      MOE_UNROLL
       for (int r = 0; r < R; ++r) {
         total[r] += w * xd[r][k];
       }
@@ -314,6 +349,7 @@ void direct_rows(
   }
   if constexpr (E == ElemFormat::Int) {
     // + sum_g bias_g * sum_{k in g} x_k (groups padded with zeros to a multiple of 8)
+    MOE_UNROLL
     for (int r = 0; r < R; ++r) {
       __m256 bacc = _mm256_setzero_ps();
       for (int64_t g = 0; g < groups; g += 8) {
@@ -325,6 +361,7 @@ void direct_rows(
     (void)b;
     (void)gs;
   }
+  MOE_UNROLL
   for (int r = 0; r < R; ++r) {
     out[r] = total[r];
   }
@@ -395,24 +432,31 @@ void decode_tile_row(
 template <int RR, int NW>
 void micro(const float* const* x, const float* w, int64_t ldw, int64_t K, float* y, int64_t ldy) {
   __m256 acc[RR][NW];
+  MOE_UNROLL
   for (int r = 0; r < RR; ++r) {
+    MOE_UNROLL
     for (int n = 0; n < NW; ++n) {
       acc[r][n] = _mm256_setzero_ps();
     }
   }
   for (int64_t k = 0; k < K; k += 8) {
     __m256 wv[NW];
+    MOE_UNROLL
     for (int n = 0; n < NW; ++n) {
       wv[n] = _mm256_loadu_ps(w + n * ldw + k);
     }
+    MOE_UNROLL
     for (int r = 0; r < RR; ++r) {
       const __m256 xv = _mm256_loadu_ps(x[r] + k);
+      MOE_UNROLL
       for (int n = 0; n < NW; ++n) {
         acc[r][n] = _mm256_fmadd_ps(xv, wv[n], acc[r][n]);
       }
     }
   }
+  MOE_UNROLL
   for (int r = 0; r < RR; ++r) {
+    MOE_UNROLL
     for (int n = 0; n < NW; ++n) {
       y[r * ldy + n] = hsum(acc[r][n]);
     }

@@ -6,6 +6,8 @@
 #include <stdexcept>
 #include <string>
 
+#include <chrono>
+
 #if defined(__x86_64__) || defined(_M_X64)
 #include <xmmintrin.h>
 #endif
@@ -24,6 +26,47 @@ int default_threads() {
   }
   unsigned hw = std::thread::hardware_concurrency();
   return hw == 0 ? 1 : static_cast<int>(hw > 256 ? 256 : hw);
+}
+
+int64_t spin_ns_from_env() {
+  if (const char* env = std::getenv("MLX_MOE_SPIN_US")) {
+    char* end = nullptr;
+    long v = std::strtol(env, &end, 10);
+    if (end != env && *end == '\0' && v >= 0 && v <= 100000) {
+      return static_cast<int64_t>(v) * 1000;
+    }
+  }
+  return 200000;
+}
+
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(_M_X64)
+  _mm_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield");
+#endif
+}
+
+// Spins until pred() or spin_ns elapsed; returns pred().
+template <class P>
+bool spin_until(P pred, int64_t spin_ns) {
+  if (pred()) {
+    return true;
+  }
+  auto t0 = std::chrono::steady_clock::now();
+  while (true) {
+    for (int i = 0; i < 64; ++i) {
+      cpu_relax();
+      if (pred()) {
+        return true;
+      }
+    }
+    auto dt = std::chrono::duration_cast<std::chrono::nanoseconds>(
+        std::chrono::steady_clock::now() - t0);
+    if (dt.count() >= spin_ns) {
+      return pred();
+    }
+  }
 }
 
 // Kernels rely on IEEE subnormals (fp8 subnormal decoding, prescaled activations): run every piece
@@ -49,7 +92,7 @@ ThreadPool& ThreadPool::instance() {
   return *pool;
 }
 
-ThreadPool::ThreadPool(int n) {
+ThreadPool::ThreadPool(int n) : spin_ns_(spin_ns_from_env()) {
   start(n);
 }
 
@@ -62,16 +105,19 @@ int ThreadPool::num_threads() const {
 }
 
 void ThreadPool::start(int n) {
-  stopping_ = false;
+  stopping_.store(false);
+  // The generation the workers start from is read here, before any parallel_for can publish a
+  // job (none runs during start), so that no job is mistaken for an old one.
+  const uint64_t gen = generation_.load(std::memory_order_acquire);
   for (int i = 1; i < n; ++i) {
-    workers_.emplace_back([this, i] { worker(i); });
+    workers_.emplace_back([this, gen] { worker(gen); });
   }
 }
 
 void ThreadPool::stop() {
   {
     std::lock_guard<std::mutex> lk(mtx_);
-    stopping_ = true;
+    stopping_.store(true);
   }
   cv_work_.notify_all();
   for (auto& t : workers_) {
@@ -112,23 +158,24 @@ void ThreadPool::run_pieces() {
   }
 }
 
-void ThreadPool::worker(int) {
-  uint64_t seen = 0;
+void ThreadPool::worker(uint64_t seen) {
   while (true) {
-    {
+    auto has_work = [&] {
+      return stopping_.load(std::memory_order_acquire) ||
+          generation_.load(std::memory_order_acquire) != seen;
+    };
+    if (!spin_until(has_work, spin_ns_)) {
       std::unique_lock<std::mutex> lk(mtx_);
-      cv_work_.wait(lk, [&] { return stopping_ || generation_ != seen; });
-      if (stopping_) {
-        return;
-      }
-      seen = generation_;
+      cv_work_.wait(lk, has_work);
     }
+    if (stopping_.load(std::memory_order_acquire)) {
+      return;
+    }
+    seen = generation_.load(std::memory_order_acquire);
     run_pieces();
-    {
+    if (busy_workers_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
       std::lock_guard<std::mutex> lk(mtx_);
-      if (--busy_workers_ == 0) {
-        cv_done_.notify_one();
-      }
+      cv_done_.notify_one();
     }
   }
 }
@@ -150,16 +197,17 @@ void ThreadPool::parallel_for(int64_t n, const std::function<void(int64_t)>& fn)
   next_.store(0, std::memory_order_relaxed);
   failed_.store(false, std::memory_order_relaxed);
   error_ = nullptr;
+  busy_workers_.store(static_cast<int>(workers_.size()), std::memory_order_relaxed);
   {
     std::lock_guard<std::mutex> lk(mtx_);
-    busy_workers_ = static_cast<int>(workers_.size());
-    ++generation_;
+    generation_.fetch_add(1, std::memory_order_acq_rel);
   }
   cv_work_.notify_all();
   run_pieces();
-  {
+  auto done = [&] { return busy_workers_.load(std::memory_order_acquire) == 0; };
+  if (!spin_until(done, spin_ns_)) {
     std::unique_lock<std::mutex> lk(mtx_);
-    cv_done_.wait(lk, [&] { return busy_workers_ == 0; });
+    cv_done_.wait(lk, done);
   }
   fn_ = nullptr;
   if (error_) {
