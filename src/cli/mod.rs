@@ -115,14 +115,23 @@ struct ValidateArgs {
 
 #[derive(Args, Debug)]
 struct BenchArgs {
+    /// Per-layer timing of a model's MoE layers (with --model or --synthetic). Without a model: the MoE layer
+    /// benchmark at real model dimensions (see --layer).
     #[command(flatten)]
     src: ModelSource,
-    /// Tokens per MoE call (1 = decode).
-    #[arg(long, default_value_t = 1)]
-    tokens: usize,
-    /// Timed iterations per layer and path.
+    /// Layer benchmark: `qwen3`, `mixtral`, `gpt-oss` or `all`.
+    #[arg(long, default_value = "all")]
+    layer: String,
+    /// Tokens per call: one value for a model, a comma-separated list for the layer benchmark (default:
+    /// each layer's own list).
+    #[arg(long, value_delimiter = ',')]
+    tokens: Vec<usize>,
+    /// Timed iterations per layer and path (at most, for the layer benchmark).
     #[arg(long, default_value_t = 20)]
     iters: usize,
+    /// Layer benchmark: seconds of timed calls per path and token count (at least one call each).
+    #[arg(long, default_value_t = 2.0)]
+    budget: f64,
 }
 
 #[derive(Args, Debug)]
@@ -398,14 +407,79 @@ fn cmd_generate(a: GenerateArgs) -> Result<()> {
 }
 
 fn cmd_bench(a: BenchArgs) -> Result<()> {
+    if a.iters == 0 || a.tokens.contains(&0) {
+        bail!("--tokens and --iters must be at least 1");
+    }
+    if a.src.model.is_none() && a.src.synthetic.is_none() {
+        return cmd_layer_bench(&a);
+    }
     report::header()?;
     let l = load_source(&a.src)?;
     report::model_line(&l.model, &l.name);
-    if a.tokens == 0 || a.iters == 0 {
-        bail!("--tokens and --iters must be at least 1");
+    let tokens = match a.tokens.as_slice() {
+        [] => 1,
+        [t] => *t,
+        _ => bail!("--tokens takes one value when benchmarking a model"),
+    };
+    let rows = zmlx::bench::moe_layers(&l.model, tokens, a.iters, a.src.seed)?;
+    report::bench_table(&rows, tokens);
+    Ok(())
+}
+
+/// The MoE layer benchmark: MLX's composed path vs the fused path at real model dimensions, with the
+/// machine's read bandwidth measured in the same run.
+fn cmd_layer_bench(a: &BenchArgs) -> Result<()> {
+    let specs: Vec<_> = zmlx::bench::layer_specs()
+        .into_iter()
+        .filter(|s| a.layer == "all" || a.layer == s.name)
+        .collect();
+    if specs.is_empty() {
+        bail!(
+            "unknown --layer '{}': use qwen3, mixtral, gpt-oss or all",
+            a.layer
+        );
     }
-    let rows = zmlx::bench::moe_layers(&l.model, a.tokens, a.iters, a.src.seed)?;
-    report::bench_table(&rows, a.tokens);
+    if a.budget.is_nan() || a.budget <= 0.0 {
+        bail!("--budget must be positive");
+    }
+    report::header()?;
+    let threads = zmlx::fused::num_threads()?;
+    let bw = zmlx::membw::measure_read(1 << 30, threads as usize, 5).map_err(anyhow::Error::msg)?;
+    println!(
+        "machine read bandwidth: {:.1} GB/s ({} threads reading a {} MiB buffer, best of 5)",
+        bw.gb_per_sec(),
+        bw.threads,
+        bw.buffer_bytes >> 20
+    );
+    // Weights of all copies: at least 8 x a 32 MiB last-level cache and two copies, so no call finds its
+    // experts in cache.
+    let min_bytes = (256u64 << 20) as f64;
+    for spec in specs {
+        println!();
+        println!("== {}: {}", spec.name, spec.about);
+        let pb = bar(0, "weights");
+        let layer = zmlx::bench::BenchLayer::build(&spec, a.src.seed, 2, min_bytes, |d, t| {
+            pb.set_length(t as u64);
+            pb.set_position(d as u64);
+        })?;
+        pb.finish_and_clear();
+        println!(
+            "weights: {} copies, {:.0} MB in all; one expert (gate+up+down) {:.2} MB",
+            layer.copies(),
+            layer.total_bytes() / 1e6,
+            layer.expert_bytes / 1e6
+        );
+        let tokens = if a.tokens.is_empty() {
+            spec.default_tokens.to_vec()
+        } else {
+            a.tokens.clone()
+        };
+        report::layer_header();
+        for (n, &t) in tokens.iter().enumerate() {
+            let row = layer.time(t, a.src.seed.wrapping_add(n as u64 + 1), a.budget, a.iters)?;
+            report::layer_row(&row, bw.gb_per_sec());
+        }
+    }
     Ok(())
 }
 

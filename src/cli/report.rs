@@ -179,3 +179,27 @@ pub fn layer_errors(rows: &[zmlx::fidelity::LayerError]) {
         rows.len()
     );
 }
+
+/// Column titles of the layer benchmark.
+pub fn layer_header() {
+    println!(
+        "  {:>4} {:>15} {:>11} {:>9} {:>14} {:>10} {:>8}  calls(MLX/fused)",
+        "T", "MLX composed ms", "fused ms", "speedup", "experts read", "fused GB/s", "of peak"
+    );
+}
+
+/// One row of the layer benchmark; `peak_gb_s` is the machine's measured read bandwidth.
+pub fn layer_row(r: &zmlx::bench::LayerRow, peak_gb_s: f64) {
+    println!(
+        "  {:>4} {:>15.3} {:>11.3} {:>8.1}x {:>14.1} {:>10.1} {:>7.0}%  {}/{}",
+        r.tokens,
+        r.mlx_s * 1e3,
+        r.fused_s * 1e3,
+        r.speedup(),
+        r.distinct_experts,
+        r.fused_gb_per_s(),
+        100.0 * r.fused_gb_per_s() / peak_gb_s,
+        r.mlx_iters,
+        r.fused_iters
+    );
+}
