@@ -85,13 +85,13 @@ Routing route(
   return r;
 }
 
-int64_t block_rows(int64_t N, int64_t align, int threads) {
+int64_t block_rows(int64_t N, int64_t units, int64_t align, int threads) {
   const int64_t unit = std::max<int64_t>(align, 16);
-  const int64_t want = (N + 4 * threads - 1) / (4 * static_cast<int64_t>(threads));
+  const int64_t target = 16 * static_cast<int64_t>(std::max(threads, 1));
+  const int64_t want = (N * std::max<int64_t>(units, 1) + target - 1) / target;
+  const int64_t whole = (N + unit - 1) / unit * unit;
   int64_t nb = (want + unit - 1) / unit * unit;
-  nb = std::max(nb, unit);
-  nb = std::min<int64_t>(nb, std::max<int64_t>(unit, 256 / unit * unit));
-  return nb;
+  return std::min(std::max(nb, unit), std::max(whole, unit));
 }
 
 } // namespace mlx::core::moe

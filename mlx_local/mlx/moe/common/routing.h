@@ -34,8 +34,10 @@ Routing route(
     int64_t Bx,
     int64_t E);
 
-// Output rows per parallel piece: a multiple of `align` (the group size for transpose = false),
-// small enough to give every thread several pieces.
-int64_t block_rows(int64_t N, int64_t align, int threads);
+// Output rows per parallel piece when `units` independent ranges of N output rows are split (e.g.
+// one range per routed expert): a multiple of max(align, 16) (align is the group size for
+// transpose = false), giving about 16 pieces per thread so that a thread that is descheduled holds
+// back little work.
+int64_t block_rows(int64_t N, int64_t units, int64_t align, int threads);
 
 } // namespace mlx::core::moe

@@ -58,7 +58,9 @@ void gather_qmm_combine_cpu(const std::vector<array>& in, array& out, const Comb
               static_cast<int64_t>(route_.src_rows.size()), xp);
 
   ThreadPool& pool = ThreadPool::instance();
-  const int64_t nb_rows = block_rows(N, p.transpose ? 1 : p.q.group_size, pool.num_threads());
+  // Pieces: blocks of output features, each accumulating over every routed expert (no two pieces
+  // write the same output element).
+  const int64_t nb_rows = block_rows(N, 1, p.transpose ? 1 : p.q.group_size, pool.num_threads());
   const int64_t pieces = (N + nb_rows - 1) / nb_rows;
   void* o = out.data<uint8_t>();
   const Dtype ot = out.dtype();

@@ -75,8 +75,11 @@ void gather_qmm_swiglu_cpu(const std::vector<array>& in, array& out, const Swigl
   (void)K;
 
   ThreadPool& pool = ThreadPool::instance();
-  const int64_t nb_rows = block_rows(N, p.transpose ? 1 : p.q.group_size, pool.num_threads());
-  const int64_t pieces = (N + nb_rows - 1) / nb_rows;
+  const int64_t n_active = static_cast<int64_t>(route_.experts.size());
+  const int64_t nb_rows =
+      block_rows(N, n_active, p.transpose ? 1 : p.q.group_size, pool.num_threads());
+  const int64_t nblk = (N + nb_rows - 1) / nb_rows;
+  const int64_t rc = std::min<int64_t>(kRowChunk, std::max<int64_t>(route_.max_rows, 1));
   void* o = out.data<uint8_t>();
   const Dtype ot = out.dtype();
   const void* gbp = gbias ? gbias->data<uint8_t>() : nullptr;
@@ -84,17 +87,18 @@ void gather_qmm_swiglu_cpu(const std::vector<array>& in, array& out, const Swigl
   const Dtype gbt = gbias ? gbias->dtype() : float32;
   const Dtype ubt = ubias ? ubias->dtype() : float32;
 
-  pool.parallel_for(pieces, [&](int64_t piece) {
-    const int64_t n0 = piece * nb_rows;
+  // Pieces: (routed expert, block of output features); each writes its own part of the output.
+  pool.parallel_for(n_active * nblk, [&](int64_t piece) {
+    const int64_t a = piece / nblk;
+    const int64_t n0 = (piece % nblk) * nb_rows;
     const int64_t nb = std::min(nb_rows, N - n0);
+    const int64_t e = route_.experts[a];
     thread_local std::vector<float> yg, yu, bg, bu;
-    const int64_t rc = std::min<int64_t>(kRowChunk, std::max<int64_t>(route_.max_rows, 1));
     yg.resize(static_cast<size_t>(rc * nb));
     yu.resize(static_cast<size_t>(rc * nb));
     bg.resize(static_cast<size_t>(nb));
     bu.resize(static_cast<size_t>(nb));
-    for (size_t a = 0; a < route_.experts.size(); ++a) {
-      const int64_t e = route_.experts[a];
+    {
       for (int64_t j = 0; j < nb; ++j) {
         bg[j] = gbp ? load_float(gbp, gbt, e * N + n0 + j) : 0.0f;
         bu[j] = ubp ? load_float(ubp, ubt, e * N + n0 + j) : 0.0f;
