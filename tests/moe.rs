@@ -49,10 +49,17 @@ fn sorted_prefill_path_equals_per_token_path() {
             let it = zmlx::array::slice_axis(&inds_a, 1, tok, tok + 1).unwrap();
             let one = to_f32_vec(&g.forward(&xt, &it).unwrap()).unwrap();
             let off = (tok * k * d) as usize;
-            assert_eq!(
-                &all[off..off + (k * d) as usize],
-                &one[..],
-                "token {tok} ({act:?})"
+            let batched = &all[off..off + (k * d) as usize];
+            // Bitwise equal on the CPU; MLX's CUDA backend picks different kernels for the sorted batch
+            // and the single token, so allow float32 rounding there. A wrong row order is an O(1) error.
+            let scale = one.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
+            let diff = batched
+                .iter()
+                .zip(&one)
+                .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            assert!(
+                diff <= 1e-4 * scale,
+                "token {tok} ({act:?}): sorted batch differs from the single token by {diff} (scale {scale})"
             );
         }
     }
