@@ -351,14 +351,21 @@ void direct_rows(
     }
   }
   if constexpr (E == ElemFormat::Int) {
-    // + sum_g bias_g * sum_{k in g} x_k (groups padded with zeros to a multiple of 8)
+    // + sum_g bias_g * sum_{k in g} x_k
+    // (b holds the next row's biases after this row's: only whole vectors of this row's groups,
+    // then the rest one by one.)
+    const int64_t gv = groups / 8 * 8;
     MOE_UNROLL
     for (int r = 0; r < R; ++r) {
       __m256 bacc = _mm256_setzero_ps();
-      for (int64_t g = 0; g < groups; g += 8) {
+      for (int64_t g = 0; g < gv; g += 8) {
         bacc = _mm256_fmadd_ps(_mm256_loadu_ps(b + g), _mm256_loadu_ps(gs[r] + g), bacc);
       }
-      total[r] += hsum(bacc);
+      float t = hsum(bacc);
+      for (int64_t g = gv; g < groups; ++g) {
+        t += b[g] * gs[r][g];
+      }
+      total[r] += t;
     }
   } else {
     (void)b;
@@ -514,10 +521,11 @@ void convert_floats(const void* src, Dtype t, int64_t off, int64_t n, float* dst
   }
 }
 
-// Scales and biases (zeros for the fp modes) of one stored row, zero-padded by 8.
-void scale_row(const QMat& m, int64_t e, int64_t r, float* s, float* b) {
-  const int64_t off = m.scale_offset(e, r);
-  const int64_t n = m.groups;
+// Scales and biases (zeros for the fp modes) of stored rows [r0, r0 + nr) of expert e, row after
+// row (m.groups each; the rows' scales are contiguous in memory), zero-padded by 16.
+void scale_rows(const QMat& m, int64_t e, int64_t r0, int64_t nr, float* s, float* b) {
+  const int64_t off = m.scale_offset(e, r0);
+  const int64_t n = m.groups * nr;
   switch (m.scale) {
     case ScaleFormat::Float:
       convert_floats(m.scales, m.scale_dtype, off, n, s);
@@ -552,8 +560,8 @@ void scale_row(const QMat& m, int64_t e, int64_t r, float* s, float* b) {
   } else {
     std::fill_n(b, n, 0.0f);
   }
-  std::fill_n(s + n, 8, 0.0f);
-  std::fill_n(b + n, 8, 0.0f);
+  std::fill_n(s + n, 16, 0.0f);
+  std::fill_n(b + n, 16, 0.0f);
 }
 
 template <ElemFormat E, int BITS, int G>
@@ -568,8 +576,7 @@ void dots_impl(
     float* y,
     int64_t ldy) {
   const int64_t K = m.cols;
-  float* s = detail::scratch(0, m.groups + 16);
-  float* b = detail::scratch(1, m.groups + 16);
+  const int64_t ng = m.groups;
   if (R <= kDirectMaxRows && !p.exact) {
     // Rows in chunks of up to 4 (the weight row is decoded again per chunk, from L1).
     const float* xd[kDirectMaxRows];
@@ -579,8 +586,12 @@ void dots_impl(
       gs[r] = E == ElemFormat::Int ? p.gsum_row(slots[r]) : nullptr;
     }
     float out[4];
+    float* sb = detail::scratch(0, nb * ng + 16);
+    float* bb = detail::scratch(1, nb * ng + 16);
+    scale_rows(m, e, n0, nb, sb, bb);
     for (int64_t j = 0; j < nb; ++j) {
-      scale_row(m, e, n0 + j, s, b);
+      const float* s = sb + j * ng;
+      const float* b = bb + j * ng;
       const uint8_t* wrow = m.row(e, n0 + j);
       for (int64_t r0 = 0; r0 < R; r0 += 4) {
         const int64_t rr = std::min<int64_t>(4, R - r0);
@@ -608,11 +619,14 @@ void dots_impl(
     return;
   }
   float* tile = detail::scratch(2, kTileRows * K + 16);
+  float* sb = detail::scratch(0, kTileRows * ng + 16);
+  float* bb = detail::scratch(1, kTileRows * ng + 16);
   for (int64_t j0 = 0; j0 < nb; j0 += kTileRows) {
     const int64_t tb = std::min(kTileRows, nb - j0);
+    scale_rows(m, e, n0 + j0, tb, sb, bb);
     for (int64_t t = 0; t < tb; ++t) {
-      scale_row(m, e, n0 + j0 + t, s, b);
-      decode_tile_row<E, BITS, G>(m.row(e, n0 + j0 + t), m.row_bytes, K, s, b, tile + t * K);
+      decode_tile_row<E, BITS, G>(
+          m.row(e, n0 + j0 + t), m.row_bytes, K, sb + t * ng, bb + t * ng, tile + t * K);
     }
     for (int64_t r = 0; r < R; ++r) {
       std::fill_n(y + r * ldy + j0, tb, 0.0f);
