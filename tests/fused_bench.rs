@@ -4,7 +4,8 @@
 //!   cargo test --release --test fused_bench -- --ignored --nocapture
 //! Environment: FUSED_BENCH_T (comma-separated token counts, default "1,4,16,64"),
 //! FUSED_BENCH_COMPOSED_MAX_T (largest T also timed through the composed path, default 16),
-//! FUSED_BENCH_ITERS (timed iterations per T; default 50 for T <= 4, 10 up to 64, else 3).
+//! FUSED_BENCH_ITERS (timed iterations per T; default 50 for T <= 4, 10 up to 64, else 3),
+//! FUSED_BENCH_DTYPE (activation / scale dtype: bf16 (default), f16 or f32).
 
 use std::ffi::{c_int, c_void, CStr, CString};
 use std::time::Instant;
@@ -69,6 +70,34 @@ impl Rng {
     }
 }
 
+/// The dtype of activations, scales and biases (FUSED_BENCH_DTYPE).
+fn bench_dtype() -> (sys::mlx_dtype, &'static str) {
+    match std::env::var("FUSED_BENCH_DTYPE").as_deref() {
+        Ok("f32") => (sys::mlx_dtype__MLX_FLOAT32, "float32"),
+        Ok("f16") => (sys::mlx_dtype__MLX_FLOAT16, "float16"),
+        _ => (sys::mlx_dtype__MLX_BFLOAT16, "bfloat16"),
+    }
+}
+
+/// `a` (bfloat16) in the benchmark dtype, evaluated.
+fn in_dtype(a: Arr) -> Arr {
+    let (dt, _) = bench_dtype();
+    if dt == sys::mlx_dtype__MLX_BFLOAT16 {
+        return a;
+    }
+    let s = unsafe { sys::mlx_default_cpu_stream_new() };
+    let mut r = Arr(unsafe { sys::mlx_array_new() });
+    assert_eq!(
+        unsafe { sys::mlx_astype(&mut r.0, a.0, dt, s) },
+        0,
+        "{}",
+        last_error()
+    );
+    assert_eq!(unsafe { sys::mlx_array_eval(r.0) }, 0, "{}", last_error());
+    unsafe { sys::mlx_stream_free(s) };
+    r
+}
+
 fn bf16(v: f32) -> u16 {
     let u = v.to_bits();
     ((u + 0x7fff + ((u >> 16) & 1)) >> 16) as u16
@@ -94,16 +123,16 @@ fn proj(rng: &mut Rng, rows: usize, cols: usize) -> Proj {
             &[E, rows, cols * BITS / 32],
             sys::mlx_dtype__MLX_UINT32,
         ),
-        scales: new_arr(
+        scales: in_dtype(new_arr(
             &scales,
             &[E, rows, cols / GROUP],
             sys::mlx_dtype__MLX_BFLOAT16,
-        ),
-        biases: new_arr(
+        )),
+        biases: in_dtype(new_arr(
             &biases,
             &[E, rows, cols / GROUP],
             sys::mlx_dtype__MLX_BFLOAT16,
-        ),
+        )),
     }
 }
 
@@ -207,9 +236,9 @@ fn inputs(rng: &mut Rng, t: usize) -> (Arr, Arr, Arr) {
         .map(|_| bf16(rng.unit() / TOPK as f32))
         .collect();
     (
-        new_arr(&x, &[t, 1, 1, D], sys::mlx_dtype__MLX_BFLOAT16),
+        in_dtype(new_arr(&x, &[t, 1, 1, D], sys::mlx_dtype__MLX_BFLOAT16)),
         new_arr(&idx, &[t, TOPK], sys::mlx_dtype__MLX_UINT32),
-        new_arr(&sc, &[t, TOPK], sys::mlx_dtype__MLX_BFLOAT16),
+        in_dtype(new_arr(&sc, &[t, TOPK], sys::mlx_dtype__MLX_BFLOAT16)),
     )
 }
 
@@ -240,7 +269,12 @@ fn time_forward(
 
 /// Bytes of weights, scales and biases of `experts` experts across the three projections.
 fn layer_bytes(experts: usize) -> f64 {
-    let per = I * D * BITS / 8 + 2 * (I * D / GROUP) * 2;
+    let scale_bytes = if bench_dtype().0 == sys::mlx_dtype__MLX_FLOAT32 {
+        4
+    } else {
+        2
+    };
+    let per = I * D * BITS / 8 + 2 * (I * D / GROUP) * scale_bytes;
     (experts * 3 * per) as f64
 }
 
@@ -260,9 +294,10 @@ fn qwen3_moe_layer() {
     let mut nt = 0;
     unsafe { ffi::mlx_moe_num_threads(&mut nt) };
     println!(
-        "fused kernels: simd {}, {} threads",
+        "fused kernels: simd {}, {} threads; {}",
         unsafe { CStr::from_ptr(lvl) }.to_string_lossy(),
-        nt
+        nt,
+        bench_dtype().1
     );
     let mut rng = Rng(0x5eed_1234_abcd_ef01);
     let layer = Layer {
