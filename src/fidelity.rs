@@ -1,6 +1,8 @@
-//! The fidelity verdict: one token sequence, teacher-forced through a float32 oracle (weights dequantized to
-//! float32 once, no quantized kernels), the reference path (MLX's composed ops, as mlx-lm) and the fused
-//! path.
+//! The fidelity verdict: one token sequence, teacher-forced through a float32 oracle (weights dequantized
+//! exactly to float32 once — see [`crate::quant::dequantize_f32`] — and no quantized kernels), the reference
+//! path (MLX's composed ops and `quantized_matmul` in the model's dtype, as mlx-lm) and the fused path
+//! (zmlx's fused kernels for the experts and every other quantized layer, float32 accumulation and
+//! float32 activations).
 //!
 //! PASS iff (1) at every step the fused path's max logit error vs the oracle is at most
 //! [`Tolerance::error_ratio`] × the reference path's (+ a tiny slack), and (2) the fused path's greedy token
@@ -243,8 +245,9 @@ pub struct LayerError {
 
 /// Feeds the same random input (`tokens` rows, model dtype) and the same routing (the model's router on
 /// that input) through every MoE block's experts three ways — the float32 oracle's experts (input and
-/// scores upcast), the reference path and the fused path — and reports each path's relative error. Unlike the whole-model check this isolates the experts' arithmetic from the
-/// bfloat16/float16 rounding that both paths share elsewhere in the model.
+/// scores upcast), the reference path and the fused path — and reports each path's relative error. Both
+/// paths get the same model-dtype input here (in the model the fused path feeds float32 activations), so
+/// this isolates the experts' arithmetic from everything else in the model.
 pub fn moe_layer_errors(
     model: &Model,
     oracle: &Model,

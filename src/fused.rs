@@ -2,7 +2,9 @@
 //!
 //! - [`gather_qmm_swiglu`]: `act(gather_qmm(x, gate), gather_qmm(x, up))` in one pass, with optional
 //!   per-expert biases and gpt-oss's clamped activation;
-//! - [`gather_qmm_combine`]: `sum_j scores[.., j] * (gather_qmm(h, down)[.., j] + bias[idx[.., j]])`.
+//! - [`gather_qmm_combine`]: `sum_j scores[.., j] * (gather_qmm(h, down)[.., j] + bias[idx[.., j]])`;
+//! - [`quantized_linear`]: one quantized linear layer with float32 accumulation (`gather_qmm_combine` with a
+//!   single expert and score 1), used by the fused path for every quantized non-expert layer.
 //!
 //! Each has a `_reference` twin computed from MLX's own composed ops with the same arguments. Weights are
 //! [`QuantizedWeight`]s in the `transpose = true` layout (`[E, N, K]` logical). All functions validate what
@@ -251,6 +253,68 @@ pub fn gather_qmm_combine_reference(
         scores,
         bias,
     )
+}
+
+/// A single quantized linear layer `x @ dequantize(q).T (+ bias)` accumulated in float32.
+///
+/// MLX's CPU `quantized_matmul` accumulates float16 / bfloat16 dot products in half precision; this one
+/// runs [`gather_qmm_combine`] with one "expert" (the `[N, K]` weight itself, passed as is: no copy), expert
+/// index 0 and score 1, so every dot product and the bias addition happen in float32 and the result is
+/// rounded once. Multiplying by a score of exactly 1 adds no error. All `M` rows of `x` (prefill) go to the
+/// one expert in a single call, where the kernel dequantizes each weight tile once and reuses it for all
+/// rows.
+///
+/// - `x`: `[..., K]`, float32 / float16 / bfloat16, `K = q.in_dims()`.
+/// - `q`: a plain quantized matrix `[N, K]` (logical; `transpose = true` layout), any mode.
+/// - `bias`: optional `[N]`, added in float32 before the single rounding.
+/// - Result `[..., N]` in `quantized_matmul`'s dtype (promoted with the bias's, as adding it afterwards
+///   would): `x`'s dtype for the fp modes and for `affine` whenever the scales share `x`'s dtype (every
+///   mlx-lm checkpoint), so it drops in for `quantized_matmul(x, q, true) (+ bias)`.
+pub fn quantized_linear(x: &Array, q: &QuantizedWeight, bias: Option<&Array>) -> Result<Array> {
+    if q.w.ndim() != 2 {
+        return Err(Error::invalid(format!(
+            "quantized_linear needs a [N, K] weight matrix, got packed shape {:?}",
+            q.w.shape()
+        )));
+    }
+    if !crate::array::is_float(x.dtype()) {
+        return Err(Error::invalid(format!(
+            "quantized_linear needs a float input, got {:?}",
+            x.dtype()
+        )));
+    }
+    let (n, k) = (q.out_dims(), q.in_dims());
+    let xs = x.shape();
+    if xs.last() != Some(&k) {
+        return Err(Error::invalid(format!(
+            "quantized_linear expects input dim {k}, got x shape {xs:?}"
+        )));
+    }
+    let bias = match bias {
+        Some(b) if b.shape() != [n] => {
+            return Err(Error::invalid(format!(
+                "bias has shape {:?}, expected [{n}]",
+                b.shape()
+            )))
+        }
+        Some(b) if !crate::array::is_float(b.dtype()) => {
+            return Err(Error::invalid(format!(
+                "bias must be a float array, got {:?}",
+                b.dtype()
+            )))
+        }
+        other => other,
+    };
+    let m: i64 = xs[..xs.len() - 1].iter().map(|&d| d as i64).product();
+    let m = i32::try_from(m).map_err(|_| Error::invalid("too many rows for quantized_linear"))?;
+    let h = x.reshape(&[1, m, k])?;
+    let idx = Array::from_slice(&[0u32], &[1]);
+    // A score of 1 in x's dtype: exact, and it promotes to nothing wider than the projection itself.
+    let one = Array::from_slice(&[1.0f32], &[1]).as_dtype(x.dtype())?;
+    let y = gather_qmm_combine(&h, q, &idx, &one, bias)?;
+    let mut shape = xs[..xs.len() - 1].to_vec();
+    shape.push(n);
+    Ok(y.reshape(&shape)?)
 }
 
 /// Threads of the fused CPU kernels (1..=256).

@@ -7,7 +7,8 @@ use mlx_rs::{ops, Array, Dtype};
 
 use crate::array::slice_axis;
 use crate::error::{Error, Result};
-use crate::quant::{dequantize, quantized_matmul, QuantizedWeight};
+use crate::moe::MoePath;
+use crate::quant::{dequantize, dequantize_f32, quantized_matmul, QuantizedWeight};
 
 /// A weight matrix `[N, K]` (or stack `[E, N, K]`): dense, or quantized in some mode.
 #[derive(Clone, Debug)]
@@ -35,12 +36,13 @@ impl Weight {
         }
     }
 
-    /// The weight as a dense float array of `dtype` (dequantized if needed).
+    /// The weight as a dense float array of `dtype` (dequantized exactly in float32 if needed, see
+    /// [`dequantize_f32`], then cast).
     pub fn to_dense(&self, dtype: Dtype) -> Result<Array> {
         match self {
             Weight::Dense(w) if w.dtype() == dtype => Ok(w.clone()),
             Weight::Dense(w) => Ok(w.as_dtype(dtype)?),
-            Weight::Quantized(q) => Ok(dequantize(q, Some(Dtype::Float32))?.as_dtype(dtype)?),
+            Weight::Quantized(q) => Ok(dequantize_f32(q)?.as_dtype(dtype)?),
         }
     }
 
@@ -79,8 +81,16 @@ pub struct Linear {
 }
 
 impl Linear {
-    /// Applies the layer to `x` (`[..., in]`).
+    /// Applies the layer to `x` (`[..., in]`) as mlx-lm does (MLX's `quantized_matmul`, then the bias).
     pub fn forward(&self, x: &Array) -> Result<Array> {
+        self.forward_path(x, MoePath::Reference)
+    }
+
+    /// Applies the layer on `path`: [`MoePath::Reference`] is mlx-lm's computation (MLX's
+    /// `quantized_matmul`, accumulating in the activations' dtype, then `+ bias`); [`MoePath::Fused`] runs a
+    /// quantized weight through [`crate::fused::quantized_linear`] (float32 accumulation, bias added before
+    /// the one rounding). Dense weights take `matmul` on both paths.
+    pub fn forward_path(&self, x: &Array, path: MoePath) -> Result<Array> {
         let k = *x.shape().last().unwrap_or(&0);
         if k != self.weight.in_dims() {
             return Err(Error::invalid(format!(
@@ -88,9 +98,12 @@ impl Linear {
                 self.weight.in_dims()
             )));
         }
-        let y = match &self.weight {
-            Weight::Dense(w) => ops::matmul(x, w.t())?,
-            Weight::Quantized(q) => quantized_matmul(x, q, true)?,
+        let y = match (&self.weight, path) {
+            (Weight::Dense(w), _) => ops::matmul(x, w.t())?,
+            (Weight::Quantized(q), MoePath::Reference) => quantized_matmul(x, q, true)?,
+            (Weight::Quantized(q), MoePath::Fused) => {
+                return crate::fused::quantized_linear(x, q, self.bias.as_ref())
+            }
         };
         match &self.bias {
             Some(b) => Ok(ops::add(&y, b)?),
@@ -119,29 +132,43 @@ pub struct Embedding {
 }
 
 impl Embedding {
-    /// Looks up the rows of `ids` (int array of any shape) → `[..., dim]`.
+    /// Looks up the rows of `ids` (int array of any shape) → `[..., dim]`, as mlx-lm does (a quantized
+    /// table is dequantized in its scales' dtype).
     pub fn forward(&self, ids: &Array) -> Result<Array> {
-        match &self.weight {
-            Weight::Dense(w) => Ok(w.take_axis(ids, 0)?),
-            Weight::Quantized(q) => {
+        self.forward_path(ids, MoePath::Reference)
+    }
+
+    /// [`Embedding::forward`] on `path`: [`MoePath::Fused`] returns float32 rows (a quantized table
+    /// dequantized exactly, see [`dequantize_f32`]), the start of its float32 activations.
+    pub fn forward_path(&self, ids: &Array, path: MoePath) -> Result<Array> {
+        match (&self.weight, path) {
+            (Weight::Dense(w), MoePath::Reference) => Ok(w.take_axis(ids, 0)?),
+            (Weight::Dense(w), MoePath::Fused) => {
+                Ok(w.take_axis(ids, 0)?.as_dtype(Dtype::Float32)?)
+            }
+            (Weight::Quantized(q), _) => {
                 let rows = QuantizedWeight {
                     w: q.w.take_axis(ids, 0)?,
                     scales: q.scales.take_axis(ids, 0)?,
                     biases: q.biases.as_ref().map(|b| b.take_axis(ids, 0)).transpose()?,
                     ..q.clone()
                 };
-                dequantize(&rows, q.scale_dtype())
+                match path {
+                    MoePath::Reference => dequantize(&rows, q.scale_dtype()),
+                    MoePath::Fused => dequantize_f32(&rows),
+                }
             }
         }
     }
 
-    /// `x @ W.T`: the embedding used as the output projection (tied embeddings).
-    pub fn as_linear(&self, x: &Array) -> Result<Array> {
+    /// `x @ W.T`: the embedding used as the output projection (tied embeddings), computed on `path` as
+    /// [`Linear::forward_path`] does.
+    pub fn as_linear(&self, x: &Array, path: MoePath) -> Result<Array> {
         Linear {
             weight: self.weight.clone(),
             bias: None,
         }
-        .forward(x)
+        .forward_path(x, path)
     }
 
     /// Float32, dequantized.
@@ -316,8 +343,9 @@ pub struct Attention {
 }
 
 impl Attention {
-    /// `x`: `[B, L, D]` → `[B, L, D]`, appending to `cache`.
-    pub fn forward(&self, x: &Array, cache: &mut KvCache) -> Result<Array> {
+    /// `x`: `[B, L, D]` → `[B, L, D]`, appending to `cache`; the projections run on `path`
+    /// (see [`Linear::forward_path`]).
+    pub fn forward(&self, x: &Array, cache: &mut KvCache, path: MoePath) -> Result<Array> {
         let sh = x.shape();
         if sh.len() != 3 {
             return Err(Error::invalid(format!(
@@ -327,16 +355,16 @@ impl Attention {
         let (b, l) = (sh[0], sh[1]);
         let q = self
             .q_proj
-            .forward(x)?
+            .forward_path(x, path)?
             .reshape(&[b, l, self.n_heads, self.head_dim])?;
-        let k = self
-            .k_proj
-            .forward(x)?
-            .reshape(&[b, l, self.n_kv_heads, self.head_dim])?;
-        let v = self
-            .v_proj
-            .forward(x)?
-            .reshape(&[b, l, self.n_kv_heads, self.head_dim])?;
+        let k =
+            self.k_proj
+                .forward_path(x, path)?
+                .reshape(&[b, l, self.n_kv_heads, self.head_dim])?;
+        let v =
+            self.v_proj
+                .forward_path(x, path)?
+                .reshape(&[b, l, self.n_kv_heads, self.head_dim])?;
         let q = match &self.q_norm {
             Some(n) => n.forward(&q)?,
             None => q,
@@ -375,7 +403,7 @@ impl Attention {
         let o = o
             .transpose_axes(&[0, 2, 1, 3])?
             .reshape(&[b, l, self.n_heads * self.head_dim])?;
-        self.o_proj.forward(&o)
+        self.o_proj.forward_path(&o, path)
     }
 
     /// Float32 copy with dequantized weights.

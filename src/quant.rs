@@ -269,6 +269,30 @@ pub fn dequantize(q: &QuantizedWeight, dtype: Option<Dtype>) -> Result<Array> {
     })
 }
 
+/// The exact float32 values of `q`'s weights (up to float32's own rounding): MLX's `dequantize` computes
+/// `scale * q + bias` in the scales' dtype and only then casts to the requested one, so asking it for
+/// float32 from bfloat16 / float16 scales returns half-precision-rounded weights. Here the `affine` scales
+/// and biases are upcast to float32 first (exact), so the products and sums happen in float32. The fp
+/// modes' values (a power-of-two or fp8 scale times a short float code) are exact in any float type and go
+/// straight through. This is what the float32 oracle uses.
+pub fn dequantize_f32(q: &QuantizedWeight) -> Result<Array> {
+    match q.scale_dtype() {
+        Some(dt) if dt != Dtype::Float32 => {
+            let up = QuantizedWeight {
+                scales: q.scales.as_dtype(Dtype::Float32)?,
+                biases: q
+                    .biases
+                    .as_ref()
+                    .map(|b| b.as_dtype(Dtype::Float32))
+                    .transpose()?,
+                ..q.clone()
+            };
+            dequantize(&up, Some(Dtype::Float32))
+        }
+        _ => dequantize(q, Some(Dtype::Float32)),
+    }
+}
+
 /// `x @ dequantize(q).T` (`transpose = true`) or `x @ dequantize(q)`.
 pub fn quantized_matmul(x: &Array, q: &QuantizedWeight, transpose: bool) -> Result<Array> {
     let s = stream();

@@ -3,11 +3,12 @@
 //! float32 configs (Qwen3-like 4-bit g64, gpt-oss-like mxfp4 with clamped activation and expert biases,
 //! Qwen3-like 8-bit g32): the verdict must PASS, which for float32 includes token identity at all steps.
 //!
-//! The half-precision configs of the issue (Qwen3-like bf16 4-bit g64, gpt-oss-like bf16 mxfp4, 8-bit g32
-//! float16): the MoE blocks must be at least as accurate on the fused path as on the reference path on the
-//! same input and routing (asserted); the whole-model per-step verdict is computed and printed. It is not
-//! asserted: measured on this machine it fails at some steps for every half-precision config, because both
-//! paths' logit errors are dominated by rounding shared outside the MoE blocks (see the report).
+//! The half-precision configs of the issue (Qwen3-like bf16 4-bit g64, gpt-oss-like bf16 mxfp4 with the
+//! clamped activation and expert biases, Qwen3-like 8-bit g32 float16): the verdict must PASS too. The
+//! fused path accumulates every quantized matmul in float32 and keeps its activations in float32, so its
+//! logits track the float32 oracle far more closely than the reference path's (MLX's half-precision
+//! `quantized_matmul` and activations, as mlx-lm); the MoE blocks alone, fed the same half-precision input
+//! and routing, must also be at least as accurate on the fused path.
 
 use zmlx::fidelity::{moe_layer_errors, run};
 use zmlx::generate::random_tokens;
@@ -70,7 +71,7 @@ fn float32_configs_pass_with_token_identity() {
 }
 
 #[test]
-fn half_precision_configs_fused_moe_is_more_accurate() {
+fn half_precision_configs_pass() {
     for (name, cfg) in [
         ("qwen3 bf16 4-bit g64", qwen3("bfloat16", 4, 64)),
         ("gpt-oss bf16 mxfp4", gptoss("bfloat16")),
@@ -78,6 +79,16 @@ fn half_precision_configs_fused_moe_is_more_accurate() {
     ] {
         let (rep, layers) = verdict(name, cfg);
         assert!(!rep.float32);
+        assert!(
+            rep.pass(),
+            "{name}: fidelity FAIL: error rule failed at {:?}, first divergence {:?}",
+            rep.error_failures,
+            rep.first_divergence
+        );
+        // Not just within 5 %: float32 accumulation and activations put the fused logits an order of
+        // magnitude closer to the oracle than the reference's at their worst.
+        let (mr, mf) = rep.max_errors();
+        assert!(mf * 10.0 <= mr, "{name}: max errors ref {mr} fused {mf}");
         assert!(!layers.is_empty());
         for l in &layers {
             assert!(

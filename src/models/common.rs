@@ -22,12 +22,12 @@ pub struct Mlp {
 }
 
 impl Mlp {
-    /// `down(silu(gate(x)) * up(x))`.
-    pub fn forward(&self, x: &Array) -> Result<Array> {
-        let g = self.gate_proj.forward(x)?;
-        let u = self.up_proj.forward(x)?;
+    /// `down(silu(gate(x)) * up(x))`, the projections on `path` (see [`Linear::forward_path`]).
+    pub fn forward(&self, x: &Array, path: MoePath) -> Result<Array> {
+        let g = self.gate_proj.forward_path(x, path)?;
+        let u = self.up_proj.forward_path(x, path)?;
         let h = Activation::Swiglu.apply(&g, &u)?;
-        self.down_proj.forward(&h)
+        self.down_proj.forward_path(&h, path)
     }
     /// Float32 copy.
     pub fn to_f32(&self) -> Result<Mlp> {
@@ -480,7 +480,9 @@ impl Model {
     }
 
     /// Logits `[B, L, vocab]` for token ids `[B, L]` (int32/uint32), appending to `cache`. `path` selects
-    /// how MoE layers compute their experts (ignored by the oracle, whose experts are dense).
+    /// how the experts and every quantized linear layer (attention, router, dense MLPs, lm_head / tied
+    /// embedding) compute: [`MoePath::Reference`] exactly as mlx-lm, [`MoePath::Fused`] through zmlx's
+    /// fused primitives with float32 accumulation. Ignored by the oracle, whose weights are all dense.
     pub fn forward(&self, ids: &Array, cache: &mut [KvCache], path: MoePath) -> Result<Array> {
         if ids.ndim() != 2 {
             return Err(Error::invalid(format!(
@@ -495,28 +497,30 @@ impl Model {
                 self.layers.len()
             )));
         }
-        let mut h = self.embed.forward(ids)?;
+        let path = if self.is_oracle {
+            MoePath::Reference
+        } else {
+            path
+        };
+        // The fused path computes its activations (residual stream, attention, KV cache, logits) in
+        // float32 from here on; the reference path keeps the model's dtype, as mlx-lm.
+        let mut h = self.embed.forward_path(ids, path)?;
         for (layer, c) in self.layers.iter().zip(cache.iter_mut()) {
-            let r = layer.attn.forward(&layer.input_norm.forward(&h)?, c)?;
+            let r = layer
+                .attn
+                .forward(&layer.input_norm.forward(&h)?, c, path)?;
             h = ops::add(&h, &r)?;
             let x = layer.post_attn_norm.forward(&h)?;
             let r = match &layer.ffn {
-                Ffn::Dense(m) => m.forward(&x)?,
-                Ffn::Moe(m) => m.forward(
-                    &x,
-                    if self.is_oracle {
-                        MoePath::Reference
-                    } else {
-                        path
-                    },
-                )?,
+                Ffn::Dense(m) => m.forward(&x, path)?,
+                Ffn::Moe(m) => m.forward(&x, path)?,
             };
             h = ops::add(&h, &r)?;
         }
         let h = self.norm.forward(&h)?;
         match &self.lm_head {
-            Some(l) => l.forward(&h),
-            None => self.embed.as_linear(&h),
+            Some(l) => l.forward_path(&h, path),
+            None => self.embed.as_linear(&h, path),
         }
     }
 

@@ -26,12 +26,12 @@ pub struct SparseMoe {
 }
 
 impl SparseMoe {
-    /// `x`: `[..., D]` → `[..., D]`.
+    /// `x`: `[..., D]` → `[..., D]`; router, experts and shared experts on `path`.
     pub fn forward(&self, x: &Array, path: MoePath) -> Result<Array> {
-        let (inds, scores) = self.router.route(x)?;
+        let (inds, scores) = self.router.route_path(x, path)?;
         let y = self.experts.forward_combined(x, &inds, &scores, path)?;
         match &self.shared {
-            Some(mlp) => Ok(mlx_rs::ops::add(&y, mlp.forward(x)?)?),
+            Some(mlp) => Ok(mlx_rs::ops::add(&y, mlp.forward(x, path)?)?),
             None => Ok(y),
         }
     }

@@ -4,6 +4,7 @@ use mlx_rs::{ops, Array, Dtype};
 
 use crate::array::slice_axis;
 use crate::error::{Error, Result};
+use crate::moe::MoePath;
 use crate::nn::Linear;
 
 /// How router logits become expert indices and combine weights.
@@ -52,8 +53,13 @@ fn topk_indices(a: &Array, k: i32) -> Result<Array> {
 }
 
 impl Router {
-    /// Routes `x` (`[..., D]`): returns `(indices [..., k] uint32, scores [..., k])`.
+    /// Routes `x` (`[..., D]`) as mlx-lm does: returns `(indices [..., k] uint32, scores [..., k])`.
     pub fn route(&self, x: &Array) -> Result<(Array, Array)> {
+        self.route_path(x, MoePath::Reference)
+    }
+
+    /// [`Router::route`] with the gate projection on `path` (see [`Linear::forward_path`]).
+    pub fn route_path(&self, x: &Array, path: MoePath) -> Result<(Array, Array)> {
         let e = self.gate.weight.out_dims();
         if self.top_k < 1 || self.top_k > e {
             return Err(Error::invalid(format!(
@@ -62,7 +68,7 @@ impl Router {
             )));
         }
         let k = self.top_k;
-        let logits = self.gate.forward(x)?;
+        let logits = self.gate.forward_path(x, path)?;
         let (inds, scores) = match &self.kind {
             RouterKind::SoftmaxTopK { renormalize } => {
                 let gates = ops::softmax_axis(&logits, -1, true)?;

@@ -12,14 +12,19 @@ use crate::quant::{gather_qmm, QuantizedWeight};
 /// (`indices.size >= 64`), i.e. for prefill.
 pub const SORT_THRESHOLD: usize = 64;
 
-/// Which implementation computes the experts.
+/// Which implementation computes the model (the experts, and through [`crate::nn::Linear::forward_path`]
+/// every other quantized layer).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum MoePath {
     /// MLX's composed ops, exactly as mlx-lm: `gather_qmm` for up and gate, activation, `gather_qmm` for
-    /// down, then the score-weighted sum.
+    /// down, then the score-weighted sum; MLX's `quantized_matmul` for the attention projections, router,
+    /// dense MLPs and lm_head; activations in the model's dtype.
     Reference,
     /// zmlx's fused primitives: `gather_qmm_swiglu` (gate+up+activation) and `gather_qmm_combine`
-    /// (down + score-weighted sum).
+    /// (down + score-weighted sum) for the experts, [`crate::fused::quantized_linear`] for every other
+    /// quantized layer, all accumulating in float32. At the model level ([`crate::models::Model::forward`])
+    /// the activations (residual stream, attention, KV cache, router scores, logits) are float32 too; the
+    /// weights stay as stored. Blocks called directly keep their input's dtype.
     Fused,
 }
 
@@ -129,7 +134,7 @@ impl ExpertWeight {
 
     fn to_f32(&self) -> Result<ExpertWeight> {
         Ok(ExpertWeight::Dense(match self {
-            ExpertWeight::Quantized(q) => crate::quant::dequantize(q, Some(Dtype::Float32))?,
+            ExpertWeight::Quantized(q) => crate::quant::dequantize_f32(q)?,
             ExpertWeight::Dense(w) => w.as_dtype(Dtype::Float32)?,
         }))
     }
