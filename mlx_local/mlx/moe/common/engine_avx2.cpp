@@ -14,7 +14,9 @@
 // Affine decode in registers: position p of every lane is (word & (mask << bits*p)), converted to
 // float without shifting; the activations of the direct layout are prescaled by 2^-(bits*p)
 // (exact: a power of two) to compensate. Per group: sum_k x*q is accumulated, multiplied by the
-// scale once, and bias * sum_k x is added from per-group activation sums.
+// scale once, and bias * sum_k x is added from per-group activation sums. (The prescaled copies of
+// activations below ~2^-98 lose precision or become 0: such values contribute nothing visible to
+// a float16 / bfloat16 result. float32 activations never use this path: see XPrep::exact.)
 #include "mlx/moe/common/engine.h"
 
 #if defined(__x86_64__) || defined(_M_X64)
