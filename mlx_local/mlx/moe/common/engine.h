@@ -27,8 +27,9 @@ struct XPrep {
   int64_t K = 0; // elements per row
   int64_t stride = 0; // floats between rows
   int64_t gstride = 0; // floats between rows of gsum
-  // float32 activations: always dequantize weights to float32 first (the same rounding as MLX's
-  // float32 path), never the per-group decomposition of the few-rows path, whose cancellation between
+  // float32 activations with affine weights: every weight is dequantized to float32 first (the
+  // same rounding as MLX's float32 path; in registers for few rows, into a tile for many), never the
+  // per-group decomposition of the half-precision few-rows path, whose cancellation between
   // scale * sum(x*q) and bias * sum(x) costs a few float32 ulps.
   bool exact = false;
   std::vector<float> lane; // [rows][stride]: engine layout, values as given
