@@ -954,13 +954,18 @@ fn set_simd(level: &str) {
     );
 }
 
-#[test]
-fn swiglu_matches_oracle_and_composed() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+/// Runs `run` over every case × quantization config × dtype at each SIMD level (the portable level on a
+/// third of the matrix: it shares everything but the inner kernels) and asserts every case passes `judge`.
+/// `salt` keeps the seeds of different ops apart.
+fn run_matrix<C>(
+    op: &str,
+    cases: &[C],
+    case_name: impl Fn(&C) -> &str,
+    seed0: u64,
+    salt: u64,
+    run: impl Fn(&C, Quant, Dt, u64, &Stream) -> Result<Outcome, String>,
+) {
     let s = cpu();
-    let seed0 = run_seed();
-    let mut rng = Rng::new(seed0);
-    let cases = swiglu_cases(&mut rng);
     let mut failures = Vec::new();
     let mut count = 0usize;
     let mut worst = 0f64;
@@ -969,18 +974,19 @@ fn swiglu_matches_oracle_and_composed() {
         for (ci, c) in cases.iter().enumerate() {
             for (qi, q) in quant_configs().into_iter().enumerate() {
                 for (di, dt) in DTS.into_iter().enumerate() {
-                    // The portable level runs a third of the matrix (it shares everything but the
-                    // inner kernels).
                     if level == "portable" && (ci + qi + di) % 3 != 0 {
                         continue;
                     }
-                    let seed = seed0 ^ ((ci as u64) << 40 | (qi as u64) << 20 | di as u64);
+                    let seed = seed0 ^ ((ci as u64) << 40 | (qi as u64) << 20 | di as u64 | salt);
                     let name = format!(
-                        "swiglu/{level}/{}/{}-g{}-b{}/{dt:?}",
-                        c.name, q.mode, q.group, q.bits
+                        "{op}/{level}/{}/{}-g{}-b{}/{dt:?}",
+                        case_name(c),
+                        q.mode,
+                        q.group,
+                        q.bits
                     );
                     count += 1;
-                    match run_swiglu_case(c, q, dt, seed, &s) {
+                    match run(c, q, dt, seed, &s) {
                         Ok(o) => {
                             if std::env::var("FUSED_VERBOSE").is_ok() {
                                 eprintln!("{name}: {:.3e} {:.3e}", o.fused, o.composed);
@@ -995,13 +1001,21 @@ fn swiglu_matches_oracle_and_composed() {
         }
     }
     set_simd("auto");
-    eprintln!("swiglu: {count} cases, worst fused error {worst:.3e}");
+    eprintln!("{op}: {count} cases, worst fused error {worst:.3e}");
     assert!(
         failures.is_empty(),
-        "{} of {count} swiglu cases failed:\n{}",
+        "{} of {count} {op} cases failed:\n{}",
         failures.len(),
         failures.join("\n")
     );
+}
+
+#[test]
+fn swiglu_matches_oracle_and_composed() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let seed0 = run_seed();
+    let cases = swiglu_cases(&mut Rng::new(seed0));
+    run_matrix("swiglu", &cases, |c| c.name, seed0, 0, run_swiglu_case);
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -1238,49 +1252,15 @@ fn run_combine_case(
 #[test]
 fn combine_matches_oracle_and_composed() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let s = cpu();
     let seed0 = run_seed();
-    let mut rng = Rng::new(seed0 ^ 0xc0b1);
-    let cases = combine_cases(&mut rng);
-    let mut failures = Vec::new();
-    let mut count = 0usize;
-    let mut worst = 0f64;
-    for level in simd_levels() {
-        set_simd(level);
-        for (ci, c) in cases.iter().enumerate() {
-            for (qi, q) in quant_configs().into_iter().enumerate() {
-                for (di, dt) in DTS.into_iter().enumerate() {
-                    if level == "portable" && (ci + qi + di) % 3 != 0 {
-                        continue;
-                    }
-                    let seed =
-                        seed0 ^ ((ci as u64) << 40 | (qi as u64) << 20 | di as u64 | 1 << 60);
-                    let name = format!(
-                        "combine/{level}/{}/{}-g{}-b{}/{dt:?}",
-                        c.name, q.mode, q.group, q.bits
-                    );
-                    count += 1;
-                    match run_combine_case(c, q, dt, seed, &s) {
-                        Ok(o) => {
-                            if std::env::var("FUSED_VERBOSE").is_ok() {
-                                eprintln!("{name}: {:.3e} {:.3e}", o.fused, o.composed);
-                            }
-                            worst = worst.max(o.fused);
-                            judge(&name, seed, &o, &mut failures)
-                        }
-                        Err(e) => failures.push(format!("{name}: {e} [seed {seed}]")),
-                    }
-                }
-            }
-        }
-    }
-    set_simd("auto");
-    eprintln!("combine: {count} cases, worst fused error {worst:.3e}");
-    assert!(
-        failures.is_empty(),
-        "{} of {count} combine cases failed:\n{}",
-        failures.len(),
-        failures.join("\n")
+    let cases = combine_cases(&mut Rng::new(seed0 ^ 0xc0b1));
+    run_matrix(
+        "combine",
+        &cases,
+        |c| c.name,
+        seed0,
+        1 << 60,
+        run_combine_case,
     );
 }
 
