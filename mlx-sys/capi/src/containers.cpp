@@ -141,6 +141,45 @@ extern "C" int mlx_vector_stream_get(mlx_stream* res, const mlx_vector_stream ve
 
 // --- maps ---------------------------------------------------------------------------------------------
 
+namespace {
+
+// Looks `key` up and hands the value to `store`: 0 if found, 2 if absent (no error), 1 on error.
+template <class M, class Store>
+int map_lookup(M map, const char* key, Store store) {
+  int found = 0;
+  int rc = guard([&] {
+    auto& m = get(map);
+    auto it = m.find(str(key, "map key"));
+    if (it != m.end()) {
+      store(it->second);
+      found = 1;
+    }
+  });
+  return rc ? rc : (found ? 0 : 2);
+}
+
+// Advances an iterator of map type `Map`, handing the entry to `store`: 0, or 2 at the end, 1 on error.
+template <class Map, class It, class Store>
+int iterator_next(const char** key, It it, Store store) {
+  int done = 0;
+  int rc = guard([&] {
+    if (!it.ctx || !it.map_ctx) {
+      throw std::invalid_argument("empty map iterator");
+    }
+    auto& i = *static_cast<typename Map::iterator*>(it.ctx);
+    if (i == static_cast<Map*>(it.map_ctx)->end()) {
+      done = 1;
+      return;
+    }
+    out(key) = i->first.c_str();
+    store(i->second);
+    ++i;
+  });
+  return rc ? rc : (done ? 2 : 0);
+}
+
+} // namespace
+
 extern "C" mlx_map_string_to_array mlx_map_string_to_array_new(void) {
   return guard_value(mlx_map_string_to_array{}, [] { return make<mlx_map_string_to_array>(ArrayMap{}); });
 }
@@ -154,16 +193,7 @@ extern "C" int mlx_map_string_to_array_insert(mlx_map_string_to_array map, const
   return guard([&] { get(map).insert_or_assign(str(key, "map key"), get(value)); });
 }
 extern "C" int mlx_map_string_to_array_get(mlx_array* value, const mlx_map_string_to_array map, const char* key) {
-  int found = 0;
-  int rc = guard([&] {
-    auto& m = get(map);
-    auto it = m.find(str(key, "map key"));
-    if (it != m.end()) {
-      put(value, it->second);
-      found = 1;
-    }
-  });
-  return rc ? rc : (found ? 0 : 2);
+  return map_lookup(map, key, [&](const mx::array& v) { put(value, v); });
 }
 extern "C" mlx_map_string_to_array_iterator mlx_map_string_to_array_iterator_new(mlx_map_string_to_array map) {
   return guard_value(mlx_map_string_to_array_iterator{}, [&] {
@@ -179,21 +209,7 @@ extern "C" int mlx_map_string_to_array_iterator_next(
     const char** key,
     mlx_array* value,
     mlx_map_string_to_array_iterator it) {
-  int done = 0;
-  int rc = guard([&] {
-    if (!it.ctx || !it.map_ctx) {
-      throw std::invalid_argument("empty map iterator");
-    }
-    auto& i = *static_cast<ArrayMap::iterator*>(it.ctx);
-    if (i == static_cast<ArrayMap*>(it.map_ctx)->end()) {
-      done = 1;
-      return;
-    }
-    out(key) = i->first.c_str();
-    put(value, i->second);
-    ++i;
-  });
-  return rc ? rc : (done ? 2 : 0);
+  return iterator_next<ArrayMap>(key, it, [&](const mx::array& v) { put(value, v); });
 }
 
 extern "C" mlx_map_string_to_string mlx_map_string_to_string_new(void) {
@@ -209,16 +225,7 @@ extern "C" int mlx_map_string_to_string_insert(mlx_map_string_to_string map, con
   return guard([&] { get(map).insert_or_assign(str(key, "map key"), str(value, "map value")); });
 }
 extern "C" int mlx_map_string_to_string_get(const char** value, const mlx_map_string_to_string map, const char* key) {
-  int found = 0;
-  int rc = guard([&] {
-    auto& m = get(map);
-    auto it = m.find(str(key, "map key"));
-    if (it != m.end()) {
-      out(value) = it->second.c_str();
-      found = 1;
-    }
-  });
-  return rc ? rc : (found ? 0 : 2);
+  return map_lookup(map, key, [&](const std::string& v) { out(value) = v.c_str(); });
 }
 extern "C" mlx_map_string_to_string_iterator mlx_map_string_to_string_iterator_new(mlx_map_string_to_string map) {
   return guard_value(mlx_map_string_to_string_iterator{}, [&] {
@@ -234,19 +241,5 @@ extern "C" int mlx_map_string_to_string_iterator_next(
     const char** key,
     const char** value,
     mlx_map_string_to_string_iterator it) {
-  int done = 0;
-  int rc = guard([&] {
-    if (!it.ctx || !it.map_ctx) {
-      throw std::invalid_argument("empty map iterator");
-    }
-    auto& i = *static_cast<StringMap::iterator*>(it.ctx);
-    if (i == static_cast<StringMap*>(it.map_ctx)->end()) {
-      done = 1;
-      return;
-    }
-    out(key) = i->first.c_str();
-    out(value) = i->second.c_str();
-    ++i;
-  });
-  return rc ? rc : (done ? 2 : 0);
+  return iterator_next<StringMap>(key, it, [&](const std::string& v) { out(value) = v.c_str(); });
 }
