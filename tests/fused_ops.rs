@@ -940,8 +940,11 @@ fn simd_levels() -> Vec<&'static str> {
     let detected = unsafe { CStr::from_ptr(name) }
         .to_string_lossy()
         .into_owned();
-    if detected == "avx2" {
+    if detected == "avx2" || detected == "avx512" {
         v.insert(0, "avx2");
+    }
+    if detected == "avx512" {
+        v.insert(0, "avx512");
     }
     v
 }
@@ -2050,4 +2053,61 @@ fn shape_x(combine: bool) -> Vec<i32> {
     } else {
         vec![3, 1, 1, 128]
     }
+}
+
+/// Infinities and NaNs in the activations propagate as in MLX's composed path at every SIMD level (the
+/// AVX-512 integer path hands such calls to the float kernels): the same outputs are non-finite, the other
+/// rows stay finite and accurate.
+#[test]
+fn non_finite_activations_propagate() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let s = cpu();
+    let seed = run_seed() ^ 0x1f1f;
+    let mut rng = Rng::new(seed);
+    let (e, n, k) = (4usize, 24usize, 256usize);
+    let mut failures = Vec::new();
+    for q in [AFFINE4, MXFP4] {
+        for dt in [Dt::F16, Dt::Bf16] {
+            let g = make_weights(&mut rng, e, n, k, q, dt, true, false, &s);
+            let u = make_weights(&mut rng, e, n, k, q, dt, true, false, &s);
+            // Token 0 finite, token 1 has an infinity, token 2 a NaN.
+            let mut data = rng.vec(3 * k, 1.0);
+            data[k + 17] = f32::INFINITY;
+            data[2 * k + 200] = f32::NAN;
+            let x = astype(&f32s(&data, &[3, 1, 1, k as i32]), dt.c(), &s);
+            let rhs = Some(u32s(&[0, 1, 2, 3, 1, 2], &[3, 2]));
+            for level in simd_levels() {
+                set_simd(level);
+                let run = |reference: bool| -> Result<Vec<f32>, String> {
+                    let r = call_swiglu(
+                        reference, &x, &g, &u, &None, &rhs, true, q, false, None, &None, &None, &s,
+                    )?;
+                    read(&r, &s)
+                };
+                let name = format!("{level}/{}/{dt:?}", q.mode);
+                match (run(false), run(true)) {
+                    (Ok(f), Ok(c)) => {
+                        for (i, (a, b)) in f.iter().zip(&c).enumerate() {
+                            if a.is_finite() != b.is_finite() {
+                                failures.push(format!(
+                                    "{name}: element {i}: fused {a} vs composed {b}"
+                                ));
+                                break;
+                            }
+                        }
+                        let per_token = 2 * n;
+                        if f[..per_token].iter().any(|v| !v.is_finite()) {
+                            failures.push(format!("{name}: token 0 is not finite"));
+                        }
+                        if f[per_token..].iter().all(|v| v.is_finite()) {
+                            failures.push(format!("{name}: tokens 1-2 came out finite"));
+                        }
+                    }
+                    (Err(m), _) | (_, Err(m)) => failures.push(format!("{name}: {m}")),
+                }
+            }
+            set_simd("auto");
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

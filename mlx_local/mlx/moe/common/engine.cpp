@@ -167,8 +167,13 @@ const Engine& portable_engine() {
 
 const Engine& engine() {
 #if defined(__x86_64__) || defined(_M_X64)
-  if (active_simd() == SimdLevel::Avx2) {
-    return avx2_engine();
+  switch (active_simd()) {
+    case SimdLevel::Avx512:
+      return avx512_engine();
+    case SimdLevel::Avx2:
+      return avx2_engine();
+    case SimdLevel::Portable:
+      break;
   }
 #endif
   return kPortable;

@@ -35,6 +35,20 @@ struct XPrep {
   std::vector<float> lane; // [rows][stride]: engine layout, values as given
   std::vector<float> direct; // [rows][stride]: affine decode layout (prescaled); may be empty
   std::vector<float> gsum; // [rows][gstride]: sums over each quantization group (affine)
+  // AVX-512 engine, integer path (float16 / bfloat16 activations, see engine_avx512.cpp): every
+  // quantization group of a row as int16 values times one float32 scale, in the chunk layout of
+  // the weight format; gsum then holds the sums of these rounded values.
+  bool q16 = false;
+  int64_t qstride = 0; // int16s between rows of xq (a whole number of chunks, zero-padded)
+  std::vector<int16_t> xq; // [rows][qstride]
+  std::vector<float> xscale; // [rows][gstride]
+
+  const int16_t* xq_row(int64_t r) const {
+    return xq.data() + r * qstride;
+  }
+  const float* xscale_row(int64_t r) const {
+    return xscale.data() + r * gstride;
+  }
 
   const float* lane_row(int64_t r) const {
     return lane.data() + r * stride;
@@ -75,6 +89,7 @@ const Engine& engine();
 const Engine& portable_engine();
 #if defined(__x86_64__) || defined(_M_X64)
 const Engine& avx2_engine();
+const Engine& avx512_engine();
 #endif
 
 // Shared pieces used by the engines.
@@ -97,6 +112,12 @@ void dots_nt(
 
 // Natural-layout preparation (portable engine, and transpose = false everywhere).
 void prepare_natural(const QMat& m, const void* x, Dtype xt, const int64_t* src_rows, int64_t n, XPrep& p);
+
+#if defined(__x86_64__) || defined(_M_X64)
+// (AVX2 engine; shared with the AVX-512 engine.) Scales and biases (zeros for the fp modes) of stored
+// rows [r0, r0 + nr) of expert e as float32, row after row (m.groups each), zero-padded by 16.
+void scale_rows(const QMat& m, int64_t e, int64_t r0, int64_t nr, float* s, float* b);
+#endif
 
 // A thread's scratch buffer of at least n floats (reused across calls, 64-byte aligned).
 float* scratch(int which, int64_t n);

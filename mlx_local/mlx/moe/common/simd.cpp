@@ -10,15 +10,27 @@ namespace mlx::core::moe {
 
 namespace {
 
-bool cpu_has_avx2() {
+SimdLevel cpu_level() {
 #if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__))
-  // libgcc / compiler-rt also check that the OS saves the YMM state (XGETBV) for AVX features.
+  // libgcc / compiler-rt also check that the OS saves the YMM / ZMM state (XGETBV).
   __builtin_cpu_init();
-  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-      __builtin_cpu_supports("f16c");
+  if (!(__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+        __builtin_cpu_supports("f16c"))) {
+    return SimdLevel::Portable;
+  }
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+      __builtin_cpu_supports("avx512vnni")) {
+    return SimdLevel::Avx512;
+  }
+  return SimdLevel::Avx2;
 #else
-  return false;
+  return SimdLevel::Portable;
 #endif
+}
+
+bool supported(SimdLevel level) {
+  return static_cast<int>(level) <= static_cast<int>(detected_simd());
 }
 
 std::atomic<int>& override_level() {
@@ -30,9 +42,13 @@ SimdLevel env_or_detected() {
   static const SimdLevel level = [] {
     SimdLevel d = detected_simd();
     if (const char* env = std::getenv("MLX_MOE_SIMD")) {
-      std::string v(env);
-      if (v == "portable") {
-        return SimdLevel::Portable;
+      try {
+        SimdLevel want = simd_from_name(env);
+        if (supported(want)) {
+          return want;
+        }
+      } catch (const std::invalid_argument&) {
+        // An unknown name in the environment keeps the detected level.
       }
     }
     return d;
@@ -43,7 +59,7 @@ SimdLevel env_or_detected() {
 } // namespace
 
 SimdLevel detected_simd() {
-  static const SimdLevel level = cpu_has_avx2() ? SimdLevel::Avx2 : SimdLevel::Portable;
+  static const SimdLevel level = cpu_level();
   return level;
 }
 
@@ -56,14 +72,24 @@ SimdLevel active_simd() {
 }
 
 void set_simd(SimdLevel level) {
-  if (level == SimdLevel::Avx2 && detected_simd() != SimdLevel::Avx2) {
-    throw std::invalid_argument("[moe] this CPU does not support AVX2, FMA and F16C");
+  if (!supported(level)) {
+    throw std::invalid_argument(
+        std::string("[moe] this CPU does not support the '") + simd_name(level) +
+        "' level (avx2: AVX2, FMA and F16C; avx512: also AVX-512 F/BW/VL/DQ and VNNI)");
   }
   override_level().store(static_cast<int>(level), std::memory_order_relaxed);
 }
 
 const char* simd_name(SimdLevel level) {
-  return level == SimdLevel::Avx2 ? "avx2" : "portable";
+  switch (level) {
+    case SimdLevel::Avx512:
+      return "avx512";
+    case SimdLevel::Avx2:
+      return "avx2";
+    case SimdLevel::Portable:
+      break;
+  }
+  return "portable";
 }
 
 SimdLevel simd_from_name(std::string_view name) {
@@ -76,8 +102,12 @@ SimdLevel simd_from_name(std::string_view name) {
   if (name == "avx2") {
     return SimdLevel::Avx2;
   }
+  if (name == "avx512") {
+    return SimdLevel::Avx512;
+  }
   throw std::invalid_argument(
-      "[moe] unknown SIMD level '" + std::string(name) + "'; expected 'auto', 'portable' or 'avx2'");
+      "[moe] unknown SIMD level '" + std::string(name) +
+      "'; expected 'auto', 'portable', 'avx2' or 'avx512'");
 }
 
 } // namespace mlx::core::moe

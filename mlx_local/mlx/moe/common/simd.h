@@ -1,21 +1,23 @@
 // Copyright © 2026 zmlx contributors.
 //
-// SIMD dispatch of the fused MoE kernels. On x86_64 the AVX2 kernels (compiled with function target
-// attributes, so the library itself runs on any x86_64) are used when the CPU and the OS support
-// AVX2, FMA and F16C; everywhere else, and when forced, the portable kernels are used.
+// SIMD dispatch of the fused MoE kernels. On x86_64 the AVX-512 engine (integer dot products for
+// float16/bfloat16 activations, needs AVX-512 F/BW/VL/DQ and VNNI) and the AVX2 kernels (AVX2, FMA,
+// F16C) are compiled with function target attributes, so the library itself runs on any x86_64, and
+// are used when the CPU and the OS support them; everywhere else, and when forced, the portable
+// kernels are used.
 #pragma once
 
 #include <string_view>
 
 namespace mlx::core::moe {
 
-enum class SimdLevel { Portable, Avx2 };
+enum class SimdLevel { Portable, Avx2, Avx512 };
 
 // The best level this machine supports.
 SimdLevel detected_simd();
 
-// The level kernels use now: the one set with set_simd, else MLX_MOE_SIMD ("portable" or "avx2")
-// if set and supported, else detected_simd().
+// The level kernels use now: the one set with set_simd, else MLX_MOE_SIMD
+// ("portable", "avx2" or "avx512") if set and supported, else detected_simd().
 SimdLevel active_simd();
 
 // Forces a level; throws std::invalid_argument if the machine does not support it.
@@ -23,7 +25,7 @@ void set_simd(SimdLevel level);
 
 const char* simd_name(SimdLevel level);
 
-// "auto" (the detected level), "portable" or "avx2"; throws std::invalid_argument otherwise.
+// "auto" (the detected level), "portable", "avx2" or "avx512"; throws std::invalid_argument otherwise.
 SimdLevel simd_from_name(std::string_view name);
 
 } // namespace mlx::core::moe

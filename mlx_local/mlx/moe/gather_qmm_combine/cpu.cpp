@@ -1,12 +1,18 @@
 // Copyright © 2026 zmlx contributors.
 //
 // CPU evaluation of gather_qmm_combine: check indices, route rows to experts, prepare each distinct
-// h row once, then in parallel over blocks of output features accumulate
-// score * (dot + bias) over every routed expert in float32 and round once to the output dtype.
+// h row once, then accumulate score * (dot + bias) over every routed expert in float32 and round
+// once to the output dtype. Two schedules, with the same summation order (routed rows ascending,
+// i.e. by expert, then by position), hence the same result:
+//  - expert-major (when the per-routed-row results fit kStageFloats): pieces are (expert, block of
+//    output features), so each piece streams one contiguous block of one expert's weights; the
+//    float32 results are staged and summed per output row afterwards;
+//  - feature-major: pieces are blocks of output features, each accumulating over every expert.
 #include <mlx/allocator.h>
 #include <mlx/backend/cpu/encoder.h>
 
 #include <algorithm>
+#include <vector>
 
 #include "mlx/moe/common/engine.h"
 #include "mlx/moe/common/routing.h"
@@ -21,7 +27,99 @@ namespace moe {
 namespace {
 constexpr const char* kTag = "gather_qmm_combine";
 constexpr int64_t kRowChunk = 256;
+// Staged float32 results of the expert-major schedule (routed rows x N), at most.
+constexpr int64_t kStageFloats = int64_t{1} << 22;
 } // namespace
+
+void combine_expert_major(
+    const QMat& W,
+    const CombineParams& p,
+    const Routing& route_,
+    const XPrep& xp,
+    const array& scores,
+    const array* bias,
+    array& out,
+    int64_t M,
+    int64_t N,
+    int64_t out_rows) {
+  const Engine& eng = engine();
+  ThreadPool& pool = ThreadPool::instance();
+  const int64_t routed = static_cast<int64_t>(route_.slot.size());
+  const int64_t n_active = static_cast<int64_t>(route_.experts.size());
+  const int64_t kk = std::max<int64_t>(p.k, 1);
+  std::vector<float> stage(static_cast<size_t>(routed * N));
+  // Output row of each routed row, and the routed rows of each output row (ascending).
+  std::vector<int64_t> expert_of(static_cast<size_t>(routed));
+  std::vector<int64_t> first(static_cast<size_t>(out_rows + 1), 0);
+  std::vector<int64_t> orow(static_cast<size_t>(routed));
+  for (int64_t a = 0; a < n_active; ++a) {
+    for (int64_t r = route_.begin[a]; r < route_.begin[a + 1]; ++r) {
+      expert_of[r] = route_.experts[a];
+      orow[r] = (route_.batch[r] / kk) * M + route_.m[r];
+      ++first[orow[r] + 1];
+    }
+  }
+  for (int64_t o = 0; o < out_rows; ++o) {
+    first[o + 1] += first[o];
+  }
+  std::vector<int64_t> members(static_cast<size_t>(routed));
+  {
+    std::vector<int64_t> fill(first.begin(), first.end() - 1);
+    for (int64_t r = 0; r < routed; ++r) {
+      members[fill[orow[r]]++] = r;
+    }
+  }
+
+  const int64_t nb_rows =
+      block_rows(N, n_active, p.transpose ? 1 : p.q.group_size, pool.num_threads());
+  const int64_t nblk = (N + nb_rows - 1) / nb_rows;
+  pool.parallel_for(n_active * nblk, [&](int64_t piece) {
+    const int64_t a = piece / nblk;
+    const int64_t n0 = (piece % nblk) * nb_rows;
+    const int64_t nb = std::min(nb_rows, N - n0);
+    const int64_t e = route_.experts[a];
+    for (int64_t r0 = route_.begin[a]; r0 < route_.begin[a + 1]; r0 += kRowChunk) {
+      const int64_t R = std::min(kRowChunk, route_.begin[a + 1] - r0);
+      eng.dots(W, e, n0, nb, xp, route_.slot.data() + r0, R, stage.data() + r0 * N + n0, N);
+    }
+  });
+
+  void* o = out.data<uint8_t>();
+  const Dtype ot = out.dtype();
+  const void* sp = scores.data<uint8_t>();
+  const Dtype st = scores.dtype();
+  const void* bp = bias ? bias->data<uint8_t>() : nullptr;
+  const Dtype bt = bias ? bias->dtype() : float32;
+  const int64_t rows_per_piece = std::max<int64_t>(1, (int64_t{1} << 14) / std::max<int64_t>(N, 1));
+  const int64_t pieces = (out_rows + rows_per_piece - 1) / rows_per_piece;
+  pool.parallel_for(pieces, [&](int64_t piece) {
+    thread_local std::vector<float> acc;
+    acc.resize(static_cast<size_t>(N));
+    for (int64_t row = piece * rows_per_piece;
+         row < std::min(out_rows, (piece + 1) * rows_per_piece);
+         ++row) {
+      std::fill(acc.begin(), acc.end(), 0.0f);
+      for (int64_t t = first[row]; t < first[row + 1]; ++t) {
+        const int64_t r = members[t];
+        const float s = load_float(sp, st, route_.batch[r]);
+        const float* yr = stage.data() + r * N;
+        if (bp != nullptr) {
+          const int64_t boff = expert_of[r] * N;
+          for (int64_t j = 0; j < N; ++j) {
+            acc[j] += s * (yr[j] + load_float(bp, bt, boff + j));
+          }
+        } else {
+          for (int64_t j = 0; j < N; ++j) {
+            acc[j] += s * (yr[j] + 0.0f);
+          }
+        }
+      }
+      for (int64_t j = 0; j < N; ++j) {
+        store_float(o, ot, row * N + j, acc[j]);
+      }
+    }
+  });
+}
 
 void gather_qmm_combine_cpu(const std::vector<array>& in, array& out, const CombineParams& p) {
   const bool affine = p.q.info->has_biases;
@@ -58,6 +156,11 @@ void gather_qmm_combine_cpu(const std::vector<array>& in, array& out, const Comb
               static_cast<int64_t>(route_.src_rows.size()), xp);
 
   ThreadPool& pool = ThreadPool::instance();
+  const int64_t routed = static_cast<int64_t>(route_.slot.size());
+  if (routed * N <= kStageFloats) {
+    combine_expert_major(W, p, route_, xp, scores, bias, out, M, N, out_rows);
+    return;
+  }
   // Pieces: blocks of output features, each accumulating over every routed expert (no two pieces
   // write the same output element).
   const int64_t nb_rows = block_rows(N, 1, p.transpose ? 1 : p.q.group_size, pool.num_threads());
