@@ -5,7 +5,11 @@
 // level), then asks for blocks of dot products between some of those rows and a block of weight
 // rows of one expert. Every engine accumulates in float32.
 //
-// Two strategies inside `dots`:
+// Engines: portable (any CPU), AVX2 (float32 arithmetic, below) and AVX-512 (x86_64 with VNNI: integer
+// dot products of int16 activations with the small-integer weight formats, for float16/bfloat16
+// activations; see engine_avx512.cpp — everything else it hands to the AVX2 engine).
+//
+// Two strategies inside the AVX2 engine's `dots`:
 //  - few rows (decode): each weight group is decoded in registers and multiplied straight into the
 //    rows' accumulators (affine: sum_k x*q per group, times the scale, plus bias * sum_k x);
 //  - many rows (prefill, sorted experts): a tile of weight rows is dequantized once into float32

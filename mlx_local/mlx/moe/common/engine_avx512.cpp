@@ -62,6 +62,8 @@ constexpr int kChunkBytes = 64;
 constexpr int kRows = 4;
 // Software prefetch distance (bytes) ahead of the weight stream (rows of one expert are contiguous).
 constexpr int64_t kPrefetch = 2048;
+// Rows ahead at which the scale and bias rows are prefetched.
+constexpr int64_t kScaleAhead = 8;
 
 // Whether the integer path handles this weight format.
 bool int_format(const QMat& m) {
@@ -159,6 +161,9 @@ struct RowDots {
       // alone lets the stream stall behind the arithmetic.
       _mm_prefetch(reinterpret_cast<const char*>(w + c * kChunkBytes + kPrefetch), _MM_HINT_NTA);
       v = _mm512_loadu_si512(w + c * kChunkBytes);
+      // Keep the chunk in a register: otherwise the compiler folds the load into every shift / mask
+      // (P loads of the same line per chunk, and the load ports are the tightest resource here).
+      __asm__("" : "+v"(v));
       chunk(c);
     }
     const int64_t rest = row_bytes - full * kChunkBytes;
@@ -215,10 +220,26 @@ void int_dots_impl(
   const int64_t ng = m.groups;
   // Scale stride per activation row: the chunk's first group + 16 lanes must stay inside.
   const int64_t scs = ng + 32;
-  float* sb = detail::scratch(0, nb * ng + 16);
-  float* bb = detail::scratch(1, nb * ng + 16);
+  // Few activation rows (one pass): scale rows decoded one at a time; more: all at once.
+  const bool one_pass = R <= kRows;
+  float* sb = detail::scratch(0, (one_pass ? 1 : nb) * ng + 16);
+  float* bb = detail::scratch(1, (one_pass ? 1 : nb) * ng + 16);
   float* sc = detail::scratch(2, kRows * scs);
-  detail::scale_rows(m, e, n0, nb, sb, bb);
+  // Scale (and bias) rows are decoded row by row alongside the weights and prefetched kScaleAhead
+  // rows ahead, so that they stream with the weights instead of stalling the block's start.
+  const auto* sbase = static_cast<const uint8_t*>(m.scales);
+  const auto* bbase = static_cast<const uint8_t*>(m.biases);
+  const int64_t ssz = m.scale == ScaleFormat::Float ? size_of(m.scale_dtype) : 1;
+  const int64_t bsz = E == ElemFormat::Int ? size_of(m.bias_dtype) : 0;
+  auto prefetch_scales = [&](int64_t j) {
+    const int64_t off = m.scale_offset(e, n0 + j);
+    for (int64_t o = 0; o < ng * ssz; o += kChunkBytes) {
+      _mm_prefetch(reinterpret_cast<const char*>(sbase + off * ssz + o), _MM_HINT_NTA);
+    }
+    for (int64_t o = 0; o < ng * bsz; o += kChunkBytes) {
+      _mm_prefetch(reinterpret_cast<const char*>(bbase + off * bsz + o), _MM_HINT_NTA);
+    }
+  };
   // e2m1 values are doubled in the table.
   const float fmt_scale = E == ElemFormat::E2M1 ? 0.5f : 1.0f;
   for (int r = 0; r < kRows; ++r) {
@@ -236,47 +257,81 @@ void int_dots_impl(
   }
   const __m512i gidx = _mm512_load_si512(gi);
 
-  // Every weight row against the R activation rows r0..r0+R-1.
-  auto rows = [&]<int RR>(int64_t r0) {
+  // The block's weights are one contiguous stream: start its first kPrefetch bytes now (the loop
+  // prefetches kPrefetch bytes ahead of itself from there on).
+  {
+    const uint8_t* w0 = m.row(e, n0);
+    const int64_t head = std::min<int64_t>(kPrefetch, nb * m.row_bytes);
+    for (int64_t o = 0; o < head; o += kChunkBytes) {
+      _mm_prefetch(reinterpret_cast<const char*>(w0 + o), _MM_HINT_NTA);
+    }
+    for (int64_t j = 0; j < std::min(nb, kScaleAhead); ++j) {
+      prefetch_scales(j);
+    }
+  }
+  // Weight row j (scales s, biases b) against the activation rows r0..r0+RR-1.
+  auto pass = [&]<int RR>(int64_t j, int64_t r0, const float* s, const float* b) {
     RowDots<E, BITS, G, RR> d;
     d.lut = lut;
     d.gidx = gidx;
-    for (int r = 0; r < RR; ++r) {
-      d.x[r] = p.xq_row(slots[r0 + r]);
-      d.sc[r] = sc + r * scs;
-    }
     float out[RR];
     float bias[RR];
-    for (int64_t j = 0; j < nb; ++j) {
-      const float* s = sb + j * ng;
-      const float* b = bb + j * ng;
-      for (int r = 0; r < RR; ++r) {
-        const int64_t slot = slots[r0 + r];
-        mul16(s, p.xscale_row(slot), fmt_scale, ng, sc + r * scs);
-        bias[r] = E == ElemFormat::Int ? dot16(b, p.gsum_row(slot), ng) : 0.0f;
-      }
-      d.run(m.row(e, n0 + j), m.row_bytes, out);
-      for (int r = 0; r < RR; ++r) {
-        y[(r0 + r) * ldy + j] = out[r] + bias[r];
-      }
+    for (int r = 0; r < RR; ++r) {
+      const int64_t slot = slots[r0 + r];
+      d.x[r] = p.xq_row(slot);
+      d.sc[r] = sc + r * scs;
+      mul16(s, p.xscale_row(slot), fmt_scale, ng, sc + r * scs);
+      bias[r] = E == ElemFormat::Int ? dot16(b, p.gsum_row(slot), ng) : 0.0f;
+    }
+    d.run(m.row(e, n0 + j), m.row_bytes, out);
+    for (int r = 0; r < RR; ++r) {
+      y[(r0 + r) * ldy + j] = out[r] + bias[r];
     }
   };
+  // Activation rows r0..r0+rr-1 (rr < kRows) against weight row j.
+  auto rest = [&](int64_t j, int64_t r0, int64_t rr, const float* s, const float* b) {
+    switch (rr) {
+      case 3:
+        pass.template operator()<3>(j, r0, s, b);
+        break;
+      case 2:
+        pass.template operator()<2>(j, r0, s, b);
+        break;
+      case 1:
+        pass.template operator()<1>(j, r0, s, b);
+        break;
+      default:
+        break;
+    }
+  };
+  if (one_pass) {
+    // Decode: the weights and their scale rows stream once, row by row.
+    for (int64_t j = 0; j < nb; ++j) {
+      if (j + kScaleAhead < nb) {
+        prefetch_scales(j + kScaleAhead);
+      }
+      detail::scale_rows(m, e, n0 + j, 1, sb, bb);
+      if (R == kRows) {
+        pass.template operator()<kRows>(j, 0, sb, bb);
+      } else {
+        rest(j, 0, R, sb, bb);
+      }
+    }
+    return;
+  }
+  // Prefill: pass after pass over the block (from L2), kRows activation rows at a time, so that
+  // those rows stay in L1.
+  detail::scale_rows(m, e, n0, nb, sb, bb);
   int64_t r0 = 0;
   for (; r0 + kRows <= R; r0 += kRows) {
-    rows.template operator()<kRows>(r0);
+    for (int64_t j = 0; j < nb; ++j) {
+      pass.template operator()<kRows>(j, r0, sb + j * ng, bb + j * ng);
+    }
   }
-  switch (R - r0) {
-    case 3:
-      rows.template operator()<3>(r0);
-      break;
-    case 2:
-      rows.template operator()<2>(r0);
-      break;
-    case 1:
-      rows.template operator()<1>(r0);
-      break;
-    default:
-      break;
+  if (r0 < R) {
+    for (int64_t j = 0; j < nb; ++j) {
+      rest(j, r0, R - r0, sb + j * ng, bb + j * ng);
+    }
   }
 }
 
