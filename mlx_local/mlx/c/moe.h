@@ -118,7 +118,7 @@ int mlx_moe_set_num_threads(int n);
 int mlx_moe_num_threads(int* res);
 
 /* SIMD level of the fused CPU kernels: "auto" (best supported), "avx512" (x86_64 with AVX-512
- * F/BW/VL/DQ and VNNI, besides AVX2: integer dot products for float16/bfloat16 activations with
+ * F/BW/VL/DQ and VNNI, besides AVX2: integer dot products for bfloat16 activations with
  * affine 2/4/8-bit and mxfp4/nvfp4 weights, everything else as "avx2"), "avx2" (x86_64 with AVX2,
  * FMA and F16C) or "portable". Setting an unsupported level is an error. mlx_moe_simd_level stores the
  * current level's name (a static string) in *res. */

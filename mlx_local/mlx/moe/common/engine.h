@@ -6,7 +6,7 @@
 // rows of one expert. Every engine accumulates in float32.
 //
 // Engines: portable (any CPU), AVX2 (float32 arithmetic, below) and AVX-512 (x86_64 with VNNI: integer
-// dot products of int16 activations with the small-integer weight formats, for float16/bfloat16
+// dot products of int16 activations with the small-integer weight formats, for bfloat16
 // activations; see engine_avx512.cpp — everything else it hands to the AVX2 engine).
 //
 // Two strategies inside the AVX2 engine's `dots`:
@@ -39,7 +39,7 @@ struct XPrep {
   std::vector<float> lane; // [rows][stride]: engine layout, values as given
   std::vector<float> direct; // [rows][stride]: affine decode layout (prescaled); may be empty
   std::vector<float> gsum; // [rows][gstride]: sums over each quantization group (affine)
-  // AVX-512 engine, integer path (float16 / bfloat16 activations, see engine_avx512.cpp): every
+  // AVX-512 engine, integer path (bfloat16 activations, see engine_avx512.cpp): every
   // quantization group of a row as int16 values times one float32 scale, in the chunk layout of
   // the weight format; gsum then holds the sums of these rounded values.
   bool q16 = false;

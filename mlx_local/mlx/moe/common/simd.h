@@ -1,7 +1,7 @@
 // Copyright © 2026 zmlx contributors.
 //
 // SIMD dispatch of the fused MoE kernels. On x86_64 the AVX-512 engine (integer dot products for
-// float16/bfloat16 activations, needs AVX-512 F/BW/VL/DQ and VNNI) and the AVX2 kernels (AVX2, FMA,
+// bfloat16 activations, needs AVX-512 F/BW/VL/DQ and VNNI) and the AVX2 kernels (AVX2, FMA,
 // F16C) are compiled with function target attributes, so the library itself runs on any x86_64, and
 // are used when the CPU and the OS support them; everywhere else, and when forced, the portable
 // kernels are used.
