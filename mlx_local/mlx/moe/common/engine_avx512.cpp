@@ -181,6 +181,53 @@ struct RowDots {
   }
 };
 
+// 16 scale / bias values (float32, float16, bfloat16, e8m0 or e4m3 storage) from p + i as float32;
+// lanes outside mk are zero.
+MOE_INLINE __m512 load16(const void* p, Dtype t, ScaleFormat f, int64_t i, __mmask16 mk) {
+  if (f == ScaleFormat::Float) {
+    if (t == float32) {
+      return _mm512_maskz_loadu_ps(mk, static_cast<const float*>(p) + i);
+    }
+    const __m256i h = _mm256_maskz_loadu_epi16(mk, static_cast<const uint16_t*>(p) + i);
+    if (t == bfloat16) {
+      return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+    }
+    return _mm512_cvtph_ps(h);
+  }
+  const __m512i v =
+      _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(mk, static_cast<const uint8_t*>(p) + i));
+  if (f == ScaleFormat::E8M0) {
+    // 2^(s - 127); s == 0 is 2^-127 (a float32 subnormal), as MLX decodes it.
+    const __m512i bits = _mm512_slli_epi32(v, 23);
+    const __mmask16 zero = _mm512_mask_cmpeq_epi32_mask(mk, v, _mm512_setzero_si512());
+    return _mm512_castsi512_ps(_mm512_mask_mov_epi32(bits, zero, _mm512_set1_epi32(0x00400000)));
+  }
+  // e4m3fn: (m7 << 20) read as float32 is 2^-120 times the magnitude (subnormals included); 0x7f
+  // and 0xff are NaN.
+  const __m512i m7 = _mm512_and_si512(v, _mm512_set1_epi32(0x7f));
+  __m512 mag = _mm512_mul_ps(
+      _mm512_castsi512_ps(_mm512_slli_epi32(m7, 20)),
+      _mm512_castsi512_ps(_mm512_set1_epi32(0x7b800000)));
+  const __m512i sign = _mm512_slli_epi32(_mm512_and_si512(v, _mm512_set1_epi32(0x80)), 24);
+  mag = _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(mag), sign));
+  const __mmask16 nan = _mm512_cmpeq_epi32_mask(m7, _mm512_set1_epi32(0x7f));
+  return _mm512_mask_mov_ps(mag, nan, _mm512_castsi512_ps(_mm512_set1_epi32(0x7fc00000)));
+}
+
+// The scales (and affine biases) of one stored weight row as float32, zero-padded to a multiple
+// of 16 (the buffers hold groups + 16).
+MOE_INLINE void row_scales(const QMat& m, int64_t e, int64_t row, float* s, float* b) {
+  const int64_t off = m.scale_offset(e, row);
+  for (int64_t g = 0; g < m.groups; g += 16) {
+    const int64_t n = std::min<int64_t>(16, m.groups - g);
+    const auto mk = static_cast<__mmask16>((1u << n) - 1u);
+    _mm512_storeu_ps(s + g, load16(m.scales, m.scale_dtype, m.scale, off + g, mk));
+    if (m.elem == ElemFormat::Int) {
+      _mm512_storeu_ps(b + g, load16(m.biases, m.bias_dtype, ScaleFormat::Float, off + g, mk));
+    }
+  }
+}
+
 MOE_INLINE float dot16(const float* a, const float* b, int64_t n) {
   __m512 acc = _mm512_setzero_ps();
   int64_t i = 0;
@@ -312,7 +359,7 @@ void int_dots_impl(
       if (j + kScaleAhead < nb) {
         prefetch_scales(j + kScaleAhead);
       }
-      detail::scale_rows(m, e, n0 + j, 1, sb, bb);
+      row_scales(m, e, n0 + j, sb, bb);
       if (R == kRows) {
         pass.template operator()<kRows>(j, 0, sb, bb);
       } else {
