@@ -29,6 +29,7 @@
 
 #include <immintrin.h>
 
+#include "mlx/moe/common/kernel_macros.h"
 #include "mlx/moe/common/thread_pool.h"
 
 #if defined(__clang__)
@@ -38,14 +39,6 @@
 #pragma GCC target("avx2,fma,f16c")
 #endif
 
-#define MOE_INLINE inline __attribute__((always_inline))
-// Small fixed-count loops over rows / accumulators must be fully unrolled so that the accumulator
-// arrays live in registers (GCC's -O2 does not unroll them by itself).
-#if defined(__clang__)
-#define MOE_UNROLL _Pragma("unroll")
-#else
-#define MOE_UNROLL _Pragma("GCC unroll 16")
-#endif
 
 namespace mlx::core::moe {
 

@@ -37,6 +37,7 @@
 
 #include <immintrin.h>
 
+#include "mlx/moe/common/kernel_macros.h"
 #include "mlx/moe/common/thread_pool.h"
 
 #if defined(__clang__)
@@ -48,12 +49,6 @@
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")
 #endif
 
-#define MOE_INLINE inline __attribute__((always_inline))
-#if defined(__clang__)
-#define MOE_UNROLL _Pragma("unroll")
-#else
-#define MOE_UNROLL _Pragma("GCC unroll 16")
-#endif
 
 namespace mlx::core::moe {
 
