@@ -117,12 +117,6 @@ void dots_nt(
 // Natural-layout preparation (portable engine, and transpose = false everywhere).
 void prepare_natural(const QMat& m, const void* x, Dtype xt, const int64_t* src_rows, int64_t n, XPrep& p);
 
-#if defined(__x86_64__) || defined(_M_X64)
-// (AVX2 engine; shared with the AVX-512 engine.) Scales and biases (zeros for the fp modes) of stored
-// rows [r0, r0 + nr) of expert e as float32, row after row (m.groups each), zero-padded by 16.
-void scale_rows(const QMat& m, int64_t e, int64_t r0, int64_t nr, float* s, float* b);
-#endif
-
 // A thread's scratch buffer of at least n floats (reused across calls, 64-byte aligned).
 float* scratch(int which, int64_t n);
 

@@ -39,7 +39,6 @@
 #pragma GCC target("avx2,fma,f16c")
 #endif
 
-
 namespace mlx::core::moe {
 
 namespace {
@@ -608,10 +607,6 @@ void micro_rows(int64_t rr, const float* const* x, const float* w, int64_t ldw, 
   }
 }
 
-} // namespace
-
-namespace detail {
-
 void convert_floats(const void* src, Dtype t, int64_t off, int64_t n, float* dst) {
   int64_t i = 0;
   if (t == float32) {
@@ -680,12 +675,6 @@ void scale_rows(const QMat& m, int64_t e, int64_t r0, int64_t nr, float* s, floa
   std::fill_n(s + n, 16, 0.0f);
   std::fill_n(b + n, 16, 0.0f);
 }
-
-} // namespace detail
-
-namespace {
-
-using detail::scale_rows;
 
 template <ElemFormat E, int BITS, int G>
 void dots_impl(

@@ -365,7 +365,11 @@ void int_dots_impl(
   }
   // Prefill: pass after pass over the block (from L2), kRows activation rows at a time, so that
   // those rows stay in L1.
-  detail::scale_rows(m, e, n0, nb, sb, bb);
+  // Row after row: each row's zero padding is overwritten by the next row (the buffers hold
+  // nb * groups + 16).
+  for (int64_t j = 0; j < nb; ++j) {
+    row_scales(m, e, n0 + j, sb + j * ng, bb + j * ng);
+  }
   int64_t r0 = 0;
   for (; r0 + kRows <= R; r0 += kRows) {
     for (int64_t j = 0; j < nb; ++j) {
