@@ -145,11 +145,11 @@ struct RowDots {
     }
   }
 
-  // out[r] = dot(weight row w, activation row r)
-  MOE_INLINE void run(const uint8_t* w, int64_t row_bytes, float* out) {
+  // out[r] = dot(weight row w, activation row r) + the lanes of init[r] (null: zero)
+  MOE_INLINE void run(const uint8_t* w, int64_t row_bytes, float* out, const __m512* init = nullptr) {
     MOE_UNROLL
     for (int r = 0; r < R; ++r) {
-      acc[r] = _mm512_setzero_ps();
+      acc[r] = init != nullptr ? init[r] : _mm512_setzero_ps();
     }
     const int64_t full = row_bytes / kChunkBytes;
     for (int64_t c = 0; c < full; ++c) {
@@ -349,16 +349,72 @@ void int_dots_impl(
     }
   };
   if (one_pass) {
-    // Decode: the weights and their scale rows stream once, row by row.
+    // Decode: the weights and their scale rows stream once, row by row. A row's scales are decoded
+    // in registers straight into each activation row's combined scales (weight scale * activation
+    // scale), and its affine bias term sum_g bias_g * gsum_g starts the float32 accumulators (one
+    // horizontal sum per row and activation row).
+    auto decode = [&]<int RR>(int64_t j) {
+      RowDots<E, BITS, G, RR> d;
+      d.lut = lut;
+      d.gidx = gidx;
+      __m512 init[RR];
+      const float* xs[RR];
+      const float* gsm[RR];
+      MOE_UNROLL
+      for (int r = 0; r < RR; ++r) {
+        init[r] = _mm512_setzero_ps();
+        d.x[r] = p.xq_row(slots[r]);
+        d.sc[r] = sc + r * scs;
+        xs[r] = p.xscale_row(slots[r]);
+        gsm[r] = p.gsum_row(slots[r]);
+      }
+      const int64_t off = m.scale_offset(e, n0 + j);
+      // xscale and gsum rows are zero-padded to a multiple of 16 (gstride).
+      for (int64_t g = 0; g < ng; g += 16) {
+        const auto mk = static_cast<__mmask16>(ng - g >= 16 ? 0xffffu : (1u << (ng - g)) - 1u);
+        __m512 sv = load16(m.scales, m.scale_dtype, m.scale, off + g, mk);
+        if constexpr (E == ElemFormat::E2M1) {
+          sv = _mm512_mul_ps(sv, _mm512_set1_ps(0.5f));
+        }
+        MOE_UNROLL
+        for (int r = 0; r < RR; ++r) {
+          _mm512_storeu_ps(sc + r * scs + g, _mm512_mul_ps(sv, _mm512_loadu_ps(xs[r] + g)));
+        }
+        if constexpr (E == ElemFormat::Int) {
+          const __m512 bv = load16(m.biases, m.bias_dtype, ScaleFormat::Float, off + g, mk);
+          MOE_UNROLL
+          for (int r = 0; r < RR; ++r) {
+            init[r] = _mm512_fmadd_ps(bv, _mm512_loadu_ps(gsm[r] + g), init[r]);
+          }
+        }
+      }
+      float out[RR];
+      d.run(m.row(e, n0 + j), m.row_bytes, out, init);
+      MOE_UNROLL
+      for (int r = 0; r < RR; ++r) {
+        y[r * ldy + j] = out[r];
+      }
+    };
+    if (R <= 0) {
+      return;
+    }
     for (int64_t j = 0; j < nb; ++j) {
       if (j + kScaleAhead < nb) {
         prefetch_scales(j + kScaleAhead);
       }
-      row_scales(m, e, n0 + j, sb, bb);
-      if (R == kRows) {
-        pass.template operator()<kRows>(j, 0, sb, bb);
-      } else {
-        rest(j, 0, R, sb, bb);
+      switch (R) {
+        case 4:
+          decode.template operator()<4>(j);
+          break;
+        case 3:
+          decode.template operator()<3>(j);
+          break;
+        case 2:
+          decode.template operator()<2>(j);
+          break;
+        default:
+          decode.template operator()<1>(j);
+          break;
       }
     }
     return;
