@@ -1,7 +1,43 @@
 // Copyright © 2026 zmlx contributors.
 #include "mlx/moe/common/dequant.h"
 
+#include <bit>
+#include <cstring>
+
 namespace mlx::core::moe {
+
+namespace {
+
+// Compiled for several instruction sets; the loader picks the best the CPU has.
+#if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__))
+#define MOE_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define MOE_CLONES
+#endif
+
+MOE_CLONES void store_bf16(uint16_t* out, const float* v, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) {
+    const uint32_t u = std::bit_cast<uint32_t>(v[j]);
+    const uint32_t nearest = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+    const uint32_t quiet = (u >> 16) | 0x40u;
+    out[j] = static_cast<uint16_t>((u & 0x7fffffffu) > 0x7f800000u ? quiet : nearest);
+  }
+}
+
+} // namespace
+
+void store_floats(void* p, Dtype t, int64_t i, const float* v, int64_t n) {
+  if (t == float32) {
+    std::memcpy(static_cast<float*>(p) + i, v, static_cast<size_t>(n) * sizeof(float));
+  } else if (t == bfloat16) {
+    store_bf16(static_cast<uint16_t*>(p) + i, v, n);
+  } else {
+    uint16_t* o = static_cast<uint16_t*>(p) + i;
+    for (int64_t j = 0; j < n; ++j) {
+      o[j] = f32_to_f16(v[j]);
+    }
+  }
+}
 
 uint16_t f32_to_f16(float f) {
   uint32_t u = bits_from_f32(f);

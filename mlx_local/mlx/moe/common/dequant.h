@@ -122,6 +122,10 @@ inline void store_float(void* p, Dtype t, int64_t i, float v) {
   }
 }
 
+// Stores v[0..n) into elements i..i+n-1 of a float32/float16/bfloat16 buffer (same roundings as
+// store_float; vectorized where the CPU allows).
+void store_floats(void* p, Dtype t, int64_t i, const float* v, int64_t n);
+
 // Raw view of one row-contiguous quantized weight tensor with E experts (the flattened batch
 // dimensions). transpose = true: logical [E, N, K] stored as E*N rows of K elements (groups run
 // along K). transpose = false: logical [E, K, N] stored as E*K rows of N elements.

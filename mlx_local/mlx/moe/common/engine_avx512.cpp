@@ -512,30 +512,54 @@ bool quantize_row(const QMat& m, const float* nat, int64_t K, int16_t* xq, float
   int16_t* tmp = reinterpret_cast<int16_t*>(detail::scratch(3, K / 2 + 64));
   for (int64_t g = 0; g < ng; ++g) {
     const float* src = nat + g * G;
-    float mx = 0.0f;
-    for (int64_t k = 0; k < G; ++k) {
-      mx = std::max(mx, std::fabs(src[k]));
+    // Largest magnitude of the group, and whether any element is NaN or infinite (fpclass: QNaN,
+    // SNaN, +inf, -inf).
+    __m512 mxv = _mm512_setzero_ps();
+    __mmask16 bad = 0;
+    for (int64_t k = 0; k < G; k += 16) {
+      const __mmask16 mk = static_cast<__mmask16>(G - k >= 16 ? 0xffffu : (1u << (G - k)) - 1u);
+      const __m512 v = _mm512_maskz_loadu_ps(mk, src + k);
+      bad |= _mm512_fpclass_ps_mask(v, 0x99);
+      mxv = _mm512_max_ps(mxv, _mm512_abs_ps(v));
     }
-    if (!std::isfinite(mx)) {
+    if (bad != 0) {
       return false;
     }
-    int64_t sum = 0;
+    const float mx = _mm512_reduce_max_ps(mxv);
+    int ex = 0;
     if (mx > 0.0f) {
-      // Power-of-two scale: max|x| * 2^(15 - e) lies in [2^14, 2^15). Scaling by a power of two is
-      // exact, so every element within 2^7 of the group's largest (bfloat16) is
-      // represented exactly; smaller ones are rounded to a multiple of the scale.
-      int ex = 0;
       std::frexp(mx, &ex);
+    }
+    if (mx > 0.0f && 15 - ex >= -126 && 15 - ex <= 127) {
+      // Power-of-two scale: max|x| * 2^(15 - ex) lies in [2^14, 2^15). Scaling by a power of two is
+      // exact, so every element within 2^7 of the group's largest (bfloat16) is represented
+      // exactly; smaller ones are rounded (to nearest even) to a multiple of the scale.
+      const __m512 up = _mm512_set1_ps(std::ldexp(1.0f, 15 - ex));
+      const __m512i lim = _mm512_set1_epi32(32767);
+      __m512i sum = _mm512_setzero_si512();
+      for (int64_t k = 0; k < G; k += 16) {
+        const __mmask16 mk = static_cast<__mmask16>(G - k >= 16 ? 0xffffu : (1u << (G - k)) - 1u);
+        __m512i q = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_maskz_loadu_ps(mk, src + k), up));
+        q = _mm512_min_epi32(_mm512_max_epi32(q, _mm512_sub_epi32(_mm512_setzero_si512(), lim)), lim);
+        sum = _mm512_add_epi32(sum, q);
+        _mm256_mask_storeu_epi16(tmp + g * G + k, mk, _mm512_cvtepi32_epi16(q));
+      }
+      const double sc = std::ldexp(1.0, ex - 15);
+      xs[g] = static_cast<float>(sc);
+      gs[g] = static_cast<float>(sc * static_cast<double>(_mm512_reduce_add_epi32(sum)));
+    } else if (mx > 0.0f) {
+      // Scales outside float32's normal range (only for extreme magnitudes): in double.
       const double up = std::ldexp(1.0, 15 - ex);
+      int64_t sum = 0;
       for (int64_t k = 0; k < G; ++k) {
         const double v = std::nearbyint(static_cast<double>(src[k]) * up);
         const int16_t q = static_cast<int16_t>(std::clamp(v, -32767.0, 32767.0));
         tmp[g * G + k] = q;
         sum += q;
       }
-      const double s = std::ldexp(1.0, ex - 15);
-      xs[g] = static_cast<float>(s);
-      gs[g] = static_cast<float>(s * static_cast<double>(sum));
+      const double sc = std::ldexp(1.0, ex - 15);
+      xs[g] = static_cast<float>(sc);
+      gs[g] = static_cast<float>(sc * static_cast<double>(sum));
     } else {
       std::fill_n(tmp + g * G, G, int16_t{0});
       xs[g] = 0.0f;

@@ -93,8 +93,11 @@ void combine_expert_major(
   const int64_t rows_per_piece = std::max<int64_t>(1, (int64_t{1} << 14) / std::max<int64_t>(N, 1));
   const int64_t pieces = (out_rows + rows_per_piece - 1) / rows_per_piece;
   pool.parallel_for(pieces, [&](int64_t piece) {
-    thread_local std::vector<float> acc;
+    thread_local std::vector<float> acc, brow;
     acc.resize(static_cast<size_t>(N));
+    brow.assign(static_cast<size_t>(N), 0.0f);
+    float* ac = acc.data();
+    float* bw = brow.data();
     for (int64_t row = piece * rows_per_piece;
          row < std::min(out_rows, (piece + 1) * rows_per_piece);
          ++row) {
@@ -104,19 +107,14 @@ void combine_expert_major(
         const float s = load_float(sp, st, route_.batch[r]);
         const float* yr = stage.data() + r * N;
         if (bp != nullptr) {
-          const int64_t boff = expert_of[r] * N;
-          for (int64_t j = 0; j < N; ++j) {
-            acc[j] += s * (yr[j] + load_float(bp, bt, boff + j));
-          }
-        } else {
-          for (int64_t j = 0; j < N; ++j) {
-            acc[j] += s * (yr[j] + 0.0f);
-          }
+          detail::load_row(bp, bt, expert_of[r], N, bw);
+        }
+        // The zero bias row keeps the same sum (x + 0 turns -0 into +0) as with a bias.
+        for (int64_t j = 0; j < N; ++j) {
+          ac[j] += s * (yr[j] + bw[j]);
         }
       }
-      for (int64_t j = 0; j < N; ++j) {
-        store_float(o, ot, row * N + j, acc[j]);
-      }
+      store_floats(o, ot, row * N, ac, N);
     }
   });
 }
