@@ -261,6 +261,20 @@ impl BenchLayer {
     }
 
     /// Copies of the weights.
+    /// Backs all copies' expert weights with transparent huge pages (see [`crate::hugepages`]).
+    pub fn promote_huge_pages(&self) -> Result<crate::hugepages::HugePages> {
+        let mut arrays = Vec::new();
+        for c in &self.copies {
+            arrays.extend(c.quantized_arrays());
+            arrays.extend(
+                [&c.gate_bias, &c.up_bias, &c.down_bias]
+                    .into_iter()
+                    .flatten(),
+            );
+        }
+        crate::hugepages::promote(&arrays)
+    }
+
     pub fn copies(&self) -> usize {
         self.copies.len()
     }

@@ -17,6 +17,7 @@ pub mod ffi;
 pub mod fidelity;
 pub mod fused;
 pub mod generate;
+pub mod hugepages;
 pub mod membw;
 pub mod models;
 pub mod moe;

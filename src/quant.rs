@@ -191,6 +191,13 @@ impl QuantizedWeight {
         Ok(())
     }
 
+    /// The arrays holding this weight (codes, scales, biases).
+    pub fn arrays(&self) -> Vec<&Array> {
+        let mut v = vec![&self.w, &self.scales];
+        v.extend(self.biases.as_ref());
+        v
+    }
+
     /// Bytes held by the parts.
     pub fn nbytes(&self) -> usize {
         self.w.nbytes() + self.scales.nbytes() + self.biases.as_ref().map_or(0, Array::nbytes)

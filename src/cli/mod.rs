@@ -469,6 +469,21 @@ fn cmd_layer_bench(a: &BenchArgs) -> Result<()> {
             layer.total_bytes() / 1e6,
             layer.expert_bytes / 1e6
         );
+        if zmlx::hugepages::enabled() {
+            let hp = layer.promote_huge_pages()?;
+            println!(
+                "huge pages: {:.0} of {:.0} MB of weights backed by 2 MiB pages (MADV_COLLAPSE){} (ZMLX_HUGE_PAGES=0: off)",
+                hp.collapsed_bytes as f64 / 1e6,
+                hp.total_bytes as f64 / 1e6,
+                if hp.advised_bytes > 0 {
+                    format!(", {:.0} MB only advised", hp.advised_bytes as f64 / 1e6)
+                } else {
+                    String::new()
+                }
+            );
+        } else {
+            println!("huge pages: off (ZMLX_HUGE_PAGES=0)");
+        }
         let tokens = if a.tokens.is_empty() {
             spec.default_tokens.to_vec()
         } else {

@@ -301,6 +301,24 @@ pub(crate) fn make_rope(cfg: &ModelConfig) -> Result<Rope> {
 }
 
 impl Model {
+    /// Backs the routed experts' quantized weights with transparent huge pages (see
+    /// [`crate::hugepages`]); a no-op report when `ZMLX_HUGE_PAGES=0`.
+    pub fn promote_huge_pages(&self) -> Result<crate::hugepages::HugePages> {
+        if !crate::hugepages::enabled() {
+            return Ok(Default::default());
+        }
+        let arrays: Vec<&Array> = self
+            .layers
+            .iter()
+            .filter_map(|l| match &l.ffn {
+                Ffn::Moe(m) => Some(m.experts.quantized_arrays()),
+                Ffn::Dense(_) => None,
+            })
+            .flatten()
+            .collect();
+        crate::hugepages::promote(&arrays)
+    }
+
     /// Builds the model from mlx-lm-named tensors. Errors name the first missing or malformed tensor.
     pub fn from_tensors(cfg: ModelConfig, t: &mut Tensors) -> Result<Model> {
         let n = Naming::of(cfg.arch);

@@ -27,6 +27,8 @@ pub fn load(dir: &Path) -> Result<Model> {
         .map_err(|e| Error::checkpoint(dir.join("config.json"), e.to_string()))?;
     let mut t = Tensors::load_dir(dir)?;
     let model = Model::from_tensors(cfg, &mut t)?;
+    // Best effort: the model works the same without huge pages.
+    let _ = model.promote_huge_pages();
     Ok(model)
 }
 
@@ -39,6 +41,8 @@ pub fn synthesize(
     let cfg = ModelConfig::from_json(config)?;
     let mut t = synthetic::synth_tensors(&cfg, seed, progress)?;
     let model = Model::from_tensors(cfg, &mut t)?;
+    // Best effort: the model works the same without huge pages.
+    let _ = model.promote_huge_pages();
     Ok((model, t))
 }
 

@@ -190,6 +190,15 @@ fn gather_sort(x: &Array, indices: &Array) -> Result<Sorted> {
 }
 
 impl SwitchGlu {
+    /// The quantized expert weights' arrays (codes, scales, biases of gate, up and down).
+    pub fn quantized_arrays(&self) -> Vec<&Array> {
+        [&self.gate_proj, &self.up_proj, &self.down_proj]
+            .into_iter()
+            .filter_map(|w| w.quantized())
+            .flat_map(QuantizedWeight::arrays)
+            .collect()
+    }
+
     /// Checks that the three projections and biases agree: returns (E, D, I).
     pub fn dims(&self) -> Result<(i32, i32, i32)> {
         let (eg, ig, dg) = self.gate_proj.shape_enk();
