@@ -36,7 +36,7 @@ int64_t spin_ns_from_env() {
       return static_cast<int64_t>(v) * 1000;
     }
   }
-  return 200000;
+  return 2000000;
 }
 
 inline void cpu_relax() {
