@@ -63,25 +63,39 @@ pub fn promote(arrays: &[&Array]) -> Result<HugePages> {
     let mut r = HugePages::default();
     for a in arrays {
         let (addr, len) = buffer(a)?;
-        r.total_bytes += len;
-        let start = addr.div_ceil(HUGE) * HUGE;
-        let end = (addr + len) / HUGE * HUGE;
-        if end <= start {
-            continue;
-        }
-        #[cfg(target_os = "linux")]
-        {
-            let p = start as *mut std::ffi::c_void;
-            // SAFETY: [start, end) lies inside the array's live buffer; madvise with these advices
-            // changes only how those pages are backed, never their contents.
-            if unsafe { sys::madvise(p, end - start, sys::MADV_COLLAPSE) } == 0 {
-                r.collapsed_bytes += end - start;
-            } else if unsafe { sys::madvise(p, end - start, sys::MADV_HUGEPAGE) } == 0 {
-                r.advised_bytes += end - start;
-            }
-        }
+        let one = promote_bytes(addr as *const u8, len);
+        r.total_bytes += one.total_bytes;
+        r.collapsed_bytes += one.collapsed_bytes;
+        r.advised_bytes += one.advised_bytes;
     }
     Ok(r)
+}
+
+/// [`promote`] for the 2 MiB-aligned interior of the `len` bytes at `ptr`, which must be one live
+/// allocation of this process (e.g. a `Vec`'s buffer); nothing outside it is touched.
+pub fn promote_bytes(ptr: *const u8, len: usize) -> HugePages {
+    let mut r = HugePages {
+        total_bytes: len,
+        ..Default::default()
+    };
+    let addr = ptr as usize;
+    let start = addr.div_ceil(HUGE) * HUGE;
+    let end = (addr + len) / HUGE * HUGE;
+    if end <= start {
+        return r;
+    }
+    #[cfg(target_os = "linux")]
+    {
+        let p = start as *mut std::ffi::c_void;
+        // SAFETY: [start, end) lies inside the caller's live buffer; madvise with these advices
+        // changes only how those pages are backed, never their contents.
+        if unsafe { sys::madvise(p, end - start, sys::MADV_COLLAPSE) } == 0 {
+            r.collapsed_bytes = end - start;
+        } else if unsafe { sys::madvise(p, end - start, sys::MADV_HUGEPAGE) } == 0 {
+            r.advised_bytes = end - start;
+        }
+    }
+    r
 }
 
 /// Whether promotion is wanted: on unless `ZMLX_HUGE_PAGES` is `0`, `off` or `false`.

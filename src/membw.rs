@@ -57,6 +57,10 @@ pub fn measure_read(
     let buf: Vec<u64> = (0..words as u64)
         .map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
         .collect();
+    // The same page backing as the weights the benchmarks stream (see crate::hugepages).
+    if crate::hugepages::enabled() {
+        crate::hugepages::promote_bytes(buf.as_ptr().cast(), words * 8);
+    }
     let per = words.div_ceil(threads);
     let mut best = 0f64;
     let mut sink = 0u64;

@@ -446,10 +446,15 @@ fn cmd_layer_bench(a: &BenchArgs) -> Result<()> {
     let threads = zmlx::fused::num_threads()?;
     let bw = zmlx::membw::measure_read(1 << 30, threads as usize, 5).map_err(anyhow::Error::msg)?;
     println!(
-        "machine read bandwidth: {:.1} GB/s ({} threads reading a {} MiB buffer, best of 5)",
+        "machine read bandwidth: {:.1} GB/s ({} threads reading a {} MiB buffer{}, best of 5)",
         bw.gb_per_sec(),
         bw.threads,
-        bw.buffer_bytes >> 20
+        bw.buffer_bytes >> 20,
+        if zmlx::hugepages::enabled() {
+            " on huge pages"
+        } else {
+            ""
+        }
     );
     // Weights of all copies: at least 8 x a 32 MiB last-level cache and two copies, so no call finds its
     // experts in cache.
