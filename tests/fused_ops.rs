@@ -2111,3 +2111,82 @@ fn non_finite_activations_propagate() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// Activation groups of extreme magnitude (tiny: the integer path's power-of-two scale leaves float32's
+/// normal range; huge; one large element among small ones) give the float64 oracle's result on every SIMD
+/// level, per token within 1e-5 of that token's largest output (float32 output via float32 scores).
+#[test]
+fn extreme_activation_magnitudes_match_the_oracle() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let s = cpu();
+    let seed = run_seed() ^ 0x5eed;
+    let mut rng = Rng::new(seed);
+    let (e, n, k, kk, tokens) = (4usize, 40usize, 256usize, 2usize, 4usize);
+    let mut failures = Vec::new();
+    for q in [AFFINE4, MXFP4] {
+        let w = make_weights(&mut rng, e, n, k, q, Dt::Bf16, true, false, &s);
+        // Token 0: ordinary; 1: every value ~1e-35; 2: ~1e30; 3: one value 1.0 per group of 32, the rest ~1e-6.
+        let mut data = Vec::with_capacity(tokens * kk * k);
+        for t in 0..tokens {
+            for _ in 0..kk {
+                let v = rng.vec(k, 1.0);
+                data.extend(v.iter().enumerate().map(|(i, &x)| match t {
+                    0 => x,
+                    1 => x * 1e-35,
+                    2 => x * 1e30,
+                    _ => {
+                        if i % 32 == 7 {
+                            1.0
+                        } else {
+                            x * 1e-6
+                        }
+                    }
+                }));
+            }
+        }
+        let h = astype(
+            &f32s(&data, &[tokens as i32, kk as i32, 1, k as i32]),
+            Dt::Bf16.c(),
+            &s,
+        );
+        let hv: Vec<f64> = read(&h, &s)
+            .expect("h")
+            .into_iter()
+            .map(f64::from)
+            .collect();
+        let idx: Vec<u32> = (0..tokens * kk).map(|i| ((i * 3 + 1) % e) as u32).collect();
+        let rhs = u32s(&idx, &[tokens as i32, kk as i32]);
+        let sv = rng.vec(tokens * kk, 1.0);
+        let scores = f32s(&sv, &[tokens as i32, kk as i32]);
+        let mut want = vec![0f64; tokens * n];
+        for t in 0..tokens {
+            for j in 0..kk {
+                let hr = &hv[(t * kk + j) * k..(t * kk + j + 1) * k];
+                let ri = idx[t * kk + j] as usize;
+                for nn in 0..n {
+                    let wr = &w.deq[(ri * n + nn) * k..(ri * n + nn + 1) * k];
+                    want[t * n + nn] += f64::from(sv[t * kk + j]) * dot(hr, wr);
+                }
+            }
+        }
+        for level in simd_levels() {
+            set_simd(level);
+            let name = format!("{level}/{}", q.mode);
+            match call_combine(false, &h, &w, &rhs, &scores, true, q, &None, &s)
+                .and_then(|r| read(&r, &s))
+            {
+                Ok(got) => {
+                    for t in 0..tokens {
+                        let err = rel_err(&got[t * n..(t + 1) * n], &want[t * n..(t + 1) * n]);
+                        if !(err <= 1e-5) {
+                            failures.push(format!("{name}: token {t}: relative error {err:.3e}"));
+                        }
+                    }
+                }
+                Err(m) => failures.push(format!("{name}: {m}")),
+            }
+        }
+        set_simd("auto");
+    }
+    assert!(failures.is_empty(), "seed {seed}:\n{}", failures.join("\n"));
+}

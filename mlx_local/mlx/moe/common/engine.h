@@ -34,7 +34,8 @@ struct XPrep {
   // float32 activations with affine weights: every weight is dequantized to float32 first (the
   // same rounding as MLX's float32 path; in registers for few rows, into a tile for many), never the
   // per-group decomposition of the half-precision few-rows path, whose cancellation between
-  // scale * sum(x*q) and bias * sum(x) costs a few float32 ulps.
+  // scale * sum(x*q) and bias * sum(x) costs a few float32 ulps. The AVX2 engine also sets it for
+  // half-precision activations when a row's largest magnitude is below 2^-64 (see engine_avx2.cpp).
   bool exact = false;
   std::vector<float> lane; // [rows][stride]: engine layout, values as given
   std::vector<float> direct; // [rows][stride]: affine decode layout (prescaled); may be empty

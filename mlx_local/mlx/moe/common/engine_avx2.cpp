@@ -15,13 +15,15 @@
 // float without shifting; the activations of the direct layout are prescaled by 2^-(bits*p)
 // (exact: a power of two) to compensate. Per group: sum_k x*q is accumulated, multiplied by the
 // scale once, and bias * sum_k x is added from per-group activation sums. (The prescaled copies of
-// activations below ~2^-98 lose precision or become 0: such values contribute nothing visible to
-// a float16 / bfloat16 result. float32 activations never use this path: see XPrep::exact.)
+// activations far below their row's largest lose precision or become 0, which is invisible in the
+// result; a row whose largest magnitude is below 2^-64 switches the call to the exact path.
+// float32 activations never use this path: see XPrep::exact.)
 #include "mlx/moe/common/engine.h"
 
 #if defined(__x86_64__) || defined(_M_X64)
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <stdexcept>
@@ -966,10 +968,22 @@ void avx2_prepare(
   const int64_t kfull = nblk * geo.BE;
   const int64_t chunk = std::max<int64_t>(1, (int64_t{1} << 15) / std::max<int64_t>(K, 1));
   const int64_t pieces = (n + chunk - 1) / chunk;
+  // A row whose largest magnitude is below 2^-64 would lose precision to float32 subnormals in the
+  // prescaled copy (down to 2^-28 of the row); then the whole call takes the exact path instead.
+  std::atomic<bool> tiny{false};
   ThreadPool::instance().parallel_for(pieces, [&](int64_t c) {
     float* nat = detail::scratch(3, K + 16);
     for (int64_t r = c * chunk; r < std::min(n, (c + 1) * chunk); ++r) {
       detail::load_row(x, xt, src_rows[r], K, nat);
+      if (affine) {
+        float mx = 0.0f;
+        for (int64_t k = 0; k < K; ++k) {
+          mx = std::max(mx, std::fabs(nat[k]));
+        }
+        if (mx > 0.0f && mx < 0x1p-64f) {
+          tiny.store(true, std::memory_order_relaxed);
+        }
+      }
       float* lane = p.lane.data() + r * K;
       for (int64_t blk = 0; blk < nblk; ++blk) {
         const float* src = nat + blk * geo.BE;
@@ -1002,6 +1016,12 @@ void avx2_prepare(
       }
     }
   });
+  if (tiny.load()) {
+    // The natural-order lanes are exact; dequantize weights exactly instead (see XPrep::exact).
+    p.exact = true;
+    p.direct.clear();
+    p.gsum.clear();
+  }
 }
 
 const Engine kAvx2{SimdLevel::Avx2, avx2_prepare, avx2_dots};
