@@ -4,16 +4,12 @@
 #include <bit>
 #include <cstring>
 
+#include "mlx/moe/common/kernel_macros.h"
+
 namespace mlx::core::moe {
 
 namespace {
 
-// Compiled for several instruction sets; the loader picks the best the CPU has.
-#if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__))
-#define MOE_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define MOE_CLONES
-#endif
 
 MOE_CLONES void store_bf16(uint16_t* out, const float* v, int64_t n) {
   for (int64_t j = 0; j < n; ++j) {

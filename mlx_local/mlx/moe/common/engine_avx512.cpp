@@ -62,6 +62,11 @@ constexpr int64_t kPrefetch = 2048;
 // Rows ahead at which the scale and bias rows are prefetched.
 constexpr int64_t kScaleAhead = 8;
 
+// Mask of the first min(n, 16) lanes (n >= 0).
+MOE_INLINE __mmask16 first_lanes(int64_t n) {
+  return static_cast<__mmask16>(n >= 16 ? 0xffffu : (1u << n) - 1u);
+}
+
 // Whether the integer path handles this weight format.
 bool int_format(const QMat& m) {
   if (!m.transpose) {
@@ -214,8 +219,7 @@ MOE_INLINE __m512 load16(const void* p, Dtype t, ScaleFormat f, int64_t i, __mma
 MOE_INLINE void row_scales(const QMat& m, int64_t e, int64_t row, float* s, float* b) {
   const int64_t off = m.scale_offset(e, row);
   for (int64_t g = 0; g < m.groups; g += 16) {
-    const int64_t n = std::min<int64_t>(16, m.groups - g);
-    const auto mk = static_cast<__mmask16>((1u << n) - 1u);
+    const __mmask16 mk = first_lanes(m.groups - g);
     _mm512_storeu_ps(s + g, load16(m.scales, m.scale_dtype, m.scale, off + g, mk));
     if (m.elem == ElemFormat::Int) {
       _mm512_storeu_ps(b + g, load16(m.biases, m.bias_dtype, ScaleFormat::Float, off + g, mk));
@@ -230,7 +234,7 @@ MOE_INLINE float dot16(const float* a, const float* b, int64_t n) {
     acc = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), acc);
   }
   if (i < n) {
-    const __mmask16 mk = static_cast<__mmask16>((1u << (n - i)) - 1u);
+    const __mmask16 mk = first_lanes(n - i);
     acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mk, a + i), _mm512_maskz_loadu_ps(mk, b + i), acc);
   }
   return _mm512_reduce_add_ps(acc);
@@ -243,7 +247,7 @@ MOE_INLINE void mul16(const float* a, const float* b, float c, int64_t n, float*
     _mm512_storeu_ps(out + i, _mm512_mul_ps(_mm512_mul_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i)), cv));
   }
   if (i < n) {
-    const __mmask16 mk = static_cast<__mmask16>((1u << (n - i)) - 1u);
+    const __mmask16 mk = first_lanes(n - i);
     const __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(mk, a + i), _mm512_maskz_loadu_ps(mk, b + i));
     _mm512_mask_storeu_ps(out + i, mk, _mm512_mul_ps(v, cv));
   }
@@ -371,7 +375,7 @@ void int_dots_impl(
       const int64_t off = m.scale_offset(e, n0 + j);
       // xscale and gsum rows are zero-padded to a multiple of 16 (gstride).
       for (int64_t g = 0; g < ng; g += 16) {
-        const auto mk = static_cast<__mmask16>(ng - g >= 16 ? 0xffffu : (1u << (ng - g)) - 1u);
+        const __mmask16 mk = first_lanes(ng - g);
         __m512 sv = load16(m.scales, m.scale_dtype, m.scale, off + g, mk);
         if constexpr (E == ElemFormat::E2M1) {
           sv = _mm512_mul_ps(sv, _mm512_set1_ps(0.5f));
@@ -517,7 +521,7 @@ bool quantize_row(const QMat& m, const float* nat, int64_t K, int16_t* xq, float
     __m512 mxv = _mm512_setzero_ps();
     __mmask16 bad = 0;
     for (int64_t k = 0; k < G; k += 16) {
-      const __mmask16 mk = static_cast<__mmask16>(G - k >= 16 ? 0xffffu : (1u << (G - k)) - 1u);
+      const __mmask16 mk = first_lanes(G - k);
       const __m512 v = _mm512_maskz_loadu_ps(mk, src + k);
       bad |= _mm512_fpclass_ps_mask(v, 0x99);
       mxv = _mm512_max_ps(mxv, _mm512_abs_ps(v));
@@ -538,7 +542,7 @@ bool quantize_row(const QMat& m, const float* nat, int64_t K, int16_t* xq, float
       const __m512i lim = _mm512_set1_epi32(32767);
       __m512i sum = _mm512_setzero_si512();
       for (int64_t k = 0; k < G; k += 16) {
-        const __mmask16 mk = static_cast<__mmask16>(G - k >= 16 ? 0xffffu : (1u << (G - k)) - 1u);
+        const __mmask16 mk = first_lanes(G - k);
         __m512i q = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_maskz_loadu_ps(mk, src + k), up));
         q = _mm512_min_epi32(_mm512_max_epi32(q, _mm512_sub_epi32(_mm512_setzero_si512(), lim)), lim);
         sum = _mm512_add_epi32(sum, q);

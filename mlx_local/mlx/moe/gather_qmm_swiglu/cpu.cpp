@@ -16,6 +16,7 @@
 #include <limits>
 
 #include "mlx/moe/common/engine.h"
+#include "mlx/moe/common/kernel_macros.h"
 #include "mlx/moe/common/routing.h"
 #include "mlx/moe/common/thread_pool.h"
 #include "mlx/moe/common/validate.h"
@@ -31,14 +32,8 @@ constexpr const char* kTag = "gather_qmm_swiglu";
 // Routed rows handled per engine call (bounds the per-thread result buffers).
 constexpr int64_t kRowChunk = 256;
 
-// Compiled for several instruction sets (the loader picks the best the CPU has), so that the
-// activation of a block is a few vector instructions per 8 or 16 outputs instead of a call to expf
-// per output.
-#if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__))
-#define MOE_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define MOE_CLONES
-#endif
+// The activation loops are compiled for several instruction sets (MOE_CLONES), so that a block's
+// activation is a few vector instructions per 8 or 16 outputs instead of a call to expf per output.
 
 // exp(x) in float32 within ~2 ulp, branch-free so that loops over it vectorize: x = n ln2 + r with
 // |r| <= ln2 / 2 (ln2 split in two so n ln2 is exact), a degree-7 polynomial for e^r, times 2^n.
