@@ -128,7 +128,7 @@ struct BenchArgs {
     tokens: Vec<usize>,
     /// Timed iterations per layer and path (default 20 for a model); for the layer benchmark the most
     /// calls per path and token count within the budget (default 1000: at T=1 a median over a few dozen
-    /// calls moves by 10-30% on a shared machine).
+    /// calls is unsteady on a shared machine).
     #[arg(long)]
     iters: Option<usize>,
     /// Layer benchmark: seconds of timed calls per path and token count (at least one call each).
