@@ -260,7 +260,6 @@ impl BenchLayer {
         })
     }
 
-    /// Copies of the weights.
     /// Backs all copies' expert weights with transparent huge pages (see [`crate::hugepages`]).
     pub fn promote_huge_pages(&self) -> Result<crate::hugepages::HugePages> {
         let mut arrays = Vec::new();
@@ -275,6 +274,7 @@ impl BenchLayer {
         crate::hugepages::promote(&arrays)
     }
 
+    /// Copies of the weights.
     pub fn copies(&self) -> usize {
         self.copies.len()
     }

@@ -10,7 +10,6 @@ namespace mlx::core::moe {
 
 namespace {
 
-
 MOE_CLONES void store_bf16(uint16_t* out, const float* v, int64_t n) {
   for (int64_t j = 0; j < n; ++j) {
     const uint32_t u = std::bit_cast<uint32_t>(v[j]);

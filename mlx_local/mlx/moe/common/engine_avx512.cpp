@@ -268,10 +268,9 @@ void int_dots_impl(
   const int64_t ng = m.groups;
   // Scale stride per activation row: the chunk's first group + 16 lanes must stay inside.
   const int64_t scs = ng + 32;
-  // Few activation rows (one pass): scale rows decoded one at a time; more: all at once.
+  // Few activation rows (one pass): scale rows decoded in registers row by row; more: the block's
+  // scale rows decoded once, then passes over the block.
   const bool one_pass = R <= kRows;
-  float* sb = detail::scratch(0, (one_pass ? 1 : nb) * ng + 16);
-  float* bb = detail::scratch(1, (one_pass ? 1 : nb) * ng + 16);
   float* sc = detail::scratch(2, kRows * scs);
   // Scale (and bias) rows are decoded row by row alongside the weights and prefetched kScaleAhead
   // rows ahead, so that they stream with the weights instead of stalling the block's start.
@@ -427,6 +426,8 @@ void int_dots_impl(
   // those rows stay in L1.
   // Row after row: each row's zero padding is overwritten by the next row (the buffers hold
   // nb * groups + 16).
+  float* sb = detail::scratch(0, nb * ng + 16);
+  float* bb = detail::scratch(1, nb * ng + 16);
   for (int64_t j = 0; j < nb; ++j) {
     row_scales(m, e, n0 + j, sb + j * ng, bb + j * ng);
   }
