@@ -73,7 +73,7 @@ pub fn promote(arrays: &[&Array]) -> Result<HugePages> {
 
 /// [`promote`] for the 2 MiB-aligned interior of the `len` bytes at `ptr`, which must be one live
 /// allocation of this process (e.g. a `Vec`'s buffer); nothing outside it is touched.
-pub fn promote_bytes(ptr: *const u8, len: usize) -> HugePages {
+pub(crate) fn promote_bytes(ptr: *const u8, len: usize) -> HugePages {
     let mut r = HugePages {
         total_bytes: len,
         ..Default::default()
