@@ -181,6 +181,96 @@ struct RowDots {
   }
 };
 
+// Decode with one activation row: kWideRows adjacent weight rows of one expert at once. The
+// activation loads and the loop are shared by the rows and their sums come out of one horizontal
+// reduction; measured on the 2-vCPU Zen 4 machine (weights in L2) one thread's rate went from
+// ~29 to ~38-47 G weights/s for K = 768 and from ~40 to ~47-53 for K = 2048, and the Qwen3 layer
+// (weights from DRAM) from 0.87 to 0.76 ms. Eight rows spill registers and were slower.
+constexpr int kWideRows = 4;
+static_assert(kWideRows <= kRows, "the scale scratch holds kRows rows");
+
+template <ElemFormat E, int BITS, int G>
+struct WideDots {
+  static constexpr int W = kWideRows;
+  using F = Fmt<E, BITS>;
+  __m512 acc[W];
+  __m512i ia[W];
+  __m512i v[W];
+  const int16_t* x;
+  const float* sc[W]; // per group: weight row w's scale * activation scale (zero-padded)
+  __m512i lut;
+  __m512i gidx;
+
+  template <int j>
+  MOE_INLINE void pos(int64_t xo) {
+    const __m512i xv = _mm512_loadu_si512(x + xo + j * 32);
+    MOE_UNROLL
+    for (int w = 0; w < W; ++w) {
+      ia[w] = _mm512_dpwssd_epi32(ia[w], take<E, BITS, j>(v[w], lut), xv);
+    }
+  }
+  template <int... J>
+  MOE_INLINE void positions(int64_t xo, std::integer_sequence<int, J...>) {
+    (pos<J>(xo), ...);
+  }
+  MOE_INLINE void chunk(int64_t c) {
+    MOE_UNROLL
+    for (int w = 0; w < W; ++w) {
+      ia[w] = _mm512_setzero_si512();
+    }
+    positions(c * F::CE, std::make_integer_sequence<int, F::P>{});
+    const int64_t g0 = (c * F::CE) / G;
+    MOE_UNROLL
+    for (int w = 0; w < W; ++w) {
+      const __m512 s = _mm512_permutexvar_ps(gidx, _mm512_loadu_ps(sc[w] + g0));
+      acc[w] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ia[w]), s, acc[w]);
+    }
+  }
+
+  // out[w] = dot(weight row w (at w0 + w * row_bytes), the activation row) + the lanes of acc[w]
+  // as set by the caller.
+  MOE_INLINE void run(const uint8_t* w0, int64_t row_bytes, float* out) {
+    const int64_t full = row_bytes / kChunkBytes;
+    // The W rows are one contiguous stream of W * row_bytes: prefetch W lines per chunk, at least
+    // kPrefetch bytes and one whole block ahead.
+    const int64_t ahead = std::max<int64_t>(kPrefetch, W * row_bytes);
+    for (int64_t c = 0; c < full; ++c) {
+      MOE_UNROLL
+      for (int w = 0; w < W; ++w) {
+        _mm_prefetch(
+            reinterpret_cast<const char*>(w0 + ahead + (c * W + w) * kChunkBytes), _MM_HINT_NTA);
+      }
+      MOE_UNROLL
+      for (int w = 0; w < W; ++w) {
+        v[w] = _mm512_loadu_si512(w0 + w * row_bytes + c * kChunkBytes);
+        __asm__("" : "+v"(v[w])); // see RowDots::run
+      }
+      chunk(c);
+    }
+    const int64_t rest = row_bytes - full * kChunkBytes;
+    if (rest > 0) {
+      const __mmask64 mk = (~uint64_t{0}) >> (64 - rest);
+      MOE_UNROLL
+      for (int w = 0; w < W; ++w) {
+        v[w] = _mm512_maskz_loadu_epi8(mk, w0 + w * row_bytes + full * kChunkBytes);
+      }
+      chunk(full);
+    }
+    static_assert(W == 4, "the reduction below sums four rows");
+    __m256 h[W];
+    MOE_UNROLL
+    for (int w = 0; w < W; ++w) {
+      h[w] = _mm256_add_ps(_mm512_castps512_ps256(acc[w]), _mm512_extractf32x8_ps(acc[w], 1));
+    }
+    // [a01 a23 b01 b23 | a45 a67 b45 b67] and the same for rows 2, 3; then
+    // [a0123 b0123 c0123 d0123 | a4567 b4567 c4567 d4567].
+    const __m256 ab = _mm256_hadd_ps(h[0], h[1]);
+    const __m256 cd = _mm256_hadd_ps(h[2], h[3]);
+    const __m256 t = _mm256_hadd_ps(ab, cd);
+    _mm_storeu_ps(out, _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1)));
+  }
+};
+
 // 16 scale / bias values (float32, float16, bfloat16, e8m0 or e4m3 storage) from p + i as float32;
 // lanes outside mk are zero.
 MOE_INLINE __m512 load16(const void* p, Dtype t, ScaleFormat f, int64_t i, __mmask16 mk) {
@@ -401,7 +491,49 @@ void int_dots_impl(
     if (R <= 0) {
       return;
     }
-    for (int64_t j = 0; j < nb; ++j) {
+    int64_t j = 0;
+    if (R == 1) {
+      // kWideRows weight rows per step; their scales are decoded as in `decode` below.
+      constexpr int W = kWideRows;
+      const float* xs = p.xscale_row(slots[0]);
+      const float* gsm = p.gsum_row(slots[0]);
+      for (; j + W <= nb; j += W) {
+        for (int w = 0; w < W; ++w) {
+          if (j + w + kScaleAhead < nb) {
+            prefetch_scales(j + w + kScaleAhead);
+          }
+        }
+        WideDots<E, BITS, G> d;
+        d.lut = lut;
+        d.gidx = gidx;
+        d.x = p.xq_row(slots[0]);
+        int64_t off[W];
+        for (int w = 0; w < W; ++w) {
+          d.sc[w] = sc + w * scs;
+          d.acc[w] = _mm512_setzero_ps();
+          off[w] = m.scale_offset(e, n0 + j + w);
+        }
+        for (int64_t g = 0; g < ng; g += 16) {
+          const __mmask16 mk = first_lanes(ng - g);
+          const __m512 xsv = _mm512_loadu_ps(xs + g);
+          const __m512 gv = _mm512_loadu_ps(gsm + g);
+          MOE_UNROLL
+          for (int w = 0; w < W; ++w) {
+            __m512 sv = load16(m.scales, m.scale_dtype, m.scale, off[w] + g, mk);
+            if constexpr (E == ElemFormat::E2M1) {
+              sv = _mm512_mul_ps(sv, _mm512_set1_ps(0.5f));
+            }
+            _mm512_storeu_ps(sc + w * scs + g, _mm512_mul_ps(sv, xsv));
+            if constexpr (E == ElemFormat::Int) {
+              const __m512 bv = load16(m.biases, m.bias_dtype, ScaleFormat::Float, off[w] + g, mk);
+              d.acc[w] = _mm512_fmadd_ps(bv, gv, d.acc[w]);
+            }
+          }
+        }
+        d.run(m.row(e, n0 + j), m.row_bytes, y + j);
+      }
+    }
+    for (; j < nb; ++j) {
       if (j + kScaleAhead < nb) {
         prefetch_scales(j + kScaleAhead);
       }
