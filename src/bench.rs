@@ -152,6 +152,9 @@ pub fn layer_specs() -> Vec<LayerSpec> {
     ]
 }
 
+/// Layers per evaluation in the layer benchmark's decode-like measurement.
+pub const CHAIN_LAYERS: usize = 8;
+
 /// One row of the layer benchmark.
 #[derive(Clone, Debug)]
 pub struct LayerRow {
@@ -160,9 +163,13 @@ pub struct LayerRow {
     /// Median seconds per call: MLX's composed path (mlx-lm's SwitchGLU + combine) and ours.
     pub mlx_s: f64,
     pub fused_s: f64,
-    /// Calls timed per path.
+    /// Fused path, decode-like: median seconds per layer when [`CHAIN_LAYERS`] layers run in one
+    /// evaluation (see [`BenchLayer::time`]).
+    pub chain_s: f64,
+    /// Calls timed per path (chains for `chain_s`).
     pub mlx_iters: usize,
     pub fused_iters: usize,
+    pub chain_iters: usize,
     /// Mean number of distinct experts per call, and the weight bytes they hold (gate+up+down).
     pub distinct_experts: f64,
     pub weight_bytes: f64,
@@ -175,6 +182,13 @@ impl LayerRow {
     }
     pub fn speedup(&self) -> f64 {
         self.mlx_s / self.fused_s
+    }
+    /// The same for the per-layer time in a chain of layers.
+    pub fn chain_gb_per_s(&self) -> f64 {
+        self.weight_bytes / self.chain_s / 1e9
+    }
+    pub fn chain_speedup(&self) -> f64 {
+        self.mlx_s / self.chain_s
     }
 }
 
@@ -362,12 +376,43 @@ impl BenchLayer {
         };
         let (fused, distinct) = measure(MoePath::Fused)?;
         let (mlx, _) = measure(MoePath::Reference)?;
+        // Decode-like: CHAIN_LAYERS layers in one graph (each on the next copy of the weights, with its
+        // own expert choice, on the residual stream x + y of the layer before), evaluated once; the
+        // time per layer leaves out most of MLX's fixed cost per evaluation (handing the graph to the
+        // stream's thread and waiting for it), which a model pays once per token, not per layer.
+        let mut chain = Vec::new();
+        let start = Instant::now();
+        let mut call = 0usize;
+        while chain.is_empty()
+            || (chain.len() < max_iters && start.elapsed().as_secs_f64() < budget_s)
+        {
+            let mut layers = Vec::with_capacity(CHAIN_LAYERS);
+            for _ in 0..CHAIN_LAYERS {
+                layers.push(inputs()?);
+            }
+            let t0 = Instant::now();
+            let mut h = layers[0].0.clone();
+            for (l, (_, indices, scores, _)) in layers.iter().enumerate() {
+                let layer = &self.copies[(call + l) % self.copies.len()];
+                let y = layer.forward_combined(&h, indices, scores, MoePath::Fused)?;
+                h = mlx_rs::ops::add(&h, &y)?;
+            }
+            h.eval()?;
+            let dt = t0.elapsed().as_secs_f64() / CHAIN_LAYERS as f64;
+            // The first chain is a warm-up.
+            if call > 0 {
+                chain.push(dt);
+            }
+            call += CHAIN_LAYERS;
+        }
         Ok(LayerRow {
             tokens,
             mlx_iters: mlx.len(),
             fused_iters: fused.len(),
+            chain_iters: chain.len(),
             mlx_s: median(mlx),
             fused_s: median(fused),
+            chain_s: median(chain),
             distinct_experts: distinct,
             weight_bytes: distinct * self.expert_bytes,
         })

@@ -186,23 +186,60 @@ pub fn layer_errors(rows: &[zmlx::fidelity::LayerError]) {
 /// Column titles of the layer benchmark.
 pub fn layer_header() {
     println!(
-        "  {:>4} {:>15} {:>11} {:>9} {:>14} {:>10} {:>8}  calls(MLX/fused)",
-        "T", "MLX composed ms", "fused ms", "speedup", "experts read", "fused GB/s", "of peak"
+        "  (one layer per eval: each timed call evaluates one layer, as MLX's column does; {} layers per eval:\n   the fused path with {} layers chained on a residual stream in one evaluation, as in decoding, time per layer)",
+        zmlx::bench::CHAIN_LAYERS,
+        zmlx::bench::CHAIN_LAYERS
+    );
+    println!(
+        "  {:>4} {:>11} {:>14} {:>9} | {:>9} {:>8} {:>7} {:>6} | {:>9} {:>8} {:>7} {:>6}  calls (MLX/one/chains)",
+        "",
+        "",
+        "",
+        "",
+        "one layer",
+        "per eval",
+        "",
+        "",
+        format!("{} layers", zmlx::bench::CHAIN_LAYERS),
+        "per eval",
+        "",
+        ""
+    );
+    println!(
+        "  {:>4} {:>11} {:>14} {:>9} | {:>9} {:>8} {:>7} {:>6} | {:>9} {:>8} {:>7} {:>6}",
+        "T",
+        "MLX ms",
+        "experts read",
+        "MB read",
+        "fused ms",
+        "speedup",
+        "GB/s",
+        "peak",
+        "ms/layer",
+        "speedup",
+        "GB/s",
+        "peak"
     );
 }
 
 /// One row of the layer benchmark; `peak_gb_s` is the machine's measured read bandwidth.
 pub fn layer_row(r: &zmlx::bench::LayerRow, peak_gb_s: f64) {
     println!(
-        "  {:>4} {:>15.3} {:>11.3} {:>8.1}x {:>14.1} {:>10.1} {:>7.0}%  {}/{}",
+        "  {:>4} {:>11.3} {:>14.1} {:>9.1} | {:>9.3} {:>7.1}x {:>7.1} {:>5.0}% | {:>9.3} {:>7.1}x {:>7.1} {:>5.0}%  {}/{}/{}",
         r.tokens,
         r.mlx_s * 1e3,
+        r.distinct_experts,
+        r.weight_bytes / 1e6,
         r.fused_s * 1e3,
         r.speedup(),
-        r.distinct_experts,
         r.fused_gb_per_s(),
         100.0 * r.fused_gb_per_s() / peak_gb_s,
+        r.chain_s * 1e3,
+        r.chain_speedup(),
+        r.chain_gb_per_s(),
+        100.0 * r.chain_gb_per_s() / peak_gb_s,
         r.mlx_iters,
-        r.fused_iters
+        r.fused_iters,
+        r.chain_iters
     );
 }
