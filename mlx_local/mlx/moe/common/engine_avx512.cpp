@@ -31,6 +31,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <bit>
 #include <cmath>
 #include <cstring>
 #include <stdexcept>
@@ -659,6 +660,42 @@ void avx512_dots(
   fn(m, e, n0, nb, p, slots, R, y, ldy);
 }
 
+// The chunk layout of `chunks` whole chunks: dst[c * CE + j * 32 + l] = src[c * CE + l * P + j]
+// (CE = 32 * P). Output vector j of a chunk takes elements j, j + P, ... of its P input vectors:
+// vpermt2w gathers them from a pair of input vectors, a masked move merges the pairs.
+template <int P>
+void chunk_layout(const int16_t* src, int16_t* dst, int64_t chunks) {
+  static_assert(P == 2 || P == 4 || P == 8);
+  __m512i idx[P];
+  for (int j = 0; j < P; ++j) {
+    alignas(64) int16_t t[32];
+    for (int l = 0; l < 32; ++l) {
+      const int e = l * P + j; // element of the chunk: vector e / 32, lane e % 32
+      t[l] = static_cast<int16_t>(((e / 32) % 2) * 32 + e % 32);
+    }
+    idx[j] = _mm512_load_si512(t);
+  }
+  for (int64_t c = 0; c < chunks; ++c) {
+    __m512i r[P];
+    MOE_UNROLL
+    for (int q = 0; q < P; ++q) {
+      r[q] = _mm512_loadu_si512(src + c * 32 * P + 32 * q);
+    }
+    MOE_UNROLL
+    for (int j = 0; j < P; ++j) {
+      __m512i out = _mm512_permutex2var_epi16(r[0], idx[j], r[1]);
+      MOE_UNROLL
+      for (int k = 1; k < P / 2; ++k) {
+        // Output lanes [64k / P, 64(k + 1) / P) come from vectors 2k and 2k + 1.
+        const uint64_t lanes = ((uint64_t{1} << (64 / P)) - 1u) << (64 * k / P);
+        out = _mm512_mask_mov_epi16(
+            out, static_cast<__mmask32>(lanes), _mm512_permutex2var_epi16(r[2 * k], idx[j], r[2 * k + 1]));
+      }
+      _mm512_storeu_si512(dst + c * 32 * P + 32 * j, out);
+    }
+  }
+}
+
 // One activation row to the int16 chunk layout. Returns false if the row has a non-finite value.
 bool quantize_row(const QMat& m, const float* nat, int64_t K, int16_t* xq, float* xs, float* gs) {
   const int P = lane_elems(m);
@@ -682,15 +719,20 @@ bool quantize_row(const QMat& m, const float* nat, int64_t K, int16_t* xq, float
       return false;
     }
     const float mx = _mm512_reduce_max_ps(mxv);
+    // mx = f * 2^ex with f in [0.5, 1) (frexp), from the exponent bits for normal mx.
     int ex = 0;
-    if (mx > 0.0f) {
+    const uint32_t mbits = std::bit_cast<uint32_t>(mx);
+    if ((mbits >> 23) != 0) {
+      ex = static_cast<int>(mbits >> 23) - 126;
+    } else if (mx > 0.0f) {
       std::frexp(mx, &ex);
     }
     if (mx > 0.0f && 15 - ex >= -126 && 15 - ex <= 127) {
       // Power-of-two scale: max|x| * 2^(15 - ex) lies in [2^14, 2^15). Scaling by a power of two is
       // exact, so every element within 2^7 of the group's largest (bfloat16) is represented
       // exactly; smaller ones are rounded (to nearest even) to a multiple of the scale.
-      const __m512 up = _mm512_set1_ps(std::ldexp(1.0f, 15 - ex));
+      const __m512 up =
+          _mm512_set1_ps(std::bit_cast<float>(static_cast<uint32_t>(15 - ex + 127) << 23));
       const __m512i lim = _mm512_set1_epi32(32767);
       __m512i sum = _mm512_setzero_si512();
       for (int64_t k = 0; k < G; k += 16) {
@@ -700,7 +742,7 @@ bool quantize_row(const QMat& m, const float* nat, int64_t K, int16_t* xq, float
         sum = _mm512_add_epi32(sum, q);
         _mm256_mask_storeu_epi16(tmp + g * G + k, mk, _mm512_cvtepi32_epi16(q));
       }
-      const double sc = std::ldexp(1.0, ex - 15);
+      const double sc = std::bit_cast<double>(static_cast<uint64_t>(ex - 15 + 1023) << 52);
       xs[g] = static_cast<float>(sc);
       gs[g] = static_cast<float>(sc * static_cast<double>(_mm512_reduce_add_epi32(sum)));
     } else if (mx > 0.0f) {
@@ -722,12 +764,23 @@ bool quantize_row(const QMat& m, const float* nat, int64_t K, int16_t* xq, float
       gs[g] = 0.0f;
     }
   }
-  const int64_t chunks = (K + CE - 1) / CE;
-  for (int64_t c = 0; c < chunks; ++c) {
+  const int64_t full = K / CE;
+  switch (P) {
+    case 2:
+      chunk_layout<2>(tmp, xq, full);
+      break;
+    case 4:
+      chunk_layout<4>(tmp, xq, full);
+      break;
+    default:
+      chunk_layout<8>(tmp, xq, full);
+      break;
+  }
+  if (full * CE < K) {
     for (int j = 0; j < P; ++j) {
       for (int l = 0; l < 32; ++l) {
-        const int64_t k = c * CE + l * P + j;
-        xq[c * CE + j * 32 + l] = k < K ? tmp[k] : int16_t{0};
+        const int64_t k = full * CE + l * P + j;
+        xq[full * CE + j * 32 + l] = k < K ? tmp[k] : int16_t{0};
       }
     }
   }
