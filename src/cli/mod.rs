@@ -446,18 +446,25 @@ fn cmd_layer_bench(a: &BenchArgs) -> Result<()> {
     }
     report::header()?;
     let threads = zmlx::fused::num_threads()?;
-    let bw = zmlx::membw::measure_read(1 << 30, threads as usize, 5).map_err(anyhow::Error::msg)?;
-    println!(
-        "machine read bandwidth: {:.1} GB/s ({} threads reading a {} MiB buffer{}, best of 5)",
-        bw.gb_per_sec(),
-        bw.threads,
-        bw.buffer_bytes >> 20,
-        if zmlx::hugepages::enabled() {
-            " on huge pages"
-        } else {
-            ""
-        }
-    );
+    // The read bandwidth this process gets on a shared host moves (on the 2-vCPU development machine
+    // between ~30 and ~55 GB/s, in spells of seconds): it is measured right before each layer's rows, which
+    // are compared with it, and again after them.
+    let measure_bw = |when: &str| -> Result<f64> {
+        let bw =
+            zmlx::membw::measure_read(1 << 30, threads as usize, 5).map_err(anyhow::Error::msg)?;
+        println!(
+            "machine read bandwidth {when}: {:.1} GB/s ({} threads reading a {} MiB buffer{}, best of 5)",
+            bw.gb_per_sec(),
+            bw.threads,
+            bw.buffer_bytes >> 20,
+            if zmlx::hugepages::enabled() {
+                " on huge pages"
+            } else {
+                ""
+            }
+        );
+        Ok(bw.gb_per_sec())
+    };
     // Weights of all copies: at least 8 x a 32 MiB last-level cache and two copies, so no call finds its
     // experts in cache.
     let min_bytes = (256u64 << 20) as f64;
@@ -496,6 +503,7 @@ fn cmd_layer_bench(a: &BenchArgs) -> Result<()> {
         } else {
             a.tokens.clone()
         };
+        let bw = measure_bw("now (the rows' \"peak\")")?;
         report::layer_header();
         for (n, &t) in tokens.iter().enumerate() {
             let row = layer.time(
@@ -504,8 +512,9 @@ fn cmd_layer_bench(a: &BenchArgs) -> Result<()> {
                 a.budget,
                 a.iters.unwrap_or(1000),
             )?;
-            report::layer_row(&row, bw.gb_per_sec());
+            report::layer_row(&row, bw);
         }
+        measure_bw("after these rows")?;
     }
     Ok(())
 }
