@@ -301,7 +301,8 @@ impl BenchLayer {
     /// Times `tokens` tokens through the layer on both paths. Each call draws fresh inputs and a fresh
     /// expert choice (k distinct experts per token, softmax scores) and uses the next copy of the weights.
     /// Each path gets one untimed warm-up call, then runs until `budget_s` seconds or `max_iters` calls
-    /// (at least one).
+    /// (at least one). Then the fused path again, [`CHAIN_LAYERS`] layers per evaluation, within the same
+    /// budget ([`LayerRow::chain_s`]).
     pub fn time(
         &self,
         tokens: usize,
@@ -377,9 +378,10 @@ impl BenchLayer {
         let (fused, distinct) = measure(MoePath::Fused)?;
         let (mlx, _) = measure(MoePath::Reference)?;
         // Decode-like: CHAIN_LAYERS layers in one graph (each on the next copy of the weights, with its
-        // own expert choice, on the residual stream x + y of the layer before), evaluated once; the
-        // time per layer leaves out most of MLX's fixed cost per evaluation (handing the graph to the
-        // stream's thread and waiting for it), which a model pays once per token, not per layer.
+        // own expert choice, on the residual stream x + y of the layer before), evaluated once, as a
+        // model's forward pass is: MLX's fixed cost per evaluation (handing the graph to the stream's
+        // thread and waiting for it) is spread over the layers, and the graph is built and encoded while
+        // the first layers run.
         let mut chain = Vec::new();
         let start = Instant::now();
         let mut call = 0usize;
