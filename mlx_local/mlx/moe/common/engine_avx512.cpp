@@ -112,76 +112,6 @@ MOE_INLINE __m512i take(__m512i v, __m512i lut) {
   }
 }
 
-// Accumulates R activation rows against one weight row (R independent accumulator chains; the
-// chunks of a row are independent until the float32 accumulation, so consecutive chunks overlap).
-template <ElemFormat E, int BITS, int G, int R>
-struct RowDots {
-  using F = Fmt<E, BITS>;
-  __m512 acc[R];
-  __m512i ia[R];
-  __m512i v;
-  const int16_t* x[R];
-  const float* sc[R]; // per group: weight scale * activation scale (zero-padded)
-  __m512i lut;
-  __m512i gidx; // int32 lane m -> group offset within the chunk's first group
-
-  template <int j>
-  MOE_INLINE void pos(int64_t xo) {
-    const __m512i q = take<E, BITS, j>(v, lut);
-    MOE_UNROLL
-    for (int r = 0; r < R; ++r) {
-      ia[r] = _mm512_dpwssd_epi32(ia[r], q, _mm512_loadu_si512(x[r] + xo + j * 32));
-    }
-  }
-  template <int... J>
-  MOE_INLINE void positions(int64_t xo, std::integer_sequence<int, J...>) {
-    (pos<J>(xo), ...);
-  }
-  MOE_INLINE void chunk(int64_t c) {
-    MOE_UNROLL
-    for (int r = 0; r < R; ++r) {
-      ia[r] = _mm512_setzero_si512();
-    }
-    positions(c * F::CE, std::make_integer_sequence<int, F::P>{});
-    const int64_t g0 = (c * F::CE) / G;
-    MOE_UNROLL
-    for (int r = 0; r < R; ++r) {
-      const __m512 s = _mm512_permutexvar_ps(gidx, _mm512_loadu_ps(sc[r] + g0));
-      acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ia[r]), s, acc[r]);
-    }
-  }
-
-  // out[r] = dot(weight row w, activation row r) + the lanes of init[r] (null: zero)
-  MOE_INLINE void run(const uint8_t* w, int64_t row_bytes, float* out, const __m512* init = nullptr) {
-    MOE_UNROLL
-    for (int r = 0; r < R; ++r) {
-      acc[r] = init != nullptr ? init[r] : _mm512_setzero_ps();
-    }
-    const int64_t full = row_bytes / kChunkBytes;
-    for (int64_t c = 0; c < full; ++c) {
-      // Non-temporal prefetch (the weights are read once per call): measured on the 2-vCPU Zen 4
-      // machine it lifts one thread's weight stream from ~8 to ~11 GB/s; the hardware prefetcher
-      // alone lets the stream stall behind the arithmetic.
-      _mm_prefetch(reinterpret_cast<const char*>(w + c * kChunkBytes + kPrefetch), _MM_HINT_NTA);
-      v = _mm512_loadu_si512(w + c * kChunkBytes);
-      // Keep the chunk in a register: otherwise the compiler folds the load into every shift / mask
-      // (P loads of the same line per chunk, and the load ports are the tightest resource here).
-      __asm__("" : "+v"(v));
-      chunk(c);
-    }
-    const int64_t rest = row_bytes - full * kChunkBytes;
-    if (rest > 0) {
-      const __mmask64 mk = (~uint64_t{0}) >> (64 - rest);
-      v = _mm512_maskz_loadu_epi8(mk, w + full * kChunkBytes);
-      chunk(full);
-    }
-    MOE_UNROLL
-    for (int r = 0; r < R; ++r) {
-      out[r] = _mm512_reduce_add_ps(acc[r]);
-    }
-  }
-};
-
 // Decode with one activation row: kWideRows adjacent weight rows of one expert at once. The
 // activation loads and the loop are shared by the rows and their sums come out of one horizontal
 // reduction; measured on the 2-vCPU Zen 4 machine (weights in L2) one thread's rate went from
@@ -189,29 +119,40 @@ struct RowDots {
 // (weights from DRAM) from 0.87 to 0.76 ms. Eight rows spill registers and were slower.
 constexpr int kWideRows = 4;
 static_assert(kWideRows <= kRows, "the scale scratch holds kRows rows");
-// Prefetch of the wide decode (see WideDots::run).
+// Prefetch of several weight rows at once (see Dots::run).
 constexpr int64_t kWalkBytes = 8192;
 constexpr int64_t kStreamAhead = 1024;
 static_assert(kStreamAhead * kWideRows <= kWalkBytes, "long rows are longer than kStreamAhead");
 
-template <ElemFormat E, int BITS, int G>
-struct WideDots {
-  static constexpr int W = kWideRows;
+// Dot products of W adjacent weight rows of one expert with R activation rows: W * R independent
+// accumulator chains (the chunks of a row are independent until the float32 accumulation, so
+// consecutive chunks overlap). W = 1: one weight row against up to kRows activation rows (prefill
+// passes, decode with a few rows per expert); W = kWideRows, R = 1: decode with one row.
+template <ElemFormat E, int BITS, int G, int W, int R>
+struct Dots {
   using F = Fmt<E, BITS>;
-  __m512 acc[W];
-  __m512i ia[W];
+  __m512 acc[W][R]; // set by the caller before run()
+  __m512i ia[W][R];
   __m512i v[W];
-  const int16_t* x;
-  const float* sc[W]; // per group: weight row w's scale * activation scale (zero-padded)
+  const int16_t* x[R];
+  const float* sc[W][R]; // per group: weight scale * activation scale (zero-padded)
   __m512i lut;
-  __m512i gidx;
+  __m512i gidx; // int32 lane m -> group offset within the chunk's first group
 
   template <int j>
   MOE_INLINE void pos(int64_t xo) {
-    const __m512i xv = _mm512_loadu_si512(x + xo + j * 32);
+    __m512i q[W];
     MOE_UNROLL
     for (int w = 0; w < W; ++w) {
-      ia[w] = _mm512_dpwssd_epi32(ia[w], take<E, BITS, j>(v[w], lut), xv);
+      q[w] = take<E, BITS, j>(v[w], lut);
+    }
+    MOE_UNROLL
+    for (int r = 0; r < R; ++r) {
+      const __m512i xv = _mm512_loadu_si512(x[r] + xo + j * 32);
+      MOE_UNROLL
+      for (int w = 0; w < W; ++w) {
+        ia[w][r] = _mm512_dpwssd_epi32(ia[w][r], q[w], xv);
+      }
     }
   }
   template <int... J>
@@ -221,30 +162,39 @@ struct WideDots {
   MOE_INLINE void chunk(int64_t c) {
     MOE_UNROLL
     for (int w = 0; w < W; ++w) {
-      ia[w] = _mm512_setzero_si512();
+      MOE_UNROLL
+      for (int r = 0; r < R; ++r) {
+        ia[w][r] = _mm512_setzero_si512();
+      }
     }
     positions(c * F::CE, std::make_integer_sequence<int, F::P>{});
     const int64_t g0 = (c * F::CE) / G;
     MOE_UNROLL
     for (int w = 0; w < W; ++w) {
-      const __m512 s = _mm512_permutexvar_ps(gidx, _mm512_loadu_ps(sc[w] + g0));
-      acc[w] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ia[w]), s, acc[w]);
+      MOE_UNROLL
+      for (int r = 0; r < R; ++r) {
+        const __m512 s = _mm512_permutexvar_ps(gidx, _mm512_loadu_ps(sc[w][r] + g0));
+        acc[w][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ia[w][r]), s, acc[w][r]);
+      }
     }
   }
 
-  // out[w] = dot(weight row w (at w0 + w * row_bytes), the activation row) + the lanes of acc[w]
-  // as set by the caller.
+  // out[w * R + r] = dot(weight row w (at w0 + w * row_bytes), activation row r) + the lanes of
+  // acc[w][r] as set by the caller.
   MOE_INLINE void run(const uint8_t* w0, int64_t row_bytes, float* out) {
     const int64_t full = row_bytes / kChunkBytes;
-    // Prefetch, W lines per chunk. Short rows (a block of at most kWalkBytes): the next block, read
-    // front to back while this one is computed (its W * row_bytes are one contiguous range). Long
-    // rows: each row kStreamAhead bytes ahead of itself, and past its end the same row of the next
-    // block. Measured (A/B in one process, weights from DRAM): the walk is what made the Qwen3
-    // layer faster; for Mixtral's 28 KiB blocks of the down projection it was slower than the
-    // single-row kernel (L1 is 32 KiB), the per-row prefetch matched it; per-row prefetch for
-    // 2 KiB rows was 20-30% slower than the walk.
-    const bool walk = W * row_bytes <= kWalkBytes;
-    const int64_t ahead = std::max<int64_t>(kPrefetch, W * row_bytes);
+    // Non-temporal prefetch, W lines per chunk (the weights are read once per call; measured on the
+    // 2-vCPU Zen 4 machine it lifts one thread's weight stream from ~8 to ~11 GB/s, the hardware
+    // prefetcher alone lets the stream stall behind the arithmetic). One row: kPrefetch bytes ahead.
+    // Several rows in a block of at most kWalkBytes: the next block, read front to back while this
+    // one is computed (its W * row_bytes are one contiguous range). Longer rows: each row
+    // kStreamAhead bytes ahead of itself, and past its end the same row of the next block. Measured
+    // (A/B in one process, weights from DRAM): the walk is what made the Qwen3 layer faster; for
+    // Mixtral's 28 KiB blocks of the down projection it was slower than one row at a time (L1 is
+    // 32 KiB), the per-row prefetch matched it; per-row prefetch for 2 KiB rows was 20-30% slower
+    // than the walk.
+    const bool walk = W == 1 || W * row_bytes <= kWalkBytes;
+    const int64_t ahead = W == 1 ? kPrefetch : std::max<int64_t>(kPrefetch, W * row_bytes);
     for (int64_t c = 0; c < full; ++c) {
       if (walk) {
         MOE_UNROLL
@@ -263,7 +213,9 @@ struct WideDots {
       MOE_UNROLL
       for (int w = 0; w < W; ++w) {
         v[w] = _mm512_loadu_si512(w0 + w * row_bytes + c * kChunkBytes);
-        __asm__("" : "+v"(v[w])); // see RowDots::run
+        // Keep the chunk in a register: otherwise the compiler folds the load into every shift /
+        // mask (P loads of the same line per chunk, and the load ports are the tightest resource).
+        __asm__("" : "+v"(v[w]));
       }
       chunk(c);
     }
@@ -276,18 +228,27 @@ struct WideDots {
       }
       chunk(full);
     }
-    static_assert(W == 4, "the reduction below sums four rows");
-    __m256 h[W];
-    MOE_UNROLL
-    for (int w = 0; w < W; ++w) {
-      h[w] = _mm256_add_ps(_mm512_castps512_ps256(acc[w]), _mm512_extractf32x8_ps(acc[w], 1));
+    if constexpr (W == 4 && R == 1) {
+      __m256 h[W];
+      MOE_UNROLL
+      for (int w = 0; w < W; ++w) {
+        h[w] = _mm256_add_ps(_mm512_castps512_ps256(acc[w][0]), _mm512_extractf32x8_ps(acc[w][0], 1));
+      }
+      // [a01 a23 b01 b23 | a45 a67 b45 b67] and the same for rows 2, 3; then
+      // [a0123 b0123 c0123 d0123 | a4567 b4567 c4567 d4567].
+      const __m256 ab = _mm256_hadd_ps(h[0], h[1]);
+      const __m256 cd = _mm256_hadd_ps(h[2], h[3]);
+      const __m256 t = _mm256_hadd_ps(ab, cd);
+      _mm_storeu_ps(out, _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1)));
+    } else {
+      MOE_UNROLL
+      for (int w = 0; w < W; ++w) {
+        MOE_UNROLL
+        for (int r = 0; r < R; ++r) {
+          out[w * R + r] = _mm512_reduce_add_ps(acc[w][r]);
+        }
+      }
     }
-    // [a01 a23 b01 b23 | a45 a67 b45 b67] and the same for rows 2, 3; then
-    // [a0123 b0123 c0123 d0123 | a4567 b4567 c4567 d4567].
-    const __m256 ab = _mm256_hadd_ps(h[0], h[1]);
-    const __m256 cd = _mm256_hadd_ps(h[2], h[3]);
-    const __m256 t = _mm256_hadd_ps(ab, cd);
-    _mm_storeu_ps(out, _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1)));
   }
 };
 
@@ -428,7 +389,7 @@ void int_dots_impl(
   }
   // Weight row j (scales s, biases b) against the activation rows r0..r0+RR-1.
   auto pass = [&]<int RR>(int64_t j, int64_t r0, const float* s, const float* b) {
-    RowDots<E, BITS, G, RR> d;
+    Dots<E, BITS, G, 1, RR> d;
     d.lut = lut;
     d.gidx = gidx;
     float out[RR];
@@ -436,7 +397,8 @@ void int_dots_impl(
     for (int r = 0; r < RR; ++r) {
       const int64_t slot = slots[r0 + r];
       d.x[r] = p.xq_row(slot);
-      d.sc[r] = sc + r * scs;
+      d.sc[0][r] = sc + r * scs;
+      d.acc[0][r] = _mm512_setzero_ps();
       mul16(s, p.xscale_row(slot), fmt_scale, ng, sc + r * scs);
       bias[r] = E == ElemFormat::Int ? dot16(b, p.gsum_row(slot), ng) : 0.0f;
     }
@@ -462,50 +424,64 @@ void int_dots_impl(
     }
   };
   if (one_pass) {
-    // Decode: the weights and their scale rows stream once, row by row. A row's scales are decoded
-    // in registers straight into each activation row's combined scales (weight scale * activation
-    // scale), and its affine bias term sum_g bias_g * gsum_g starts the float32 accumulators (one
-    // horizontal sum per row and activation row).
-    auto decode = [&]<int RR>(int64_t j) {
-      RowDots<E, BITS, G, RR> d;
+    // Decode: the weights and their scale rows stream once, W rows at a time (W = kWideRows for one
+    // activation row, else 1). A row's scales are decoded in registers straight into each activation
+    // row's combined scales (weight scale * activation scale), and its affine bias term
+    // sum_g bias_g * gsum_g starts the float32 accumulators (one horizontal sum per row and
+    // activation row).
+    auto decode = [&]<int W, int RR>(int64_t j) {
+      static_assert(W * RR <= kRows, "the scale scratch holds kRows rows");
+      Dots<E, BITS, G, W, RR> d;
       d.lut = lut;
       d.gidx = gidx;
-      __m512 init[RR];
       const float* xs[RR];
       const float* gsm[RR];
       MOE_UNROLL
       for (int r = 0; r < RR; ++r) {
-        init[r] = _mm512_setzero_ps();
         d.x[r] = p.xq_row(slots[r]);
-        d.sc[r] = sc + r * scs;
         xs[r] = p.xscale_row(slots[r]);
         gsm[r] = p.gsum_row(slots[r]);
       }
-      const int64_t off = m.scale_offset(e, n0 + j);
+      int64_t off[W];
+      MOE_UNROLL
+      for (int w = 0; w < W; ++w) {
+        off[w] = m.scale_offset(e, n0 + j + w);
+        MOE_UNROLL
+        for (int r = 0; r < RR; ++r) {
+          d.sc[w][r] = sc + (w * RR + r) * scs;
+          d.acc[w][r] = _mm512_setzero_ps();
+        }
+      }
       // xscale and gsum rows are zero-padded to a multiple of 16 (gstride).
       for (int64_t g = 0; g < ng; g += 16) {
         const __mmask16 mk = first_lanes(ng - g);
-        __m512 sv = load16(m.scales, m.scale_dtype, m.scale, off + g, mk);
-        if constexpr (E == ElemFormat::E2M1) {
-          sv = _mm512_mul_ps(sv, _mm512_set1_ps(0.5f));
-        }
         MOE_UNROLL
-        for (int r = 0; r < RR; ++r) {
-          _mm512_storeu_ps(sc + r * scs + g, _mm512_mul_ps(sv, _mm512_loadu_ps(xs[r] + g)));
-        }
-        if constexpr (E == ElemFormat::Int) {
-          const __m512 bv = load16(m.biases, m.bias_dtype, ScaleFormat::Float, off + g, mk);
+        for (int w = 0; w < W; ++w) {
+          __m512 sv = load16(m.scales, m.scale_dtype, m.scale, off[w] + g, mk);
+          if constexpr (E == ElemFormat::E2M1) {
+            sv = _mm512_mul_ps(sv, _mm512_set1_ps(0.5f));
+          }
           MOE_UNROLL
           for (int r = 0; r < RR; ++r) {
-            init[r] = _mm512_fmadd_ps(bv, _mm512_loadu_ps(gsm[r] + g), init[r]);
+            _mm512_storeu_ps(sc + (w * RR + r) * scs + g, _mm512_mul_ps(sv, _mm512_loadu_ps(xs[r] + g)));
+          }
+          if constexpr (E == ElemFormat::Int) {
+            const __m512 bv = load16(m.biases, m.bias_dtype, ScaleFormat::Float, off[w] + g, mk);
+            MOE_UNROLL
+            for (int r = 0; r < RR; ++r) {
+              d.acc[w][r] = _mm512_fmadd_ps(bv, _mm512_loadu_ps(gsm[r] + g), d.acc[w][r]);
+            }
           }
         }
       }
-      float out[RR];
-      d.run(m.row(e, n0 + j), m.row_bytes, out, init);
+      float out[W * RR];
+      d.run(m.row(e, n0 + j), m.row_bytes, out);
       MOE_UNROLL
-      for (int r = 0; r < RR; ++r) {
-        y[r * ldy + j] = out[r];
+      for (int w = 0; w < W; ++w) {
+        MOE_UNROLL
+        for (int r = 0; r < RR; ++r) {
+          y[r * ldy + j + w] = out[w * RR + r];
+        }
       }
     };
     if (R <= 0) {
@@ -513,44 +489,14 @@ void int_dots_impl(
     }
     int64_t j = 0;
     if (R == 1) {
-      // kWideRows weight rows per step; their scales are decoded as in `decode` below.
-      constexpr int W = kWideRows;
-      const float* xs = p.xscale_row(slots[0]);
-      const float* gsm = p.gsum_row(slots[0]);
-      for (; j + W <= nb; j += W) {
-        for (int w = 0; w < W; ++w) {
+      // kWideRows weight rows per step.
+      for (; j + kWideRows <= nb; j += kWideRows) {
+        for (int w = 0; w < kWideRows; ++w) {
           if (j + w + kScaleAhead < nb) {
             prefetch_scales(j + w + kScaleAhead);
           }
         }
-        WideDots<E, BITS, G> d;
-        d.lut = lut;
-        d.gidx = gidx;
-        d.x = p.xq_row(slots[0]);
-        int64_t off[W];
-        for (int w = 0; w < W; ++w) {
-          d.sc[w] = sc + w * scs;
-          d.acc[w] = _mm512_setzero_ps();
-          off[w] = m.scale_offset(e, n0 + j + w);
-        }
-        for (int64_t g = 0; g < ng; g += 16) {
-          const __mmask16 mk = first_lanes(ng - g);
-          const __m512 xsv = _mm512_loadu_ps(xs + g);
-          const __m512 gv = _mm512_loadu_ps(gsm + g);
-          MOE_UNROLL
-          for (int w = 0; w < W; ++w) {
-            __m512 sv = load16(m.scales, m.scale_dtype, m.scale, off[w] + g, mk);
-            if constexpr (E == ElemFormat::E2M1) {
-              sv = _mm512_mul_ps(sv, _mm512_set1_ps(0.5f));
-            }
-            _mm512_storeu_ps(sc + w * scs + g, _mm512_mul_ps(sv, xsv));
-            if constexpr (E == ElemFormat::Int) {
-              const __m512 bv = load16(m.biases, m.bias_dtype, ScaleFormat::Float, off[w] + g, mk);
-              d.acc[w] = _mm512_fmadd_ps(bv, gv, d.acc[w]);
-            }
-          }
-        }
-        d.run(m.row(e, n0 + j), m.row_bytes, y + j);
+        decode.template operator()<kWideRows, 1>(j);
       }
     }
     for (; j < nb; ++j) {
@@ -559,16 +505,16 @@ void int_dots_impl(
       }
       switch (R) {
         case 4:
-          decode.template operator()<4>(j);
+          decode.template operator()<1, 4>(j);
           break;
         case 3:
-          decode.template operator()<3>(j);
+          decode.template operator()<1, 3>(j);
           break;
         case 2:
-          decode.template operator()<2>(j);
+          decode.template operator()<1, 2>(j);
           break;
         default:
-          decode.template operator()<1>(j);
+          decode.template operator()<1, 1>(j);
           break;
       }
     }
