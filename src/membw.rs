@@ -37,6 +37,71 @@ fn read_sum(chunk: &[u64]) -> u64 {
     total
 }
 
+/// A read-bandwidth probe that keeps its buffer (filled and given the benchmarks' page backing once), so
+/// that a benchmark can measure again and again without allocating and filling a large buffer each time.
+pub struct ReadProbe {
+    buf: Vec<u64>,
+    threads: usize,
+}
+
+impl ReadProbe {
+    /// A `buffer_bytes` buffer (should be far larger than the last-level cache) read by `threads` threads.
+    /// Errors only on nonsensical arguments.
+    pub fn new(buffer_bytes: usize, threads: usize) -> Result<ReadProbe, String> {
+        if threads == 0 {
+            return Err("bandwidth measurement needs at least one thread".into());
+        }
+        let words = buffer_bytes / 8;
+        if words < threads * 64 {
+            return Err(format!(
+                "buffer of {buffer_bytes} bytes is too small to measure"
+            ));
+        }
+        // Distinct non-zero values: pages are really backed and the sum cannot be folded away.
+        let buf: Vec<u64> = (0..words as u64)
+            .map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
+            .collect();
+        // The same page backing as the weights the benchmarks stream (see crate::hugepages).
+        if crate::hugepages::enabled() {
+            crate::hugepages::promote_bytes(buf.as_ptr().cast(), words * 8);
+        }
+        Ok(ReadProbe { buf, threads })
+    }
+
+    /// Reads the whole buffer `repeats` times and returns the best pass. Errors if `repeats` is 0.
+    pub fn measure(&self, repeats: usize) -> Result<Bandwidth, String> {
+        if repeats == 0 {
+            return Err("bandwidth measurement needs at least one repeat".into());
+        }
+        let words = self.buf.len();
+        let per = words.div_ceil(self.threads);
+        let mut best = 0f64;
+        let mut sink = 0u64;
+        for _ in 0..repeats {
+            let t0 = Instant::now();
+            let sums: Vec<u64> = std::thread::scope(|s| {
+                let handles: Vec<_> = self
+                    .buf
+                    .chunks(per)
+                    .map(|chunk| s.spawn(move || read_sum(chunk)))
+                    .collect();
+                handles.into_iter().map(|h| h.join().unwrap_or(0)).collect()
+            });
+            let dt = t0.elapsed().as_secs_f64();
+            sink = sums.into_iter().fold(sink, u64::wrapping_add);
+            if dt > 0.0 {
+                best = best.max((words * 8) as f64 / dt);
+            }
+        }
+        std::hint::black_box(sink);
+        Ok(Bandwidth {
+            bytes_per_sec: best,
+            threads: self.threads,
+            buffer_bytes: words * 8,
+        })
+    }
+}
+
 /// Reads a `buffer_bytes` buffer (should be far larger than the last-level cache) with `threads` threads,
 /// `repeats` times, and returns the best pass. Errors only on nonsensical arguments.
 pub fn measure_read(
@@ -44,47 +109,10 @@ pub fn measure_read(
     threads: usize,
     repeats: usize,
 ) -> Result<Bandwidth, String> {
-    if threads == 0 || repeats == 0 {
-        return Err("bandwidth measurement needs at least one thread and one repeat".into());
+    if repeats == 0 {
+        return Err("bandwidth measurement needs at least one repeat".into());
     }
-    let words = buffer_bytes / 8;
-    if words < threads * 64 {
-        return Err(format!(
-            "buffer of {buffer_bytes} bytes is too small to measure"
-        ));
-    }
-    // Distinct non-zero values: pages are really backed and the sum cannot be folded away.
-    let buf: Vec<u64> = (0..words as u64)
-        .map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
-        .collect();
-    // The same page backing as the weights the benchmarks stream (see crate::hugepages).
-    if crate::hugepages::enabled() {
-        crate::hugepages::promote_bytes(buf.as_ptr().cast(), words * 8);
-    }
-    let per = words.div_ceil(threads);
-    let mut best = 0f64;
-    let mut sink = 0u64;
-    for _ in 0..repeats {
-        let t0 = Instant::now();
-        let sums: Vec<u64> = std::thread::scope(|s| {
-            let handles: Vec<_> = buf
-                .chunks(per)
-                .map(|chunk| s.spawn(move || read_sum(chunk)))
-                .collect();
-            handles.into_iter().map(|h| h.join().unwrap_or(0)).collect()
-        });
-        let dt = t0.elapsed().as_secs_f64();
-        sink = sums.into_iter().fold(sink, u64::wrapping_add);
-        if dt > 0.0 {
-            best = best.max((words * 8) as f64 / dt);
-        }
-    }
-    std::hint::black_box(sink);
-    Ok(Bandwidth {
-        bytes_per_sec: best,
-        threads,
-        buffer_bytes: words * 8,
-    })
+    ReadProbe::new(buffer_bytes, threads)?.measure(repeats)
 }
 
 /// Cores available to this process.
@@ -103,6 +131,18 @@ mod tests {
         let bw = measure_read(16 << 20, 2, 2).expect("measure");
         assert!(bw.bytes_per_sec > 1e8, "implausible bandwidth {:?}", bw);
         assert_eq!(bw.threads, 2);
+    }
+
+    #[test]
+    fn a_probe_measures_repeatedly_and_rejects_zero_repeats() {
+        let p = ReadProbe::new(16 << 20, 2).expect("probe");
+        for _ in 0..2 {
+            let bw = p.measure(1).expect("measure");
+            assert!(bw.bytes_per_sec > 1e8, "implausible bandwidth {:?}", bw);
+            assert_eq!(bw.buffer_bytes, 16 << 20);
+        }
+        assert!(p.measure(0).is_err());
+        assert!(ReadProbe::new(16 << 20, 0).is_err());
     }
 
     #[test]

@@ -449,9 +449,10 @@ fn cmd_layer_bench(a: &BenchArgs) -> Result<()> {
     // The read bandwidth this process gets on a shared host moves (on the 2-vCPU development machine
     // between ~30 and ~55 GB/s, in spells of seconds): it is measured right before each layer's rows, which
     // are compared with it, and again after them.
+    let probe =
+        zmlx::membw::ReadProbe::new(1 << 30, threads as usize).map_err(anyhow::Error::msg)?;
     let measure_bw = |when: &str| -> Result<f64> {
-        let bw =
-            zmlx::membw::measure_read(1 << 30, threads as usize, 5).map_err(anyhow::Error::msg)?;
+        let bw = probe.measure(5).map_err(anyhow::Error::msg)?;
         println!(
             "machine read bandwidth {when}: {:.1} GB/s ({} threads reading a {} MiB buffer{}, best of 5)",
             bw.gb_per_sec(),
