@@ -127,7 +127,8 @@ static_assert(kStreamAhead * kWideRows <= kWalkBytes, "long rows are longer than
 // Dot products of W adjacent weight rows of one expert with R activation rows: W * R independent
 // accumulator chains (the chunks of a row are independent until the float32 accumulation, so
 // consecutive chunks overlap). W = 1: one weight row against up to kRows activation rows (prefill
-// passes, decode with a few rows per expert); W = kWideRows, R = 1: decode with one row; W = R = 2: decode with two.
+// passes, decode with three or four rows per expert); W = kWideRows, R = 1: decode with one row;
+// W = R = 2: decode with two.
 template <ElemFormat E, int BITS, int G, int W, int R, bool SREG = false>
 struct Dots {
   using F = Fmt<E, BITS>;
