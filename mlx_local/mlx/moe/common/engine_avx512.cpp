@@ -122,8 +122,11 @@ static_assert(kWideRows <= kRows, "the scale scratch holds kRows rows");
 // Prefetch of several weight rows at once (see Dots::run).
 constexpr int64_t kWalkBytes = 8192;
 constexpr int64_t kStreamAhead = 1024;
-// Blocks ahead of the walk at which several-row blocks are also prefetched into L2 (see Dots::run).
+// Prefetch into L2 further ahead than the L1 prefetch above (see Dots::run): blocks ahead of the
+// walk of several-row blocks, bytes ahead for one row, bytes ahead per row for long rows.
 constexpr int64_t kFarBlocks = 4;
+constexpr int64_t kFarBytes = 8192;
+constexpr int64_t kFarStream = 4096;
 static_assert(kStreamAhead * kWideRows <= kWalkBytes, "long rows are longer than kStreamAhead");
 
 // Dot products of W adjacent weight rows of one expert with R activation rows: W * R independent
@@ -143,7 +146,7 @@ struct Dots {
   __m512 sr[W][R][2];
   __m512i lut;
   __m512i gidx; // int32 lane m -> group offset within the chunk's first group
-  const uint8_t* rows_end = nullptr; // end of the expert's weight rows (set by the caller)
+  const uint8_t* rows_end = nullptr; // end of the expert's weight rows (set before run())
 
   template <int j>
   MOE_INLINE void pos(int64_t xo) {
@@ -208,9 +211,10 @@ struct Dots {
     // (A/B in one process, weights from DRAM): the walk is what made the Qwen3 layer faster; for
     // Mixtral's 28 KiB blocks of the down projection it was slower than one row at a time (L1 is
     // 32 KiB), the per-row prefetch matched it; per-row prefetch for 2 KiB rows was 20-30% slower
-    // than the walk. Several-row blocks are also walked kFarBlocks blocks ahead with an L2 hint
-    // (within the expert's rows): A/B, Qwen3 layer T=1, 0.683/0.690 -> 0.662/0.673 ms and
-    // 0.770/0.795 -> 0.739/0.729 ms; an L1 hint there was slower (0.712/0.743).
+    // than the walk. Each of these is doubled by an L2 prefetch further ahead, within the expert's
+    // rows (several-row blocks: kFarBlocks blocks ahead; one row: kFarBytes; long rows: kFarStream
+    // per row): A/B, Qwen3 layer T=1 0.683/0.690 -> 0.662/0.673 ms and 0.770/0.795 -> 0.739/0.729
+    // ms (an L1 hint there was slower, 0.712/0.743), Mixtral-like layer T=1 6.34 -> 5.84 ms.
     const bool walk = W == 1 || W * row_bytes <= kWalkBytes;
     const int64_t ahead = W == 1 ? kPrefetch : std::max<int64_t>(kPrefetch, W * row_bytes);
     const uint8_t* far = w0 + kFarBlocks * W * row_bytes;
@@ -225,12 +229,24 @@ struct Dots {
             _mm_prefetch(reinterpret_cast<const char*>(far + (c * W + w) * kChunkBytes), _MM_HINT_T2);
           }
         }
+        if constexpr (W == 1) {
+          const uint8_t* f = w0 + c * kChunkBytes + kFarBytes;
+          if (f < rows_end) {
+            _mm_prefetch(reinterpret_cast<const char*>(f), _MM_HINT_T2);
+          }
+        }
       } else {
         const int64_t off = c * kChunkBytes + kStreamAhead;
         const int64_t at = off < row_bytes ? off : off + (W - 1) * row_bytes;
+        const int64_t off_far = c * kChunkBytes + kFarStream;
+        const int64_t at_far = off_far < row_bytes ? off_far : off_far + (W - 1) * row_bytes;
         MOE_UNROLL
         for (int w = 0; w < W; ++w) {
           _mm_prefetch(reinterpret_cast<const char*>(w0 + w * row_bytes + at), _MM_HINT_NTA);
+          const uint8_t* f = w0 + w * row_bytes + at_far;
+          if (f < rows_end) {
+            _mm_prefetch(reinterpret_cast<const char*>(f), _MM_HINT_T2);
+          }
         }
       }
       MOE_UNROLL
@@ -425,6 +441,7 @@ void int_dots_impl(
       mul16(s, p.xscale_row(slot), fmt_scale, ng, sc + r * scs);
       bias[r] = E == ElemFormat::Int ? dot16(b, p.gsum_row(slot), ng) : 0.0f;
     }
+    d.rows_end = m.row(e, m.rows);
     d.run(m.row(e, n0 + j), m.row_bytes, out);
     for (int r = 0; r < RR; ++r) {
       y[(r0 + r) * ldy + j] = out[r] + bias[r];
