@@ -127,6 +127,8 @@ constexpr int64_t kStreamAhead = 1024;
 constexpr int64_t kFarBlocks = 4;
 constexpr int64_t kFarBytes = 8192;
 constexpr int64_t kFarStream = 4096;
+// Bytes at the start of a block of rows prefetched into L2 before its loop starts.
+constexpr int64_t kFarHead = 16384;
 static_assert(kStreamAhead * kWideRows <= kWalkBytes, "long rows are longer than kStreamAhead");
 
 // Dot products of W adjacent weight rows of one expert with R activation rows: W * R independent
@@ -415,12 +417,18 @@ void int_dots_impl(
   const __m512i gidx = _mm512_load_si512(gi);
 
   // The block's weights are one contiguous stream: start its first kPrefetch bytes now (the loop
-  // prefetches kPrefetch bytes ahead of itself from there on).
+  // prefetches kPrefetch bytes ahead of itself from there on), and the next kFarHead bytes into L2
+  // (where the loop's L2 prefetch starts; A/B, Qwen3 layer T=1: 0.699/0.661/0.697 ->
+  // 0.673/0.656/0.689 ms).
   {
     const uint8_t* w0 = m.row(e, n0);
     const int64_t head = std::min<int64_t>(kPrefetch, nb * m.row_bytes);
     for (int64_t o = 0; o < head; o += kChunkBytes) {
       _mm_prefetch(reinterpret_cast<const char*>(w0 + o), _MM_HINT_NTA);
+    }
+    const int64_t head_far = std::min<int64_t>(kFarHead, nb * m.row_bytes);
+    for (int64_t o = head; o < head_far; o += kChunkBytes) {
+      _mm_prefetch(reinterpret_cast<const char*>(w0 + o), _MM_HINT_T2);
     }
     for (int64_t j = 0; j < std::min(nb, kScaleAhead); ++j) {
       prefetch_scales(j);
