@@ -416,6 +416,8 @@ void int_dots_impl(
   }
   const __m512i gidx = _mm512_load_si512(gi);
 
+  // End of the expert's weight rows: the far prefetch stays inside them.
+  const uint8_t* rows_end = m.row(e, m.rows);
   // The block's weights are one contiguous stream: start its first kPrefetch bytes now (the loop
   // prefetches kPrefetch bytes ahead of itself from there on), and the next kFarHead bytes into L2
   // (where the loop's L2 prefetch starts; A/B, Qwen3 layer T=1: 0.699/0.661/0.697 ->
@@ -449,7 +451,7 @@ void int_dots_impl(
       mul16(s, p.xscale_row(slot), fmt_scale, ng, sc + r * scs);
       bias[r] = E == ElemFormat::Int ? dot16(b, p.gsum_row(slot), ng) : 0.0f;
     }
-    d.rows_end = m.row(e, m.rows);
+    d.rows_end = rows_end;
     d.run(m.row(e, n0 + j), m.row_bytes, out);
     for (int r = 0; r < RR; ++r) {
       y[(r0 + r) * ldy + j] = out[r] + bias[r];
@@ -546,7 +548,7 @@ void int_dots_impl(
         }
       }
       float out[W * RR];
-      d.rows_end = m.row(e, m.rows);
+      d.rows_end = rows_end;
       d.run(m.row(e, n0 + j), m.row_bytes, out);
       MOE_UNROLL
       for (int w = 0; w < W; ++w) {
@@ -564,28 +566,23 @@ void int_dots_impl(
     // Zen 4 machine (two threads, weights in L2, K = 768) 35 -> 41 G weights/s per thread.
     auto rows = [&]<bool SREG>() {
       int64_t j = 0;
-      if (R == 2) {
+      // W weight rows (against the RR = R activation rows) per step while W of them are left.
+      auto wide = [&]<int W, int RR>() {
+        for (; j + W <= nb; j += W) {
+          for (int w = 0; w < W; ++w) {
+            if (j + w + kScaleAhead < nb) {
+              prefetch_scales(j + w + kScaleAhead);
+            }
+          }
+          decode.template operator()<W, RR, SREG>(j);
+        }
+      };
+      if (R == 1) {
+        wide.template operator()<kWideRows, 1>();
+      } else if (R == 2) {
         // Two weight rows per step (A/B, weights from DRAM: T=4 2.71 -> 2.61 ms, T=16 7.98 ->
         // 7.76 ms, T=1 unchanged; two rows for three or four activation rows were not faster).
-        for (; j + 2 <= nb; j += 2) {
-          for (int w = 0; w < 2; ++w) {
-            if (j + w + kScaleAhead < nb) {
-              prefetch_scales(j + w + kScaleAhead);
-            }
-          }
-          decode.template operator()<2, 2, SREG>(j);
-        }
-      }
-      if (R == 1) {
-        // kWideRows weight rows per step.
-        for (; j + kWideRows <= nb; j += kWideRows) {
-          for (int w = 0; w < kWideRows; ++w) {
-            if (j + w + kScaleAhead < nb) {
-              prefetch_scales(j + w + kScaleAhead);
-            }
-          }
-          decode.template operator()<kWideRows, 1, SREG>(j);
-        }
+        wide.template operator()<2, 2>();
       }
       for (; j < nb; ++j) {
         if (j + kScaleAhead < nb) {
