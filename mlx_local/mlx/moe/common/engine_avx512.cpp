@@ -134,8 +134,8 @@ static_assert(kStreamAhead * kWideRows <= kWalkBytes, "long rows are longer than
 // Dot products of W adjacent weight rows of one expert with R activation rows: W * R independent
 // accumulator chains (the chunks of a row are independent until the float32 accumulation, so
 // consecutive chunks overlap). W = 1: one weight row against up to kRows activation rows (prefill
-// passes, decode with three or four rows per expert); W = kWideRows, R = 1: decode with one row;
-// W = R = 2: decode with two.
+// passes, decode with three or four rows per expert, rows left over); W = kWideRows, R = 1: decode
+// with one row; W = R = 2: decode with two.
 template <ElemFormat E, int BITS, int G, int W, int R, bool SREG = false>
 struct Dots {
   using F = Fmt<E, BITS>;
@@ -475,7 +475,7 @@ void int_dots_impl(
   };
   if (one_pass) {
     // Decode: the weights and their scale rows stream once, W rows at a time (W = kWideRows for one
-    // activation row, else 1). A row's scales are decoded in registers straight into each activation
+    // activation row, 2 for two, else 1; rows left over one at a time). A row's scales are decoded in registers straight into each activation
     // row's combined scales (weight scale * activation scale), and its affine bias term
     // sum_g bias_g * gsum_g starts the float32 accumulators (one horizontal sum per row and
     // activation row).
