@@ -1795,7 +1795,7 @@ fn out_of_range_indices_fail_at_eval() {
             ),
             (
                 i32s(&[0, -1, 2, 3, 1, 0], &[3, 2]),
-                "expert index 4294967295 at position 1",
+                "expert index -1 at position 1 is out of range",
             ),
         ] {
             let out = call_swiglu(
@@ -2189,4 +2189,157 @@ fn extreme_activation_magnitudes_match_the_oracle() {
         set_simd("auto");
     }
     assert!(failures.is_empty(), "seed {seed}:\n{}", failures.join("\n"));
+}
+
+/// A copy of `a` made row-contiguous (evaluated).
+fn materialized(a: &Arr, s: &Stream) -> Arr {
+    let mut c = Arr(unsafe { sys::mlx_array_new() });
+    ok(
+        unsafe { sys::mlx_contiguous(&mut c.0, a.0, false, s.0) },
+        "contiguous",
+    );
+    eval(&c).expect("eval copy");
+    c
+}
+
+/// The same values as `a` through a view that is not row-contiguous: the axes reversed,
+/// materialized, and reversed back.
+fn reversed_view(a: &Arr, s: &Stream) -> Arr {
+    let nd = shape_of(a).len() as i32;
+    let rev: Vec<i32> = (0..nd).rev().collect();
+    let c = materialized(&transpose(a, &rev, s), s);
+    transpose(&c, &rev, s)
+}
+
+fn broadcast_to(a: &Arr, shape: &[i32], s: &Stream) -> Arr {
+    let mut r = Arr(unsafe { sys::mlx_array_new() });
+    ok(
+        unsafe { sys::mlx_broadcast_to(&mut r.0, a.0, shape.as_ptr(), shape.len(), s.0) },
+        "broadcast_to",
+    );
+    r
+}
+
+/// The fused ops take their activations, indices (any integer dtype), scores and expert biases in
+/// any layout, broadcast or strided (the kernels resolve them): results equal, bit for bit, those
+/// of the same values given row-contiguous, with uint32 indices.
+#[test]
+fn fused_ops_take_inputs_in_any_layout_and_index_dtype() {
+    // Bitwise comparisons: the SIMD level must not change between the calls.
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let s = cpu();
+    let q = AFFINE4;
+    let mut rng = Rng::new(run_seed() ^ 0x1a40);
+    let (e, d, inter) = (4usize, 128usize, 64usize);
+    let g = make_weights(&mut rng, e, inter, d, q, Dt::F32, true, false, &s);
+    let u = make_weights(&mut rng, e, inter, d, q, Dt::F32, true, false, &s);
+    let w = make_weights(&mut rng, e, d, inter, q, Dt::F32, true, false, &s);
+    let x = f32s(&rng.vec(3 * d, 1.0), &[3, 1, 1, d as i32]);
+    let rhs = u32s(&[0, 3, 2, 1, 3, 0], &[3, 2]);
+    let gbias = f32s(&rng.vec(e * inter, 0.1), &[e as i32, inter as i32]);
+    let dbias = f32s(&rng.vec(e * d, 0.1), &[e as i32, d as i32]);
+    let scores = f32s(&rng.vec(6, 1.0), &[3, 2]);
+
+    // A new handle to the same array (the helpers take Options of owned handles).
+    let dup = |a: &Arr| astype(a, dtype_of(a), &s);
+    let swiglu = |x: &Arr, lhs: Option<&Arr>, rhs: &Arr, gb: &Arr| -> Vec<f32> {
+        let out = call_swiglu(
+            false,
+            x,
+            &g,
+            &u,
+            &lhs.map(dup),
+            &Some(dup(rhs)),
+            true,
+            q,
+            false,
+            None,
+            &Some(dup(gb)),
+            &None,
+            &s,
+        )
+        .expect("swiglu");
+        read(&out, &s).expect("read swiglu")
+    };
+    let want = swiglu(&x, None, &rhs, &gbias);
+    assert!(want.iter().any(|&v| v != 0.0));
+
+    // x broadcast along its batch, and x with a strided last axis.
+    let x0 = f32s(&rng.vec(d, 1.0), &[1, 1, 1, d as i32]);
+    let xb = broadcast_to(&x0, &[3, 1, 1, d as i32], &s);
+    assert_eq!(
+        swiglu(&xb, None, &rhs, &gbias),
+        swiglu(&materialized(&xb, &s), None, &rhs, &gbias),
+        "broadcast x"
+    );
+    let xs = reversed_view(&x, &s);
+    assert_eq!(swiglu(&xs, None, &rhs, &gbias), want, "strided x");
+    // Index dtypes and layouts; an explicit lhs equal to the default one.
+    for (name, r) in [
+        ("int64", astype(&rhs, sys::mlx_dtype__MLX_INT64, &s)),
+        ("uint8", astype(&rhs, sys::mlx_dtype__MLX_UINT8, &s)),
+        ("int16", astype(&rhs, sys::mlx_dtype__MLX_INT16, &s)),
+        ("strided", reversed_view(&rhs, &s)),
+    ] {
+        assert_eq!(swiglu(&x, None, &r, &gbias), want, "rhs {name}");
+    }
+    let lhs = astype(
+        &u32s(&[0, 0, 1, 1, 2, 2], &[3, 2]),
+        sys::mlx_dtype__MLX_INT64,
+        &s,
+    );
+    assert_eq!(swiglu(&x, Some(&lhs), &rhs, &gbias), want, "explicit lhs");
+    let lhs = reversed_view(&lhs, &s);
+    assert_eq!(swiglu(&x, Some(&lhs), &rhs, &gbias), want, "strided lhs");
+    assert_eq!(
+        swiglu(&x, None, &rhs, &reversed_view(&gbias, &s)),
+        want,
+        "strided gate bias"
+    );
+
+    // Combine: h strided, scores strided or broadcast, expert indices as int64, bias strided.
+    let h = f32s(&rng.vec(6 * inter, 1.0), &[3, 2, 1, inter as i32]);
+    let combine = |h: &Arr, r: &Arr, sc: &Arr, b: &Arr| -> Vec<f32> {
+        let out = call_combine(false, h, &w, r, sc, true, q, &Some(dup(b)), &s).expect("combine");
+        read(&out, &s).expect("read combine")
+    };
+    let want = combine(&h, &rhs, &scores, &dbias);
+    assert!(want.iter().any(|&v| v != 0.0));
+    assert_eq!(
+        combine(&reversed_view(&h, &s), &rhs, &scores, &dbias),
+        want,
+        "strided h"
+    );
+    assert_eq!(
+        combine(&h, &reversed_view(&rhs, &s), &scores, &dbias),
+        want,
+        "strided rhs"
+    );
+    assert_eq!(
+        combine(
+            &h,
+            &astype(&rhs, sys::mlx_dtype__MLX_INT64, &s),
+            &scores,
+            &dbias
+        ),
+        want,
+        "int64 rhs"
+    );
+    assert_eq!(
+        combine(&h, &rhs, &reversed_view(&scores, &s), &dbias),
+        want,
+        "strided scores"
+    );
+    assert_eq!(
+        combine(&h, &rhs, &scores, &reversed_view(&dbias, &s)),
+        want,
+        "strided bias"
+    );
+    let s0 = f32s(&rng.vec(2, 1.0), &[1, 2]);
+    let sb = broadcast_to(&s0, &[3, 2], &s);
+    assert_eq!(
+        combine(&h, &rhs, &sb, &dbias),
+        combine(&h, &rhs, &materialized(&sb, &s), &dbias),
+        "broadcast scores"
+    );
 }

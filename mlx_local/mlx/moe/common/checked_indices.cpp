@@ -8,14 +8,16 @@
 #include <sstream>
 #include <stdexcept>
 
-#include "mlx/moe/common/validate.h"
+#include "mlx/moe/common/batch_inputs.h"
 
 namespace mlx::core::moe {
 
 array checked_indices(const array& idx, int64_t limit, const std::string& what, const std::string& tag) {
   Stream cpu = default_stream(Device::cpu);
-  array in = ensure_contiguous(astype(idx, uint32, cpu), cpu);
-  return array(in.shape(), uint32, std::make_shared<CheckedIndices>(cpu, limit, what, tag), {in});
+  if (!issubdtype(idx.dtype(), integer)) {
+    throw std::invalid_argument("[" + tag + "] " + what + " must be integral.");
+  }
+  return array(idx.shape(), uint32, std::make_shared<CheckedIndices>(cpu, limit, what, tag), {idx});
 }
 
 void CheckedIndices::eval_cpu(const std::vector<array>& inputs, array& out) {
@@ -29,19 +31,10 @@ void CheckedIndices::eval_cpu(const std::vector<array>& inputs, array& out) {
                 limit = limit_,
                 what = what_,
                 tag = tag_]() mutable {
-    const uint32_t* src = in.data<uint32_t>();
-    uint32_t* dst = out.data<uint32_t>();
-    const int64_t n = static_cast<int64_t>(out.size());
-    int64_t bad = -1;
-    for (int64_t i = 0; i < n; ++i) {
-      const bool ok = static_cast<int64_t>(src[i]) < limit;
-      if (!ok && bad < 0) {
-        bad = i;
-      }
-      dst[i] = ok ? src[i] : 0u;
-    }
-    if (bad >= 0) {
-      check_index_range(tag, what.c_str(), src, n, limit);
+    const std::string bad =
+        read_indices(tag, what.c_str(), &in, {}, in.shape(), limit, out.data<uint32_t>());
+    if (!bad.empty()) {
+      throw std::out_of_range(bad);
     }
   });
 }

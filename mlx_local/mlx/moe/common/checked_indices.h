@@ -1,7 +1,8 @@
 // Copyright © 2026 zmlx contributors.
 //
-// checked_indices(idx, limit): a copy of uint32 indices, evaluated on the CPU, whose evaluation
-// fails with std::out_of_range if an index is >= limit. The copy has every bad index replaced by 0,
+// checked_indices(idx, limit): a uint32 copy of integer indices (any integer dtype and layout),
+// evaluated on the CPU, whose evaluation fails with std::out_of_range if an index is negative or
+// >= limit (the same check and message as the fused kernels'). The copy has every bad index replaced by 0,
 // so whatever is evaluated after it in the same stream (MLX keeps running queued tasks after a
 // failed one) never reads out of bounds. The composed reference paths gather through it because
 // MLX's own gather_qmm does not check its indices.

@@ -164,13 +164,12 @@ void check_expert_bias(
   }
 }
 
-std::pair<array, array> gather_indices(
+Shape gather_batch_shape(
     std::string_view tag,
     const std::optional<array>& lhs,
     const std::optional<array>& rhs,
     const array& x,
-    const array& w,
-    StreamOrDevice s) {
+    const array& w) {
   auto one = [&](const std::optional<array>& idx, const array& of, const char* name) {
     if (idx) {
       if (!issubdtype(idx->dtype(), integer)) {
@@ -179,26 +178,51 @@ std::pair<array, array> gather_indices(
             << ".";
         throw std::invalid_argument(msg.str());
       }
-      return astype(*idx, uint32, s);
+      return idx->shape();
     }
     Shape batch(of.shape().begin(), of.shape().end() - 2);
     int64_t n = std::accumulate(batch.begin(), batch.end(), int64_t{1}, std::multiplies<int64_t>());
     if (n > std::numeric_limits<int>::max()) {
       throw std::invalid_argument(std::string("[") + std::string(tag) + "] too many batch entries.");
     }
-    return reshape(arange(static_cast<int>(n), uint32, s), batch, s);
+    return batch;
   };
-  array l = one(lhs, x, "lhs_indices");
-  array r = one(rhs, w, "rhs_indices");
+  const Shape l = one(lhs, x, "lhs_indices");
+  const Shape r = one(rhs, w, "rhs_indices");
+  Shape b;
   try {
-    auto b = broadcast_arrays({l, r}, s);
-    return {b[0], b[1]};
+    b = broadcast_shapes(l, r);
   } catch (const std::invalid_argument&) {
     std::ostringstream msg;
-    msg << "[" << tag << "] lhs_indices with shape " << shape_str(l.shape())
-        << " and rhs_indices with shape " << shape_str(r.shape()) << " cannot be broadcast together.";
+    msg << "[" << tag << "] lhs_indices with shape " << shape_str(l)
+        << " and rhs_indices with shape " << shape_str(r) << " cannot be broadcast together.";
     throw std::invalid_argument(msg.str());
   }
+  if (std::accumulate(b.begin(), b.end(), int64_t{1}, std::multiplies<int64_t>()) >
+      std::numeric_limits<int>::max()) {
+    throw std::invalid_argument(std::string("[") + std::string(tag) + "] too many batch entries.");
+  }
+  return b;
+}
+
+std::pair<array, array> gather_indices(
+    std::string_view tag,
+    const std::optional<array>& lhs,
+    const std::optional<array>& rhs,
+    const array& x,
+    const array& w,
+    StreamOrDevice s) {
+  const Shape batch = gather_batch_shape(tag, lhs, rhs, x, w);
+  auto one = [&](const std::optional<array>& idx, const array& of) {
+    if (idx) {
+      return broadcast_to(astype(*idx, uint32, s), batch, s);
+    }
+    Shape src(of.shape().begin(), of.shape().end() - 2);
+    const int n = static_cast<int>(
+        std::accumulate(src.begin(), src.end(), int64_t{1}, std::multiplies<int64_t>()));
+    return broadcast_to(reshape(arange(n, uint32, s), src, s), batch, s);
+  };
+  return {one(lhs, x), one(rhs, w)};
 }
 
 array ensure_contiguous(const array& a, StreamOrDevice s) {
@@ -207,10 +231,6 @@ array ensure_contiguous(const array& a, StreamOrDevice s) {
     return a;
   }
   return contiguous(a, false, s);
-}
-
-array flat_indices(const array& idx, StreamOrDevice s) {
-  return reshape(ensure_contiguous(idx, s), {-1}, s);
 }
 
 void check_index_range(

@@ -50,7 +50,16 @@ void check_expert_bias(
     const ProjInfo& p);
 
 // gather_qmm's index rules: a missing index array is arange over the batch dimensions of x (lhs)
-// or w (rhs); given ones must be integral; both are cast to uint32 and broadcast together.
+// or w (rhs); given ones must be integral; the two broadcast together to the batch shape returned.
+Shape gather_batch_shape(
+    std::string_view tag,
+    const std::optional<array>& lhs,
+    const std::optional<array>& rhs,
+    const array& x,
+    const array& w);
+
+// The same rules as graph ops (for the composed references): both index arrays, cast to uint32
+// and broadcast to the batch shape.
 std::pair<array, array> gather_indices(
     std::string_view tag,
     const std::optional<array>& lhs,
@@ -61,9 +70,6 @@ std::pair<array, array> gather_indices(
 
 // a, row-contiguous (no new node when a is already evaluated and row-contiguous).
 array ensure_contiguous(const array& a, StreamOrDevice s);
-
-// Indices (already uint32 and broadcast to their final shape) as a flat row-contiguous array.
-array flat_indices(const array& idx, StreamOrDevice s);
 
 // Throws std::out_of_range naming the first idx[i] >= limit. For use inside evaluation tasks.
 //

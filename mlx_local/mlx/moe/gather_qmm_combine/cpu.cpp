@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "mlx/moe/common/batch_inputs.h"
 #include "mlx/moe/common/engine.h"
 #include "mlx/moe/common/routing.h"
 #include "mlx/moe/common/thread_pool.h"
@@ -36,8 +37,9 @@ void combine_expert_major(
     const CombineParams& p,
     const Routing& route_,
     const XPrep& xp,
-    const array& scores,
-    const array* bias,
+    const float* scores,
+    const void* bp,
+    Dtype bt,
     array& out,
     int64_t M,
     int64_t N,
@@ -86,10 +88,6 @@ void combine_expert_major(
 
   void* o = out.data<uint8_t>();
   const Dtype ot = out.dtype();
-  const void* sp = scores.data<uint8_t>();
-  const Dtype st = scores.dtype();
-  const void* bp = bias ? bias->data<uint8_t>() : nullptr;
-  const Dtype bt = bias ? bias->dtype() : float32;
   const int64_t rows_per_piece = std::max<int64_t>(1, (int64_t{1} << 14) / std::max<int64_t>(N, 1));
   const int64_t pieces = (out_rows + rows_per_piece - 1) / rows_per_piece;
   pool.parallel_for(pieces, [&](int64_t piece) {
@@ -104,7 +102,7 @@ void combine_expert_major(
       std::fill(acc.begin(), acc.end(), 0.0f);
       for (int64_t t = first[row]; t < first[row + 1]; ++t) {
         const int64_t r = members[t];
-        const float s = load_float(sp, st, route_.batch[r]);
+        const float s = scores[route_.batch[r]];
         const float* yr = stage.data() + r * N;
         if (bp != nullptr) {
           detail::load_row(bp, bt, expert_of[r], N, bw);
@@ -126,37 +124,47 @@ void gather_qmm_combine_cpu(const std::vector<array>& in, array& out, const Comb
   const array& w = in[k++];
   const array& sc = in[k++];
   const array* bi = affine ? &in[k++] : nullptr;
-  const array& lhs = in[k++];
   const array& rhs = in[k++];
   const array& scores = in[k++];
   const array* bias = p.has_bias ? &in[k++] : nullptr;
 
-  const int64_t Bh = h.shape(0);
-  const int64_t M = h.shape(1);
-  const int64_t B = static_cast<int64_t>(lhs.size());
+  const int64_t M = h.shape(-2);
   const int64_t N = out.shape(-1);
-  const int64_t out_rows = static_cast<int64_t>(out.shape(0)) * M;
+  const Shape h_batch(h.shape().begin(), h.shape().end() - 2);
+  Shape batch(out.shape().begin(), out.shape().end() - 2);
+  batch.push_back(static_cast<int>(p.k));
+  const int64_t Bh = batch_size(h_batch);
+  const int64_t B = batch_size(batch);
+  const int64_t out_rows = static_cast<int64_t>(out.size()) / std::max<int64_t>(N, 1);
   const QMat W = qmat_view(w, sc, bi, p.q, p.transpose);
   const int64_t E = W.experts;
+  const Shape w_batch(w.shape().begin(), w.shape().end() - 2);
 
-  const uint32_t* li = lhs.data<uint32_t>();
-  const uint32_t* ri = rhs.data<uint32_t>();
-  check_index_range(kTag, "lhs index", li, B, Bh);
-  check_index_range(kTag, "expert index", ri, B, E);
+  // Every index is checked before any is used.
+  thread_local std::vector<uint32_t> li, ri;
+  thread_local std::vector<float> sv;
+  batch_indices(kTag, "lhs index", nullptr, h_batch, batch, Bh, li);
+  batch_indices(kTag, "expert index", &rhs, w_batch, batch, E, ri);
   if (out_rows == 0 || N == 0) {
     return;
   }
+  batch_floats(scores, batch, sv);
+  // Copies of inputs that are not row-contiguous (empty otherwise).
+  std::vector<uint8_t> hbuf, bbuf;
+  const uint8_t* hd = row_contiguous(h, hbuf);
+  const void* bp = bias ? row_contiguous(*bias, bbuf) : nullptr;
+  const Dtype bt = bias ? bias->dtype() : float32;
 
-  const Routing route_ = route(li, ri, B, M, Bh, E);
+  const Routing route_ = route(li.data(), ri.data(), B, M, Bh, E);
   const Engine& eng = engine();
   XPrep xp;
-  eng.prepare(W, h.data<uint8_t>(), h.dtype(), route_.src_rows.data(),
+  eng.prepare(W, hd, h.dtype(), route_.src_rows.data(),
               static_cast<int64_t>(route_.src_rows.size()), xp);
 
   ThreadPool& pool = ThreadPool::instance();
   const int64_t routed = static_cast<int64_t>(route_.slot.size());
   if (routed * N <= kStageFloats) {
-    combine_expert_major(W, p, route_, xp, scores, bias, out, M, N, out_rows);
+    combine_expert_major(W, p, route_, xp, sv.data(), bp, bt, out, M, N, out_rows);
     return;
   }
   // Pieces: blocks of output features, each accumulating over every routed expert (no two pieces
@@ -165,10 +173,6 @@ void gather_qmm_combine_cpu(const std::vector<array>& in, array& out, const Comb
   const int64_t pieces = (N + nb_rows - 1) / nb_rows;
   void* o = out.data<uint8_t>();
   const Dtype ot = out.dtype();
-  const void* sp = scores.data<uint8_t>();
-  const Dtype st = scores.dtype();
-  const void* bp = bias ? bias->data<uint8_t>() : nullptr;
-  const Dtype bt = bias ? bias->dtype() : float32;
   const int64_t kk = std::max<int64_t>(p.k, 1);
 
   pool.parallel_for(pieces, [&](int64_t piece) {
@@ -189,7 +193,7 @@ void gather_qmm_combine_cpu(const std::vector<array>& in, array& out, const Comb
         eng.dots(W, e, n0, nb, xp, route_.slot.data() + r0, R, y.data(), nb);
         for (int64_t r = 0; r < R; ++r) {
           const int64_t i = route_.batch[r0 + r];
-          const float s = load_float(sp, st, i);
+          const float s = sv[i];
           float* ar = acc.data() + ((i / kk) * M + route_.m[r0 + r]) * nb;
           const float* yr = y.data() + r * nb;
           for (int64_t j = 0; j < nb; ++j) {

@@ -58,9 +58,7 @@ Checked check_combine(
     c.out_dtype = promote_types(c.out_dtype, bias->dtype());
   }
   c.out_dtype = promote_types(c.out_dtype, scores.dtype());
-  auto [lb, rb] = moe::gather_indices(kTag, std::nullopt, rhs_indices, h, w, s);
-  (void)rb;
-  c.batch = lb.shape();
+  c.batch = moe::gather_batch_shape(kTag, std::nullopt, rhs_indices, h, w);
   if (c.batch.empty()) {
     throw std::invalid_argument(
         std::string("[") + kTag +
@@ -140,42 +138,29 @@ array gather_qmm_combine(
   }
   Checked c = check_combine(
       h, w, scales, biases, rhs_indices, scores, transpose, group_size, bits, mode, bias, stream);
-  auto [lhs, rhs] = moe::gather_indices(kTag, std::nullopt, rhs_indices, h, w, stream);
-  const int M = h.shape(-2);
-  const int K = c.proj.K;
-  const int N = c.proj.N;
-  const int64_t bh = std::accumulate(
-      h.shape().begin(), h.shape().end() - 2, int64_t{1}, std::multiplies<int64_t>());
-  const int64_t B = static_cast<int64_t>(lhs.size());
-  if (bh > std::numeric_limits<int>::max() || B > std::numeric_limits<int>::max()) {
-    throw std::invalid_argument(std::string("[") + kTag + "] too many batch entries.");
-  }
+  // h, the indices, the scores and the bias go to the primitive as given (see
+  // moe/common/batch_inputs.h).
   Shape out_shape(c.batch.begin(), c.batch.end() - 1);
-  const int64_t bout = std::accumulate(
-      out_shape.begin(), out_shape.end(), int64_t{1}, std::multiplies<int64_t>());
-  out_shape.push_back(M);
-  out_shape.push_back(N);
+  out_shape.push_back(h.shape(-2));
+  out_shape.push_back(c.proj.N);
 
   std::vector<array> inputs;
-  inputs.push_back(reshape(moe::ensure_contiguous(h, stream), {static_cast<int>(bh), M, K}, stream));
+  inputs.push_back(h);
   inputs.push_back(moe::ensure_contiguous(w, stream));
   inputs.push_back(moe::ensure_contiguous(scales, stream));
   if (c.params.q.info->has_biases) {
     inputs.push_back(moe::ensure_contiguous(*biases, stream));
   }
-  inputs.push_back(moe::flat_indices(lhs, stream));
-  inputs.push_back(moe::flat_indices(rhs, stream));
-  inputs.push_back(moe::flat_indices(broadcast_to(scores, c.batch, stream), stream));
+  inputs.push_back(rhs_indices);
+  inputs.push_back(scores);
   if (bias) {
-    inputs.push_back(reshape(
-        moe::ensure_contiguous(*bias, stream), {static_cast<int>(c.proj.experts), N}, stream));
+    inputs.push_back(*bias);
   }
-  array out(
-      {static_cast<int>(bout), M, N},
+  return array(
+      std::move(out_shape),
       c.out_dtype,
       std::make_shared<GatherQMMCombine>(stream, c.params),
       std::move(inputs));
-  return reshape(out, std::move(out_shape), stream);
 }
 
 void GatherQMMCombine::eval_gpu(const std::vector<array>&, array&) {

@@ -77,8 +77,9 @@ struct CombineParams {
   int64_t k = 1; // experts per output row (last batch dimension)
 };
 
-// Inputs: h [Bh, M, K], w, scales, (biases if affine), lhs [B], rhs [B], scores [B],
-// (bias [E, N]); all row-contiguous. Output [B / k, M, N].
+// Inputs: h [..., M, K] (any layout), w, scales, (biases if affine) (row-contiguous), rhs_indices
+// (any integer dtype and layout), scores (any layout; both broadcasting to the batch shape, whose
+// last dimension is k), (bias [..., N], any layout). Output: batch shape without k + [M, N].
 void gather_qmm_combine_cpu(const std::vector<array>& inputs, array& out, const CombineParams& p);
 
 } // namespace moe

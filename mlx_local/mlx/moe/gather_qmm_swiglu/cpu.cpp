@@ -15,6 +15,7 @@
 #include <cmath>
 #include <limits>
 
+#include "mlx/moe/common/batch_inputs.h"
 #include "mlx/moe/common/engine.h"
 #include "mlx/moe/common/kernel_macros.h"
 #include "mlx/moe/common/routing.h"
@@ -101,32 +102,40 @@ void gather_qmm_swiglu_cpu(const std::vector<array>& in, array& out, const Swigl
   const array& uw = in[k++];
   const array& us = in[k++];
   const array* ub = affine ? &in[k++] : nullptr;
-  const array& lhs = in[k++];
-  const array& rhs = in[k++];
+  const array* lhs = p.has_lhs ? &in[k++] : nullptr;
+  const array* rhs = p.has_rhs ? &in[k++] : nullptr;
   const array* gbias = p.has_gate_bias ? &in[k++] : nullptr;
   const array* ubias = p.has_up_bias ? &in[k++] : nullptr;
 
-  const int64_t Bx = x.shape(0);
-  const int64_t M = x.shape(1);
-  const int64_t K = x.shape(2);
-  const int64_t B = static_cast<int64_t>(lhs.size());
+  const int64_t M = x.shape(-2);
+  const int64_t K = x.shape(-1);
+  const Shape x_batch(x.shape().begin(), x.shape().end() - 2);
+  const Shape batch(out.shape().begin(), out.shape().end() - 2);
+  const int64_t Bx = batch_size(x_batch);
+  const int64_t B = batch_size(batch);
   const int64_t N = out.shape(-1);
   const QMat G = qmat_view(gw, gs, gb, p.q, p.transpose);
   const QMat U = qmat_view(uw, us, ub, p.q, p.transpose);
   const int64_t E = G.experts;
+  const Shape w_batch(gw.shape().begin(), gw.shape().end() - 2);
 
-  const uint32_t* li = lhs.data<uint32_t>();
-  const uint32_t* ri = rhs.data<uint32_t>();
-  check_index_range(kTag, "lhs index", li, B, Bx);
-  check_index_range(kTag, "expert index", ri, B, E);
+  // Every index is checked before any is used.
+  thread_local std::vector<uint32_t> li, ri;
+  batch_indices(kTag, "lhs index", lhs, x_batch, batch, Bx, li);
+  batch_indices(kTag, "expert index", rhs, w_batch, batch, E, ri);
   if (B * M == 0 || N == 0) {
     return;
   }
+  // Copies of inputs that are not row-contiguous (empty otherwise).
+  std::vector<uint8_t> xbuf, gbuf, ubuf;
+  const uint8_t* xd = row_contiguous(x, xbuf);
+  const void* gbp = gbias ? row_contiguous(*gbias, gbuf) : nullptr;
+  const void* ubp = ubias ? row_contiguous(*ubias, ubuf) : nullptr;
 
-  const Routing route_ = route(li, ri, B, M, Bx, E);
+  const Routing route_ = route(li.data(), ri.data(), B, M, Bx, E);
   const Engine& eng = engine();
   XPrep xp;
-  eng.prepare(G, x.data<uint8_t>(), x.dtype(), route_.src_rows.data(),
+  eng.prepare(G, xd, x.dtype(), route_.src_rows.data(),
               static_cast<int64_t>(route_.src_rows.size()), xp);
   (void)K;
 
@@ -138,8 +147,6 @@ void gather_qmm_swiglu_cpu(const std::vector<array>& in, array& out, const Swigl
   const int64_t rc = std::min<int64_t>(kRowChunk, std::max<int64_t>(route_.max_rows, 1));
   void* o = out.data<uint8_t>();
   const Dtype ot = out.dtype();
-  const void* gbp = gbias ? gbias->data<uint8_t>() : nullptr;
-  const void* ubp = ubias ? ubias->data<uint8_t>() : nullptr;
   const Dtype gbt = gbias ? gbias->dtype() : float32;
   const Dtype ubt = ubias ? ubias->dtype() : float32;
 

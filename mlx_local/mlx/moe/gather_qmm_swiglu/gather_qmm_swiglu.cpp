@@ -206,22 +206,16 @@ array gather_qmm_swiglu(
   Checked c = check_swiglu(
       x, gate_w, gate_scales, gate_biases, up_w, up_scales, up_biases, transpose, group_size, bits,
       mode, sorted_indices, activation, alpha, limit, gate_bias, up_bias);
-  auto [lhs, rhs] = moe::gather_indices(kTag, lhs_indices, rhs_indices, x, gate_w, stream);
-
+  // The index arrays and x go to the primitive as given (see moe/common/batch_inputs.h): the
+  // kernel resolves default indices, broadcasting, index dtypes and strides.
+  Shape out_shape = moe::gather_batch_shape(kTag, lhs_indices, rhs_indices, x, gate_w);
   const int M = x.shape(-2);
-  const int K = c.gate.K;
   const int N = c.gate.N;
-  const int64_t bx = batch_count(x);
-  const int64_t B = static_cast<int64_t>(lhs.size());
-  if (bx > std::numeric_limits<int>::max() || B > std::numeric_limits<int>::max()) {
-    throw std::invalid_argument(std::string("[") + kTag + "] too many batch entries.");
-  }
-  Shape out_shape = lhs.shape();
   out_shape.push_back(M);
   out_shape.push_back(N);
 
   std::vector<array> inputs;
-  inputs.push_back(reshape(moe::ensure_contiguous(x, stream), {static_cast<int>(bx), M, K}, stream));
+  inputs.push_back(x);
   inputs.push_back(moe::ensure_contiguous(gate_w, stream));
   inputs.push_back(moe::ensure_contiguous(gate_scales, stream));
   if (c.params.q.info->has_biases) {
@@ -232,21 +226,25 @@ array gather_qmm_swiglu(
   if (c.params.q.info->has_biases) {
     inputs.push_back(moe::ensure_contiguous(*up_biases, stream));
   }
-  inputs.push_back(moe::flat_indices(lhs, stream));
-  inputs.push_back(moe::flat_indices(rhs, stream));
-  const int E = static_cast<int>(c.gate.experts);
+  if (lhs_indices) {
+    c.params.has_lhs = true;
+    inputs.push_back(*lhs_indices);
+  }
+  if (rhs_indices) {
+    c.params.has_rhs = true;
+    inputs.push_back(*rhs_indices);
+  }
   if (gate_bias) {
-    inputs.push_back(reshape(moe::ensure_contiguous(*gate_bias, stream), {E, N}, stream));
+    inputs.push_back(*gate_bias);
   }
   if (up_bias) {
-    inputs.push_back(reshape(moe::ensure_contiguous(*up_bias, stream), {E, N}, stream));
+    inputs.push_back(*up_bias);
   }
-  array out(
-      {static_cast<int>(B), M, N},
+  return array(
+      std::move(out_shape),
       c.out_dtype,
       std::make_shared<GatherQMMSwiGLU>(stream, c.params),
       std::move(inputs));
-  return reshape(out, std::move(out_shape), stream);
 }
 
 void GatherQMMSwiGLU::eval_gpu(const std::vector<array>&, array&) {
@@ -281,7 +279,7 @@ bool GatherQMMSwiGLU::is_equivalent(const Primitive& other) const {
   return p.q.info == o.q.info && p.q.group_size == o.q.group_size && p.q.bits == o.q.bits &&
       p.transpose == o.transpose && p.activation == o.activation && p.alpha == o.alpha &&
       p.limit == o.limit && p.has_gate_bias == o.has_gate_bias && p.has_up_bias == o.has_up_bias &&
-      p.sorted == o.sorted;
+      p.has_lhs == o.has_lhs && p.has_rhs == o.has_rhs && p.sorted == o.sorted;
 }
 
 } // namespace mlx::core

@@ -111,12 +111,15 @@ struct SwigluParams {
   float limit = 7.0f;
   bool has_gate_bias = false;
   bool has_up_bias = false;
+  bool has_lhs = false; // lhs_indices given (else arange over x's batch dimensions)
+  bool has_rhs = false; // rhs_indices given (else arange over the weights' expert dimensions)
   bool sorted = false;
 };
 
-// Inputs of the primitive, in order: x [Bx, M, K], gate_w, gate_scales, (gate_biases if affine),
-// up_w, up_scales, (up_biases if affine), lhs [B], rhs [B], (gate_bias [E, N]), (up_bias [E, N]);
-// all row-contiguous. Output [B, M, N].
+// Inputs of the primitive, in order: x [..., M, K] (any layout), gate_w, gate_scales, (gate_biases
+// if affine), up_w, up_scales, (up_biases if affine) (row-contiguous), (lhs_indices), (rhs_indices)
+// (any integer dtype and layout, broadcasting to the batch shape), (gate_bias [..., N]),
+// (up_bias [..., N]) (any layout). Output: batch shape + [M, N].
 void gather_qmm_swiglu_cpu(const std::vector<array>& inputs, array& out, const SwigluParams& p);
 
 } // namespace moe

@@ -1,0 +1,54 @@
+// Copyright © 2026 zmlx contributors.
+//
+// The fused ops' batch inputs as the CPU kernels read them, inside the evaluation task. The ops hand
+// their index, score and activation arrays to the primitive as the caller gave them (any integer
+// index dtype, any strides, shapes that broadcast to the batch shape), instead of adding graph
+// nodes (arange for a default index, astype, broadcast, contiguous copies, reshapes) that MLX would
+// schedule one task each: on the 2-vCPU machine MLX's evaluation costs ~2 us per extra node, and a
+// layer had 21 of them for 2 primitives. Resolving them here is a few loops over B indices.
+#pragma once
+
+#include <mlx/array.h>
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace mlx::core::moe {
+
+// Positions of a batch: `batch` row-major.
+int64_t batch_size(const Shape& batch);
+
+// The values of the integer array `idx` (any integer dtype, any strides; its shape right-aligned
+// with `batch` and broadcast to it) at every position of `batch`, into out[0, size of batch).
+// Values that are negative or >= limit are stored as 0; the first is described in the returned
+// message ("" when there is none). idx == nullptr: gather_qmm's default index, arange over
+// `src_batch` (the batch dimensions of x or w) broadcast to `batch`.
+std::string read_indices(
+    std::string_view tag,
+    const char* what,
+    const array* idx,
+    const Shape& src_batch,
+    const Shape& batch,
+    int64_t limit,
+    uint32_t* out);
+
+// read_indices into out (resized), throwing std::out_of_range with its message if an index is out
+// of range (see check_index_range in validate.h for how that reaches the caller).
+void batch_indices(
+    std::string_view tag,
+    const char* what,
+    const array* idx,
+    const Shape& src_batch,
+    const Shape& batch,
+    int64_t limit,
+    std::vector<uint32_t>& out);
+
+// The values of the floating array `a` (any strides, shape broadcast to `batch`) as float32.
+void batch_floats(const array& a, const Shape& batch, std::vector<float>& out);
+
+// The data of `a` laid out row-contiguous: a's own when it is row-contiguous, else a copy in buf.
+const uint8_t* row_contiguous(const array& a, std::vector<uint8_t>& buf);
+
+} // namespace mlx::core::moe
