@@ -4,7 +4,8 @@ use std::time::Instant;
 
 use mlx_rs::{Array, Dtype};
 
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::membw::ReadProbe;
 use crate::models::{Ffn, Model};
 use crate::moe::{Activation, ExpertWeight, MoePath, SwitchGlu};
 use crate::quant::{QuantMode, QuantizedWeight};
@@ -155,6 +156,33 @@ pub fn layer_specs() -> Vec<LayerSpec> {
 /// Layers per evaluation in the layer benchmark's decode-like measurement.
 pub const CHAIN_LAYERS: usize = 8;
 
+/// Blocks of calls per fused measurement when the read bandwidth is measured alongside (see
+/// [`BenchLayer::time`]).
+pub const PAIRED_BLOCKS: usize = 10;
+
+/// One block of timed calls and the read bandwidth measured right before it.
+#[derive(Clone, Copy, Debug)]
+pub struct PairedBlock {
+    /// Best of two passes of the read-bandwidth probe, GB/s.
+    pub probe_gb_s: f64,
+    /// Median seconds per call (per layer for chains) in the block.
+    pub median_s: f64,
+}
+
+/// Median over the blocks of (weight bytes / the block's median time) / the block's bandwidth; `None`
+/// without blocks.
+fn paired_fraction(blocks: &[PairedBlock], weight_bytes: f64) -> Option<f64> {
+    if blocks.is_empty() {
+        return None;
+    }
+    Some(median(
+        blocks
+            .iter()
+            .map(|b| weight_bytes / b.median_s / 1e9 / b.probe_gb_s)
+            .collect(),
+    ))
+}
+
 /// One row of the layer benchmark.
 #[derive(Clone, Debug)]
 pub struct LayerRow {
@@ -173,6 +201,10 @@ pub struct LayerRow {
     /// Mean number of distinct experts per call, and the weight bytes they hold (gate+up+down).
     pub distinct_experts: f64,
     pub weight_bytes: f64,
+    /// The fused calls and the chains in blocks, each with the read bandwidth measured right before
+    /// it (empty when timed without a probe).
+    pub fused_blocks: Vec<PairedBlock>,
+    pub chain_blocks: Vec<PairedBlock>,
 }
 
 impl LayerRow {
@@ -190,6 +222,65 @@ impl LayerRow {
     pub fn chain_speedup(&self) -> f64 {
         self.mlx_s / self.chain_s
     }
+    /// Fraction of the read bandwidth measured alongside: median over the blocks of the block's GB/s
+    /// over the bandwidth measured right before it (`None` without blocks).
+    pub fn fused_fraction(&self) -> Option<f64> {
+        paired_fraction(&self.fused_blocks, self.weight_bytes)
+    }
+    pub fn chain_fraction(&self) -> Option<f64> {
+        paired_fraction(&self.chain_blocks, self.weight_bytes)
+    }
+    /// Median of the bandwidths measured alongside the fused calls and the chains (`None` without).
+    pub fn probe_median_gb_s(&self) -> Option<f64> {
+        let v: Vec<f64> = self
+            .fused_blocks
+            .iter()
+            .chain(&self.chain_blocks)
+            .map(|b| b.probe_gb_s)
+            .collect();
+        (!v.is_empty()).then(|| median(v))
+    }
+}
+
+/// Times calls in `blocks` blocks within `budget_s` seconds and `max_iters` calls in all (at least one
+/// per block). Each block: the read bandwidth (with `probe`), one untimed warm-up call, then timed calls.
+/// `call()` returns seconds and distinct experts. Returns the times, the distinct experts summed over
+/// the timed calls, and the blocks (empty without a probe).
+fn timed_blocks(
+    probe: Option<&ReadProbe>,
+    blocks: usize,
+    budget_s: f64,
+    max_iters: usize,
+    mut call: impl FnMut() -> Result<(f64, usize)>,
+) -> Result<(Vec<f64>, usize, Vec<PairedBlock>)> {
+    let blocks = blocks.max(1);
+    let per_block_s = budget_s / blocks as f64;
+    let per_block_iters = (max_iters / blocks).max(1);
+    let (mut times, mut distinct, mut paired) = (Vec::new(), 0usize, Vec::new());
+    for _ in 0..blocks {
+        let bw = match probe {
+            Some(p) => Some(p.measure(2).map_err(Error::invalid)?.gb_per_sec()),
+            None => None,
+        };
+        call()?;
+        let mut block = Vec::new();
+        let start = Instant::now();
+        while block.is_empty()
+            || (block.len() < per_block_iters && start.elapsed().as_secs_f64() < per_block_s)
+        {
+            let (dt, dis) = call()?;
+            block.push(dt);
+            distinct += dis;
+        }
+        if let Some(probe_gb_s) = bw {
+            paired.push(PairedBlock {
+                probe_gb_s,
+                median_s: median(block.clone()),
+            });
+        }
+        times.extend(block);
+    }
+    Ok((times, distinct, paired))
 }
 
 /// A benchmark layer: several copies of the expert weights (so a call never finds its experts in cache
@@ -300,15 +391,21 @@ impl BenchLayer {
 
     /// Times `tokens` tokens through the layer on both paths. Each call draws fresh inputs and a fresh
     /// expert choice (k distinct experts per token, softmax scores) and uses the next copy of the weights.
-    /// Each path gets one untimed warm-up call, then runs until `budget_s` seconds or `max_iters` calls
-    /// (at least one). Then the fused path again, [`CHAIN_LAYERS`] layers per evaluation, within the same
+    /// Each path runs until `budget_s` seconds or `max_iters` calls (at least one), after an untimed
+    /// warm-up call. Then the fused path again, [`CHAIN_LAYERS`] layers per evaluation, within the same
     /// budget ([`LayerRow::chain_s`]).
+    ///
+    /// With a `probe`, the fused calls and the chains run in [`PAIRED_BLOCKS`] blocks each, and the
+    /// machine's read bandwidth is measured right before each block (the bandwidth a process gets on a
+    /// shared host moves in spells of seconds, so the calls are compared with the bandwidth of their own
+    /// moment); each block starts with an untimed warm-up call (the probe's threads have run meanwhile).
     pub fn time(
         &self,
         tokens: usize,
         seed: u64,
         budget_s: f64,
         max_iters: usize,
+        probe: Option<&ReadProbe>,
     ) -> Result<LayerRow> {
         let spec = &self.spec;
         let t = tokens as i32;
@@ -350,44 +447,28 @@ impl BenchLayer {
             mlx_rs::transforms::eval([&x, &indices, &scores])?;
             Ok((x, indices, scores, distinct))
         };
-        let mut run = |path: MoePath, call: usize| -> Result<(f64, usize)> {
+        // One call on `path`, on the next copy of the weights.
+        let mut call = 0usize;
+        let mut run = |path: MoePath| -> Result<(f64, usize)> {
             let (x, indices, scores, distinct) = inputs()?;
             let layer = &self.copies[call % self.copies.len()];
+            call += 1;
             let t0 = Instant::now();
             let y = layer.forward_combined(&x, &indices, &scores, path)?;
             y.eval()?;
             Ok((t0.elapsed().as_secs_f64(), distinct))
         };
-        let mut measure = |path: MoePath| -> Result<(Vec<f64>, f64)> {
-            // One untimed warm-up call (allocator, first-use setup), then timed calls.
-            run(path, 0)?;
-            let mut call = 1usize;
-            let (mut times, mut distinct) = (Vec::new(), 0usize);
-            let start = Instant::now();
-            while times.is_empty()
-                || (times.len() < max_iters && start.elapsed().as_secs_f64() < budget_s)
-            {
-                let (dt, dis) = run(path, call)?;
-                call += 1;
-                times.push(dt);
-                distinct += dis;
-            }
-            let mean_distinct = distinct as f64 / times.len() as f64;
-            Ok((times, mean_distinct))
-        };
-        let (fused, distinct) = measure(MoePath::Fused)?;
-        let (mlx, _) = measure(MoePath::Reference)?;
+        let blocks = if probe.is_some() { PAIRED_BLOCKS } else { 1 };
+        let (fused, distinct, fused_blocks) =
+            timed_blocks(probe, blocks, budget_s, max_iters, || run(MoePath::Fused))?;
+        let mean_distinct = distinct as f64 / fused.len() as f64;
+        let (mlx, _, _) = timed_blocks(None, 1, budget_s, max_iters, || run(MoePath::Reference))?;
         // Decode-like: CHAIN_LAYERS layers in one graph (each on the next copy of the weights, with its
         // own expert choice, on the residual stream x + y of the layer before), evaluated once, as a
         // model's forward pass is: MLX's fixed cost per evaluation (handing the graph to the stream's
         // thread and waiting for it) is spread over the layers, and the graph is built and encoded while
         // the first layers run.
-        let mut chain = Vec::new();
-        let start = Instant::now();
-        let mut call = 0usize;
-        while chain.is_empty()
-            || (chain.len() < max_iters && start.elapsed().as_secs_f64() < budget_s)
-        {
+        let chain_once = || -> Result<(f64, usize)> {
             let mut layers = Vec::with_capacity(CHAIN_LAYERS);
             for _ in 0..CHAIN_LAYERS {
                 layers.push(inputs()?);
@@ -400,13 +481,11 @@ impl BenchLayer {
                 h = mlx_rs::ops::add(&h, &y)?;
             }
             h.eval()?;
-            let dt = t0.elapsed().as_secs_f64() / CHAIN_LAYERS as f64;
-            // The first chain is a warm-up.
-            if call > 0 {
-                chain.push(dt);
-            }
             call += CHAIN_LAYERS;
-        }
+            Ok((t0.elapsed().as_secs_f64() / CHAIN_LAYERS as f64, 0))
+        };
+        let (chain, _, chain_blocks) =
+            timed_blocks(probe, blocks, budget_s, max_iters, chain_once)?;
         Ok(LayerRow {
             tokens,
             mlx_iters: mlx.len(),
@@ -415,8 +494,28 @@ impl BenchLayer {
             mlx_s: median(mlx),
             fused_s: median(fused),
             chain_s: median(chain),
-            distinct_experts: distinct,
-            weight_bytes: distinct * self.expert_bytes,
+            distinct_experts: mean_distinct,
+            weight_bytes: mean_distinct * self.expert_bytes,
+            fused_blocks,
+            chain_blocks,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paired_fraction_is_the_median_of_the_blocks_ratios() {
+        // 20 MB per call: 1 ms at 25 GB/s is 80%, 0.5 ms at 50 GB/s 80%, 2 ms at 20 GB/s 50%.
+        let b = |probe_gb_s, median_s| PairedBlock {
+            probe_gb_s,
+            median_s,
+        };
+        let blocks = [b(25.0, 1e-3), b(50.0, 0.5e-3), b(20.0, 2e-3)];
+        let f = paired_fraction(&blocks, 20e6).expect("blocks");
+        assert!((f - 0.8).abs() < 1e-12, "{f}");
+        assert!(paired_fraction(&[], 20e6).is_none());
     }
 }

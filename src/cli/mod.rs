@@ -447,8 +447,9 @@ fn cmd_layer_bench(a: &BenchArgs) -> Result<()> {
     report::header()?;
     let threads = zmlx::fused::num_threads()?;
     // The read bandwidth this process gets on a shared host moves (on the 2-vCPU development machine
-    // between ~30 and ~55 GB/s, in spells of seconds): it is measured right before each layer's rows, which
-    // are compared with it, and again after them.
+    // between ~30 and ~55 GB/s, in spells of seconds): it is measured before each block of the fused
+    // calls, which are compared with the bandwidth of their moment (see BenchLayer::time), and, for the
+    // record, before and after each layer's rows.
     let probe =
         zmlx::membw::ReadProbe::new(1 << 30, threads as usize).map_err(anyhow::Error::msg)?;
     let measure_bw = |when: &str| -> Result<f64> {
@@ -504,7 +505,7 @@ fn cmd_layer_bench(a: &BenchArgs) -> Result<()> {
         } else {
             a.tokens.clone()
         };
-        let bw = measure_bw("now (the rows' \"peak\")")?;
+        let bw = measure_bw("before these rows")?;
         report::layer_header();
         for (n, &t) in tokens.iter().enumerate() {
             let row = layer.time(
@@ -512,6 +513,7 @@ fn cmd_layer_bench(a: &BenchArgs) -> Result<()> {
                 a.src.seed.wrapping_add(n as u64 + 1),
                 a.budget,
                 a.iters.unwrap_or(1000),
+                Some(&probe),
             )?;
             report::layer_row(&row, bw);
         }

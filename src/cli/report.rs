@@ -222,8 +222,11 @@ pub fn layer_header() {
     );
 }
 
-/// One row of the layer benchmark; `peak_gb_s` is the machine's measured read bandwidth.
+/// One row of the layer benchmark. The "peak" columns: the rows' fractions of the read bandwidth
+/// measured alongside their blocks of calls where there are blocks, else of `peak_gb_s`.
 pub fn layer_row(r: &zmlx::bench::LayerRow, peak_gb_s: f64) {
+    let fused = r.fused_fraction().unwrap_or(r.fused_gb_per_s() / peak_gb_s);
+    let chain = r.chain_fraction().unwrap_or(r.chain_gb_per_s() / peak_gb_s);
     println!(
         "  {:>4} {:>11.3} {:>14.1} {:>9.1} | {:>9.3} {:>7.1}x {:>7.1} {:>5.0}% | {:>9.3} {:>7.1}x {:>7.1} {:>5.0}%  {}/{}/{}",
         r.tokens,
@@ -233,13 +236,25 @@ pub fn layer_row(r: &zmlx::bench::LayerRow, peak_gb_s: f64) {
         r.fused_s * 1e3,
         r.speedup(),
         r.fused_gb_per_s(),
-        100.0 * r.fused_gb_per_s() / peak_gb_s,
+        100.0 * fused,
         r.chain_s * 1e3,
         r.chain_speedup(),
         r.chain_gb_per_s(),
-        100.0 * r.chain_gb_per_s() / peak_gb_s,
+        100.0 * chain,
         r.mlx_iters,
         r.fused_iters,
         r.chain_iters
     );
+    let range = |b: &[zmlx::bench::PairedBlock]| {
+        let lo = b.iter().map(|b| b.probe_gb_s).fold(f64::INFINITY, f64::min);
+        let hi = b.iter().map(|b| b.probe_gb_s).fold(0.0, f64::max);
+        format!("{} blocks, {lo:.1}-{hi:.1} GB/s", b.len())
+    };
+    if let Some(m) = r.probe_median_gb_s() {
+        println!(
+            "       read bandwidth measured alongside (median {m:.1} GB/s): fused calls {}; chains {}",
+            range(&r.fused_blocks),
+            range(&r.chain_blocks)
+        );
+    }
 }
