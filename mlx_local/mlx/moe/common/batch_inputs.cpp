@@ -19,6 +19,21 @@ namespace {
 // `batch` and broadcast to it.
 template <class F>
 void for_each_offset(const Shape& batch, const Shape& shape, const Strides& strides, F&& f) {
+  // Same shape and row-major strides (the common case: one offset per position).
+  if (shape == batch) {
+    bool row_major = true;
+    int64_t s = 1;
+    for (int d = static_cast<int>(shape.size()) - 1; d >= 0 && row_major; --d) {
+      row_major = shape[d] == 1 || strides[d] == s;
+      s *= shape[d];
+    }
+    if (row_major) {
+      for (int64_t i = 0; i < s; ++i) {
+        f(i, i);
+      }
+      return;
+    }
+  }
   const int nd = static_cast<int>(batch.size());
   const int off = nd - static_cast<int>(shape.size());
   if (off < 0) {

@@ -33,6 +33,11 @@ Routing route(
   r.slot.resize(static_cast<size_t>(rows));
   r.batch.resize(static_cast<size_t>(rows));
   r.m.resize(static_cast<size_t>(rows));
+  // At most min(B, E) experts and one source row per routed row: no reallocation while filling.
+  const size_t max_experts = static_cast<size_t>(std::min(B, E));
+  r.experts.reserve(max_experts);
+  r.begin.reserve(max_experts + 1);
+  r.src_rows.reserve(static_cast<size_t>(std::min(rows, Bx * M)));
 
   // Slot of each distinct activation row.
   const int64_t xrows = Bx * M;
