@@ -121,31 +121,19 @@ std::string read_indices(
     });
     return bad;
   }
+  // One instantiation per integer dtype (the argument only carries the type).
+  auto read = [&](auto type) {
+    read_typed<decltype(type)>(tag, what, *idx, batch, limit, out, bad);
+  };
   switch (idx->dtype()) {
-    case uint8:
-      read_typed<uint8_t>(tag, what, *idx, batch, limit, out, bad);
-      break;
-    case uint16:
-      read_typed<uint16_t>(tag, what, *idx, batch, limit, out, bad);
-      break;
-    case uint32:
-      read_typed<uint32_t>(tag, what, *idx, batch, limit, out, bad);
-      break;
-    case uint64:
-      read_typed<uint64_t>(tag, what, *idx, batch, limit, out, bad);
-      break;
-    case int8:
-      read_typed<int8_t>(tag, what, *idx, batch, limit, out, bad);
-      break;
-    case int16:
-      read_typed<int16_t>(tag, what, *idx, batch, limit, out, bad);
-      break;
-    case int32:
-      read_typed<int32_t>(tag, what, *idx, batch, limit, out, bad);
-      break;
-    case int64:
-      read_typed<int64_t>(tag, what, *idx, batch, limit, out, bad);
-      break;
+    case uint8: read(uint8_t{}); break;
+    case uint16: read(uint16_t{}); break;
+    case uint32: read(uint32_t{}); break;
+    case uint64: read(uint64_t{}); break;
+    case int8: read(int8_t{}); break;
+    case int16: read(int16_t{}); break;
+    case int32: read(int32_t{}); break;
+    case int64: read(int64_t{}); break;
     default:
       throw std::invalid_argument(std::string("[") + std::string(tag) + "] " + what +
                                   " must be integral.");
