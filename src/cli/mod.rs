@@ -447,7 +447,7 @@ fn cmd_layer_bench(a: &BenchArgs) -> Result<()> {
     report::header()?;
     let threads = zmlx::fused::num_threads()?;
     // The read bandwidth this process gets on a shared host moves (on the 2-vCPU development machine
-    // between ~30 and ~55 GB/s, in spells of seconds): it is measured before each block of the fused
+    // between ~26 and ~62 GB/s, in spells of seconds): it is measured before each block of the fused
     // calls, which are compared with the bandwidth of their moment (see BenchLayer::time), and, for the
     // record, before and after each layer's rows.
     let probe =
