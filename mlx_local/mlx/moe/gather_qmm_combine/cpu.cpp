@@ -140,10 +140,9 @@ void gather_qmm_combine_cpu(const std::vector<array>& in, array& out, const Comb
   const int64_t E = W.experts;
   const Shape w_batch(w.shape().begin(), w.shape().end() - 2);
 
-  // Every index is checked before any is used. (Buffers of this thread, MLX's stream thread: the
-  // parallel pieces below must reach them through pointers, not by name.)
-  thread_local std::vector<uint32_t> li, ri;
-  thread_local std::vector<float> sv;
+  // Every index is checked before any is used.
+  std::vector<uint32_t> li, ri;
+  std::vector<float> sv;
   batch_indices(kTag, "lhs index", nullptr, h_batch, batch, Bh, li);
   batch_indices(kTag, "expert index", &rhs, w_batch, batch, E, ri);
   if (out_rows == 0 || N == 0) {
@@ -175,8 +174,6 @@ void gather_qmm_combine_cpu(const std::vector<array>& in, array& out, const Comb
   void* o = out.data<uint8_t>();
   const Dtype ot = out.dtype();
   const int64_t kk = std::max<int64_t>(p.k, 1);
-  // The scores through a pointer: inside the pieces, `sv` would name each worker's own thread_local.
-  const float* svp = sv.data();
 
   pool.parallel_for(pieces, [&](int64_t piece) {
     const int64_t n0 = piece * nb_rows;
@@ -196,7 +193,7 @@ void gather_qmm_combine_cpu(const std::vector<array>& in, array& out, const Comb
         eng.dots(W, e, n0, nb, xp, route_.slot.data() + r0, R, y.data(), nb);
         for (int64_t r = 0; r < R; ++r) {
           const int64_t i = route_.batch[r0 + r];
-          const float s = svp[i];
+          const float s = sv[i];
           float* ar = acc.data() + ((i / kk) * M + route_.m[r0 + r]) * nb;
           const float* yr = y.data() + r * nb;
           for (int64_t j = 0; j < nb; ++j) {

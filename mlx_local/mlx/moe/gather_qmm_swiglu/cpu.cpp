@@ -108,7 +108,6 @@ void gather_qmm_swiglu_cpu(const std::vector<array>& in, array& out, const Swigl
   const array* ubias = p.has_up_bias ? &in[k++] : nullptr;
 
   const int64_t M = x.shape(-2);
-  const int64_t K = x.shape(-1);
   const Shape x_batch(x.shape().begin(), x.shape().end() - 2);
   const Shape batch(out.shape().begin(), out.shape().end() - 2);
   const int64_t Bx = batch_size(x_batch);
@@ -120,7 +119,7 @@ void gather_qmm_swiglu_cpu(const std::vector<array>& in, array& out, const Swigl
   const Shape w_batch(gw.shape().begin(), gw.shape().end() - 2);
 
   // Every index is checked before any is used.
-  thread_local std::vector<uint32_t> li, ri;
+  std::vector<uint32_t> li, ri;
   batch_indices(kTag, "lhs index", lhs, x_batch, batch, Bx, li);
   batch_indices(kTag, "expert index", rhs, w_batch, batch, E, ri);
   if (B * M == 0 || N == 0) {
@@ -137,7 +136,6 @@ void gather_qmm_swiglu_cpu(const std::vector<array>& in, array& out, const Swigl
   XPrep xp;
   eng.prepare(G, xd, x.dtype(), route_.src_rows.data(),
               static_cast<int64_t>(route_.src_rows.size()), xp);
-  (void)K;
 
   ThreadPool& pool = ThreadPool::instance();
   const int64_t n_active = static_cast<int64_t>(route_.experts.size());
