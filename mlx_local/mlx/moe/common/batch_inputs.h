@@ -35,7 +35,17 @@ std::string read_indices(
     uint32_t* out);
 
 // read_indices into out (resized), throwing std::out_of_range with its message if an index is out
-// of range (see check_index_range in validate.h for how that reaches the caller).
+// of range. For use inside evaluation tasks.
+//
+// How such an error reaches the user (MLX 0.32.4, read in mlx/scheduler.cpp, event.h, error.h and
+// the no_gpu/cuda/metal event code, and checked with a throwing test primitive): the CPU encoder
+// runs dispatched tasks on the stream's worker thread inside `Scheduler::enqueue`'s wrapper, which
+// catches std::exception and stores the first message in the stream; the output's completion event
+// takes that error when it is signaled, and `eval` / `Event::wait` on the caller's thread rethrows
+// it as std::runtime_error (so the C API's guard reports it and returns non-zero). Nothing
+// terminates, but tasks queued after the failed one still run: the kernels therefore check all
+// indices before using any, and CheckedIndices (composed references) hands on a clamped copy.
+// Anything thrown must derive from std::exception (others would escape the wrapper).
 void batch_indices(
     std::string_view tag,
     const char* what,

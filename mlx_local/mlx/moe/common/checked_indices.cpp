@@ -5,7 +5,6 @@
 #include <mlx/backend/cpu/encoder.h>
 #include <mlx/ops.h>
 
-#include <sstream>
 #include <stdexcept>
 
 #include "mlx/moe/common/batch_inputs.h"

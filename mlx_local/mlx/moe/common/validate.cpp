@@ -233,22 +233,6 @@ array ensure_contiguous(const array& a, StreamOrDevice s) {
   return contiguous(a, false, s);
 }
 
-void check_index_range(
-    std::string_view tag,
-    const char* what,
-    const uint32_t* idx,
-    int64_t n,
-    int64_t limit) {
-  for (int64_t i = 0; i < n; ++i) {
-    if (static_cast<int64_t>(idx[i]) >= limit) {
-      std::ostringstream msg;
-      msg << "[" << tag << "] " << what << " " << idx[i] << " at position " << i
-          << " is out of range: there are " << limit << ".";
-      throw std::out_of_range(msg.str());
-    }
-  }
-}
-
 QMat qmat_view(
     const array& w,
     const array& scales,

@@ -71,24 +71,6 @@ std::pair<array, array> gather_indices(
 // a, row-contiguous (no new node when a is already evaluated and row-contiguous).
 array ensure_contiguous(const array& a, StreamOrDevice s);
 
-// Throws std::out_of_range naming the first idx[i] >= limit. For use inside evaluation tasks.
-//
-// How such an error reaches the user (MLX 0.32.4, read in mlx/scheduler.cpp, event.h, error.h and
-// the no_gpu/cuda/metal event code, and checked with a throwing test primitive): the CPU encoder
-// runs dispatched tasks on the stream's worker thread inside `Scheduler::enqueue`'s wrapper, which
-// catches std::exception and stores the first message in the stream; the output's completion event
-// takes that error when it is signaled, and `eval` / `Event::wait` on the caller's thread rethrows
-// it as std::runtime_error (so the C API's guard reports it and returns non-zero). Nothing
-// terminates, but tasks queued after the failed one still run: the kernels therefore check all
-// indices before using any, and CheckedIndices (composed references) hands on a clamped copy.
-// Anything thrown must derive from std::exception (others would escape the wrapper).
-void check_index_range(
-    std::string_view tag,
-    const char* what,
-    const uint32_t* idx,
-    int64_t n,
-    int64_t limit);
-
 // The kernel view of an evaluated, row-contiguous projection.
 QMat qmat_view(
     const array& w,
