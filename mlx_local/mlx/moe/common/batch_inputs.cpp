@@ -98,6 +98,10 @@ int64_t batch_size(const Shape& batch) {
   return std::accumulate(batch.begin(), batch.end(), int64_t{1}, std::multiplies<int64_t>());
 }
 
+Shape batch_dims(const array& a) {
+  return Shape(a.shape().begin(), a.shape().end() - 2);
+}
+
 std::string read_indices(
     std::string_view tag,
     const char* what,

@@ -20,6 +20,9 @@ namespace mlx::core::moe {
 // Positions of a batch: `batch` row-major.
 int64_t batch_size(const Shape& batch);
 
+// The batch dimensions of a matrix stack [..., rows, cols] (x, h or weights): all but the last two.
+Shape batch_dims(const array& a);
+
 // The values of the integer array `idx` (any integer dtype, any strides; its shape right-aligned
 // with `batch` and broadcast to it) at every position of `batch`, into out[0, size of batch).
 // Values that are negative or >= limit are stored as 0; the first is described in the returned

@@ -4,9 +4,10 @@
 #include <mlx/ops.h>
 
 #include <limits>
-#include <numeric>
 #include <sstream>
 #include <stdexcept>
+
+#include "mlx/moe/common/batch_inputs.h"
 
 namespace mlx::core::moe {
 
@@ -117,9 +118,8 @@ ProjInfo check_projection(
   }
   ProjInfo p;
   p.q = q;
-  p.expert_shape = Shape(w.shape().begin(), w.shape().end() - 2);
-  p.experts = std::accumulate(
-      p.expert_shape.begin(), p.expert_shape.end(), int64_t{1}, std::multiplies<int64_t>());
+  p.expert_shape = batch_dims(w);
+  p.experts = batch_size(p.expert_shape);
   const int64_t K = transpose ? unpacked : w.shape(-2);
   const int64_t N = transpose ? w.shape(-2) : unpacked;
   if (K > std::numeric_limits<int>::max() || N > std::numeric_limits<int>::max()) {
@@ -180,9 +180,8 @@ Shape gather_batch_shape(
       }
       return idx->shape();
     }
-    Shape batch(of.shape().begin(), of.shape().end() - 2);
-    int64_t n = std::accumulate(batch.begin(), batch.end(), int64_t{1}, std::multiplies<int64_t>());
-    if (n > std::numeric_limits<int>::max()) {
+    Shape batch = batch_dims(of);
+    if (batch_size(batch) > std::numeric_limits<int>::max()) {
       throw std::invalid_argument(std::string("[") + std::string(tag) + "] too many batch entries.");
     }
     return batch;
@@ -198,8 +197,7 @@ Shape gather_batch_shape(
         << " and rhs_indices with shape " << shape_str(r) << " cannot be broadcast together.";
     throw std::invalid_argument(msg.str());
   }
-  if (std::accumulate(b.begin(), b.end(), int64_t{1}, std::multiplies<int64_t>()) >
-      std::numeric_limits<int>::max()) {
+  if (batch_size(b) > std::numeric_limits<int>::max()) {
     throw std::invalid_argument(std::string("[") + std::string(tag) + "] too many batch entries.");
   }
   return b;
@@ -217,9 +215,8 @@ std::pair<array, array> gather_indices(
     if (idx) {
       return broadcast_to(astype(*idx, uint32, s), batch, s);
     }
-    Shape src(of.shape().begin(), of.shape().end() - 2);
-    const int n = static_cast<int>(
-        std::accumulate(src.begin(), src.end(), int64_t{1}, std::multiplies<int64_t>()));
+    const Shape src = batch_dims(of);
+    const int n = static_cast<int>(batch_size(src));
     return broadcast_to(reshape(arange(n, uint32, s), src, s), batch, s);
   };
   return {one(lhs, x), one(rhs, w)};

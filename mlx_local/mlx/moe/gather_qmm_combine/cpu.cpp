@@ -130,7 +130,7 @@ void gather_qmm_combine_cpu(const std::vector<array>& in, array& out, const Comb
 
   const int64_t M = h.shape(-2);
   const int64_t N = out.shape(-1);
-  const Shape h_batch(h.shape().begin(), h.shape().end() - 2);
+  const Shape h_batch = batch_dims(h);
   Shape batch(out.shape().begin(), out.shape().end() - 2);
   batch.push_back(static_cast<int>(p.k));
   const int64_t Bh = batch_size(h_batch);
@@ -138,7 +138,7 @@ void gather_qmm_combine_cpu(const std::vector<array>& in, array& out, const Comb
   const int64_t out_rows = static_cast<int64_t>(out.size()) / std::max<int64_t>(N, 1);
   const QMat W = qmat_view(w, sc, bi, p.q, p.transpose);
   const int64_t E = W.experts;
-  const Shape w_batch(w.shape().begin(), w.shape().end() - 2);
+  const Shape w_batch = batch_dims(w);
 
   // Every index is checked before any is used.
   std::vector<uint32_t> li, ri;

@@ -108,7 +108,7 @@ void gather_qmm_swiglu_cpu(const std::vector<array>& in, array& out, const Swigl
   const array* ubias = p.has_up_bias ? &in[k++] : nullptr;
 
   const int64_t M = x.shape(-2);
-  const Shape x_batch(x.shape().begin(), x.shape().end() - 2);
+  const Shape x_batch = batch_dims(x);
   const Shape batch(out.shape().begin(), out.shape().end() - 2);
   const int64_t Bx = batch_size(x_batch);
   const int64_t B = batch_size(batch);
@@ -116,7 +116,7 @@ void gather_qmm_swiglu_cpu(const std::vector<array>& in, array& out, const Swigl
   const QMat G = qmat_view(gw, gs, gb, p.q, p.transpose);
   const QMat U = qmat_view(uw, us, ub, p.q, p.transpose);
   const int64_t E = G.experts;
-  const Shape w_batch(gw.shape().begin(), gw.shape().end() - 2);
+  const Shape w_batch = batch_dims(gw);
 
   // Every index is checked before any is used.
   std::vector<uint32_t> li, ri;

@@ -7,10 +7,10 @@
 #include <mlx/ops.h>
 
 #include <cmath>
-#include <numeric>
 #include <sstream>
 #include <stdexcept>
 
+#include "mlx/moe/common/batch_inputs.h"
 #include "mlx/moe/common/checked_indices.h"
 #include "mlx/moe/common/validate.h"
 
@@ -95,11 +95,6 @@ Checked check_swiglu(
   return c;
 }
 
-int64_t batch_count(const array& a) {
-  return std::accumulate(
-      a.shape().begin(), a.shape().end() - 2, int64_t{1}, std::multiplies<int64_t>());
-}
-
 [[noreturn]] void inference_only() {
   throw std::invalid_argument(
       "[gather_qmm_swiglu] not implemented: gather_qmm_swiglu is inference-only "
@@ -136,7 +131,7 @@ array gather_qmm_swiglu_reference(
   moe::gather_indices(kTag, lhs_indices, rhs_indices, x, gate_w, s);
   std::optional<array> lhs, rhs;
   if (lhs_indices) {
-    lhs = moe::checked_indices(*lhs_indices, batch_count(x), "lhs index", kTag);
+    lhs = moe::checked_indices(*lhs_indices, moe::batch_size(moe::batch_dims(x)), "lhs index", kTag);
   }
   if (rhs_indices) {
     rhs = moe::checked_indices(*rhs_indices, c.gate.experts, "expert index", kTag);
