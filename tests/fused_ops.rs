@@ -159,6 +159,11 @@ fn astype(a: &Arr, t: sys::mlx_dtype, s: &Stream) -> Arr {
     r
 }
 
+/// A new handle to the same values (the call helpers take `Option`s of owned handles).
+fn dup(a: &Arr, s: &Stream) -> Arr {
+    astype(a, dtype_of(a), s)
+}
+
 fn transpose(a: &Arr, axes: &[i32], s: &Stream) -> Arr {
     let mut r = Arr(unsafe { sys::mlx_array_new() });
     ok(
@@ -2240,21 +2245,19 @@ fn fused_ops_take_inputs_in_any_layout_and_index_dtype() {
     let dbias = f32s(&rng.vec(e * d, 0.1), &[e as i32, d as i32]);
     let scores = f32s(&rng.vec(6, 1.0), &[3, 2]);
 
-    // A new handle to the same array (the helpers take Options of owned handles).
-    let dup = |a: &Arr| astype(a, dtype_of(a), &s);
     let swiglu = |x: &Arr, lhs: Option<&Arr>, rhs: &Arr, gb: &Arr| -> Vec<f32> {
         let out = call_swiglu(
             false,
             x,
             &g,
             &u,
-            &lhs.map(dup),
-            &Some(dup(rhs)),
+            &lhs.map(|l| dup(l, &s)),
+            &Some(dup(rhs, &s)),
             true,
             q,
             false,
             None,
-            &Some(dup(gb)),
+            &Some(dup(gb, &s)),
             &None,
             &s,
         )
@@ -2300,7 +2303,8 @@ fn fused_ops_take_inputs_in_any_layout_and_index_dtype() {
     // Combine: h strided, scores strided or broadcast, expert indices as int64, bias strided.
     let h = f32s(&rng.vec(6 * inter, 1.0), &[3, 2, 1, inter as i32]);
     let combine = |h: &Arr, r: &Arr, sc: &Arr, b: &Arr| -> Vec<f32> {
-        let out = call_combine(false, h, &w, r, sc, true, q, &Some(dup(b)), &s).expect("combine");
+        let out =
+            call_combine(false, h, &w, r, sc, true, q, &Some(dup(b, &s)), &s).expect("combine");
         read(&out, &s).expect("read combine")
     };
     let want = combine(&h, &rhs, &scores, &dbias);
@@ -2372,7 +2376,7 @@ fn combine_feature_major_schedule_matches_composed() {
             &scores,
             true,
             q,
-            &Some(astype(&bias, dtype_of(&bias), &s)),
+            &Some(dup(&bias, &s)),
             &s,
         )
         .expect("combine");
