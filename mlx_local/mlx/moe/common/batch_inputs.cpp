@@ -99,6 +99,9 @@ int64_t batch_size(const Shape& batch) {
 }
 
 Shape batch_dims(const array& a) {
+  if (a.ndim() < 2) {
+    throw std::invalid_argument("[moe] a matrix stack needs at least two dimensions.");
+  }
   return Shape(a.shape().begin(), a.shape().end() - 2);
 }
 
