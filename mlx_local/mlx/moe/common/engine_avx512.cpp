@@ -9,7 +9,9 @@
 // Activations. Each quantization group of an activation row is stored as int16 values x16 and one
 // power-of-two float32 scale xs with max|x| / xs in [2^14, 2^15): x = xs * x16 exactly for every
 // bfloat16 element within 2^7 of the group's largest (bfloat16 has 8 significant bits), and for
-// the smaller ones the rounding error is at most xs / 2 <= max|x| / 2^15. (float16, with 11
+// the smaller ones the rounding error is at most xs / 2 <= max|x| / 2^15. Affine 4-bit weights use
+// the byte path instead (see byte_format): 15-bit activations, max|x| / xs in [2^13, 2^14), exact
+// within 2^6 of the largest, rounding error at most max|x| / 2^14. (float16, with 11
 // significant bits, would be exact only within 2^4 of the largest: measured, its error against a
 // float64 oracle then reached 1.3e-5 of the largest output with float32 results, above the 1e-5 the
 // tests allow, so float16 stays on the float32 kernels.) gsum holds xs * sum(x16) per group, so that
@@ -88,7 +90,21 @@ template <ElemFormat E, int BITS>
 struct Fmt {
   static constexpr int P = 16 / BITS;
   static constexpr int CE = 32 * P;
+  // Affine 4-bit: the byte path (see byte_format).
+  static constexpr bool kBytes = E == ElemFormat::Int && BITS == 4;
 };
+
+// Affine 4-bit weights use vpdpbusd (64 unsigned-byte x signed-byte products per instruction)
+// instead of vpdpwssd. A chunk's 64 bytes give the even elements (low nibbles, v & 15) and the odd
+// ones ((v >> 4) & 15) as bytes in [0, 16): 3 operations instead of 6 for four int16 positions.
+// The activations have 15 bits (a = 128 h + l with h in [-128, 128), l in [0, 128)), stored per
+// chunk as four 64-byte planes: h of the even elements, h of the odd, l of the even, l of the odd
+// (byte b of a plane belongs to weight byte b). Per chunk: acc = dot(even, h_even) +
+// dot(odd, h_odd); acc <<= 7; acc += dot(even, l_even) + dot(odd, l_odd) — int32 lane m sums
+// elements [8m, 8m + 8) exactly, as on the int16 path (|sum| <= 8 * 15 * 2^14).
+bool byte_format(const QMat& m) {
+  return m.elem == ElemFormat::Int && m.bits == 4;
+}
 
 // Position j of every uint16 lane of a chunk as int16.
 template <ElemFormat E, int BITS, int j>
@@ -140,8 +156,6 @@ template <ElemFormat E, int BITS, int G, int W, int R, bool SREG = false>
 struct Dots {
   using F = Fmt<E, BITS>;
   __m512 acc[W][R]; // set by the caller before run()
-  __m512i ia[W][R];
-  __m512i v[W];
   const int16_t* x[R];
   const float* sc[W][R]; // per group: weight scale * activation scale (zero-padded)
   // SREG: the same in registers instead (rows of at most 32 groups): groups 0-15 and 16-31.
@@ -150,8 +164,11 @@ struct Dots {
   __m512i gidx; // int32 lane m -> group offset within the chunk's first group
   const uint8_t* rows_end = nullptr; // end of the expert's weight rows (set before run())
 
+  // The loop state (weight chunks v, int32 sums ia, float32 accumulators a) lives in run()'s locals,
+  // passed by reference: as members of the struct, the compiler stored v and acc to the stack on
+  // every chunk.
   template <int j>
-  MOE_INLINE void pos(int64_t xo) {
+  MOE_INLINE void pos(int64_t xo, const __m512i (&v)[W], __m512i (&ia)[W][R]) const {
     __m512i q[W];
     MOE_UNROLL
     for (int w = 0; w < W; ++w) {
@@ -167,18 +184,53 @@ struct Dots {
     }
   }
   template <int... J>
-  MOE_INLINE void positions(int64_t xo, std::integer_sequence<int, J...>) {
-    (pos<J>(xo), ...);
-  }
-  MOE_INLINE void chunk(int64_t c) {
-    MOE_UNROLL
-    for (int w = 0; w < W; ++w) {
+  MOE_INLINE void positions(
+      int64_t xo,
+      const __m512i (&v)[W],
+      __m512i (&ia)[W][R],
+      std::integer_sequence<int, J...>) const {
+    if constexpr (F::kBytes) {
+      // xo counts int16s: the chunk's planes start at byte 2 * xo.
+      const __m512i lo4 = _mm512_set1_epi8(15);
+      __m512i qe[W];
+      __m512i qo[W];
+      MOE_UNROLL
+      for (int w = 0; w < W; ++w) {
+        qe[w] = _mm512_and_si512(v[w], lo4);
+        qo[w] = _mm512_and_si512(_mm512_srli_epi16(v[w], 4), lo4);
+      }
       MOE_UNROLL
       for (int r = 0; r < R; ++r) {
-        ia[w][r] = _mm512_setzero_si512();
+        const auto* xb = reinterpret_cast<const uint8_t*>(x[r] + xo);
+        const __m512i he = _mm512_loadu_si512(xb);
+        const __m512i ho = _mm512_loadu_si512(xb + 64);
+        const __m512i le = _mm512_loadu_si512(xb + 128);
+        const __m512i lo = _mm512_loadu_si512(xb + 192);
+        MOE_UNROLL
+        for (int w = 0; w < W; ++w) {
+          __m512i t = _mm512_dpbusd_epi32(_mm512_setzero_si512(), qe[w], he);
+          t = _mm512_dpbusd_epi32(t, qo[w], ho);
+          t = _mm512_slli_epi32(t, 7);
+          t = _mm512_dpbusd_epi32(t, qe[w], le);
+          ia[w][r] = _mm512_dpbusd_epi32(t, qo[w], lo);
+        }
+      }
+    } else {
+      (pos<J>(xo, v, ia), ...);
+    }
+  }
+  MOE_INLINE void chunk(int64_t c, const __m512i (&v)[W], __m512 (&a)[W][R]) const {
+    __m512i ia[W][R];
+    if constexpr (!F::kBytes) {
+      MOE_UNROLL
+      for (int w = 0; w < W; ++w) {
+        MOE_UNROLL
+        for (int r = 0; r < R; ++r) {
+          ia[w][r] = _mm512_setzero_si512();
+        }
       }
     }
-    positions(c * F::CE, std::make_integer_sequence<int, F::P>{});
+    positions(c * F::CE, v, ia, std::make_integer_sequence<int, F::P>{});
     const int64_t g0 = (c * F::CE) / G;
     // SREG: lane m's group is g0 + gidx[m] of the row's (at most 32) groups in sr[w][r][0..1].
     __m512i idx = gidx;
@@ -195,7 +247,7 @@ struct Dots {
         } else {
           s = _mm512_permutexvar_ps(gidx, _mm512_loadu_ps(sc[w][r] + g0));
         }
-        acc[w][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ia[w][r]), s, acc[w][r]);
+        a[w][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ia[w][r]), s, a[w][r]);
       }
     }
   }
@@ -221,6 +273,15 @@ struct Dots {
     const int64_t ahead = W == 1 ? kPrefetch : std::max<int64_t>(kPrefetch, W * row_bytes);
     const uint8_t* far = w0 + kFarBlocks * W * row_bytes;
     const bool walk_far = W > 1 && walk && far + W * row_bytes <= rows_end;
+    __m512 a[W][R];
+    MOE_UNROLL
+    for (int w = 0; w < W; ++w) {
+      MOE_UNROLL
+      for (int r = 0; r < R; ++r) {
+        a[w][r] = acc[w][r];
+      }
+    }
+    __m512i v[W];
     for (int64_t c = 0; c < full; ++c) {
       if (walk) {
         MOE_UNROLL
@@ -253,12 +314,14 @@ struct Dots {
       }
       MOE_UNROLL
       for (int w = 0; w < W; ++w) {
-        v[w] = _mm512_loadu_si512(w0 + w * row_bytes + c * kChunkBytes);
+        __m512i t = _mm512_loadu_si512(w0 + w * row_bytes + c * kChunkBytes);
         // Keep the chunk in a register: otherwise the compiler folds the load into every shift /
         // mask (P loads of the same line per chunk, and the load ports are the tightest resource).
-        __asm__("" : "+v"(v[w]));
+        // (On a scalar: on the array element the compiler also stored every chunk to the stack.)
+        __asm__("" : "+v"(t));
+        v[w] = t;
       }
-      chunk(c);
+      chunk(c, v, a);
     }
     const int64_t rest = row_bytes - full * kChunkBytes;
     if (rest > 0) {
@@ -267,13 +330,13 @@ struct Dots {
       for (int w = 0; w < W; ++w) {
         v[w] = _mm512_maskz_loadu_epi8(mk, w0 + w * row_bytes + full * kChunkBytes);
       }
-      chunk(full);
+      chunk(full, v, a);
     }
     if constexpr (W == 4 && R == 1) {
       __m256 h[W];
       MOE_UNROLL
       for (int w = 0; w < W; ++w) {
-        h[w] = _mm256_add_ps(_mm512_castps512_ps256(acc[w][0]), _mm512_extractf32x8_ps(acc[w][0], 1));
+        h[w] = _mm256_add_ps(_mm512_castps512_ps256(a[w][0]), _mm512_extractf32x8_ps(a[w][0], 1));
       }
       // [a01 a23 b01 b23 | a45 a67 b45 b67] and the same for rows 2, 3; then
       // [a0123 b0123 c0123 d0123 | a4567 b4567 c4567 d4567].
@@ -286,7 +349,7 @@ struct Dots {
       for (int w = 0; w < W; ++w) {
         MOE_UNROLL
         for (int r = 0; r < R; ++r) {
-          out[w * R + r] = _mm512_reduce_add_ps(acc[w][r]);
+          out[w * R + r] = _mm512_reduce_add_ps(a[w][r]);
         }
       }
     }
@@ -733,8 +796,32 @@ void chunk_layout(const int16_t* src, int16_t* dst, int64_t chunks) {
   }
 }
 
-// One activation row to the int16 chunk layout. Returns false if the row has a non-finite value.
+// The byte path's layout of `chunks` whole chunks of 128 int16 activations (|a| < 2^14): per chunk
+// the planes h(even), h(odd), l(even), l(odd) of 64 bytes each, h = a >> 7 and l = a & 127.
+void byte_layout(const int16_t* src, int16_t* dst, int64_t chunks) {
+  const __m512i low7 = _mm512_set1_epi32(127);
+  for (int64_t c = 0; c < chunks; ++c) {
+    auto* out = reinterpret_cast<uint8_t*>(dst + c * 128);
+    MOE_UNROLL
+    for (int q = 0; q < 4; ++q) {
+      // 16 int32 lanes: element 2i in the low half, 2i + 1 in the high half.
+      const __m512i v = _mm512_loadu_si512(src + c * 128 + 32 * q);
+      const __m512i ev = _mm512_srai_epi32(_mm512_slli_epi32(v, 16), 16);
+      const __m512i od = _mm512_srai_epi32(v, 16);
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(out + 16 * q), _mm512_cvtepi32_epi8(_mm512_srai_epi32(ev, 7)));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(out + 64 + 16 * q), _mm512_cvtepi32_epi8(_mm512_srai_epi32(od, 7)));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(out + 128 + 16 * q), _mm512_cvtepi32_epi8(_mm512_and_si512(ev, low7)));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(out + 192 + 16 * q), _mm512_cvtepi32_epi8(_mm512_and_si512(od, low7)));
+    }
+  }
+}
+
+// One activation row to the chunk layout (int16 lanes, or the byte path's planes). Returns false
+// if the row has a non-finite value.
 bool quantize_row(const QMat& m, const float* nat, int64_t K, int16_t* xq, float* xs, float* gs) {
+  const bool bytes = byte_format(m);
+  // Activations get `top` + 1 bits: max|x| / xs in [2^(top - 1), 2^top).
+  const int top = bytes ? 14 : 15;
   const int P = lane_elems(m);
   const int64_t CE = 32 * P;
   const int64_t G = m.group;
@@ -764,13 +851,13 @@ bool quantize_row(const QMat& m, const float* nat, int64_t K, int16_t* xq, float
     } else if (mx > 0.0f) {
       std::frexp(mx, &ex);
     }
-    if (mx > 0.0f && 15 - ex >= -126 && 15 - ex <= 127) {
-      // Power-of-two scale: max|x| * 2^(15 - ex) lies in [2^14, 2^15). Scaling by a power of two is
-      // exact, so every element within 2^7 of the group's largest (bfloat16) is represented
-      // exactly; smaller ones are rounded (to nearest even) to a multiple of the scale.
+    if (mx > 0.0f && top - ex >= -126 && top - ex <= 127) {
+      // Power-of-two scale: max|x| * 2^(top - ex) lies in [2^(top - 1), 2^top). Scaling by a power
+      // of two is exact, so every element within 2^(top - 8) of the group's largest (bfloat16) is
+      // represented exactly; smaller ones are rounded (to nearest even) to a multiple of the scale.
       const __m512 up =
-          _mm512_set1_ps(std::bit_cast<float>(static_cast<uint32_t>(15 - ex + 127) << 23));
-      const __m512i lim = _mm512_set1_epi32(32767);
+          _mm512_set1_ps(std::bit_cast<float>(static_cast<uint32_t>(top - ex + 127) << 23));
+      const __m512i lim = _mm512_set1_epi32((1 << top) - 1);
       __m512i sum = _mm512_setzero_si512();
       for (int64_t k = 0; k < G; k += 16) {
         const __mmask16 mk = first_lanes(G - k);
@@ -779,20 +866,21 @@ bool quantize_row(const QMat& m, const float* nat, int64_t K, int16_t* xq, float
         sum = _mm512_add_epi32(sum, q);
         _mm256_mask_storeu_epi16(tmp + g * G + k, mk, _mm512_cvtepi32_epi16(q));
       }
-      const double sc = std::bit_cast<double>(static_cast<uint64_t>(ex - 15 + 1023) << 52);
+      const double sc = std::bit_cast<double>(static_cast<uint64_t>(ex - top + 1023) << 52);
       xs[g] = static_cast<float>(sc);
       gs[g] = static_cast<float>(sc * static_cast<double>(_mm512_reduce_add_epi32(sum)));
     } else if (mx > 0.0f) {
       // Scales outside float32's normal range (only for extreme magnitudes): in double.
-      const double up = std::ldexp(1.0, 15 - ex);
+      const double up = std::ldexp(1.0, top - ex);
+      const double lim = std::ldexp(1.0, top) - 1.0;
       int64_t sum = 0;
       for (int64_t k = 0; k < G; ++k) {
         const double v = std::nearbyint(static_cast<double>(src[k]) * up);
-        const int16_t q = static_cast<int16_t>(std::clamp(v, -32767.0, 32767.0));
+        const int16_t q = static_cast<int16_t>(std::clamp(v, -lim, lim));
         tmp[g * G + k] = q;
         sum += q;
       }
-      const double sc = std::ldexp(1.0, ex - 15);
+      const double sc = std::ldexp(1.0, ex - top);
       xs[g] = static_cast<float>(sc);
       gs[g] = static_cast<float>(sc * static_cast<double>(sum));
     } else {
@@ -800,6 +888,12 @@ bool quantize_row(const QMat& m, const float* nat, int64_t K, int16_t* xq, float
       xs[g] = 0.0f;
       gs[g] = 0.0f;
     }
+  }
+  if (bytes) {
+    const int64_t chunks = (K + CE - 1) / CE;
+    std::fill(tmp + K, tmp + chunks * CE, int16_t{0});
+    byte_layout(tmp, xq, chunks);
+    return true;
   }
   const int64_t full = K / CE;
   switch (P) {
