@@ -42,8 +42,8 @@ struct XPrep {
   std::vector<float> gsum; // [rows][gstride]: sums over each quantization group (affine)
   // AVX-512 engine, integer path (bfloat16 activations, see engine_avx512.cpp): every
   // quantization group of a row as int16 values times one float32 scale, in the chunk layout of
-  // the weight format (for affine 4-bit weights: 15-bit values split into byte planes, the same
-  // two bytes per element); gsum then holds the sums of these rounded values.
+  // the weight format (for affine 4-bit weights split into byte planes, the same two bytes per
+  // element); gsum then holds the sums of these rounded values.
   bool q16 = false;
   int64_t qstride = 0; // int16s between rows of xq (a whole number of chunks, zero-padded)
   std::vector<int16_t> xq; // [rows][qstride]

@@ -10,8 +10,7 @@
 // power-of-two float32 scale xs with max|x| / xs in [2^14, 2^15): x = xs * x16 exactly for every
 // bfloat16 element within 2^7 of the group's largest (bfloat16 has 8 significant bits), and for
 // the smaller ones the rounding error is at most xs / 2 <= max|x| / 2^15. Affine 4-bit weights use
-// the byte path instead (see byte_format): 15-bit activations, max|x| / xs in [2^13, 2^14), exact
-// within 2^6 of the largest, rounding error at most max|x| / 2^14. (float16, with 11
+// the same int16 values, split into bytes (see byte_format). (float16, with 11
 // significant bits, would be exact only within 2^4 of the largest: measured, its error against a
 // float64 oracle then reached 1.3e-5 of the largest output with float32 results, above the 1e-5 the
 // tests allow, so float16 stays on the float32 kernels.) gsum holds xs * sum(x16) per group, so that
@@ -97,11 +96,12 @@ struct Fmt {
 // Affine 4-bit weights use vpdpbusd (64 unsigned-byte x signed-byte products per instruction)
 // instead of vpdpwssd. A chunk's 64 bytes give the even elements (low nibbles, v & 15) and the odd
 // ones ((v >> 4) & 15) as bytes in [0, 16): 3 operations instead of 6 for four int16 positions.
-// The activations have 15 bits (a = 128 h + l with h in [-128, 128), l in [0, 128)), stored per
-// chunk as four 64-byte planes: h of the even elements, h of the odd, l of the even, l of the odd
-// (byte b of a plane belongs to weight byte b). Per chunk: acc = dot(even, h_even) +
-// dot(odd, h_odd); acc <<= 7; acc += dot(even, l_even) + dot(odd, l_odd) — int32 lane m sums
-// elements [8m, 8m + 8) exactly, as on the int16 path (|sum| <= 8 * 15 * 2^14).
+// The int16 activations are split as a = 256 h + l (h = a >> 8 signed, l = a & 255 unsigned) and
+// stored per chunk as four 64-byte planes: h of the even elements, h of the odd, l of the even, l
+// of the odd (byte b of a plane belongs to weight byte b). The weights in [0, 16) are valid as
+// either operand: unsigned against h, signed against l. Per chunk: acc = dot(even, h_even) +
+// dot(odd, h_odd); acc <<= 8; acc += dot(l_even, even) + dot(l_odd, odd) — int32 lane m sums
+// elements [8m, 8m + 8) exactly, the same sums as the int16 path (|sum| <= 8 * 15 * 2^15).
 bool byte_format(const QMat& m) {
   return m.elem == ElemFormat::Int && m.bits == 4;
 }
@@ -210,9 +210,9 @@ struct Dots {
         for (int w = 0; w < W; ++w) {
           __m512i t = _mm512_dpbusd_epi32(_mm512_setzero_si512(), qe[w], he);
           t = _mm512_dpbusd_epi32(t, qo[w], ho);
-          t = _mm512_slli_epi32(t, 7);
-          t = _mm512_dpbusd_epi32(t, qe[w], le);
-          ia[w][r] = _mm512_dpbusd_epi32(t, qo[w], lo);
+          t = _mm512_slli_epi32(t, 8);
+          t = _mm512_dpbusd_epi32(t, le, qe[w]);
+          ia[w][r] = _mm512_dpbusd_epi32(t, lo, qo[w]);
         }
       }
     } else {
@@ -732,10 +732,10 @@ void chunk_layout(const int16_t* src, int16_t* dst, int64_t chunks) {
   }
 }
 
-// The byte path's layout of `chunks` whole chunks of 128 int16 activations (|a| < 2^14): per chunk
-// the planes h(even), h(odd), l(even), l(odd) of 64 bytes each, h = a >> 7 and l = a & 127.
+// The byte path's layout of `chunks` whole chunks of 128 int16 activations: per chunk the planes
+// h(even), h(odd), l(even), l(odd) of 64 bytes each, h = a >> 8 and l = a & 255.
 void byte_layout(const int16_t* src, int16_t* dst, int64_t chunks) {
-  const __m512i low7 = _mm512_set1_epi32(127);
+  const __m512i low8 = _mm512_set1_epi32(255);
   for (int64_t c = 0; c < chunks; ++c) {
     auto* out = reinterpret_cast<uint8_t*>(dst + c * 128);
     MOE_UNROLL
@@ -744,10 +744,10 @@ void byte_layout(const int16_t* src, int16_t* dst, int64_t chunks) {
       const __m512i v = _mm512_loadu_si512(src + c * 128 + 32 * q);
       const __m512i ev = _mm512_srai_epi32(_mm512_slli_epi32(v, 16), 16);
       const __m512i od = _mm512_srai_epi32(v, 16);
-      _mm_storeu_si128(reinterpret_cast<__m128i*>(out + 16 * q), _mm512_cvtepi32_epi8(_mm512_srai_epi32(ev, 7)));
-      _mm_storeu_si128(reinterpret_cast<__m128i*>(out + 64 + 16 * q), _mm512_cvtepi32_epi8(_mm512_srai_epi32(od, 7)));
-      _mm_storeu_si128(reinterpret_cast<__m128i*>(out + 128 + 16 * q), _mm512_cvtepi32_epi8(_mm512_and_si512(ev, low7)));
-      _mm_storeu_si128(reinterpret_cast<__m128i*>(out + 192 + 16 * q), _mm512_cvtepi32_epi8(_mm512_and_si512(od, low7)));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(out + 16 * q), _mm512_cvtepi32_epi8(_mm512_srai_epi32(ev, 8)));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(out + 64 + 16 * q), _mm512_cvtepi32_epi8(_mm512_srai_epi32(od, 8)));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(out + 128 + 16 * q), _mm512_cvtepi32_epi8(_mm512_and_si512(ev, low8)));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(out + 192 + 16 * q), _mm512_cvtepi32_epi8(_mm512_and_si512(od, low8)));
     }
   }
 }
@@ -756,8 +756,6 @@ void byte_layout(const int16_t* src, int16_t* dst, int64_t chunks) {
 // if the row has a non-finite value.
 bool quantize_row(const QMat& m, const float* nat, int64_t K, int16_t* xq, float* xs, float* gs) {
   const bool bytes = byte_format(m);
-  // Activations get `top` + 1 bits: max|x| / xs in [2^(top - 1), 2^top).
-  const int top = bytes ? 14 : 15;
   const int P = lane_elems(m);
   const int64_t CE = 32 * P;
   const int64_t G = m.group;
@@ -787,13 +785,13 @@ bool quantize_row(const QMat& m, const float* nat, int64_t K, int16_t* xq, float
     } else if (mx > 0.0f) {
       std::frexp(mx, &ex);
     }
-    if (mx > 0.0f && top - ex >= -126 && top - ex <= 127) {
-      // Power-of-two scale: max|x| * 2^(top - ex) lies in [2^(top - 1), 2^top). Scaling by a power
-      // of two is exact, so every element within 2^(top - 8) of the group's largest (bfloat16) is
-      // represented exactly; smaller ones are rounded (to nearest even) to a multiple of the scale.
+    if (mx > 0.0f && 15 - ex >= -126 && 15 - ex <= 127) {
+      // Power-of-two scale: max|x| * 2^(15 - ex) lies in [2^14, 2^15). Scaling by a power of two is
+      // exact, so every element within 2^7 of the group's largest (bfloat16) is represented
+      // exactly; smaller ones are rounded (to nearest even) to a multiple of the scale.
       const __m512 up =
-          _mm512_set1_ps(std::bit_cast<float>(static_cast<uint32_t>(top - ex + 127) << 23));
-      const __m512i lim = _mm512_set1_epi32((1 << top) - 1);
+          _mm512_set1_ps(std::bit_cast<float>(static_cast<uint32_t>(15 - ex + 127) << 23));
+      const __m512i lim = _mm512_set1_epi32(32767);
       __m512i sum = _mm512_setzero_si512();
       for (int64_t k = 0; k < G; k += 16) {
         const __mmask16 mk = first_lanes(G - k);
@@ -802,21 +800,20 @@ bool quantize_row(const QMat& m, const float* nat, int64_t K, int16_t* xq, float
         sum = _mm512_add_epi32(sum, q);
         _mm256_mask_storeu_epi16(tmp + g * G + k, mk, _mm512_cvtepi32_epi16(q));
       }
-      const double sc = std::bit_cast<double>(static_cast<uint64_t>(ex - top + 1023) << 52);
+      const double sc = std::bit_cast<double>(static_cast<uint64_t>(ex - 15 + 1023) << 52);
       xs[g] = static_cast<float>(sc);
       gs[g] = static_cast<float>(sc * static_cast<double>(_mm512_reduce_add_epi32(sum)));
     } else if (mx > 0.0f) {
       // Scales outside float32's normal range (only for extreme magnitudes): in double.
-      const double up = std::ldexp(1.0, top - ex);
-      const double lim = std::ldexp(1.0, top) - 1.0;
+      const double up = std::ldexp(1.0, 15 - ex);
       int64_t sum = 0;
       for (int64_t k = 0; k < G; ++k) {
         const double v = std::nearbyint(static_cast<double>(src[k]) * up);
-        const int16_t q = static_cast<int16_t>(std::clamp(v, -lim, lim));
+        const int16_t q = static_cast<int16_t>(std::clamp(v, -32767.0, 32767.0));
         tmp[g * G + k] = q;
         sum += q;
       }
-      const double sc = std::ldexp(1.0, ex - top);
+      const double sc = std::ldexp(1.0, ex - 15);
       xs[g] = static_cast<float>(sc);
       gs[g] = static_cast<float>(sc * static_cast<double>(sum));
     } else {
