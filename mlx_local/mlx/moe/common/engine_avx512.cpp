@@ -404,8 +404,6 @@ void int_dots_impl(
   const int64_t ng = m.groups;
   // Scale stride per activation row: the chunk's first group + 16 lanes must stay inside.
   const int64_t scs = ng + 32;
-  // Few activation rows: one pass over the weights; more: passes over the block, kRows rows each.
-  const bool one_pass = R <= kRows;
   float* sc = detail::scratch(2, kRows * scs);
   // Scale (and bias) rows are decoded row by row alongside the weights and prefetched kScaleAhead
   // rows ahead, so that they stream with the weights instead of stalling the block's start.
@@ -543,92 +541,67 @@ void int_dots_impl(
   if (R <= 0) {
     return;
   }
-  if (one_pass) {
-    // Decode: the weights and their scale rows stream once, W rows at a time (W = kWideRows for one
-    // activation row, 2 for two, else 1; rows left over one at a time).
-    // Rows of at most 32 groups (K <= 2048 at group size 64) keep their combined scales in two
-    // registers instead of a scratch row that every chunk reloads from: measured on the 2-vCPU
-    // Zen 4 machine (two threads, weights in L2, K = 768) 35 -> 41 G weights/s per thread.
-    auto rows = [&]<bool SREG>() {
-      int64_t j = 0;
-      // W weight rows (against the RR = R activation rows) per step while W of them are left.
-      auto wide = [&]<int W, int RR>() {
-        for (; j + W <= nb; j += W) {
-          for (int w = 0; w < W; ++w) {
-            if (j + w + kScaleAhead < nb) {
-              prefetch_scales(j + w + kScaleAhead);
-            }
-          }
-          decode.template operator()<W, RR, SREG>(j, 0);
-        }
-      };
-      if (R == 1) {
-        wide.template operator()<kWideRows, 1>();
-      } else if (R == 2) {
-        // Two weight rows per step (A/B, weights from DRAM: T=4 2.71 -> 2.61 ms, T=16 7.98 ->
-        // 7.76 ms, T=1 unchanged; two rows for three or four activation rows were not faster).
-        wide.template operator()<2, 2>();
-      }
-      for (; j < nb; ++j) {
-        if (j + kScaleAhead < nb) {
-          prefetch_scales(j + kScaleAhead);
-        }
-        switch (R) {
-          case 4:
-            decode.template operator()<1, 4, SREG>(j, 0);
-            break;
-          case 3:
-            decode.template operator()<1, 3, SREG>(j, 0);
-            break;
-          case 2:
-            decode.template operator()<1, 2, SREG>(j, 0);
-            break;
-          default:
-            decode.template operator()<1, 1, SREG>(j, 0);
-            break;
-        }
-      }
-    };
-    if (ng <= 32) {
-      rows.template operator()<true>();
-    } else {
-      rows.template operator()<false>();
+  // Weight row j against the rr <= kRows activation rows from r0.
+  auto one_row = [&]<bool SREG>(int64_t j, int64_t r0, int64_t rr) {
+    switch (rr) {
+      case 4:
+        decode.template operator()<1, 4, SREG>(j, r0);
+        break;
+      case 3:
+        decode.template operator()<1, 3, SREG>(j, r0);
+        break;
+      case 2:
+        decode.template operator()<1, 2, SREG>(j, r0);
+        break;
+      default:
+        decode.template operator()<1, 1, SREG>(j, r0);
+        break;
     }
-    return;
-  }
+  };
+  // Decode (R <= kRows): the weights and their scale rows stream once, W rows at a time (W =
+  // kWideRows for one activation row, 2 for two, else 1; rows left over one at a time).
   // Prefill: pass after pass over the block (the weights from L2 after the first), kRows activation
   // rows at a time, so that those rows stay in L1; each pass is the decode step with one weight row
   // (A/B in one process, weights from DRAM, Qwen3 layer: T=64 31.7 -> 27.6 ms, T=16 7.34 -> 7.19
   // ms against passes that decoded each scale row once per block into a scratch buffer and then
   // combined it with each activation row in memory, with a horizontal sum for the bias term).
-  auto passes = [&]<bool SREG>() {
-    int64_t r0 = 0;
-    for (; r0 + kRows <= R; r0 += kRows) {
-      for (int64_t j = 0; j < nb; ++j) {
-        if (r0 == 0 && j + kScaleAhead < nb) {
-          prefetch_scales(j + kScaleAhead);
+  // The scale rows are prefetched during the first pass.
+  auto rows = [&]<bool SREG>() {
+    int64_t j = 0;
+    // W weight rows (against the RR = R activation rows) per step while W of them are left.
+    auto wide = [&]<int W, int RR>() {
+      for (; j + W <= nb; j += W) {
+        for (int w = 0; w < W; ++w) {
+          if (j + w + kScaleAhead < nb) {
+            prefetch_scales(j + w + kScaleAhead);
+          }
         }
-        decode.template operator()<1, kRows, SREG>(j, r0);
+        decode.template operator()<W, RR, SREG>(j, 0);
       }
+    };
+    if (R == 1) {
+      wide.template operator()<kWideRows, 1>();
+    } else if (R == 2) {
+      // Two weight rows per step (A/B, weights from DRAM: T=4 2.71 -> 2.61 ms, T=16 7.98 ->
+      // 7.76 ms, T=1 unchanged; two rows for three or four activation rows were not faster).
+      wide.template operator()<2, 2>();
     }
-    for (int64_t j = 0; j < nb && r0 < R; ++j) {
-      switch (R - r0) {
-        case 3:
-          decode.template operator()<1, 3, SREG>(j, r0);
-          break;
-        case 2:
-          decode.template operator()<1, 2, SREG>(j, r0);
-          break;
-        default:
-          decode.template operator()<1, 1, SREG>(j, r0);
-          break;
+    for (int64_t r0 = 0; r0 < R; r0 += kRows) {
+      for (int64_t jj = r0 == 0 ? j : 0; jj < nb; ++jj) {
+        if (r0 == 0 && jj + kScaleAhead < nb) {
+          prefetch_scales(jj + kScaleAhead);
+        }
+        one_row.template operator()<SREG>(jj, r0, std::min<int64_t>(kRows, R - r0));
       }
     }
   };
+  // Rows of at most 32 groups (K <= 2048 at group size 64) keep their combined scales in two
+  // registers instead of a scratch row that every chunk reloads from: measured on the 2-vCPU
+  // Zen 4 machine (two threads, weights in L2, K = 768) 35 -> 41 G weights/s per thread.
   if (ng <= 32) {
-    passes.template operator()<true>();
+    rows.template operator()<true>();
   } else {
-    passes.template operator()<false>();
+    rows.template operator()<false>();
   }
 }
 
