@@ -38,8 +38,7 @@ Checked check_combine(
     std::optional<int> group_size,
     std::optional<int> bits,
     const std::string& mode,
-    const std::optional<array>& bias,
-    StreamOrDevice s) {
+    const std::optional<array>& bias) {
   Checked c;
   moe::check_activations(kTag, "h", h);
   c.params.q = moe::resolve_quant(kTag, mode, group_size, bits);
@@ -103,7 +102,7 @@ array gather_qmm_combine_reference(
     const std::optional<array>& bias,
     StreamOrDevice s) {
   Checked c = check_combine(
-      h, w, scales, biases, rhs_indices, scores, transpose, group_size, bits, mode, bias, s);
+      h, w, scales, biases, rhs_indices, scores, transpose, group_size, bits, mode, bias);
   array rhs = moe::checked_indices(rhs_indices, c.proj.experts, "expert index", kTag);
   array y = gather_qmm(
       h, w, scales, biases, std::nullopt, rhs, transpose, c.params.q.group_size, c.params.q.bits,
@@ -137,7 +136,7 @@ array gather_qmm_combine(
         h, w, scales, biases, rhs_indices, scores, transpose, group_size, bits, mode, bias, stream);
   }
   Checked c = check_combine(
-      h, w, scales, biases, rhs_indices, scores, transpose, group_size, bits, mode, bias, stream);
+      h, w, scales, biases, rhs_indices, scores, transpose, group_size, bits, mode, bias);
   // h, the indices, the scores and the bias go to the primitive as given (see
   // moe/common/batch_inputs.h).
   Shape out_shape(c.batch.begin(), c.batch.end() - 1);

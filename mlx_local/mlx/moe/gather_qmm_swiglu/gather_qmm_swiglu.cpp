@@ -128,7 +128,7 @@ array gather_qmm_swiglu_reference(
       x, gate_w, gate_scales, gate_biases, up_w, up_scales, up_biases, transpose, group_size, bits,
       mode, sorted_indices, activation, alpha, limit, gate_bias, up_bias);
   // Validates index dtypes and broadcasting with the op's messages.
-  moe::gather_indices(kTag, lhs_indices, rhs_indices, x, gate_w, s);
+  moe::gather_batch_shape(kTag, lhs_indices, rhs_indices, x, gate_w);
   std::optional<array> lhs, rhs;
   if (lhs_indices) {
     lhs = moe::checked_indices(*lhs_indices, moe::batch_size(moe::batch_dims(x)), "lhs index", kTag);
