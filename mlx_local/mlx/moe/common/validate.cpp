@@ -170,6 +170,12 @@ Shape gather_batch_shape(
     const std::optional<array>& rhs,
     const array& x,
     const array& w) {
+  // Index arrays and arange are int-sized in MLX.
+  auto check_size = [&](const Shape& batch) {
+    if (batch_size(batch) > std::numeric_limits<int>::max()) {
+      throw std::invalid_argument(std::string("[") + std::string(tag) + "] too many batch entries.");
+    }
+  };
   auto one = [&](const std::optional<array>& idx, const array& of, const char* name) {
     if (idx) {
       if (!issubdtype(idx->dtype(), integer)) {
@@ -181,9 +187,7 @@ Shape gather_batch_shape(
       return idx->shape();
     }
     Shape batch = batch_dims(of);
-    if (batch_size(batch) > std::numeric_limits<int>::max()) {
-      throw std::invalid_argument(std::string("[") + std::string(tag) + "] too many batch entries.");
-    }
+    check_size(batch);
     return batch;
   };
   const Shape l = one(lhs, x, "lhs_indices");
@@ -197,9 +201,7 @@ Shape gather_batch_shape(
         << " and rhs_indices with shape " << shape_str(r) << " cannot be broadcast together.";
     throw std::invalid_argument(msg.str());
   }
-  if (batch_size(b) > std::numeric_limits<int>::max()) {
-    throw std::invalid_argument(std::string("[") + std::string(tag) + "] too many batch entries.");
-  }
+  check_size(b);
   return b;
 }
 
