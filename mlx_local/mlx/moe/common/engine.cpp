@@ -34,6 +34,12 @@ float* scratch(int which, int64_t n) {
   return b.p.get();
 }
 
+int64_t prepare_chunk(int64_t n, int64_t K) {
+  const int64_t threads = ThreadPool::instance().num_threads();
+  const int64_t by_size = std::max<int64_t>(1, (int64_t{1} << 15) / std::max<int64_t>(K, 1));
+  return std::max<int64_t>(1, std::min(by_size, (n + threads - 1) / threads));
+}
+
 void load_row(const void* x, Dtype xt, int64_t row, int64_t K, float* out) {
   int64_t off = row * K;
   if (xt == float32) {

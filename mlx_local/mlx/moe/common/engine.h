@@ -101,6 +101,10 @@ const Engine& avx512_engine();
 // Shared pieces used by the engines.
 namespace detail {
 
+// Activation rows per piece when an engine prepares n rows of K elements in parallel: about 2^15
+// elements, and no more than an even share per thread, so that a few rows are spread too.
+int64_t prepare_chunk(int64_t n, int64_t K);
+
 // x row (any supported float dtype) to float32.
 void load_row(const void* x, Dtype xt, int64_t row, int64_t K, float* out);
 

@@ -966,7 +966,7 @@ void avx2_prepare(
   }
   const int64_t nblk = K / geo.BE;
   const int64_t kfull = nblk * geo.BE;
-  const int64_t chunk = std::max<int64_t>(1, (int64_t{1} << 15) / std::max<int64_t>(K, 1));
+  const int64_t chunk = detail::prepare_chunk(n, K);
   const int64_t pieces = (n + chunk - 1) / chunk;
   // A row whose largest magnitude is below 2^-64 would lose precision to float32 subnormals in the
   // prescaled copy (down to 2^-28 of the row); then the whole call takes the exact path instead.

@@ -850,7 +850,7 @@ void avx512_prepare(
   p.xscale.assign(static_cast<size_t>(n * p.gstride), 0.0f);
   p.gsum.assign(static_cast<size_t>(n * p.gstride), 0.0f);
   std::atomic<bool> finite{true};
-  const int64_t chunk = std::max<int64_t>(1, (int64_t{1} << 15) / std::max<int64_t>(K, 1));
+  const int64_t chunk = detail::prepare_chunk(n, K);
   const int64_t pieces = (n + chunk - 1) / chunk;
   ThreadPool::instance().parallel_for(pieces, [&](int64_t c) {
     float* nat = detail::scratch(2, K + 16);

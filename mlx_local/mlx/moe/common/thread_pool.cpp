@@ -1,6 +1,7 @@
 // Copyright © 2026 zmlx contributors.
 #include "mlx/moe/common/thread_pool.h"
 
+#include <algorithm>
 #include <atomic>
 #include <cstdlib>
 #include <stdexcept>
@@ -109,8 +110,9 @@ void ThreadPool::start(int n) {
   // The generation the workers start from is read here, before any parallel_for can publish a
   // job (none runs during start), so that no job is mistaken for an old one.
   const uint64_t gen = generation_.load(std::memory_order_acquire);
+  ranges_ = std::vector<Range>(static_cast<size_t>(n));
   for (int i = 1; i < n; ++i) {
-    workers_.emplace_back([this, gen] { worker(gen); });
+    workers_.emplace_back([this, gen, i] { worker(gen, i); });
   }
 }
 
@@ -139,13 +141,51 @@ void ThreadPool::set_num_threads(int n) {
   start(n);
 }
 
-void ThreadPool::run_pieces() {
-  FloatModeGuard mode;
-  while (!failed_.load(std::memory_order_relaxed)) {
-    int64_t i = next_.fetch_add(1, std::memory_order_relaxed);
-    if (i >= n_) {
-      break;
+bool ThreadPool::take(int id, int64_t& piece) {
+  auto pop = [&](std::atomic<uint64_t>& r, bool front) {
+    uint64_t v = r.load(std::memory_order_relaxed);
+    while (true) {
+      const uint64_t f = v >> 32;
+      const uint64_t b = v & 0xffffffffu;
+      if (f >= b) {
+        return false;
+      }
+      const uint64_t next = front ? ((f + 1) << 32) | b : (f << 32) | (b - 1);
+      if (r.compare_exchange_weak(v, next, std::memory_order_relaxed)) {
+        piece = static_cast<int64_t>(front ? f : b - 1);
+        return true;
+      }
     }
+  };
+  if (pop(ranges_[id].bounds, true)) {
+    return true;
+  }
+  // Steal from the range with most pieces left, until every range is empty.
+  while (true) {
+    int victim = -1;
+    uint64_t most = 0;
+    for (int t = 0; t < static_cast<int>(ranges_.size()); ++t) {
+      const uint64_t v = ranges_[t].bounds.load(std::memory_order_relaxed);
+      const uint64_t f = v >> 32;
+      const uint64_t b = v & 0xffffffffu;
+      if (f < b && b - f > most) {
+        most = b - f;
+        victim = t;
+      }
+    }
+    if (victim < 0) {
+      return false;
+    }
+    if (pop(ranges_[victim].bounds, false)) {
+      return true;
+    }
+  }
+}
+
+void ThreadPool::run_pieces(int id) {
+  FloatModeGuard mode;
+  int64_t i = 0;
+  while (!failed_.load(std::memory_order_relaxed) && take(id, i)) {
     try {
       (*fn_)(i);
     } catch (...) {
@@ -158,7 +198,7 @@ void ThreadPool::run_pieces() {
   }
 }
 
-void ThreadPool::worker(uint64_t seen) {
+void ThreadPool::worker(uint64_t seen, int id) {
   while (true) {
     auto has_work = [&] {
       return stopping_.load(std::memory_order_acquire) ||
@@ -172,7 +212,7 @@ void ThreadPool::worker(uint64_t seen) {
       return;
     }
     seen = generation_.load(std::memory_order_acquire);
-    run_pieces();
+    run_pieces(id);
     if (busy_workers_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
       std::lock_guard<std::mutex> lk(mtx_);
       cv_done_.notify_one();
@@ -184,6 +224,14 @@ void ThreadPool::parallel_for(int64_t n, const std::function<void(int64_t)>& fn)
   if (n <= 0) {
     return;
   }
+  // Piece numbers are packed in 32 bits (see Range): larger counts run in slices.
+  constexpr int64_t kMaxPieces = int64_t{1} << 31;
+  if (n > kMaxPieces) {
+    for (int64_t s = 0; s < n; s += kMaxPieces) {
+      parallel_for(std::min(kMaxPieces, n - s), [&](int64_t i) { fn(s + i); });
+    }
+    return;
+  }
   std::unique_lock<std::mutex> run(run_mtx_, std::try_to_lock);
   if (!run.owns_lock() || workers_.empty() || n == 1) {
     FloatModeGuard mode;
@@ -193,8 +241,12 @@ void ThreadPool::parallel_for(int64_t n, const std::function<void(int64_t)>& fn)
     return;
   }
   fn_ = &fn;
-  n_ = n;
-  next_.store(0, std::memory_order_relaxed);
+  const int64_t nt = static_cast<int64_t>(ranges_.size());
+  for (int64_t t = 0; t < nt; ++t) {
+    const auto f = static_cast<uint64_t>(n * t / nt);
+    const auto b = static_cast<uint64_t>(n * (t + 1) / nt);
+    ranges_[static_cast<size_t>(t)].bounds.store((f << 32) | b, std::memory_order_relaxed);
+  }
   failed_.store(false, std::memory_order_relaxed);
   error_ = nullptr;
   busy_workers_.store(static_cast<int>(workers_.size()), std::memory_order_relaxed);
@@ -203,7 +255,7 @@ void ThreadPool::parallel_for(int64_t n, const std::function<void(int64_t)>& fn)
     generation_.fetch_add(1, std::memory_order_acq_rel);
   }
   cv_work_.notify_all();
-  run_pieces();
+  run_pieces(0);
   auto done = [&] { return busy_workers_.load(std::memory_order_acquire) == 0; };
   if (!spin_until(done, spin_ns_)) {
     std::unique_lock<std::mutex> lk(mtx_);

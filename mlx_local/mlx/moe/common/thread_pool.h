@@ -9,6 +9,13 @@
 // ops apart) then do not pay a thread wake-up each. Measured on the 2-vCPU Zen 4 machine: a sleeping
 // worker took ~10 us on average to join a kernel after 200 us of spinning, ~1 us after 2000 us, and
 // the Qwen3 layer benchmark (T=1) was ~5% faster with the longer spin.
+//
+// Scheduling: the pieces are split into one contiguous range per thread; a thread runs its own range
+// front to back and, when it is done, takes pieces from the back of the range with most left. The
+// kernels number their pieces so that consecutive pieces read consecutive weight rows, so each
+// thread reads one long stream (the hardware and software prefetches run on across pieces) instead of
+// every other piece of a shared counter. Measured on the 2-vCPU Zen 4 machine (A/B in one process,
+// Qwen3 layer T=1 from DRAM, 800 calls each): 0.757 -> 0.739, 0.759 -> 0.738, 0.718 -> 0.701 ms.
 #pragma once
 
 #include <atomic>
@@ -47,8 +54,11 @@ class ThreadPool {
   explicit ThreadPool(int n);
   void start(int n);
   void stop();
-  void worker(uint64_t seen);
-  void run_pieces();
+  void worker(uint64_t seen, int id);
+  // Runs pieces on thread `id` (0: the caller) until none is left.
+  void run_pieces(int id);
+  // The next piece for thread `id` (own range first, then stolen); false when none is left.
+  bool take(int id, int64_t& piece);
 
   std::mutex run_mtx_; // one parallel_for at a time
   std::mutex mtx_;
@@ -61,8 +71,12 @@ class ThreadPool {
 
   // The current job.
   const std::function<void(int64_t)>* fn_ = nullptr;
-  int64_t n_ = 0;
-  std::atomic<int64_t> next_{0};
+  // Per thread: its range of pieces [front, back) packed as (front << 32) | back, taken from the
+  // front by its thread and from the back by the others (one compare-and-swap each).
+  struct alignas(64) Range {
+    std::atomic<uint64_t> bounds{0};
+  };
+  std::vector<Range> ranges_;
   std::atomic<bool> failed_{false};
   std::exception_ptr error_;
   std::mutex error_mtx_;

@@ -86,33 +86,42 @@ void combine_expert_major(
     }
   });
 
+  // The sums per output row, in pieces of about 2^14 elements; with fewer rows than threads, rows
+  // are split into column blocks so that every thread sums a part (the staged results of the
+  // other threads' experts are read from their caches).
   void* o = out.data<uint8_t>();
   const Dtype ot = out.dtype();
-  const int64_t rows_per_piece = std::max<int64_t>(1, (int64_t{1} << 14) / std::max<int64_t>(N, 1));
-  const int64_t pieces = (out_rows + rows_per_piece - 1) / rows_per_piece;
-  pool.parallel_for(pieces, [&](int64_t piece) {
+  const int64_t threads = pool.num_threads();
+  const int64_t cb = out_rows >= threads ? N : std::max<int64_t>(256, (N + threads - 1) / threads);
+  const int64_t ncb = (N + cb - 1) / cb;
+  const int64_t rows_per_piece = std::max<int64_t>(1, (int64_t{1} << 14) / cb);
+  const int64_t row_pieces = (out_rows + rows_per_piece - 1) / rows_per_piece;
+  const int64_t bsz = bp != nullptr ? static_cast<int64_t>(size_of(bt)) : 0;
+  pool.parallel_for(row_pieces * ncb, [&](int64_t piece) {
+    const int64_t c0 = (piece % ncb) * cb;
+    const int64_t cw = std::min(cb, N - c0);
+    const int64_t row0 = (piece / ncb) * rows_per_piece;
     thread_local std::vector<float> acc, brow;
-    acc.resize(static_cast<size_t>(N));
-    brow.assign(static_cast<size_t>(N), 0.0f);
+    acc.resize(static_cast<size_t>(cw));
+    brow.assign(static_cast<size_t>(cw), 0.0f);
     float* ac = acc.data();
     float* bw = brow.data();
-    for (int64_t row = piece * rows_per_piece;
-         row < std::min(out_rows, (piece + 1) * rows_per_piece);
-         ++row) {
+    for (int64_t row = row0; row < std::min(out_rows, row0 + rows_per_piece); ++row) {
       std::fill(acc.begin(), acc.end(), 0.0f);
       for (int64_t t = first[row]; t < first[row + 1]; ++t) {
         const int64_t r = members[t];
         const float s = scores[route_.batch[r]];
-        const float* yr = stage.data() + r * N;
+        const float* yr = stage.data() + r * N + c0;
         if (bp != nullptr) {
-          detail::load_row(bp, bt, expert_of[r], N, bw);
+          detail::load_row(
+              static_cast<const uint8_t*>(bp) + (expert_of[r] * N + c0) * bsz, bt, 0, cw, bw);
         }
         // The zero bias row keeps the same sum (x + 0 turns -0 into +0) as with a bias.
-        for (int64_t j = 0; j < N; ++j) {
+        for (int64_t j = 0; j < cw; ++j) {
           ac[j] += s * (yr[j] + bw[j]);
         }
       }
-      store_floats(o, ot, row * N, ac, N);
+      store_floats(o, ot, row * N + c0, ac, cw);
     }
   });
 }
