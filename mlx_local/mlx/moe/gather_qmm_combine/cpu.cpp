@@ -12,6 +12,7 @@
 #include <mlx/backend/cpu/encoder.h>
 
 #include <algorithm>
+#include <memory>
 #include <vector>
 
 #include "mlx/moe/common/batch_inputs.h"
@@ -30,6 +31,8 @@ constexpr const char* kTag = "gather_qmm_combine";
 constexpr int64_t kRowChunk = 256;
 // Staged float32 results of the expert-major schedule (routed rows x N), at most.
 constexpr int64_t kStageFloats = int64_t{1} << 22;
+// Staged floats up to which the buffer is kept per thread between calls (4 MiB).
+constexpr size_t kKeepStage = size_t{1} << 20;
 } // namespace
 
 void combine_expert_major(
@@ -49,7 +52,24 @@ void combine_expert_major(
   const int64_t routed = static_cast<int64_t>(route_.slot.size());
   const int64_t n_active = static_cast<int64_t>(route_.experts.size());
   const int64_t kk = std::max<int64_t>(p.k, 1);
-  std::vector<float> stage(static_cast<size_t>(routed * N));
+  // Staged results. The pieces below write every element, so the buffer is not zero-filled, and
+  // up to kKeepStage floats it is kept per thread (no fresh pages per call; A/B, Qwen3 layer T=1:
+  // 0.653 -> 0.649 ms).
+  const auto staged = static_cast<size_t>(routed * N);
+  thread_local std::unique_ptr<float[]> kept;
+  thread_local size_t kept_size = 0;
+  std::unique_ptr<float[]> own;
+  float* stage = nullptr;
+  if (staged <= kKeepStage) {
+    if (kept_size < staged) {
+      kept.reset(new float[staged]);
+      kept_size = staged;
+    }
+    stage = kept.get();
+  } else {
+    own.reset(new float[staged]);
+    stage = own.get();
+  }
   // Output row of each routed row, and the routed rows of each output row (ascending).
   std::vector<int64_t> expert_of(static_cast<size_t>(routed));
   std::vector<int64_t> first(static_cast<size_t>(out_rows + 1), 0);
@@ -82,7 +102,7 @@ void combine_expert_major(
     const int64_t e = route_.experts[a];
     for (int64_t r0 = route_.begin[a]; r0 < route_.begin[a + 1]; r0 += kRowChunk) {
       const int64_t R = std::min(kRowChunk, route_.begin[a + 1] - r0);
-      eng.dots(W, e, n0, nb, xp, route_.slot.data() + r0, R, stage.data() + r0 * N + n0, N);
+      eng.dots(W, e, n0, nb, xp, route_.slot.data() + r0, R, stage + r0 * N + n0, N);
     }
   });
 
@@ -111,7 +131,7 @@ void combine_expert_major(
       for (int64_t t = first[row]; t < first[row + 1]; ++t) {
         const int64_t r = members[t];
         const float s = scores[route_.batch[r]];
-        const float* yr = stage.data() + r * N + c0;
+        const float* yr = stage + r * N + c0;
         if (bp != nullptr) {
           detail::load_row(
               static_cast<const uint8_t*>(bp) + (expert_of[r] * N + c0) * bsz, bt, 0, cw, bw);
