@@ -44,6 +44,9 @@ fn main() {
         .unwrap_or_else(|| fail("DEP_MLX_INCLUDE is not set (mlx-sys publishes it)"));
     let includes: Vec<PathBuf> = env::split_paths(&include).collect();
 
+    let out = PathBuf::from(env::var("OUT_DIR").unwrap_or_else(|_| fail("OUT_DIR is not set")));
+    embed_cuda_source(&local, &out);
+
     let mut files = Vec::new();
     cpp_sources(&local.join("mlx"), &mut files);
     if files.is_empty() {
@@ -56,6 +59,7 @@ fn main() {
         // MLX itself is prebuilt and optimized; keep the kernels optimized in debug builds too.
         .opt_level(2)
         .include(&local)
+        .include(&out)
         .includes(&includes)
         .files(&files)
         .flag_if_supported("-Wno-deprecated-declarations")
@@ -72,6 +76,38 @@ fn main() {
 
     #[cfg(feature = "bindgen")]
     ffi_bindings(&local, &includes);
+}
+
+/// The CUDA device code (`mlx/backend/cuda/moe/kernels.cuh`) as a C++ string literal for
+/// `fast::cuda_kernel`, without comments and indentation (MLX hashes a kernel's source at every launch,
+/// and NVRTC reads less).
+fn embed_cuda_source(local: &Path, out: &Path) {
+    let src_path = local.join("mlx/backend/cuda/moe/kernels.cuh");
+    let src = fs::read_to_string(&src_path)
+        .unwrap_or_else(|e| fail(&format!("cannot read {}: {e}", src_path.display())));
+    let mut text = String::with_capacity(src.len());
+    for line in src.lines() {
+        let code = match line.find("//") {
+            Some(i) => &line[..i],
+            None => line,
+        };
+        let code = code.trim();
+        if code.is_empty() || code == "#pragma once" {
+            continue;
+        }
+        text.push_str(code);
+        text.push('\n');
+    }
+    const DELIM: &str = "zmlxcu";
+    if text.contains(&format!("){DELIM}\"")) {
+        fail("kernels.cuh contains the raw-string delimiter");
+    }
+    let dir = out.join("zmlx_gen");
+    fs::create_dir_all(&dir)
+        .unwrap_or_else(|e| fail(&format!("cannot create {}: {e}", dir.display())));
+    let lit = format!("R\"{DELIM}(\n{text}){DELIM}\"\n");
+    fs::write(dir.join("moe_kernels_cuh.inc"), lit)
+        .unwrap_or_else(|e| fail(&format!("cannot write moe_kernels_cuh.inc: {e}")));
 }
 
 #[cfg(feature = "bindgen")]

@@ -88,6 +88,32 @@ extern "C" {
     ) -> ::std::os::raw::c_int;
 }
 extern "C" {
+    pub fn mlx_fused_quantized_linear(
+        res: *mut mlx_array,
+        x: mlx_array,
+        w: mlx_array,
+        scales: mlx_array,
+        biases: mlx_array,
+        group_size: mlx_optional_int,
+        bits: mlx_optional_int,
+        mode: *const ::std::os::raw::c_char,
+        bias: mlx_array,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_moe_gpu_coverage(res: *mut *const ::std::os::raw::c_char) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_moe_gpu_device_name(
+        res: *mut mlx_string,
+        index: ::std::os::raw::c_int,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_moe_cuda_check_source(res: *mut mlx_string) -> ::std::os::raw::c_int;
+}
+extern "C" {
     pub fn mlx_moe_set_num_threads(n: ::std::os::raw::c_int) -> ::std::os::raw::c_int;
 }
 extern "C" {

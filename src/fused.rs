@@ -258,11 +258,9 @@ pub fn gather_qmm_combine_reference(
 /// A single quantized linear layer `x @ dequantize(q).T (+ bias)` accumulated in float32.
 ///
 /// MLX's CPU `quantized_matmul` accumulates float16 / bfloat16 dot products in half precision; this one
-/// runs [`gather_qmm_combine`] with one "expert" (the `[N, K]` weight itself, passed as is: no copy), expert
-/// index 0 and score 1, so every dot product and the bias addition happen in float32 and the result is
-/// rounded once. Multiplying by a score of exactly 1 adds no error. All `M` rows of `x` (prefill) go to the
-/// one expert in a single call, where the kernel dequantizes each weight tile once and reuses it for all
-/// rows.
+/// accumulates every dot product and the bias addition in float32 and rounds once. On CPU it runs the
+/// [`gather_qmm_combine`] kernel with one "expert" (the `[N, K]` weight itself, no copy) and score 1, which
+/// dequantizes each weight tile once for all `M` rows; on CUDA the fused combine kernel with one expert.
 ///
 /// - `x`: `[..., K]`, float32 / float16 / bfloat16, `K = q.in_dims()`.
 /// - `q`: a plain quantized matrix `[N, K]` (logical; `transpose = true` layout), any mode.
@@ -305,16 +303,30 @@ pub fn quantized_linear(x: &Array, q: &QuantizedWeight, bias: Option<&Array>) ->
         }
         other => other,
     };
-    let m: i64 = xs[..xs.len() - 1].iter().map(|&d| d as i64).product();
-    let m = i32::try_from(m).map_err(|_| Error::invalid("too many rows for quantized_linear"))?;
-    let h = x.reshape(&[1, m, k])?;
-    let idx = Array::from_slice(&[0u32], &[1]);
-    // A score of 1 in x's dtype: exact, and it promotes to nothing wider than the projection itself.
-    let one = Array::from_slice(&[1.0f32], &[1]).as_dtype(x.dtype())?;
-    let y = gather_qmm_combine(&h, q, &idx, &one, bias)?;
-    let mut shape = xs[..xs.len() - 1].to_vec();
-    shape.push(n);
-    Ok(y.reshape(&shape)?)
+    let s = stream();
+    array_op(|res| unsafe {
+        ffi::mlx_fused_quantized_linear(
+            res,
+            x.as_ptr(),
+            q.w.as_ptr(),
+            q.scales.as_ptr(),
+            opt_ptr(q.biases.as_ref()),
+            opt_int(Some(q.group_size)),
+            opt_int(Some(q.bits)),
+            q.mode.c_name().as_ptr(),
+            opt_ptr(bias),
+            s.as_ptr(),
+        )
+    })
+}
+
+/// Which configurations of the fused ops run a fused kernel on this build's GPU (a sentence).
+pub fn gpu_coverage() -> Result<String> {
+    let mut p: *const std::os::raw::c_char = std::ptr::null();
+    if unsafe { ffi::mlx_moe_gpu_coverage(&mut p) } != 0 || p.is_null() {
+        return Err(Error::Mlx(crate::array::last_mlx_error()));
+    }
+    Ok(unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned())
 }
 
 /// Threads of the fused CPU kernels (1..=256).
@@ -352,9 +364,9 @@ pub fn simd_level() -> Result<String> {
     Ok(unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned())
 }
 
-/// The fused path of [`SwitchGlu::forward_combined`]: rows sorted by expert for prefill exactly when the
-/// reference sorts (`indices.size >= 64`), gate+up+activation fused, then down+combine fused; the result is
-/// cast back to `x`'s dtype as mlx-lm does after its combine.
+/// The fused path of [`SwitchGlu::forward_combined`]: on CPU, rows sorted by expert for prefill exactly when
+/// the reference sorts (`indices.size >= 64`); gate+up+activation fused, then down+combine fused; the result
+/// is cast back to `x`'s dtype as mlx-lm does after its combine.
 pub(crate) fn switch_glu_combined(
     glu: &SwitchGlu,
     x: &Array,
@@ -374,7 +386,9 @@ pub(crate) fn switch_glu_combined(
         };
     glu.dims()?;
     let xe = x.expand_dims_axes(&[-2, -3])?;
-    let h = if indices.size() >= SORT_THRESHOLD {
+    // The CUDA kernels gather each expert's rows themselves: sorting would only add launches.
+    let on_gpu = crate::runtime::default_device()? == crate::runtime::DeviceKind::Gpu;
+    let h = if indices.size() >= SORT_THRESHOLD && !on_gpu {
         let m = *indices.shape().last().unwrap_or(&1);
         let flat = indices.flatten(None, None)?;
         let order = ops::argsort_axis(&flat, 0)?;

@@ -120,3 +120,23 @@ pub fn default_device() -> Result<DeviceKind> {
         _ => DeviceKind::Cpu,
     })
 }
+
+/// The name of GPU 0 as its driver reports it (`None` without a GPU).
+pub fn gpu_name() -> Result<Option<String>> {
+    // SAFETY: string handle created, read and freed here.
+    unsafe {
+        let mut s = mlx_sys::mlx_string_new();
+        if crate::ffi::mlx_moe_gpu_device_name(&mut s, 0) != 0 {
+            mlx_sys::mlx_string_free(s);
+            return Err(Error::Mlx(last_mlx_error()));
+        }
+        let p = mlx_sys::mlx_string_data(s);
+        let v = if p.is_null() {
+            String::new()
+        } else {
+            CStr::from_ptr(p).to_string_lossy().into_owned()
+        };
+        mlx_sys::mlx_string_free(s);
+        Ok((!v.is_empty()).then_some(v))
+    }
+}

@@ -2,6 +2,7 @@
 #include "mlx/c/moe.h"
 
 #include "mlx/c/private/capi.h"
+#include "mlx/backend/cuda/moe/gpu.h"
 #include "mlx/moe/common/simd.h"
 #include "mlx/moe/common/thread_pool.h"
 #include "mlx/moe/gather_qmm_combine/gather_qmm_combine.h"
@@ -221,6 +222,74 @@ extern "C" int mlx_gather_qmm_combine_reference(
   return combine_call(
       mx::gather_qmm_combine_reference, res, h, w, scales, biases, rhs_indices, scores, transpose,
       group_size, bits, mode, bias, s);
+}
+
+extern "C" int mlx_fused_quantized_linear(
+    mlx_array* res,
+    const mlx_array x,
+    const mlx_array w,
+    const mlx_array scales,
+    const mlx_array biases,
+    mlx_optional_int group_size,
+    mlx_optional_int bits,
+    const char* mode,
+    const mlx_array bias,
+    const mlx_stream s) {
+  return guard([&] {
+    put(res,
+        mx::fused_quantized_linear(
+            get(x),
+            get(w),
+            get(scales),
+            opt(biases),
+            opt(group_size),
+            opt(bits),
+            str(mode, "mode"),
+            opt(bias),
+            stream(s)));
+  });
+}
+
+extern "C" int mlx_moe_gpu_coverage(const char** res) {
+  return guard([&] {
+    if (res == nullptr) {
+      throw std::invalid_argument("null result pointer");
+    }
+    *res = mx::moe::gpu::cuda_available()
+        ? mx::moe::gpu::coverage()
+        : "no fused GPU kernels on this build (no CUDA): GPU streams take MLX's composed ops";
+  });
+}
+
+extern "C" int mlx_moe_gpu_device_name(mlx_string* res, int index) {
+  return guard([&] {
+    if (res == nullptr) {
+      throw std::invalid_argument("null result pointer");
+    }
+    std::string name;
+    if (index < 0) {
+      throw std::invalid_argument("[gpu_device_name] index must be non-negative.");
+    }
+    if (mx::is_available(mx::Device(mx::Device::gpu, 0)) &&
+        index < mx::device_count(mx::Device::gpu)) {
+      const auto& info = mx::device_info(mx::Device(mx::Device::gpu, index));
+      if (auto it = info.find("device_name"); it != info.end()) {
+        if (auto p = std::get_if<std::string>(&it->second)) {
+          name = *p;
+        }
+      }
+    }
+    put(res, name);
+  });
+}
+
+extern "C" int mlx_moe_cuda_check_source(mlx_string* res) {
+  return guard([&] {
+    if (res == nullptr) {
+      throw std::invalid_argument("null result pointer");
+    }
+    put(res, mx::moe::gpu::check_translation_unit());
+  });
 }
 
 extern "C" int mlx_moe_set_num_threads(int n) {

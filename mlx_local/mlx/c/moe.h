@@ -5,8 +5,8 @@
  * comes last (the empty handle: the default stream). Every function returns 0 on success; on error
  * it calls the installed error handler (see mlx/c/error.h) with the message and returns non-zero.
  * The ops are lazy like every MLX op: errors that can only be seen in the data (an expert index out
- * of range) are reported by the evaluation (mlx_array_eval, mlx_eval, ...), never by reading out of
- * bounds. Semantics in detail: mlx_local/mlx/moe/gather_qmm_swiglu/gather_qmm_swiglu.h and
+ * of range) are reported by the evaluation (mlx_array_eval, mlx_eval, ...) on CPU streams; on CUDA
+ * streams the output rows the bad index feeds are NaN instead. Nothing reads out of bounds. Semantics in detail: mlx_local/mlx/moe/gather_qmm_swiglu/gather_qmm_swiglu.h and
  * mlx_local/mlx/moe/gather_qmm_combine/gather_qmm_combine.h. */
 #ifndef MLX_MOE_H
 #define MLX_MOE_H
@@ -16,6 +16,7 @@
 #include "mlx/c/array.h"
 #include "mlx/c/optional.h"
 #include "mlx/c/stream.h"
+#include "mlx/c/string.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -111,6 +112,34 @@ int mlx_gather_qmm_combine_reference(
     const char* mode,
     const mlx_array bias,
     const mlx_stream s);
+
+/* x [..., K] times one quantized matrix w (logical [N, K], transpose = true layout: w [N, K*bits/32],
+ * scales and (affine) biases [N, K/group_size]) plus bias [N] (optional, may be the empty handle),
+ * every dot product accumulated in float32 and rounded once: [..., N] in promote(projection dtype,
+ * bias dtype). The linear layer of the fused model path. */
+int mlx_fused_quantized_linear(
+    mlx_array* res,
+    const mlx_array x,
+    const mlx_array w,
+    const mlx_array scales,
+    const mlx_array biases,
+    mlx_optional_int group_size,
+    mlx_optional_int bits,
+    const char* mode,
+    const mlx_array bias,
+    const mlx_stream s);
+
+/* Which configurations of the fused ops run a fused kernel on this build's GPU: a static string in
+ * *res (on builds without CUDA it says that GPU streams take MLX's composed ops). */
+int mlx_moe_gpu_coverage(const char** res);
+
+/* The name of GPU `index` as the driver reports it ("" when there is no GPU). */
+int mlx_moe_gpu_device_name(mlx_string* res, int index);
+
+/* One CUDA translation unit with the fused kernels exactly as MLX's NVRTC compiles them at first
+ * use, for a representative set of variants (the ahead-of-time compile check builds it with nvcc
+ * for sm_90). */
+int mlx_moe_cuda_check_source(mlx_string* res);
 
 /* Threads the fused CPU kernels use (the calling MLX stream thread included). Default:
  * MLX_MOE_NUM_THREADS if set, else the number of hardware threads. n in 1..256. */

@@ -11,6 +11,7 @@
 #include <sstream>
 #include <stdexcept>
 
+#include "mlx/backend/cuda/moe/gpu.h"
 #include "mlx/moe/common/checked_indices.h"
 #include "mlx/moe/common/validate.h"
 
@@ -131,17 +132,24 @@ array gather_qmm_combine(
     const std::optional<array>& bias,
     StreamOrDevice s) {
   Stream stream = to_stream(s);
-  if (stream.device == Device::gpu) {
-    return gather_qmm_combine_reference(
-        h, w, scales, biases, rhs_indices, scores, transpose, group_size, bits, mode, bias, stream);
-  }
   Checked c = check_combine(
       h, w, scales, biases, rhs_indices, scores, transpose, group_size, bits, mode, bias);
-  // h, the indices, the scores and the bias go to the primitive as given (see
+  // h, the indices, the scores and the bias go to the kernels as given (see
   // moe/common/batch_inputs.h).
   Shape out_shape(c.batch.begin(), c.batch.end() - 1);
   out_shape.push_back(h.shape(-2));
   out_shape.push_back(c.proj.N);
+  if (stream.device == Device::gpu) {
+    if (moe::gpu::cuda_available() &&
+        moe::gpu::unsupported(c.params.q, transpose, c.proj.K).empty()) {
+      return moe::gpu::combine(
+          h, moe::ensure_contiguous(w, stream), moe::ensure_contiguous(scales, stream),
+          biases ? std::optional(moe::ensure_contiguous(*biases, stream)) : std::nullopt,
+          rhs_indices, scores, bias, c.params, c.out_dtype, out_shape, stream);
+    }
+    return gather_qmm_combine_reference(
+        h, w, scales, biases, rhs_indices, scores, transpose, group_size, bits, mode, bias, stream);
+  }
 
   std::vector<array> inputs;
   inputs.push_back(h);
@@ -162,9 +170,73 @@ array gather_qmm_combine(
       std::move(inputs));
 }
 
+array fused_quantized_linear(
+    const array& x,
+    const array& w,
+    const array& scales,
+    const std::optional<array>& biases,
+    std::optional<int> group_size,
+    std::optional<int> bits,
+    const std::string& mode,
+    const std::optional<array>& bias,
+    StreamOrDevice s) {
+  constexpr const char* tag = "quantized_linear";
+  Stream stream = to_stream(s);
+  if (x.ndim() < 1) {
+    throw std::invalid_argument("[quantized_linear] x must have at least one dimension.");
+  }
+  if (w.ndim() != 2) {
+    std::ostringstream msg;
+    msg << "[quantized_linear] w must be one quantized [N, K] matrix (2 dimensions) but has shape "
+        << w.shape() << ".";
+    throw std::invalid_argument(msg.str());
+  }
+  // The checks see x as rows [rows, K] (check_activations wants two dimensions).
+  const int K = x.shape(-1);
+  const int64_t rows = x.size() / std::max(K, 1);
+  if (rows > std::numeric_limits<int>::max()) {
+    throw std::invalid_argument("[quantized_linear] x has too many rows.");
+  }
+  const array x2 = x.ndim() >= 2 ? x : reshape(x, {1, K}, stream);
+  moe::check_activations(tag, "x", x2);
+  moe::QuantParams q = moe::resolve_quant(tag, mode, group_size, bits);
+  moe::ProjInfo proj = moe::check_projection(tag, "w", x2, w, scales, biases, true, q);
+  Dtype out_dtype = proj.out_dtype;
+  if (bias) {
+    moe::check_expert_bias(tag, "bias", *bias, proj);
+    out_dtype = promote_types(out_dtype, bias->dtype());
+  }
+  Shape out_shape(x.shape().begin(), x.shape().end() - 1);
+  out_shape.push_back(proj.N);
+  if (stream.device == Device::gpu) {
+    if (moe::gpu::cuda_available() && moe::gpu::unsupported(q, true, K).empty()) {
+      return moe::gpu::linear(
+          x, moe::ensure_contiguous(w, stream), moe::ensure_contiguous(scales, stream),
+          biases ? std::optional(moe::ensure_contiguous(*biases, stream)) : std::nullopt, bias, q,
+          out_dtype, stream);
+    }
+    array y = quantized_matmul(
+        x, w, scales, biases, true, q.group_size, q.bits, q.info->name, stream);
+    if (bias) {
+      y = add(y, *bias, stream);
+    }
+    return astype(y, out_dtype, stream);
+  }
+  // CPU: gather_qmm_combine with one expert (index 0) and score 1 in x's dtype (exact; promotes to
+  // nothing wider than the projection).
+  const array h = reshape(x, {1, static_cast<int>(rows), K}, stream);
+  const array idx(std::initializer_list<uint32_t>{0u}, {1});
+  const array one(std::initializer_list<float>{1.0f}, {1});
+  array y = gather_qmm_combine(
+      h, w, scales, biases, idx, astype(one, x.dtype(), stream), true, q.group_size, q.bits,
+      q.info->name, bias, stream);
+  return reshape(y, out_shape, stream);
+}
+
 void GatherQMMCombine::eval_gpu(const std::vector<array>&, array&) {
   throw std::runtime_error(
-      "[gather_qmm_combine] no GPU kernel yet: on GPU streams the op builds the composed path.");
+      "[gather_qmm_combine] the primitive runs on CPU streams only: on GPU streams the op builds a "
+      "CUDA kernel node or the composed path.");
 }
 
 std::vector<array> GatherQMMCombine::jvp(

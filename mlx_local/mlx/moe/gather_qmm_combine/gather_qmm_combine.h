@@ -30,10 +30,13 @@ namespace mlx::core {
  *  - `bias` (optional, [E..., N], floating): per-expert additive bias of the projection.
  *  - Result: B[:-1] + [M, N]. dtype: promote(projection dtype (gather_qmm's rule), bias dtype,
  *    scores dtype): float32 scores give a float32 result.
- *  - An expert index >= E makes evaluation fail with an error; nothing is read out of bounds.
+ *  - An expert index >= E (or negative) makes evaluation fail with an error on CPU streams; on
+ *    CUDA streams the output rows of that token are NaN instead. Nothing is read out of bounds.
  *
  * CPU streams run the fused kernel (float32 accumulation over the experts, one rounding at the
- * end); GPU streams compute the composed reference. Inference only.
+ * end); CUDA streams one fused kernel launch (no atomics: bitwise reproducible) for transpose = true
+ * weights with K a multiple of 32; other layouts and other GPUs the composed reference. Inference
+ * only.
  */
 array gather_qmm_combine(
     const array& h,
@@ -62,6 +65,31 @@ array gather_qmm_combine_reference(
     const array& rhs_indices,
     const array& scores,
     bool transpose = true,
+    std::optional<int> group_size = std::nullopt,
+    std::optional<int> bits = std::nullopt,
+    const std::string& mode = "affine",
+    const std::optional<array>& bias = std::nullopt,
+    StreamOrDevice s = {});
+
+/**
+ * x [..., K] times one quantized matrix plus an optional bias: the float32-accumulating linear
+ * layer of the fused model path (attention, router, dense MLPs, lm_head).
+ *
+ *  - `w`, `scales`, `biases`, `group_size`, `bits`, `mode`: one quantized matrix, logical [N, K], in
+ *    the transpose = true layout (w [N, K*bits/32], scales / biases [N, K/group_size]).
+ *  - `bias` (optional, [N], floating) is added in float32 before the single rounding.
+ *  - Result [..., N] in promote(projection dtype (gather_qmm's rule), bias dtype).
+ *
+ * CPU streams: the gather_qmm_combine kernel with one expert and score 1 (every dot product in
+ * float32, each weight tile dequantized once for all rows). CUDA streams: the fused combine kernel
+ * with one expert (MLX's CUDA quantized_matmul does not accumulate float32 activations against
+ * bfloat16 scales in float32). Other GPUs: quantized_matmul (+ bias).
+ */
+array fused_quantized_linear(
+    const array& x,
+    const array& w,
+    const array& scales,
+    const std::optional<array>& biases,
     std::optional<int> group_size = std::nullopt,
     std::optional<int> bits = std::nullopt,
     const std::string& mode = "affine",

@@ -10,6 +10,7 @@
 #include <sstream>
 #include <stdexcept>
 
+#include "mlx/backend/cuda/moe/gpu.h"
 #include "mlx/moe/common/batch_inputs.h"
 #include "mlx/moe/common/checked_indices.h"
 #include "mlx/moe/common/validate.h"
@@ -191,23 +192,36 @@ array gather_qmm_swiglu(
     const std::optional<array>& up_bias,
     StreamOrDevice s) {
   Stream stream = to_stream(s);
-  if (stream.device == Device::gpu) {
-    // No fused GPU kernel yet: the composed ops (correct, unfused).
-    return gather_qmm_swiglu_reference(
-        x, gate_w, gate_scales, gate_biases, up_w, up_scales, up_biases, std::move(lhs_indices),
-        std::move(rhs_indices), transpose, group_size, bits, mode, sorted_indices, activation, alpha,
-        limit, gate_bias, up_bias, stream);
-  }
   Checked c = check_swiglu(
       x, gate_w, gate_scales, gate_biases, up_w, up_scales, up_biases, transpose, group_size, bits,
       mode, sorted_indices, activation, alpha, limit, gate_bias, up_bias);
-  // The index arrays and x go to the primitive as given (see moe/common/batch_inputs.h): the
-  // kernel resolves default indices, broadcasting, index dtypes and strides.
+  // The index arrays and x go to the kernels as given (see moe/common/batch_inputs.h): they
+  // resolve default indices, broadcasting, index dtypes and strides.
   Shape out_shape = moe::gather_batch_shape(kTag, lhs_indices, rhs_indices, x, gate_w);
   const int M = x.shape(-2);
   const int N = c.gate.N;
   out_shape.push_back(M);
   out_shape.push_back(N);
+  if (stream.device == Device::gpu) {
+    if (moe::gpu::cuda_available() &&
+        moe::gpu::unsupported(c.params.q, transpose, c.gate.K).empty()) {
+      auto y = moe::gpu::swiglu(
+          x, moe::ensure_contiguous(gate_w, stream), moe::ensure_contiguous(gate_scales, stream),
+          gate_biases ? std::optional(moe::ensure_contiguous(*gate_biases, stream)) : std::nullopt,
+          moe::ensure_contiguous(up_w, stream), moe::ensure_contiguous(up_scales, stream),
+          up_biases ? std::optional(moe::ensure_contiguous(*up_biases, stream)) : std::nullopt,
+          lhs_indices, rhs_indices, gate_bias, up_bias, c.params, c.out_dtype, out_shape,
+          c.gate.experts, stream);
+      if (y) {
+        return *y;
+      }
+    }
+    // No fused kernel for this configuration on this GPU: MLX's composed ops.
+    return gather_qmm_swiglu_reference(
+        x, gate_w, gate_scales, gate_biases, up_w, up_scales, up_biases, std::move(lhs_indices),
+        std::move(rhs_indices), transpose, group_size, bits, mode, sorted_indices, activation, alpha,
+        limit, gate_bias, up_bias, stream);
+  }
 
   std::vector<array> inputs;
   inputs.push_back(x);
@@ -244,7 +258,8 @@ array gather_qmm_swiglu(
 
 void GatherQMMSwiGLU::eval_gpu(const std::vector<array>&, array&) {
   throw std::runtime_error(
-      "[gather_qmm_swiglu] no GPU kernel yet: on GPU streams the op builds the composed path.");
+      "[gather_qmm_swiglu] the primitive runs on CPU streams only: on GPU streams the op builds a "
+      "CUDA kernel node or the composed path.");
 }
 
 std::vector<array> GatherQMMSwiGLU::jvp(

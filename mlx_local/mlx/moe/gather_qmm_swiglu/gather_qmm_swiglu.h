@@ -32,8 +32,10 @@ namespace mlx::core {
  *  - The result has shape B + [M, N]. Its dtype is gather_qmm's: affine:
  *    promote(x, scales, biases); mxfp4 / nvfp4 / mxfp8: x's dtype; promoted with the dtype of the
  *    additive expert biases when given, and between gate and up.
- *  - An index >= the number of x batch entries or of experts makes evaluation fail with an error
- *    (std::out_of_range from eval); nothing is read out of bounds.
+ *  - An index >= the number of x batch entries or of experts (or negative) makes evaluation fail
+ *    with an error on CPU streams (std::out_of_range from eval); on CUDA streams the output rows
+ *    of that pair are NaN instead (an error would need a host synchronisation per call). Nothing
+ *    is read out of bounds.
  *
  * Activation (`activation`):
  *  - "swiglu" (default): silu(g) * u = g * sigmoid(g) * u. `alpha` and `limit` must be absent.
@@ -46,8 +48,9 @@ namespace mlx::core {
  * groups rows by expert in any case (each distinct expert's weights are read once per call).
  *
  * Evaluation: CPU streams run the fused kernel (float32 accumulation, multi-threaded, AVX2 when
- * available). GPU streams (no fused kernel yet) compute the composed reference below. Inference
- * only: jvp / vjp / vmap throw.
+ * available). CUDA streams run one fused kernel launch (mlx/backend/cuda/moe/), for transpose =
+ * true weights with K a multiple of 32; other layouts and other GPUs compute the composed reference
+ * below. Inference only: jvp / vjp / vmap throw.
  */
 array gather_qmm_swiglu(
     const array& x,

@@ -1,0 +1,537 @@
+// Copyright © 2026 zmlx contributors.
+//
+// Host side of the fused CUDA kernels: variant choice, launch grid, the graph node through
+// fast::cuda_kernel. Compiled into every build (it needs only MLX's public headers); on a build
+// without CUDA, cuda_available() is false and nothing here runs.
+#include "mlx/backend/cuda/moe/gpu.h"
+
+#include <mlx/backend/cuda/cuda.h>
+#include <mlx/fast.h>
+#include <mlx/ops.h>
+
+#include <stdlib.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <limits>
+#include <sstream>
+#include <tuple>
+#include <utility>
+#include <variant>
+#include <vector>
+
+#include "mlx/moe/gather_qmm_combine/gather_qmm_combine.h"
+#include "mlx/moe/gather_qmm_swiglu/gather_qmm_swiglu.h"
+
+namespace mlx::core::moe::gpu {
+
+namespace {
+
+// kernels.cuh with comments and indentation removed (build.rs writes this file).
+constexpr const char* kKernelSource =
+#include "zmlx_gen/moe_kernels_cuh.inc"
+    ;
+
+constexpr int kThreads = 128; // zmlx_moe::THREADS
+constexpr int kRowsPerBlock = 8; // zmlx_moe::WARPS * RW
+constexpr int kMaxGridY = 65535;
+
+// The cuda_kernel header. MLX hashes a kernel's whole source on every launch, so the device code
+// is written once per process to a private file and #included (a short source); if that fails,
+// or ZMLX_CUDA_INLINE_SOURCE is set, the text itself is the header.
+class KernelHeader {
+ public:
+  KernelHeader() {
+    text_ = kKernelSource;
+    if (std::getenv("ZMLX_CUDA_INLINE_SOURCE") != nullptr) {
+      return;
+    }
+    std::string base = "/tmp";
+    if (const char* t = std::getenv("TMPDIR"); t != nullptr && *t == '/') {
+      base = t;
+    }
+    if (base.find_first_of("\"\\\n") != std::string::npos) {
+      base = "/tmp";
+    }
+    std::string tmpl = base + "/zmlx-cuda-XXXXXX";
+    std::vector<char> buf(tmpl.begin(), tmpl.end());
+    buf.push_back('\0');
+    if (mkdtemp(buf.data()) == nullptr) {
+      return;
+    }
+    dir_ = buf.data();
+    std::string file = dir_ + "/moe_kernels.cuh";
+    std::ofstream f(file, std::ios::binary);
+    f << kKernelSource;
+    f.close();
+    if (!f) {
+      std::error_code ec;
+      std::filesystem::remove_all(dir_, ec);
+      dir_.clear();
+      return;
+    }
+    text_ = "#include \"" + file + "\"\n";
+  }
+  ~KernelHeader() {
+    if (!dir_.empty()) {
+      std::error_code ec;
+      std::filesystem::remove_all(dir_, ec);
+    }
+  }
+  const std::string& text() const {
+    return text_;
+  }
+
+ private:
+  std::string text_;
+  std::string dir_;
+};
+
+const std::string& kernel_header() {
+  static const KernelHeader h;
+  return h.text();
+}
+
+// ZMLX_GPU_POISON=1: outputs are filled with NaN before the kernel runs (an element the kernel
+// fails to write then shows). For tests; it adds a fill to every call.
+std::optional<float> poison() {
+  static const bool on = [] {
+    const char* v = std::getenv("ZMLX_GPU_POISON");
+    return v != nullptr && *v != '\0' && std::strcmp(v, "0") != 0;
+  }();
+  if (on) {
+    return std::numeric_limits<float>::quiet_NaN();
+  }
+  return std::nullopt;
+}
+
+struct KernelSpec {
+  const char* name;
+  std::vector<std::string> inputs;
+  const char* body;
+};
+
+const KernelSpec& swiglu_spec() {
+  static const KernelSpec k{
+      "zmlx_moe_swiglu",
+      {"nil", "x", "gw", "gs", "gb", "uw", "us", "ub", "lhs", "rhs", "gbias", "ubias"},
+      "zmlx_moe::swiglu_entry<FMT, BITS, GS, ACT, (unsigned(ALPHA_HI) << 16) | unsigned(ALPHA_LO), "
+      "(unsigned(LIMIT_HI) << 16) | unsigned(LIMIT_LO), NTMAX>("
+      "nil, x, x_shape.data(), x_strides.data(), x_ndim, gw, gw_shape.data(), gw_ndim, gs, gb, uw, us, "
+      "ub, lhs, lhs_shape.data(), lhs_strides.data(), lhs_ndim, rhs, rhs_shape.data(), "
+      "rhs_strides.data(), rhs_ndim, gbias, gbias_strides.data(), gbias_ndim, ubias, "
+      "ubias_strides.data(), ubias_ndim, out);"};
+  return k;
+}
+
+const KernelSpec& combine_spec() {
+  static const KernelSpec k{
+      "zmlx_moe_combine",
+      {"nil", "h", "w", "sc", "bi", "rhs", "scores", "bias"},
+      "zmlx_moe::combine_entry<FMT, BITS, GS>("
+      "nil, h, h_shape.data(), h_strides.data(), h_ndim, w, w_shape.data(), w_ndim, sc, bi, rhs, "
+      "rhs_shape.data(), rhs_strides.data(), rhs_ndim, scores, scores_shape.data(), "
+      "scores_strides.data(), scores_ndim, bias, bias_strides.data(), bias_ndim, out);"};
+  return k;
+}
+
+const fast::CustomKernelFunction& kernel(const KernelSpec& spec) {
+  // One function object per spec (it records which shape arguments the body uses).
+  static const fast::CustomKernelFunction sw = fast::cuda_kernel(
+      swiglu_spec().name, swiglu_spec().inputs, {"out"}, swiglu_spec().body, kernel_header(),
+      /*ensure_row_contiguous=*/false);
+  static const fast::CustomKernelFunction co = fast::cuda_kernel(
+      combine_spec().name, combine_spec().inputs, {"out"}, combine_spec().body, kernel_header(),
+      /*ensure_row_contiguous=*/false);
+  return &spec == &swiglu_spec() ? sw : co;
+}
+
+int fmt_code(const QuantParams& q) {
+  switch (q.info->mode) {
+    case QuantizationMode::Affine:
+      return 0;
+    case QuantizationMode::Mxfp4:
+      return 1;
+    case QuantizationMode::Nvfp4:
+      return 2;
+    case QuantizationMode::Mxfp8:
+      return 3;
+    default:
+      throw std::invalid_argument("[zmlx cuda] unknown quantization mode.");
+  }
+}
+
+uint32_t float_bits(float v) {
+  uint32_t b;
+  std::memcpy(&b, &v, sizeof(b));
+  return b;
+}
+
+using TemplateArgs = std::vector<std::pair<std::string, fast::TemplateArg>>;
+
+void quant_args(TemplateArgs& t, const QuantParams& q) {
+  t.emplace_back("FMT", fmt_code(q));
+  t.emplace_back("BITS", q.bits);
+  t.emplace_back("GS", q.group_size);
+}
+
+TemplateArgs swiglu_args(const SwigluParams& p, int ntmax) {
+  TemplateArgs t;
+  quant_args(t, p.q);
+  t.emplace_back("NTMAX", ntmax);
+  const bool gpt = p.activation == Activation::GptOss;
+  // Floats travel as two 16-bit halves of their bits (template arguments are non-negative ints,
+  // as they become part of the kernel's name).
+  const uint32_t a = gpt ? float_bits(p.alpha) : 0u, l = gpt ? float_bits(p.limit) : 0u;
+  t.emplace_back("ACT", gpt ? 1 : 0);
+  t.emplace_back("ALPHA_HI", static_cast<int>(a >> 16));
+  t.emplace_back("ALPHA_LO", static_cast<int>(a & 0xffffu));
+  t.emplace_back("LIMIT_HI", static_cast<int>(l >> 16));
+  t.emplace_back("LIMIT_LO", static_cast<int>(l & 0xffffu));
+  return t;
+}
+
+TemplateArgs combine_args(const QuantParams& q) {
+  TemplateArgs t;
+  quant_args(t, q);
+  return t;
+}
+
+// The stand-in for absent optional inputs (the kernels compare pointers with it; never read): one
+// float32 element, made once and kept for the process's life.
+const array& nil() {
+  static const array* a = new array(std::initializer_list<float>{0.0f}, {1});
+  return *a;
+}
+
+// Kernel arguments need at least one dimension (MLX passes no shape for 0-d arrays).
+array at_least_1d(const array& a, Stream s) {
+  return a.ndim() == 0 ? reshape(a, {1}, s) : a;
+}
+
+int64_t numel(const Shape& s, size_t from, size_t to) {
+  int64_t n = 1;
+  for (size_t i = from; i < to; ++i) {
+    n *= s[i];
+  }
+  return n;
+}
+
+int64_t ceil_div(int64_t a, int64_t b) {
+  return (a + b - 1) / b;
+}
+
+} // namespace
+
+bool cuda_available() {
+  static const bool ok = [] {
+    try {
+      return cu::is_available();
+    } catch (...) {
+      return false;
+    }
+  }();
+  return ok;
+}
+
+std::string unsupported(const QuantParams& q, bool transpose, int K) {
+  if (!transpose) {
+    return "transpose=false weights";
+  }
+  if (K % 32 != 0) {
+    return "K = " + std::to_string(K) + " is not a multiple of 32";
+  }
+  return {};
+}
+
+const char* coverage() {
+  return "fused CUDA kernels for every mode (affine 2/3/4/5/6/8-bit g32/64/128, mxfp4, nvfp4, "
+         "mxfp8) with transpose=true and K a multiple of 32; other layouts take MLX's composed ops";
+}
+
+std::optional<array> swiglu(
+    const array& x,
+    const array& gate_w,
+    const array& gate_scales,
+    const std::optional<array>& gate_biases,
+    const array& up_w,
+    const array& up_scales,
+    const std::optional<array>& up_biases,
+    const std::optional<array>& lhs_indices,
+    const std::optional<array>& rhs_indices,
+    const std::optional<array>& gate_bias,
+    const std::optional<array>& up_bias,
+    const SwigluParams& p,
+    Dtype out_dtype,
+    const Shape& out_shape,
+    int64_t experts,
+    Stream s) {
+  const int64_t npairs = numel(out_shape, 0, out_shape.size() - 2);
+  const int64_t n = out_shape.back();
+  const int64_t slots = npairs <= experts ? npairs : experts;
+  if (slots > kMaxGridY || ceil_div(n, kRowsPerBlock) * kThreads > std::numeric_limits<int>::max()) {
+    return std::nullopt;
+  }
+  int64_t total = 1;
+  for (auto d : out_shape) {
+    total *= d;
+  }
+  if (total == 0) {
+    return zeros(out_shape, out_dtype, s);
+  }
+  // Activation rows per expert, on average: decode (about one) takes the variant that multiplies
+  // one row at a time, which needs the fewest registers (more warps in flight hide more latency).
+  const int64_t rows = npairs * out_shape[out_shape.size() - 2];
+  const int ntmax = rows <= experts ? 1 : (rows <= 4 * experts ? 2 : 4);
+  const array& z = nil();
+  std::vector<array> in = {
+      z,
+      x,
+      gate_w,
+      gate_scales,
+      gate_biases.value_or(z),
+      up_w,
+      up_scales,
+      up_biases.value_or(z),
+      lhs_indices ? at_least_1d(*lhs_indices, s) : z,
+      rhs_indices ? at_least_1d(*rhs_indices, s) : z,
+      gate_bias.value_or(z),
+      up_bias.value_or(z)};
+  auto outs = kernel(swiglu_spec())(
+      in,
+      {out_shape},
+      {out_dtype},
+      {static_cast<int>(ceil_div(n, kRowsPerBlock) * kThreads), static_cast<int>(slots), 1},
+      {kThreads, 1, 1},
+      swiglu_args(p, ntmax),
+      poison(),
+      false,
+      s);
+  return outs[0];
+}
+
+array combine(
+    const array& h,
+    const array& w,
+    const array& scales,
+    const std::optional<array>& biases,
+    const array& rhs_indices,
+    const array& scores,
+    const std::optional<array>& bias,
+    const CombineParams& p,
+    Dtype out_dtype,
+    const Shape& out_shape,
+    Stream s) {
+  const int64_t rows = numel(out_shape, 0, out_shape.size() - 1);
+  const int64_t n = out_shape.back();
+  if (rows * n == 0) {
+    return zeros(out_shape, out_dtype, s);
+  }
+  const array& z = nil();
+  std::vector<array> in = {
+      z,
+      h,
+      w,
+      scales,
+      biases.value_or(z),
+      at_least_1d(rhs_indices, s),
+      at_least_1d(scores, s),
+      bias.value_or(z)};
+  auto outs = kernel(combine_spec())(
+      in,
+      {out_shape},
+      {out_dtype},
+      {static_cast<int>(ceil_div(n, kRowsPerBlock) * kThreads),
+       static_cast<int>(std::min<int64_t>(rows, kMaxGridY)),
+       1},
+      {kThreads, 1, 1},
+      combine_args(p.q),
+      poison(),
+      false,
+      s);
+  return outs[0];
+}
+
+array linear(
+    const array& x,
+    const array& w,
+    const array& scales,
+    const std::optional<array>& biases,
+    const std::optional<array>& bias,
+    const QuantParams& q,
+    Dtype out_dtype,
+    Stream s) {
+  const int n = w.shape(-2);
+  const array h = x.ndim() < 2 ? reshape(x, {1, x.shape(-1)}, s) : x;
+  Shape out_shape(h.shape().begin(), h.shape().end() - 1);
+  out_shape.push_back(n);
+  const int64_t rows = numel(out_shape, 0, out_shape.size() - 1);
+  if (rows * n == 0) {
+    return zeros(x.ndim() < 2 ? Shape{n} : out_shape, out_dtype, s);
+  }
+  // No expert indices and scores: one expert, score 1.
+  const array& z = nil();
+  std::vector<array> in = {z, h, w, scales, biases.value_or(z), z, z, bias.value_or(z)};
+  array y = kernel(combine_spec())(
+      in,
+      {out_shape},
+      {out_dtype},
+      {static_cast<int>(ceil_div(n, kRowsPerBlock) * kThreads),
+       static_cast<int>(std::min<int64_t>(rows, kMaxGridY)),
+       1},
+      {kThreads, 1, 1},
+      combine_args(q),
+      poison(),
+      false,
+      s)[0];
+  return x.ndim() < 2 ? reshape(y, {n}, s) : y;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The ahead-of-time compile check
+// ---------------------------------------------------------------------------------------------
+
+namespace {
+
+const char* cuda_type(Dtype t) {
+  switch (t) {
+    case float32:
+      return "float";
+    case float16:
+      return "__half";
+    case bfloat16:
+      return "__nv_bfloat16";
+    case uint8:
+      return "uint8_t";
+    case uint32:
+      return "uint32_t";
+    case int32:
+      return "int32_t";
+    case int64:
+      return "int64_t";
+    default:
+      throw std::invalid_argument("[zmlx cuda check] unexpected dtype");
+  }
+}
+
+std::string arg_suffix(const TemplateArgs& args) {
+  std::string s;
+  for (const auto& [name, v] : args) {
+    if (auto i = std::get_if<int>(&v)) {
+      s += "_" + std::to_string(*i);
+    } else if (auto b = std::get_if<bool>(&v)) {
+      s += *b ? "_t" : "_f";
+    }
+  }
+  return s;
+}
+
+// The kernel MLX's fast::cuda_kernel generates for `spec` with these input dtypes and template
+// arguments: the inputs' pointers with their shape / strides / ndim when the body names them, the
+// output pointer, the template arguments as constants, then the body.
+std::string wrap(
+    const KernelSpec& spec,
+    const std::vector<Dtype>& in_types,
+    Dtype out_type,
+    const TemplateArgs& args) {
+  std::ostringstream o;
+  o << "__global__ void custom_kernel_" << spec.name << arg_suffix(args) << "(\n";
+  const std::string body = spec.body;
+  for (size_t i = 0; i < spec.inputs.size(); ++i) {
+    const std::string& n = spec.inputs[i];
+    o << "    const " << cuda_type(in_types[i]) << "* " << n << ",\n";
+    if (body.find(n + "_shape") != std::string::npos) {
+      o << "    const __grid_constant__ Shape " << n << "_shape,\n";
+    }
+    if (body.find(n + "_strides") != std::string::npos) {
+      o << "    const __grid_constant__ Strides " << n << "_strides,\n";
+    }
+    if (body.find(n + "_ndim") != std::string::npos) {
+      o << "    const __grid_constant__ int " << n << "_ndim,\n";
+    }
+  }
+  o << "    " << cuda_type(out_type) << "* out) {\n";
+  for (const auto& [name, v] : args) {
+    if (auto i = std::get_if<int>(&v)) {
+      o << "  constexpr int " << name << " = " << *i << ";\n";
+    } else if (auto b = std::get_if<bool>(&v)) {
+      o << "  constexpr bool " << name << " = " << (*b ? "true" : "false") << ";\n";
+    }
+  }
+  o << "\n" << body << "\n}\n\n";
+  return o.str();
+}
+
+} // namespace
+
+std::string check_translation_unit() {
+  std::ostringstream o;
+  // Stand-in for MLX's default header (mlx/backend/cuda/device/utils.cuh, not in the wheel): the
+  // CUDA types it provides and the parameter types of shapes and strides (MAX_NDIM = 10).
+  o << "#include <cuda_bf16.h>\n#include <cuda_fp16.h>\n#include <cuda/std/array>\n"
+       "#include <cstdint>\n"
+       "namespace mlx::core::cu {\n"
+       "using Shape = cuda::std::array<int32_t, 10>;\n"
+       "using Strides = cuda::std::array<int64_t, 10>;\n"
+       "}\n";
+  o << kKernelSource << "\n";
+  o << "namespace mlx::core::cu {\n\n";
+  struct Q {
+    QuantizationMode mode;
+    int group, bits;
+  };
+  const std::vector<Q> quants = {
+      {QuantizationMode::Affine, 64, 4}, {QuantizationMode::Affine, 32, 4},
+      {QuantizationMode::Affine, 128, 4}, {QuantizationMode::Affine, 64, 2},
+      {QuantizationMode::Affine, 64, 3}, {QuantizationMode::Affine, 64, 5},
+      {QuantizationMode::Affine, 64, 6}, {QuantizationMode::Affine, 64, 8},
+      {QuantizationMode::Affine, 32, 8}, {QuantizationMode::Mxfp4, 32, 4},
+      {QuantizationMode::Nvfp4, 16, 4}, {QuantizationMode::Mxfp8, 32, 8}};
+  int variant = 0;
+  for (const auto& qq : quants) {
+    const ModeInfo& mi = mode_info(qq.mode);
+    QuantParams q{&mi, qq.group, qq.bits};
+    // Every dtype for the common modes (affine 4-bit g64, mxfp4), bfloat16 for the others: the
+    // dtypes only change loads and stores, which those variants cover.
+    const bool common = (qq.mode == QuantizationMode::Affine && qq.bits == 4 && qq.group == 64) ||
+        qq.mode == QuantizationMode::Mxfp4;
+    std::vector<Dtype> dts = {bfloat16};
+    if (common) {
+      dts = {bfloat16, float16, float32};
+    }
+    for (Dtype dt : dts) {
+      const Dtype st = mi.has_biases ? dt : uint8;
+      // gather_qmm_swiglu: alternate the activation, NTMAX and the optional inputs' dtypes over
+      // the variants (absent inputs are the float32 stand-in).
+      SwigluParams p;
+      p.q = q;
+      const bool gpt = variant % 2 == 1;
+      p.activation = gpt ? Activation::GptOss : Activation::SwiGLU;
+      const Dtype idx = variant % 2 == 0 ? uint32 : int32;
+      const Dtype opt_bias = gpt ? dt : float32;
+      std::vector<Dtype> sw = {float32, dt, uint32, st, mi.has_biases ? dt : float32, uint32, st,
+                               mi.has_biases ? dt : float32, variant % 3 == 0 ? idx : float32,
+                               idx, opt_bias, opt_bias};
+      o << wrap(swiglu_spec(), sw, dt, swiglu_args(p, 1 << (variant % 3)));
+      // gather_qmm_combine with float32 scores (and a bias every other variant), and the
+      // quantized linear layer (no indices, no scores).
+      const bool bias = variant % 2 == 0;
+      std::vector<Dtype> co = {float32, dt, uint32, st, mi.has_biases ? dt : float32, uint32,
+                               float32, bias ? dt : float32};
+      o << wrap(combine_spec(), co, float32, combine_args(q));
+      std::vector<Dtype> li = {float32, dt, uint32, st, mi.has_biases ? dt : float32, float32,
+                               float32, bias ? float32 : dt};
+      o << wrap(combine_spec(), li, dt, combine_args(q));
+      ++variant;
+    }
+  }
+  o << "} // namespace mlx::core::cu\n";
+  return o.str();
+}
+
+} // namespace mlx::core::moe::gpu

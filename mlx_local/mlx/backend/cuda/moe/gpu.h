@@ -1,0 +1,86 @@
+// Copyright © 2026 zmlx contributors.
+//
+// The fused quantized-MoE ops on CUDA GPU streams: graph nodes built with MLX's public
+// fast::cuda_kernel (the CUDA wheel exports no command encoder), one kernel launch per op. The
+// device code is kernels.cuh. Callers validate their arguments first (the ops' check_* functions);
+// these functions only choose the kernel variant and the launch grid.
+#pragma once
+
+#include <mlx/array.h>
+#include <mlx/utils.h>
+
+#include <optional>
+#include <string>
+
+#include "mlx/moe/common/quant_modes.h"
+
+namespace mlx::core::moe {
+
+struct SwigluParams;
+struct CombineParams;
+
+namespace gpu {
+
+// True when this MLX build's GPU is CUDA (the mlx-cuda wheel).
+bool cuda_available();
+
+// Empty when the fused CUDA kernels run this projection (transpose = true, K a multiple of 32,
+// every mode of the table); otherwise why not: the op then takes MLX's composed path.
+std::string unsupported(const QuantParams& q, bool transpose, int K);
+
+// gather_qmm_swiglu on a CUDA stream. out_shape = B + [M, N]; experts = E. Returns nullopt when the
+// launch grid would exceed CUDA's limits (then the caller composes).
+std::optional<array> swiglu(
+    const array& x,
+    const array& gate_w,
+    const array& gate_scales,
+    const std::optional<array>& gate_biases,
+    const array& up_w,
+    const array& up_scales,
+    const std::optional<array>& up_biases,
+    const std::optional<array>& lhs_indices,
+    const std::optional<array>& rhs_indices,
+    const std::optional<array>& gate_bias,
+    const std::optional<array>& up_bias,
+    const SwigluParams& p,
+    Dtype out_dtype,
+    const Shape& out_shape,
+    int64_t experts,
+    Stream s);
+
+// gather_qmm_combine on a CUDA stream; out_shape = B[:-1] + [M, N].
+array combine(
+    const array& h,
+    const array& w,
+    const array& scales,
+    const std::optional<array>& biases,
+    const array& rhs_indices,
+    const array& scores,
+    const std::optional<array>& bias,
+    const CombineParams& p,
+    Dtype out_dtype,
+    const Shape& out_shape,
+    Stream s);
+
+// x [..., K] times one quantized [N, K] matrix (+ bias [N]), float32 accumulation, on a CUDA stream.
+array linear(
+    const array& x,
+    const array& w,
+    const array& scales,
+    const std::optional<array>& biases,
+    const std::optional<array>& bias,
+    const QuantParams& q,
+    Dtype out_dtype,
+    Stream s);
+
+// One line for `zmlx info`: which configurations have a fused CUDA kernel.
+const char* coverage();
+
+// One CUDA translation unit holding, for a representative set of kernel variants (every mode,
+// activation dtype and flag), exactly the kernels MLX's NVRTC compiles at first use, behind a
+// stand-in for MLX's default device header: what the ahead-of-time compile check (nvcc, sm_90)
+// builds.
+std::string check_translation_unit();
+
+} // namespace gpu
+} // namespace mlx::core::moe
