@@ -9,6 +9,7 @@ use crate::membw::ReadProbe;
 use crate::models::{Ffn, Model};
 use crate::moe::{Activation, ExpertWeight, MoePath, SwitchGlu};
 use crate::quant::{QuantMode, QuantizedWeight};
+use crate::runtime::DeviceKind;
 
 /// Timing of one MoE layer.
 #[derive(Clone, Debug)]
@@ -160,6 +161,76 @@ pub const CHAIN_LAYERS: usize = 8;
 /// [`BenchLayer::time`]).
 pub const PAIRED_BLOCKS: usize = 10;
 
+/// What a benchmark compares achieved GB/s with: the machine's read bandwidth (CPU) or the card's
+/// device-to-device copy bandwidth (GPU), measured in the same run.
+pub trait BandwidthProbe {
+    /// Best of `passes` measurements, GB/s.
+    fn gb_per_sec(&self, passes: usize) -> Result<f64>;
+}
+
+impl BandwidthProbe for ReadProbe {
+    fn gb_per_sec(&self, passes: usize) -> Result<f64> {
+        Ok(self.measure(passes).map_err(Error::invalid)?.gb_per_sec())
+    }
+}
+
+/// The GPU's memory bandwidth as a device-to-device copy sees it: [`GpuCopyProbe::CHAIN`] elementwise
+/// passes (negation) over a buffer chained in one evaluation, bytes read plus bytes written over the time.
+pub struct GpuCopyProbe {
+    src: Array,
+    bytes: usize,
+}
+
+impl GpuCopyProbe {
+    /// Copies per measurement (MLX's fixed cost per evaluation is spread over them).
+    pub const CHAIN: usize = 8;
+
+    /// A `bytes` float32 buffer of random values on the default (GPU) device.
+    pub fn new(bytes: usize) -> Result<GpuCopyProbe> {
+        let n = i32::try_from(bytes / 4)
+            .map_err(|_| Error::invalid("GPU copy probe buffer too large"))?;
+        if n < 1024 {
+            return Err(Error::invalid("GPU copy probe buffer too small"));
+        }
+        let src = mlx_rs::random::uniform::<f32, f32>(0.0, 1.0, &[n], None)?;
+        src.eval()?;
+        Ok(GpuCopyProbe {
+            src,
+            bytes: n as usize * 4,
+        })
+    }
+
+    /// Bytes of the copied buffer.
+    pub fn buffer_bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
+/// An elementwise pass that reads `a` and writes a new array (MLX elides a copy of a contiguous array).
+fn copy(a: &Array) -> Result<Array> {
+    let s = crate::array::stream();
+    crate::array::array_op(|res| unsafe { mlx_sys::mlx_negative(res, a.as_ptr(), s.as_ptr()) })
+}
+
+impl BandwidthProbe for GpuCopyProbe {
+    fn gb_per_sec(&self, passes: usize) -> Result<f64> {
+        let mut best = 0f64;
+        for _ in 0..passes.max(1) {
+            let t0 = Instant::now();
+            let mut a = copy(&self.src)?;
+            for _ in 1..Self::CHAIN {
+                a = copy(&a)?;
+            }
+            a.eval()?;
+            let dt = t0.elapsed().as_secs_f64();
+            if dt > 0.0 {
+                best = best.max((2 * Self::CHAIN * self.bytes) as f64 / dt / 1e9);
+            }
+        }
+        Ok(best)
+    }
+}
+
 /// One block of timed calls and the read bandwidth measured right before it.
 #[derive(Clone, Copy, Debug)]
 pub struct PairedBlock {
@@ -194,6 +265,11 @@ pub struct LayerRow {
     /// Fused path, decode-like: median seconds per layer when [`CHAIN_LAYERS`] layers run in one
     /// evaluation (see [`BenchLayer::time`]).
     pub chain_s: f64,
+    /// MLX's composed path with [`CHAIN_LAYERS`] layers per evaluation, median seconds per layer
+    /// (measured on GPUs, where MLX's fixed cost per evaluation and per op is a large part of a layer's
+    /// time; on CPUs MLX's layer takes a quarter of a second and chains are not timed).
+    pub mlx_chain_s: Option<f64>,
+    pub mlx_chain_iters: usize,
     /// Calls timed per path (chains for `chain_s`).
     pub mlx_iters: usize,
     pub fused_iters: usize,
@@ -222,6 +298,10 @@ impl LayerRow {
     pub fn chain_speedup(&self) -> f64 {
         self.mlx_s / self.chain_s
     }
+    /// Chained fused vs chained MLX (both per layer), where MLX's chains were timed.
+    pub fn chain_vs_mlx_chain(&self) -> Option<f64> {
+        self.mlx_chain_s.map(|m| m / self.chain_s)
+    }
     /// Fraction of the read bandwidth measured alongside: median over the blocks of the block's GB/s
     /// over the bandwidth measured right before it (`None` without blocks).
     pub fn fused_fraction(&self) -> Option<f64> {
@@ -247,7 +327,7 @@ impl LayerRow {
 /// `call()` returns seconds and distinct experts. Returns the times, the distinct experts summed over
 /// the timed calls, and the blocks (empty without a probe).
 fn timed_blocks(
-    probe: Option<&ReadProbe>,
+    probe: Option<&dyn BandwidthProbe>,
     blocks: usize,
     budget_s: f64,
     max_iters: usize,
@@ -259,7 +339,7 @@ fn timed_blocks(
     let (mut times, mut distinct, mut paired) = (Vec::new(), 0usize, Vec::new());
     for _ in 0..blocks {
         let bw = match probe {
-            Some(p) => Some(p.measure(2).map_err(Error::invalid)?.gb_per_sec()),
+            Some(p) => Some(p.gb_per_sec(2)?),
             None => None,
         };
         call()?;
@@ -379,6 +459,54 @@ impl BenchLayer {
         crate::hugepages::promote(&arrays)
     }
 
+    /// max |fused - MLX composed| / max |MLX composed| of one call on `tokens` random tokens (NaN in
+    /// either output gives infinity): a check that the timed fused path computes the layer.
+    pub fn agreement(&self, tokens: usize, seed: u64) -> Result<f64> {
+        let spec = &self.spec;
+        let t = tokens as i32;
+        let key = mlx_rs::random::key(seed)?;
+        let x =
+            mlx_rs::random::normal::<f32>(&[t, spec.d], 0.0, 1.0, &key)?.as_dtype(spec.dtype)?;
+        let idx: Vec<u32> = (0..tokens * spec.k as usize)
+            .map(|j| {
+                ((j % spec.k as usize) * spec.e as usize / spec.k as usize + j / spec.k as usize)
+                    as u32
+                    % spec.e as u32
+            })
+            .collect();
+        let indices = Array::from_slice(&idx, &[t, spec.k]);
+        let scores = mlx_rs::ops::softmax_axis(
+            mlx_rs::random::normal::<f32>(&[t, spec.k], 0.0, 1.0, &key)?,
+            -1,
+            None,
+        )?
+        .as_dtype(spec.dtype)?;
+        let layer = &self.copies[0];
+        let f = crate::array::to_f32_vec(&layer.forward_combined(
+            &x,
+            &indices,
+            &scores,
+            MoePath::Fused,
+        )?)?;
+        let r = crate::array::to_f32_vec(&layer.forward_combined(
+            &x,
+            &indices,
+            &scores,
+            MoePath::Reference,
+        )?)?;
+        let scale = r.iter().fold(0f32, |m, v| m.max(v.abs())) as f64;
+        let mut err = 0f64;
+        for (a, b) in f.iter().zip(&r) {
+            let d = (*a as f64 - *b as f64).abs();
+            err = if d.is_nan() {
+                f64::INFINITY
+            } else {
+                err.max(d)
+            };
+        }
+        Ok(if scale > 0.0 { err / scale } else { err })
+    }
+
     /// Copies of the weights.
     pub fn copies(&self) -> usize {
         self.copies.len()
@@ -405,8 +533,9 @@ impl BenchLayer {
         seed: u64,
         budget_s: f64,
         max_iters: usize,
-        probe: Option<&ReadProbe>,
+        probe: Option<&dyn BandwidthProbe>,
     ) -> Result<LayerRow> {
+        let on_gpu = crate::runtime::default_device()? == DeviceKind::Gpu;
         let spec = &self.spec;
         let t = tokens as i32;
         let mut rng = seed | 1;
@@ -437,7 +566,12 @@ impl BenchLayer {
                 idx.extend(chosen);
             }
             let distinct = seen.iter().filter(|&&s| s).count();
-            let indices = Array::from_slice(&idx, &[t, spec.k]);
+            let mut indices = Array::from_slice(&idx, &[t, spec.k]);
+            if on_gpu {
+                // Arrays made from host data live in unified memory; one op puts them in device
+                // memory, as the router's output is in a model.
+                indices = mlx_rs::ops::add(&indices, Array::from_slice(&[0u32], &[1]))?;
+            }
             let logits: Vec<f32> = (0..tokens * spec.k as usize)
                 .map(|_| (next_u64() >> 40) as f32 / (1u64 << 24) as f32 * 4.0 - 2.0)
                 .collect();
@@ -468,7 +602,7 @@ impl BenchLayer {
         // model's forward pass is: MLX's fixed cost per evaluation (handing the graph to the stream's
         // thread and waiting for it) is spread over the layers, and the graph is built and encoded while
         // the first layers run.
-        let chain_once = || -> Result<(f64, usize)> {
+        let mut chain_once = |path: MoePath| -> Result<(f64, usize)> {
             let mut layers = Vec::with_capacity(CHAIN_LAYERS);
             for _ in 0..CHAIN_LAYERS {
                 layers.push(inputs()?);
@@ -477,17 +611,30 @@ impl BenchLayer {
             let mut h = layers[0].0.clone();
             for (l, (_, indices, scores, _)) in layers.iter().enumerate() {
                 let layer = &self.copies[(call + l) % self.copies.len()];
-                let y = layer.forward_combined(&h, indices, scores, MoePath::Fused)?;
+                let y = layer.forward_combined(&h, indices, scores, path)?;
                 h = mlx_rs::ops::add(&h, &y)?;
             }
             h.eval()?;
             call += CHAIN_LAYERS;
             Ok((t0.elapsed().as_secs_f64() / CHAIN_LAYERS as f64, 0))
         };
-        let (chain, _, chain_blocks) =
-            timed_blocks(probe, blocks, budget_s, max_iters, chain_once)?;
+        let (chain, _, chain_blocks) = timed_blocks(probe, blocks, budget_s, max_iters, || {
+            chain_once(MoePath::Fused)
+        })?;
+        let mlx_chain = if on_gpu {
+            Some(
+                timed_blocks(None, 1, budget_s, max_iters, || {
+                    chain_once(MoePath::Reference)
+                })?
+                .0,
+            )
+        } else {
+            None
+        };
         Ok(LayerRow {
             tokens,
+            mlx_chain_iters: mlx_chain.as_ref().map_or(0, Vec::len),
+            mlx_chain_s: mlx_chain.map(median),
             mlx_iters: mlx.len(),
             fused_iters: fused.len(),
             chain_iters: chain.len(),

@@ -445,31 +445,51 @@ fn cmd_layer_bench(a: &BenchArgs) -> Result<()> {
         bail!("--budget must be positive");
     }
     report::header()?;
-    let threads = zmlx::fused::num_threads()?;
-    // The read bandwidth this process gets on a shared host moves (on the 2-vCPU development machine
-    // between ~26 and ~62 GB/s, in spells of seconds): it is measured before each block of the fused
-    // calls, which are compared with the bandwidth of their moment (see BenchLayer::time), and, for the
-    // record, before and after each layer's rows.
-    let probe =
-        zmlx::membw::ReadProbe::new(1 << 30, threads as usize).map_err(anyhow::Error::msg)?;
-    let measure_bw = |when: &str| -> Result<f64> {
-        let bw = probe.measure(5).map_err(anyhow::Error::msg)?;
-        println!(
-            "machine read bandwidth {when}: {:.1} GB/s ({} threads reading a {} MiB buffer{}, best of 5)",
-            bw.gb_per_sec(),
-            bw.threads,
-            bw.buffer_bytes >> 20,
+    let on_gpu = runtime::default_device()? == DeviceKind::Gpu;
+    // What achieved GB/s are compared with, measured in this run: on a GPU the card's device-to-device
+    // copy bandwidth; on a CPU the read bandwidth this process gets, which on a shared host moves (on
+    // the 2-vCPU development machine between ~26 and ~62 GB/s, in spells of seconds): it is measured
+    // before each block of the fused calls, which are compared with the bandwidth of their moment (see
+    // BenchLayer::time), and, for the record, before and after each layer's rows.
+    let (probe, probe_about): (Box<dyn zmlx::bench::BandwidthProbe>, String) = if on_gpu {
+        let name = runtime::gpu_name()?.unwrap_or_else(|| "unnamed GPU".to_string());
+        println!("GPU: {name}; fused ops: {}", zmlx::fused::gpu_coverage()?);
+        let p = zmlx::bench::GpuCopyProbe::new(1 << 30)?;
+        let about = format!(
+            "device-to-device copy, {} chained copies of a {} MiB buffer, bytes read + written",
+            zmlx::bench::GpuCopyProbe::CHAIN,
+            p.buffer_bytes() >> 20
+        );
+        (Box::new(p), about)
+    } else {
+        let threads = zmlx::fused::num_threads()?;
+        let p =
+            zmlx::membw::ReadProbe::new(1 << 30, threads as usize).map_err(anyhow::Error::msg)?;
+        let about = format!(
+            "{threads} threads reading a 1024 MiB buffer{}",
             if zmlx::hugepages::enabled() {
                 " on huge pages"
             } else {
                 ""
             }
         );
-        Ok(bw.gb_per_sec())
+        (Box::new(p), about)
     };
-    // Weights of all copies: at least 8 x a 32 MiB last-level cache and two copies, so no call finds its
-    // experts in cache.
-    let min_bytes = (256u64 << 20) as f64;
+    let measure_bw = |when: &str| -> Result<f64> {
+        let bw = probe.gb_per_sec(5)?;
+        println!(
+            "{} bandwidth {when}: {bw:.1} GB/s ({probe_about}, best of 5)",
+            if on_gpu { "GPU memory" } else { "machine read" }
+        );
+        Ok(bw)
+    };
+    // Weights of all copies: on a CPU at least 8 x a 32 MiB last-level cache, on a GPU 1 GiB (over 8 x
+    // its L2), and two copies, so no call finds its experts in cache.
+    let min_bytes = if on_gpu {
+        (1u64 << 30) as f64
+    } else {
+        (256u64 << 20) as f64
+    };
     for spec in specs {
         println!();
         println!("== {}: {}", spec.name, spec.about);
@@ -485,7 +505,7 @@ fn cmd_layer_bench(a: &BenchArgs) -> Result<()> {
             layer.total_bytes() / 1e6,
             layer.expert_bytes / 1e6
         );
-        if zmlx::hugepages::enabled() {
+        if !on_gpu && zmlx::hugepages::enabled() {
             let hp = layer.promote_huge_pages()?;
             println!(
                 "huge pages: {:.0} of {:.0} MB of weights backed by 2 MiB pages (MADV_COLLAPSE){} (ZMLX_HUGE_PAGES=0: off)",
@@ -497,7 +517,7 @@ fn cmd_layer_bench(a: &BenchArgs) -> Result<()> {
                     String::new()
                 }
             );
-        } else {
+        } else if !on_gpu {
             println!("huge pages: off (ZMLX_HUGE_PAGES=0)");
         }
         let tokens = if a.tokens.is_empty() {
@@ -506,16 +526,28 @@ fn cmd_layer_bench(a: &BenchArgs) -> Result<()> {
             a.tokens.clone()
         };
         let bw = measure_bw("before these rows")?;
-        report::layer_header();
+        if on_gpu {
+            report::layer_header_gpu();
+        } else {
+            report::layer_header();
+        }
         for (n, &t) in tokens.iter().enumerate() {
+            println!(
+                "  T={t}: fused vs MLX composed on one call: max |difference| / max |MLX| = {:.2e}",
+                layer.agreement(t, a.src.seed ^ 0xa9)?
+            );
             let row = layer.time(
                 t,
                 a.src.seed.wrapping_add(n as u64 + 1),
                 a.budget,
                 a.iters.unwrap_or(1000),
-                Some(&probe),
+                Some(probe.as_ref()),
             )?;
-            report::layer_row(&row, bw);
+            if on_gpu {
+                report::layer_row_gpu(&row, bw);
+            } else {
+                report::layer_row(&row, bw);
+            }
         }
         measure_bw("after these rows")?;
     }
@@ -549,6 +581,13 @@ fn cmd_info() -> Result<()> {
         "fused MoE ops: gather_qmm_swiglu, gather_qmm_combine (CPU kernels: {} threads, SIMD {})",
         zmlx::fused::num_threads()?,
         zmlx::fused::simd_level()?
+    );
+    if let Some(name) = runtime::gpu_name()? {
+        println!("GPU: {name}");
+    }
+    println!(
+        "fused MoE ops on GPU streams: {}",
+        zmlx::fused::gpu_coverage()?
     );
     println!(
         "models: qwen3_moe, gpt_oss, mixtral; cargo features: {}",

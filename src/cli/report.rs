@@ -222,6 +222,44 @@ pub fn layer_header() {
     );
 }
 
+pub fn layer_header_gpu() {
+    println!(
+        "  (one layer per eval: each timed call evaluates one layer; {n} layers per eval: {n} layers chained on a\n   residual stream in one evaluation, as in decoding, time per layer; both paths both ways. \"of bw\":\n   expert-weight bytes / time over the copy bandwidth measured before each block of calls)",
+        n = zmlx::bench::CHAIN_LAYERS
+    );
+    println!(
+        "  {:>4} {:>14} {:>9} | {:>10} {:>10} {:>8} | {:>10} {:>10} {:>8} {:>8} {:>6}  calls (MLX/fused one, chains MLX/fused)",
+        "T", "experts read", "MB read", "MLX us", "fused us", "speedup", "MLX us/l", "fused us/l", "speedup", "GB/s", "of bw"
+    );
+}
+
+/// One row of the GPU layer benchmark: both paths one layer per evaluation and chained.
+pub fn layer_row_gpu(r: &zmlx::bench::LayerRow, peak_gb_s: f64) {
+    let chain = r.chain_fraction().unwrap_or(r.chain_gb_per_s() / peak_gb_s);
+    let mlx_chain = r.mlx_chain_s.unwrap_or(f64::NAN);
+    println!(
+        "  {:>4} {:>14.1} {:>9.1} | {:>10.1} {:>10.1} {:>7.2}x | {:>10.1} {:>10.1} {:>7.2}x {:>8.0} {:>5.0}%  {}/{}, {}/{}",
+        r.tokens,
+        r.distinct_experts,
+        r.weight_bytes / 1e6,
+        r.mlx_s * 1e6,
+        r.fused_s * 1e6,
+        r.speedup(),
+        mlx_chain * 1e6,
+        r.chain_s * 1e6,
+        r.chain_vs_mlx_chain().unwrap_or(f64::NAN),
+        r.chain_gb_per_s(),
+        100.0 * chain,
+        r.mlx_iters,
+        r.fused_iters,
+        r.mlx_chain_iters,
+        r.chain_iters
+    );
+    if let Some(m) = r.probe_median_gb_s() {
+        println!("       copy bandwidth measured alongside: median {m:.0} GB/s");
+    }
+}
+
 /// One row of the layer benchmark. The "peak" columns: the rows' fractions of the read bandwidth
 /// measured alongside their blocks of calls where there are blocks, else of `peak_gb_s`.
 pub fn layer_row(r: &zmlx::bench::LayerRow, peak_gb_s: f64) {
