@@ -3,6 +3,8 @@
 //! of the fidelity configs, at decode (unsorted) and prefill (sorted) sizes; the raw wrappers against their
 //! `_reference` twins; and the errors the wrappers return.
 
+mod common_util;
+
 use zmlx::array::to_f32_vec;
 use zmlx::fused::{
     gather_qmm_combine, gather_qmm_combine_reference, gather_qmm_swiglu,
@@ -114,9 +116,8 @@ fn rel_err(a: &[f32], oracle: &[f32]) -> f64 {
 
 #[test]
 fn fused_path_is_at_least_as_accurate_as_the_reference() {
-    // The fused kernels are CPU kernels; on a CUDA build the GPU would run the composed fallback, whose
-    // accuracy is MLX's, so this test pins the CPU.
-    zmlx::runtime::use_device(zmlx::runtime::DeviceKind::Cpu).unwrap();
+    // CPU unless ZMLX_TEST_DEVICE=gpu (then the CUDA kernels).
+    common_util::use_test_device();
     let (e, d, i, k) = (16, 256, 128, 4);
     for s in SETUPS {
         let g = build(s, e, d, i);
@@ -174,6 +175,7 @@ fn fused_path_is_at_least_as_accurate_as_the_reference() {
 
 #[test]
 fn raw_wrappers_match_their_reference_twins() {
+    common_util::use_test_device();
     let (e, d, i) = (8, 128, 64);
     for s in SETUPS {
         let g = build(s, e, d, i);
@@ -219,6 +221,7 @@ fn raw_wrappers_match_their_reference_twins() {
 
 #[test]
 fn wrapper_errors_are_results() {
+    common_util::use_test_device();
     let s = &SETUPS[0];
     let g = build(s, 4, 64, 64);
     let gq = g.gate_proj.quantized().unwrap();

@@ -3,6 +3,8 @@
 //! the model-level fused path (float32 activations through attention, dense MLP, router, experts and a tied
 //! quantized embedding used as lm_head) against the float32 oracle.
 
+mod common_util;
+
 use zmlx::array::to_f32_vec;
 use zmlx::fused::quantized_linear;
 use zmlx::generate::random_tokens;
@@ -59,6 +61,7 @@ fn half_ulp(dt: Dtype) -> f64 {
 
 #[test]
 fn dequantize_f32_is_exact_where_mlx_rounds_to_the_scales_dtype() {
+    common_util::use_test_device();
     for (dt, bits, group) in [
         (Dtype::Bfloat16, 4, 64),
         (Dtype::Float16, 8, 32),
@@ -87,6 +90,7 @@ fn dequantize_f32_is_exact_where_mlx_rounds_to_the_scales_dtype() {
 
 #[test]
 fn quantized_linear_accumulates_in_float32_for_every_mode_and_shape() {
+    common_util::use_test_device();
     let (n, k) = (40, 256);
     let modes: &[(QuantMode, Option<i32>, Option<i32>)] = &[
         (QuantMode::Affine, Some(64), Some(4)),
@@ -157,6 +161,7 @@ fn quantized_linear_accumulates_in_float32_for_every_mode_and_shape() {
 
 #[test]
 fn quantized_linear_rejects_bad_inputs() {
+    common_util::use_test_device();
     let q = quantize(
         &randn(&[16, 64], 0.2, 1),
         QuantMode::Affine,
@@ -188,6 +193,7 @@ fn quantized_linear_rejects_bad_inputs() {
 
 #[test]
 fn fused_model_path_runs_float32_activations_close_to_the_oracle() {
+    common_util::use_test_device();
     // Qwen3-like bf16 4-bit with a dense MLP layer and tied (quantized) embeddings, so that every kind of
     // quantized linear layer runs: attention, router, experts, dense MLP and the embedding as lm_head.
     let mut c = qwen3_moe::config_json(128, 2, 4, 2, 32, 8, 2, 64, 512, "bfloat16");

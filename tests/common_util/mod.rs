@@ -35,3 +35,14 @@ pub fn max_diff(a: &[f32], b: &[f32]) -> (f64, f64) {
     }
     (d, s)
 }
+
+/// Makes the test's device MLX's default: the GPU when `ZMLX_TEST_DEVICE=gpu` (a CUDA build runs the
+/// fused CUDA kernels there), else the CPU.
+pub fn use_test_device() {
+    let kind = if std::env::var("ZMLX_TEST_DEVICE").is_ok_and(|d| d == "gpu") {
+        zmlx::runtime::DeviceKind::Gpu
+    } else {
+        zmlx::runtime::DeviceKind::Cpu
+    };
+    zmlx::runtime::use_device(kind).expect("the test device is available");
+}

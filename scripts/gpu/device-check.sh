@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# Runs the CUDA build's checks and benchmarks on the GPU test host, from binaries built on a development
+# machine (`scripts/gpu/stage.sh` puts them in .devbin/). Source the MLX CUDA wheel's setup first
+# (../shared/gpu: `cp .devA/* /tmp/` in one call, then `source .devB/setup-on-gpu-host.sh` in the next).
+#
+#   bash scripts/gpu/device-check.sh STEP[,STEP...]
+#
+# Steps: info, tests (the fused-op test files on the GPU, outputs poisoned with NaN before every kernel),
+# bench (the MoE layer benchmark, all layers), bench-qwen3 (Qwen3 layer only), default (the default run),
+# validate (the fidelity check on two presets), ncu (kernel times of one Qwen3 decode layer from Nsight
+# Compute). Each step's output goes to $OUT/<step>.log (OUT: the device tool's output folder, else
+# /tmp/zmlx-out); the last lines printed are a summary.
+set -u
+BIN=${BIN:-.devbin}
+OUT=${OUT:-/tmp/zmlx-out}
+mkdir -p "$OUT"
+steps=${1:-info,tests}
+summary=()
+
+run_step() { # name timeout command...
+  local name=$1 limit=$2
+  shift 2
+  local t0=$SECONDS
+  echo "=== $name"
+  timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
+  local rc=$?
+  tail -n 40 "$OUT/$name.log"
+  summary+=("$name: exit $rc in $((SECONDS - t0)) s")
+}
+
+# The fused-op tests in parallel processes (each CUDA kernel variant is compiled by NVRTC at first use,
+# one at a time within a process): the two op matrices in FUSED_SHARDS shards each, the rest of
+# fused_ops, and the other test files.
+tests() {
+  # MLX_ENABLE_TF32=0: float32 matmuls in float32 (MLX defaults to TF32 on CUDA), as the tests assume.
+  export ZMLX_TEST_DEVICE=gpu ZMLX_GPU_POISON=1 MLX_ENABLE_TF32=0
+  local n=${FUSED_SHARDS:-4} pids=() names=() rc=0
+  start() { # name command...
+    local name=$1
+    shift
+    timeout "${PER_TEST_LIMIT:-180}" "$@" --test-threads=1 --nocapture >"$OUT/test-$name.log" 2>&1 &
+    pids+=($!)
+    names+=("$name")
+  }
+  for i in $(seq 0 $((n - 1))); do
+    FUSED_SHARD=$i/$n start "swiglu-$i" "$BIN/fused_ops" swiglu_matches_oracle_and_composed
+    FUSED_SHARD=$i/$n start "combine-$i" "$BIN/fused_ops" combine_matches_oracle_and_composed
+  done
+  start fused_ops-rest "$BIN/fused_ops" --skip swiglu_matches_oracle_and_composed \
+    --skip combine_matches_oracle_and_composed
+  start fused "$BIN/fused"
+  start quantized_linear "$BIN/quantized_linear"
+  start moe "$BIN/moe"
+  for k in "${!pids[@]}"; do
+    wait "${pids[$k]}"
+    local r=$?
+    [ $r = 0 ] || rc=1
+    echo "--- ${names[$k]}: exit $r; $(grep -E '^test result' "$OUT/test-${names[$k]}.log" | tail -n 1)"
+    grep -E "cases, worst|FAILED|panicked|failed:|out_of_range|nvcc|max error" "$OUT/test-${names[$k]}.log" | head -n 8
+  done
+  return $rc
+}
+
+if [ "$steps" = __tests ]; then
+  tests
+  exit $?
+fi
+nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm,clocks.mem --format=csv,noheader
+IFS=, read -ra list <<<"$steps"
+for s in "${list[@]}"; do
+  case $s in
+    info) run_step info 60 "$BIN/zmlx" --device gpu info ;;
+    tests) run_step tests "${TESTS_LIMIT:-300}" bash "$0" __tests ;;
+    bench) run_step bench "${BENCH_LIMIT:-400}" "$BIN/zmlx" --device gpu bench --budget "${BUDGET:-0.5}" ;;
+    bench-qwen3) run_step bench-qwen3 200 "$BIN/zmlx" --device gpu bench --layer qwen3 --budget "${BUDGET:-0.5}" ;;
+    default) run_step default "${DEFAULT_LIMIT:-200}" "$BIN/zmlx" --device gpu ;;
+    validate)
+      run_step validate-gpt-oss "${VALIDATE_LIMIT:-150}" "$BIN/zmlx" --device gpu validate --synthetic gpt-oss-tiny --steps 64
+      run_step validate-q8-f16 "${VALIDATE_LIMIT:-150}" "$BIN/zmlx" --device gpu validate --synthetic qwen3-tiny-q8-f16 --steps 64
+      ;;
+    ncu)
+      run_step ncu "${NCU_LIMIT:-150}" ncu --clock-control none --kernel-name regex:zmlx_moe --launch-skip 20 --launch-count 4 \
+        --metrics gpu__time_duration.sum,dram__bytes_read.sum,dram__throughput.avg.pct_of_peak_sustained_elapsed,sm__warps_active.avg.pct_of_peak_sustained_active,launch__registers_per_thread,launch__grid_size \
+        "$BIN/zmlx" --device gpu bench --layer qwen3 --tokens 1,4 --budget 0.05 --iters 20
+      ;;
+    *) echo "unknown step $s" ;;
+  esac
+done
+echo "=== summary"
+printf '%s\n' "${summary[@]}"
