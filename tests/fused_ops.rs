@@ -1940,6 +1940,83 @@ fn out_of_range_indices_fail_at_eval() {
     eval(&out).expect("a valid call evaluates after failed ones");
 }
 
+/// Bad indices are an error that never wedges the stream: 10^5 calls alternating a good and a bad expert
+/// index (fused swiglu, fused combine and the composed reference in turn) each evaluate to the right
+/// error or result. MLX 0.32.4 loses count of its active tasks when an error thrown inside a CPU task
+/// resurfaces in the middle of a dispatch, and `eval` then waits forever (see
+/// moe::check_indices_on_host); the ops check indices before their task is enqueued. The loop runs on
+/// a thread that a watchdog gives 300 s, so a hang fails the test instead of blocking the run.
+#[test]
+fn bad_indices_never_wedge_the_stream() {
+    if on_gpu() {
+        eprintln!(
+            "bad_indices_never_wedge_the_stream: CUDA streams give NaN rows (tested separately)"
+        );
+        return;
+    }
+    let (tx, rx) = std::sync::mpsc::channel::<Result<usize, String>>();
+    std::thread::spawn(move || {
+        let run = || -> Result<usize, String> {
+            let s = cpu();
+            let p = problem(AFFINE4, &s);
+            let good = u32s(&[0, 1, 2, 3, 1, 0], &[3, 2]);
+            let bad = u32s(&[0, 1, 2, 3, 4, 0], &[3, 2]);
+            let h = f32s(&vec![0.25; 3 * 2 * 128], &[3, 2, 1, 128]);
+            let scores = f32s(&[0.5; 6], &[3, 2]);
+            let rounds = 50_000;
+            for i in 0..rounds {
+                for (idx, want_err) in [(&good, false), (&bad, true)] {
+                    let out = match i % 3 {
+                        0 => call_swiglu(
+                            false,
+                            &p.x,
+                            &p.g,
+                            &p.u,
+                            &None,
+                            &Some(dup(idx, &s)),
+                            true,
+                            p.q,
+                            false,
+                            None,
+                            &None,
+                            &None,
+                            &s,
+                        )?,
+                        1 => call_combine(false, &h, &p.g, idx, &scores, true, p.q, &None, &s)?,
+                        _ => call_swiglu(
+                            true,
+                            &p.x,
+                            &p.g,
+                            &p.u,
+                            &None,
+                            &Some(dup(idx, &s)),
+                            true,
+                            p.q,
+                            false,
+                            None,
+                            &None,
+                            &None,
+                            &s,
+                        )?,
+                    };
+                    match (eval(&out), want_err) {
+                        (Ok(()), false) => {}
+                        (Err(e), true) if e.contains("expert index 4") => {}
+                        (r, _) => return Err(format!("round {i}: unexpected {r:?}")),
+                    }
+                }
+            }
+            Ok(2 * rounds)
+        };
+        let _ = tx.send(run());
+    });
+    match rx.recv_timeout(std::time::Duration::from_secs(300)) {
+        Ok(Ok(n)) => eprintln!("bad_indices_never_wedge_the_stream: {n} calls, no hang"),
+        Ok(Err(e)) => panic!("{e}"),
+        Err(_) => panic!("evaluation hung (no answer within 300 s)"),
+    }
+}
+
 /// On CUDA streams an index out of range cannot raise an error without a host synchronisation per call:
 /// the fused kernels make exactly the output rows that the bad index feeds NaN, every other row stays
 /// right, nothing is read out of bounds, and the stream keeps working. Repeated many times.

@@ -3,10 +3,14 @@
 
 #include <algorithm>
 #include <cstring>
+#include <deque>
 #include <numeric>
 #include <sstream>
 #include <stdexcept>
 #include <type_traits>
+
+#include <mlx/scheduler.h>
+#include <mlx/stream.h>
 
 #include "mlx/moe/common/dequant.h"
 
@@ -160,6 +164,40 @@ void batch_indices(
   const std::string bad = read_indices(tag, what, idx, src_batch, batch, limit, out.data());
   if (!bad.empty()) {
     throw std::out_of_range(bad);
+  }
+}
+
+void check_indices_on_host(
+    std::string_view tag,
+    const char* what,
+    const array& idx,
+    const Shape& src_batch,
+    const Shape& batch,
+    int64_t limit,
+    Stream s) {
+  struct Checked {
+    array a;
+    int64_t limit;
+  };
+  // Per thread, never freed (arrays must not outlive MLX at exit).
+  thread_local auto* recent = new std::deque<Checked>();
+  for (const auto& c : *recent) {
+    if (c.a.id() == idx.id() && c.limit == limit) {
+      return;
+    }
+  }
+  if (idx.status() != array::Status::available) {
+    synchronize(s);
+  }
+  thread_local auto* scratch = new std::vector<uint32_t>();
+  scratch->resize(static_cast<size_t>(batch_size(batch)));
+  const std::string bad = read_indices(tag, what, &idx, src_batch, batch, limit, scratch->data());
+  if (!bad.empty()) {
+    throw std::out_of_range(bad);
+  }
+  recent->push_back({idx, limit});
+  if (recent->size() > 4) {
+    recent->pop_front();
   }
 }
 

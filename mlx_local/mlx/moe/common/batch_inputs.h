@@ -38,17 +38,8 @@ std::string read_indices(
     uint32_t* out);
 
 // read_indices into out (resized), throwing std::out_of_range with its message if an index is out
-// of range. For use inside evaluation tasks.
-//
-// How such an error reaches the user (MLX 0.32.4, read in mlx/scheduler.cpp, event.h, error.h and
-// the no_gpu/cuda/metal event code, and checked with a throwing test primitive): the CPU encoder
-// runs dispatched tasks on the stream's worker thread inside `Scheduler::enqueue`'s wrapper, which
-// catches std::exception and stores the first message in the stream; the output's completion event
-// takes that error when it is signaled, and `eval` / `Event::wait` on the caller's thread rethrows
-// it as std::runtime_error (so the C API's guard reports it and returns non-zero). Nothing
-// terminates, but tasks queued after the failed one still run: the kernels therefore check all
-// indices before using any, and CheckedIndices (composed references) hands on a clamped copy.
-// Anything thrown must derive from std::exception (others would escape the wrapper).
+// of range. Inside evaluation tasks this is a last line of defence only (see check_indices_on_host):
+// the kernels check all indices before using any, so nothing is read out of bounds either way.
 void batch_indices(
     std::string_view tag,
     const char* what,
@@ -57,6 +48,31 @@ void batch_indices(
     const Shape& batch,
     int64_t limit,
     std::vector<uint32_t>& out);
+
+// Checks a user-given index array of a fused op (or CheckedIndices) from the primitive's eval_cpu, on
+// the thread that evaluates, before the op's task is enqueued: an index out of range throws
+// std::out_of_range there, which `eval` reports cleanly.
+//
+// Why not in the task (MLX 0.32.4, mlx/scheduler.cpp, backend/cpu/encoder.h, transforms.cpp): an
+// exception in a CPU task is stored in the stream and thrown again by the next `enqueue` from the
+// main thread. When that enqueue is one of the pair `CommandEncoder::dispatch` issues every tenth
+// dispatch (notify_new_task, the task, then the task that notifies completion), the scheduler's
+// count of active tasks is raised but never lowered; once it exceeds MAX_ACTIVE_TASKS (10),
+// eval_impl waits in wait_for_one() for a completion that never comes. Every error thrown inside a
+// task leaks with some probability, so a loop of bad calls hangs after tens to thousands of them.
+//
+// The index data may still be in flight (computed by earlier tasks of this evaluation), so unless
+// the array is already available the stream is synchronized first. The last few arrays checked
+// (kept alive, so their ids stay unique) are not checked again: gather_qmm_combine after
+// gather_qmm_swiglu on the same routing costs one synchronization per layer.
+void check_indices_on_host(
+    std::string_view tag,
+    const char* what,
+    const array& idx,
+    const Shape& src_batch,
+    const Shape& batch,
+    int64_t limit,
+    Stream s);
 
 // The values of the floating array `a` (any strides, shape broadcast to `batch`) as float32.
 void batch_floats(const array& a, const Shape& batch, std::vector<float>& out);

@@ -21,6 +21,8 @@ array checked_indices(const array& idx, int64_t limit, const std::string& what, 
 
 void CheckedIndices::eval_cpu(const std::vector<array>& inputs, array& out) {
   const array& in = inputs[0];
+  // Checked here, not in the task (see check_indices_on_host); the task copies the clamped values.
+  check_indices_on_host(tag_, what_.c_str(), in, {}, in.shape(), limit_, stream());
   out.set_data(allocator::malloc(out.nbytes()));
   auto& enc = cpu::get_command_encoder(stream());
   enc.set_input_array(in);

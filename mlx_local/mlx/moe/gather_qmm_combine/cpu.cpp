@@ -243,6 +243,15 @@ void gather_qmm_combine_cpu(const std::vector<array>& in, array& out, const Comb
 } // namespace moe
 
 void GatherQMMCombine::eval_cpu(const std::vector<array>& inputs, array& out) {
+  {
+    // The expert indices are checked here, not in the task (see moe::check_indices_on_host).
+    Shape batch(out.shape().begin(), out.shape().end() - 2);
+    batch.push_back(static_cast<int>(params_.k));
+    const Shape w_batch = moe::batch_dims(inputs[1]);
+    const array& rhs = inputs[params_.q.info->has_biases ? 4 : 3];
+    moe::check_indices_on_host(
+        moe::kTag, "expert index", rhs, w_batch, batch, moe::batch_size(w_batch), stream());
+  }
   out.set_data(allocator::malloc(out.nbytes()));
   auto& enc = cpu::get_command_encoder(stream());
   std::vector<array> in;

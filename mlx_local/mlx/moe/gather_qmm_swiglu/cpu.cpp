@@ -188,6 +188,22 @@ void gather_qmm_swiglu_cpu(const std::vector<array>& in, array& out, const Swigl
 } // namespace moe
 
 void GatherQMMSwiGLU::eval_cpu(const std::vector<array>& inputs, array& out) {
+  {
+    // User indices are checked here, not in the task (see moe::check_indices_on_host).
+    const size_t first_index = params_.q.info->has_biases ? 7 : 5;
+    const Shape batch(out.shape().begin(), out.shape().end() - 2);
+    const Shape x_batch = moe::batch_dims(inputs[0]);
+    const Shape w_batch = moe::batch_dims(inputs[1]);
+    size_t k = first_index;
+    if (params_.has_lhs) {
+      moe::check_indices_on_host(
+          moe::kTag, "lhs index", inputs[k++], x_batch, batch, moe::batch_size(x_batch), stream());
+    }
+    if (params_.has_rhs) {
+      moe::check_indices_on_host(
+          moe::kTag, "expert index", inputs[k++], w_batch, batch, moe::batch_size(w_batch), stream());
+    }
+  }
   out.set_data(allocator::malloc(out.nbytes()));
   auto& enc = cpu::get_command_encoder(stream());
   std::vector<array> in;
