@@ -118,6 +118,11 @@ impl QuantizedWeight {
             )));
         }
         let (ws, ss) = (w.shape(), scales.shape());
+        if ws.contains(&0) {
+            return Err(Error::invalid(format!(
+                "packed weight shape {ws:?} has a zero dimension (MLX's quantized kernels need N, K >= 1)"
+            )));
+        }
         if ws.len() < 2 || ws.len() != ss.len() || ws[..ws.len() - 1] != ss[..ss.len() - 1] {
             return Err(Error::invalid(format!(
                 "packed weight shape {ws:?} does not match scales shape {ss:?}"
@@ -224,6 +229,12 @@ pub fn quantize(
             w.dtype()
         )));
     }
+    if w.shape().contains(&0) {
+        return Err(Error::invalid(format!(
+            "quantize needs a non-empty matrix, got shape {:?}",
+            w.shape()
+        )));
+    }
     let s = stream();
     let parts = vector_op(|res| unsafe {
         mlx_sys::mlx_quantize(
@@ -300,8 +311,22 @@ pub fn dequantize_f32(q: &QuantizedWeight) -> Result<Array> {
     }
 }
 
+/// A weight whose fields were set directly may hold a zero dimension, on which MLX's quantized kernels
+/// divide by zero (SIGFPE): an error instead.
+fn check_nonempty(q: &QuantizedWeight) -> Result<()> {
+    if q.w.shape().contains(&0) || q.scales.shape().contains(&0) {
+        return Err(Error::invalid(format!(
+            "quantized weight of packed shape {:?} (scales {:?}) has a zero dimension",
+            q.w.shape(),
+            q.scales.shape()
+        )));
+    }
+    Ok(())
+}
+
 /// `x @ dequantize(q).T` (`transpose = true`) or `x @ dequantize(q)`.
 pub fn quantized_matmul(x: &Array, q: &QuantizedWeight, transpose: bool) -> Result<Array> {
+    check_nonempty(q)?;
     let s = stream();
     array_op(|res| unsafe {
         mlx_sys::mlx_quantized_matmul(
@@ -329,6 +354,7 @@ pub fn gather_qmm(
     transpose: bool,
     sorted_indices: bool,
 ) -> Result<Array> {
+    check_nonempty(q)?;
     let s = stream();
     array_op(|res| unsafe {
         mlx_sys::mlx_gather_qmm(

@@ -9,6 +9,14 @@ use crate::error::{Error, Result};
 use crate::quant::QuantMode;
 
 /// Typed access to a JSON object with one-line errors.
+/// Limits on a config's sizes (the largest published MoE models are far inside them): checked before
+/// anything is allocated from them, so a wrong config is an error, not an allocation failure.
+pub const MAX_LAYERS: i32 = 4096;
+pub const MAX_DIM: i32 = 1 << 20;
+pub const MAX_HEADS: i32 = 4096;
+pub const MAX_VOCAB: i32 = 1 << 24;
+pub const MAX_EXPERTS: i32 = 1 << 16;
+
 pub(crate) struct Fields<'a>(pub &'a Value);
 
 impl Fields<'_> {
@@ -339,6 +347,14 @@ impl ModelConfig {
         let mt = f
             .str_opt("model_type")?
             .ok_or_else(|| Error::config("missing field 'model_type'"))?;
+        // Before the per-layer lists are built from it.
+        if let Some(n) = f.i32_opt("num_hidden_layers")? {
+            if n > MAX_LAYERS {
+                return Err(Error::config(format!(
+                    "field 'num_hidden_layers' is {n}, more than the {MAX_LAYERS} supported"
+                )));
+            }
+        }
         let mut c = match mt {
             "qwen3_moe" => super::qwen3_moe::parse_config(v)?,
             "gpt_oss" => super::gpt_oss::parse_config(v)?,
@@ -371,6 +387,27 @@ impl ModelConfig {
             return Err(Error::config(
                 "per-layer lists do not match num_hidden_layers",
             ));
+        }
+        for (field, v, max) in [
+            ("hidden_size", self.hidden_size, MAX_DIM),
+            ("num_attention_heads", self.n_heads, MAX_HEADS),
+            ("num_key_value_heads", self.n_kv_heads, MAX_HEADS),
+            ("head_dim", self.head_dim, MAX_DIM),
+            ("vocab_size", self.vocab_size, MAX_VOCAB),
+            ("num_experts", self.num_experts, MAX_EXPERTS),
+            ("moe_intermediate_size", self.moe_intermediate, MAX_DIM),
+        ] {
+            if v < 1 || v > max {
+                return Err(Error::config(format!(
+                    "field '{field}' must be in 1..={max}, got {v}"
+                )));
+            }
+        }
+        if self.sparse.iter().any(|&s| !s) && !(1..=MAX_DIM).contains(&self.intermediate) {
+            return Err(Error::config(format!(
+                "field 'intermediate_size' must be in 1..={MAX_DIM} for the dense MLP layers, got {}",
+                self.intermediate
+            )));
         }
         if self.n_heads % self.n_kv_heads != 0 {
             return Err(Error::config(format!(

@@ -40,20 +40,34 @@ mlx_dtype to_c(mx::Dtype t) {
 
 namespace {
 
-mx::array from_bytes(const void* data, const int* shape_p, int dim, mlx_dtype dtype) {
+// A shape for new array data: no negative dimension, and an element count and byte size that fit
+// MLX's int64 sizes (an overflowing product would make an array smaller than its shape says).
+mx::Shape data_shape(const int* shape_p, int dim, mx::Dtype dt, size_t& bytes) {
   if (dim < 0) {
     throw std::invalid_argument("negative number of dimensions");
   }
   auto shp = shape(shape_p, static_cast<size_t>(dim));
-  size_t n = 1;
+  int64_t n = 1;
   for (auto d : shp) {
     if (d < 0) {
       throw std::invalid_argument("negative dimension in shape");
     }
-    n *= static_cast<size_t>(d);
+    if (__builtin_mul_overflow(n, static_cast<int64_t>(d), &n)) {
+      throw std::invalid_argument("the shape's element count overflows 64 bits");
+    }
   }
+  int64_t b = 0;
+  if (__builtin_mul_overflow(n, static_cast<int64_t>(dt.size()), &b)) {
+    throw std::invalid_argument("the shape's byte size overflows 64 bits");
+  }
+  bytes = static_cast<size_t>(b);
+  return shp;
+}
+
+mx::array from_bytes(const void* data, const int* shape_p, int dim, mlx_dtype dtype) {
   auto dt = to_cpp(dtype);
-  size_t bytes = n * dt.size();
+  size_t bytes = 0;
+  auto shp = data_shape(shape_p, dim, dt, bytes);
   if (data == nullptr && bytes != 0) {
     throw std::invalid_argument("null data for a non-empty array");
   }
@@ -64,14 +78,15 @@ mx::array from_bytes(const void* data, const int* shape_p, int dim, mlx_dtype dt
   return mx::array(std::move(buf), std::move(shp), dt);
 }
 
+// On failure the data stays the caller's (the deleter is not called).
 mx::array managed(void* data, const int* shape_p, int dim, mlx_dtype dtype, std::function<void(void*)> deleter) {
-  if (dim < 0) {
-    throw std::invalid_argument("negative number of dimensions");
-  }
+  auto dt = to_cpp(dtype);
+  size_t bytes = 0;
+  auto shp = data_shape(shape_p, dim, dt, bytes);
   if (data == nullptr) {
     throw std::invalid_argument("null data");
   }
-  return mx::array(data, shape(shape_p, static_cast<size_t>(dim)), to_cpp(dtype), deleter);
+  return mx::array(data, std::move(shp), dt, deleter);
 }
 
 // The evaluated array behind `arr`, checked to hold `want`.

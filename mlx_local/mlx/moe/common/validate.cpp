@@ -98,6 +98,12 @@ ProjInfo check_projection(
       fail(std::string("biases must be absent for mode '") + mi.name + "'.");
     }
   }
+  for (int i = 0; i < w.ndim(); ++i) {
+    if (w.shape(i) == 0) {
+      fail("the weight matrix must not have a zero dimension but has shape " +
+           shape_str(w.shape()) + ".");
+    }
+  }
   const int64_t packed = w.shape(-1);
   if ((packed * 32) % q.bits != 0) {
     fail("the last dimension of the weight matrix (" + std::to_string(packed) +
