@@ -148,6 +148,15 @@ pub fn generate_until(
         return Err(Error::invalid("the prompt is empty"));
     }
     check_tokens(model, prompt)?;
+    if let Some(max) = max_positions(model) {
+        let need = prompt.len() as u64 + max_tokens as u64;
+        if need > max {
+            return Err(Error::invalid(format!(
+                "the prompt ({} tokens) and max_tokens ({max_tokens}) need {need} positions, more than this model's max_position_embeddings ({max})",
+                prompt.len()
+            )));
+        }
+    }
     let mut cache = model.new_cache();
     let mut out = Generation {
         prompt_tokens: prompt.len(),
@@ -157,8 +166,7 @@ pub fn generate_until(
         return Ok(out);
     }
     let t0 = Instant::now();
-    let ids = Array::from_slice(prompt, &[1, prompt.len() as i32]);
-    let logits = model.forward(&ids, &mut cache, path)?;
+    let logits = prefill(model, prompt, &mut cache, path)?;
     let mut tok = choose(&logits, sampler, 0)?;
     out.prefill_secs = t0.elapsed().as_secs_f64();
     out.tokens.push(tok);
@@ -176,6 +184,47 @@ pub fn generate_until(
     }
     out.decode_secs = t1.elapsed().as_secs_f64();
     Ok(out)
+}
+
+/// Prompt tokens per forward pass of the prefill (mlx-lm's `prefill_step_size`): attention over a chunk
+/// needs memory for chunk x positions scores, not positions^2 (a 40,000-token prompt in one pass made
+/// the CPU attention allocate tens of GB and crash).
+pub const PREFILL_CHUNK: usize = 2048;
+
+/// The model's `max_position_embeddings`, if its config gives one.
+pub fn max_positions(model: &Model) -> Option<u64> {
+    model
+        .config
+        .raw
+        .get("max_position_embeddings")
+        .and_then(|v| v.as_u64())
+}
+
+/// Runs `prompt` through the model in chunks of [`PREFILL_CHUNK`] tokens, filling `cache`, and returns
+/// the logits of the last chunk. The caches are evaluated after each earlier chunk (whose logits are
+/// never computed), as mlx-lm does.
+pub fn prefill(
+    model: &Model,
+    prompt: &[u32],
+    cache: &mut [crate::nn::KvCache],
+    path: MoePath,
+) -> Result<Array> {
+    if prompt.is_empty() {
+        return Err(Error::invalid("the prompt is empty"));
+    }
+    let chunks: Vec<&[u32]> = prompt.chunks(PREFILL_CHUNK).collect();
+    let (last, head) = chunks
+        .split_last()
+        .ok_or_else(|| Error::invalid("the prompt is empty"))?;
+    for c in head {
+        let ids = Array::from_slice(c, &[1, c.len() as i32]);
+        model.forward(&ids, cache, path)?;
+        for kv in cache.iter() {
+            kv.eval()?;
+        }
+    }
+    let ids = Array::from_slice(last, &[1, last.len() as i32]);
+    model.forward(&ids, cache, path)
 }
 
 /// Deterministic pseudo-random token ids in `[0, vocab)` (a prompt for synthetic models).

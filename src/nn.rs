@@ -265,6 +265,14 @@ impl KvCache {
         self.offset
     }
 
+    /// Evaluates the cached keys and values (so a long prefill does not build one graph).
+    pub fn eval(&self) -> Result<()> {
+        for a in [&self.keys, &self.values].into_iter().flatten() {
+            a.eval()?;
+        }
+        Ok(())
+    }
+
     /// Appends `k`, `v` (`[B, H, L, D]`) and returns all keys and values. With `window`, only the last
     /// `window + L - 1` positions are kept (enough for every new query to see `window` keys), as mlx-lm's
     /// rotating cache does.

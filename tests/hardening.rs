@@ -139,3 +139,133 @@ fn c_api_array_shapes_that_overflow_or_are_negative_are_errors() {
     assert!(!a.ctx.is_null(), "{}", last_error());
     unsafe { sys::mlx_array_free(a) };
 }
+
+fn mini_model() -> models::Model {
+    let preset = models::preset("qwen3-mini").unwrap();
+    models::synthesize(&preset.config, 5, &mut |_, _, _| {})
+        .unwrap()
+        .0
+}
+
+/// A prompt longer than one prefill chunk goes through in chunks and gives the logits one pass gives.
+#[test]
+fn long_prompts_prefill_in_chunks() {
+    use zmlx::generate::{prefill, random_tokens, PREFILL_CHUNK};
+    use zmlx::moe::MoePath;
+    let model = mini_model();
+    let prompt = random_tokens(PREFILL_CHUNK + 300, model.config.vocab_size, 9);
+    let chunked = prefill(&model, &prompt, &mut model.new_cache(), MoePath::Fused).unwrap();
+    let ids = Array::from_slice(&prompt, &[1, prompt.len() as i32]);
+    let whole = model
+        .forward(&ids, &mut model.new_cache(), MoePath::Fused)
+        .unwrap();
+    let a = zmlx::generate::last_logits(&chunked).unwrap();
+    let b = zmlx::generate::last_logits(&whole).unwrap();
+    let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let err = a
+        .iter()
+        .zip(&b)
+        .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+    assert!(
+        err <= 1e-4 * scale,
+        "chunked prefill differs: {err} of {scale}"
+    );
+}
+
+#[test]
+fn prompts_beyond_max_position_embeddings_are_errors() {
+    use zmlx::generate::{generate, Sampler};
+    use zmlx::moe::MoePath;
+    let mut model = mini_model();
+    model.config.raw["max_position_embeddings"] = 64.into();
+    let prompt = zmlx::generate::random_tokens(60, model.config.vocab_size, 1);
+    let e = generate(
+        &model,
+        &prompt,
+        8,
+        Sampler::Greedy,
+        MoePath::Fused,
+        &mut |_| {},
+    )
+    .unwrap_err();
+    assert!(
+        e.to_string().contains("max_position_embeddings (64)"),
+        "{e}"
+    );
+    assert!(generate(
+        &model,
+        &prompt,
+        4,
+        Sampler::Greedy,
+        MoePath::Fused,
+        &mut |_| {}
+    )
+    .is_ok());
+}
+
+#[test]
+fn checkpoints_are_never_written_over_existing_files() {
+    let dir = std::env::temp_dir().join(format!("zmlx-hardening-save-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let preset = models::preset("qwen3-mini").unwrap();
+    let (_, tensors) = models::synthesize(&preset.config, 5, &mut |_, _, _| {}).unwrap();
+    models::save(&dir, &preset.config, &tensors).unwrap();
+    let e = models::save(&dir, &preset.config, &tensors).unwrap_err();
+    assert!(e.to_string().contains("not empty"), "{e}");
+    // The first checkpoint is intact.
+    assert!(models::load(&dir).is_ok());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Writes qwen3-mini with `edit` applied to its tensors (and config) and returns load's error.
+fn load_error(
+    tag: &str,
+    edit: impl FnOnce(&mut zmlx::checkpoint::Tensors, &mut serde_json::Value),
+) -> String {
+    let dir = std::env::temp_dir().join(format!("zmlx-hardening-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut config = models::preset("qwen3-mini").unwrap().config;
+    let (_, mut tensors) = models::synthesize(&config, 5, &mut |_, _, _| {}).unwrap();
+    edit(&mut tensors, &mut config);
+    models::save(&dir, &config, &tensors).unwrap();
+    let e = match models::load(&dir) {
+        Ok(_) => panic!("{tag}: the checkpoint loaded"),
+        Err(e) => e.to_string(),
+    };
+    let _ = std::fs::remove_dir_all(&dir);
+    e
+}
+
+#[test]
+fn checkpoints_with_tensors_the_model_ignores_or_of_the_wrong_dtype_are_errors() {
+    // lm_head.weight next to tied embeddings: decoding would silently ignore it.
+    let e = load_error("tied", |t, c| {
+        c["tie_word_embeddings"] = true.into();
+        let emb = t.sorted()["model.embed_tokens.weight"].clone();
+        t.insert("lm_head.weight", emb);
+    });
+    assert!(
+        e.contains("lm_head.weight") && e.contains("tie_word_embeddings"),
+        "{e}"
+    );
+    let e = load_error("extra", |t, _| {
+        t.insert("model.layers.0.mystery", Array::ones::<f32>(&[4]).unwrap());
+    });
+    assert!(e.contains("model.layers.0.mystery"), "{e}");
+    // Integer norm weights.
+    let e = load_error("norm", |t, _| {
+        let n = t.sorted()["model.norm.weight"].shape().to_vec();
+        t.insert("model.norm.weight", Array::ones::<i32>(&n).unwrap());
+    });
+    assert!(
+        e.contains("model.norm.weight") && e.contains("float"),
+        "{e}"
+    );
+    // Integer scales of a quantized layer.
+    let e = load_error("scales", |t, _| {
+        let name = "model.layers.0.self_attn.q_proj.scales";
+        let s = t.sorted()[name].shape().to_vec();
+        t.insert(name, Array::ones::<i32>(&s).unwrap());
+    });
+    assert!(e.contains("scales") && e.contains("float"), "{e}");
+}
