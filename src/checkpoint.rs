@@ -233,6 +233,16 @@ pub fn save_dir(
     config: &serde_json::Value,
     tensors: &BTreeMap<String, Array>,
 ) -> Result<()> {
+    // Never over an existing checkpoint: its other files (shards of another size, an index) would stay
+    // and break loading.
+    if let Ok(mut entries) = std::fs::read_dir(dir) {
+        if entries.next().is_some() {
+            return Err(Error::invalid(format!(
+                "output directory {} is not empty; write the checkpoint to a new or empty directory",
+                dir.display()
+            )));
+        }
+    }
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let mut owned: Vec<(String, StDtype, Vec<usize>, Vec<u8>)> = Vec::with_capacity(tensors.len());
     for (name, a) in tensors {

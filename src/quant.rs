@@ -135,6 +135,24 @@ impl QuantizedWeight {
                 "packed weight {ws:?} with {bits} bits holds K={k_from_w} but scales {ss:?} with group {group_size} cover K={k_from_s}"
             )));
         }
+        // MLX's quantized kernels read affine scales / biases as floats and the float modes' scales as
+        // bytes; anything else would be reinterpreted silently.
+        let float_ok = |a: &Array| crate::array::is_float(a.dtype());
+        if mode.has_biases()
+            && (!float_ok(&scales) || biases.as_ref().is_some_and(|b| !float_ok(b)))
+        {
+            return Err(Error::invalid(format!(
+                "affine scales and biases must be float arrays, got {:?} / {:?}",
+                scales.dtype(),
+                biases.as_ref().map(|b| b.dtype())
+            )));
+        }
+        if !mode.has_biases() && scales.dtype() != Dtype::Uint8 {
+            return Err(Error::invalid(format!(
+                "{mode} scales must be uint8, got {:?}",
+                scales.dtype()
+            )));
+        }
         match (&biases, mode.has_biases()) {
             (Some(b), true) if b.shape() != ss => {
                 return Err(Error::invalid(format!(

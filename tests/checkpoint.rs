@@ -181,7 +181,9 @@ fn load_err(
         .map(|(k, v)| (k.to_string(), v.clone()))
         .collect();
     edit(&mut map, &mut cfg);
+    // save_dir writes only into an empty directory.
     std::fs::remove_file(dir.0.join("model.safetensors")).unwrap();
+    std::fs::remove_file(dir.0.join("config.json")).unwrap();
     save_dir(&dir.0, &cfg, &map).unwrap();
     match models::load(&dir.0) {
         Ok(_) => panic!("malformed checkpoint loaded"),

@@ -222,7 +222,17 @@ fn load_linear(
 ) -> Result<Linear> {
     let weight = load_weight(t, cfg, path, &[], out, inp)?;
     let bias = if bias {
-        Some(t.take(&format!("{path}.bias"), &[Some(out)])?)
+        let b = t.take(&format!("{path}.bias"), &[Some(out)])?;
+        if !crate::array::is_float(b.dtype()) {
+            return Err(Error::checkpoint(
+                &t.origin,
+                format!(
+                    "'{path}.bias' has dtype {:?}, expected a float type",
+                    b.dtype()
+                ),
+            ));
+        }
+        Some(b)
     } else {
         None
     };
@@ -230,10 +240,17 @@ fn load_linear(
 }
 
 fn load_norm(t: &mut Tensors, path: &str, dim: i32, eps: f32) -> Result<RmsNorm> {
-    Ok(RmsNorm {
-        weight: t.take(&format!("{path}.weight"), &[Some(dim)])?,
-        eps,
-    })
+    let weight = t.take(&format!("{path}.weight"), &[Some(dim)])?;
+    if !crate::array::is_float(weight.dtype()) {
+        return Err(Error::checkpoint(
+            &t.origin,
+            format!(
+                "'{path}.weight' has dtype {:?}, expected a float type",
+                weight.dtype()
+            ),
+        ));
+    }
+    Ok(RmsNorm { weight, eps })
 }
 
 /// RoPE for a config (mlx-lm: Qwen3 / Mixtral use plain `nn.RoPE`; gpt-oss goes through `initialize_rope`).

@@ -27,6 +27,31 @@ pub fn load(dir: &Path) -> Result<Model> {
         .map_err(|e| Error::checkpoint(dir.join("config.json"), e.to_string()))?;
     let mut t = Tensors::load_dir(dir)?;
     let model = Model::from_tensors(cfg, &mut t)?;
+    let unused = t.unused();
+    if !unused.is_empty() {
+        let tied = if unused.iter().any(|n| n == "lm_head.weight")
+            && model.config.tie_word_embeddings
+        {
+            " (tie_word_embeddings is true, so the embedding is the output layer and lm_head.weight is not used)"
+        } else {
+            ""
+        };
+        let shown: Vec<&str> = unused.iter().take(8).map(String::as_str).collect();
+        return Err(Error::checkpoint(
+            dir,
+            format!(
+                "{} tensor(s) that this {} model does not use: {}{}{tied}",
+                unused.len(),
+                model.config.arch.model_type(),
+                shown.join(", "),
+                if unused.len() > shown.len() {
+                    ", ..."
+                } else {
+                    ""
+                }
+            ),
+        ));
+    }
     // Best effort: the model works the same without huge pages.
     let _ = model.promote_huge_pages();
     Ok(model)
