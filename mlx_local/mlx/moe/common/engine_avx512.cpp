@@ -130,9 +130,8 @@ MOE_INLINE __m512i take(__m512i v, __m512i lut) {
 
 // Decode with one activation row: kWideRows adjacent weight rows of one expert at once. The
 // activation loads and the loop are shared by the rows and their sums come out of one horizontal
-// reduction; measured on the 2-vCPU Zen 4 machine (weights in L2) one thread's rate went from
-// ~29 to ~38-47 G weights/s for K = 768 and from ~40 to ~47-53 for K = 2048, and the Qwen3 layer
-// (weights from DRAM) from 0.87 to 0.76 ms. Eight rows spill registers and were slower.
+// reduction, which raised one thread's weight rate in L2 and the layer's speed from DRAM
+// (BENCHMARKS.md). Eight rows spill registers and were slower.
 constexpr int kWideRows = 4;
 static_assert(kWideRows <= kRows, "the scale scratch holds kRows rows");
 // Prefetch of several weight rows at once (see Dots::run).
@@ -256,19 +255,17 @@ struct Dots {
   // acc[w][r] as set by the caller.
   MOE_INLINE void run(const uint8_t* w0, int64_t row_bytes, float* out) {
     const int64_t full = row_bytes / kChunkBytes;
-    // Non-temporal prefetch, W lines per chunk (the weights are read once per call; measured on the
-    // 2-vCPU Zen 4 machine it lifts one thread's weight stream from ~8 to ~11 GB/s, the hardware
+    // Non-temporal prefetch, W lines per chunk (the weights are read once per call; the hardware
     // prefetcher alone lets the stream stall behind the arithmetic). One row: kPrefetch bytes ahead.
     // Several rows in a block of at most kWalkBytes: the next block, read front to back while this
     // one is computed (its W * row_bytes are one contiguous range). Longer rows: each row
-    // kStreamAhead bytes ahead of itself, and past its end the same row of the next block. Measured
-    // (A/B in one process, weights from DRAM): the walk is what made the Qwen3 layer faster; for
-    // Mixtral's 28 KiB blocks of the down projection it was slower than one row at a time (L1 is
-    // 32 KiB), the per-row prefetch matched it; per-row prefetch for 2 KiB rows was 20-30% slower
-    // than the walk. Each of these is doubled by an L2 prefetch further ahead, within the expert's
-    // rows (several-row blocks: kFarBlocks blocks ahead; one row: kFarBytes; long rows: kFarStream
-    // per row): A/B, Qwen3 layer T=1 0.683/0.690 -> 0.662/0.673 ms and 0.770/0.795 -> 0.739/0.729
-    // ms (an L1 hint there was slower, 0.712/0.743), Mixtral-like layer T=1 6.34 -> 5.84 ms.
+    // kStreamAhead bytes ahead of itself, and past its end the same row of the next block. In A/B
+    // measurements the walk is what made the Qwen3 layer faster; for blocks near L1's size (Mixtral's
+    // 28 KiB blocks of the down projection) it was slower than one row at a time, and per-row
+    // prefetch for short rows was slower than the walk. Each of these is doubled by an L2 prefetch
+    // further ahead, within the expert's rows (several-row blocks: kFarBlocks blocks ahead; one row:
+    // kFarBytes; long rows: kFarStream per row), which was faster in both layers (an L1 hint there
+    // was slower). Numbers: BENCHMARKS.md.
     const bool walk = W == 1 || W * row_bytes <= kWalkBytes;
     const int64_t ahead = W == 1 ? kPrefetch : std::max<int64_t>(kPrefetch, W * row_bytes);
     const uint8_t* far = w0 + kFarBlocks * W * row_bytes;
@@ -439,8 +436,7 @@ void int_dots_impl(
   const uint8_t* rows_end = m.row(e, m.rows);
   // The block's weights are one contiguous stream: start its first kPrefetch bytes now (the loop
   // prefetches kPrefetch bytes ahead of itself from there on), and the next kFarHead bytes into L2
-  // (where the loop's L2 prefetch starts; A/B, Qwen3 layer T=1: 0.699/0.661/0.697 ->
-  // 0.673/0.656/0.689 ms).
+  // (where the loop's L2 prefetch starts).
   {
     const uint8_t* w0 = m.row(e, n0);
     const int64_t head = std::min<int64_t>(kPrefetch, nb * m.row_bytes);
@@ -562,8 +558,7 @@ void int_dots_impl(
   // kWideRows for one activation row, 2 for two, else 1; rows left over one at a time).
   // Prefill: pass after pass over the block (the weights from L2 after the first), kRows activation
   // rows at a time, so that those rows stay in L1; each pass is the decode step with one weight row
-  // (A/B in one process, weights from DRAM, Qwen3 layer: T=64 31.7 -> 27.6 ms, T=16 7.34 -> 7.19
-  // ms against passes that decoded each scale row once per block into a scratch buffer and then
+  // (faster than passes that decoded each scale row once per block into a scratch buffer and then
   // combined it with each activation row in memory, with a horizontal sum for the bias term).
   // The scale rows are prefetched during the first pass.
   auto rows = [&]<bool SREG>() {
@@ -582,8 +577,8 @@ void int_dots_impl(
     if (R == 1) {
       wide.template operator()<kWideRows, 1>();
     } else if (R == 2) {
-      // Two weight rows per step (A/B, weights from DRAM: T=4 2.71 -> 2.61 ms, T=16 7.98 ->
-      // 7.76 ms, T=1 unchanged; two rows for three or four activation rows were not faster).
+      // Two weight rows per step (faster at T = 4 and 16 in A/B runs; two rows for three or four
+      // activation rows were not).
       wide.template operator()<2, 2>();
     }
     for (int64_t r0 = 0; r0 < R; r0 += kRows) {
@@ -596,8 +591,7 @@ void int_dots_impl(
     }
   };
   // Rows of at most 32 groups (K <= 2048 at group size 64) keep their combined scales in two
-  // registers instead of a scratch row that every chunk reloads from: measured on the 2-vCPU
-  // Zen 4 machine (two threads, weights in L2, K = 768) 35 -> 41 G weights/s per thread.
+  // registers instead of a scratch row that every chunk reloads from (faster in L2).
   if (ng <= 32) {
     rows.template operator()<true>();
   } else {

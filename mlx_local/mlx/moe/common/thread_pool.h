@@ -14,8 +14,7 @@
 // front to back and, when it is done, takes pieces from the back of the range with most left. The
 // kernels number their pieces so that consecutive pieces read consecutive weight rows, so each
 // thread reads one long stream (the hardware and software prefetches run on across pieces) instead of
-// every other piece of a shared counter. Measured on the 2-vCPU Zen 4 machine (A/B in one process,
-// Qwen3 layer T=1 from DRAM, 800 calls each): 0.757 -> 0.739, 0.759 -> 0.738, 0.718 -> 0.701 ms.
+// every other piece of a shared counter, which was measurably slower (BENCHMARKS.md).
 #pragma once
 
 #include <atomic>
