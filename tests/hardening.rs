@@ -269,3 +269,73 @@ fn checkpoints_with_tensors_the_model_ignores_or_of_the_wrong_dtype_are_errors()
     });
     assert!(e.contains("scales") && e.contains("float"), "{e}");
 }
+
+#[test]
+fn new_c_functions_reject_bad_arguments() {
+    unsafe {
+        let mut s = sys::mlx_string_new();
+        assert_ne!(zmlx::ffi::mlx_moe_gpu_device_name(&mut s, -1), 0);
+        assert!(last_error().contains("non-negative"), "{}", last_error());
+        // No GPU on a CPU build (or index past the last GPU): the empty name, not an error.
+        assert_eq!(zmlx::ffi::mlx_moe_gpu_device_name(&mut s, 1 << 20), 0);
+        assert_eq!(
+            std::ffi::CStr::from_ptr(sys::mlx_string_data(s)).to_bytes(),
+            b""
+        );
+        sys::mlx_string_free(s);
+        assert_ne!(
+            zmlx::ffi::mlx_moe_gpu_device_name(std::ptr::null_mut(), 0),
+            0
+        );
+        assert_ne!(
+            zmlx::ffi::mlx_moe_cuda_check_source(std::ptr::null_mut()),
+            0
+        );
+        assert_ne!(zmlx::ffi::mlx_moe_gpu_coverage(std::ptr::null_mut()), 0);
+        let mut p: *const std::os::raw::c_char = std::ptr::null();
+        assert_eq!(zmlx::ffi::mlx_moe_gpu_coverage(&mut p), 0);
+        assert!(!p.is_null());
+        // The quantized linear layer: null result, empty inputs, a bad mode.
+        let none = sys::mlx_array {
+            ctx: std::ptr::null_mut(),
+        };
+        let st = sys::mlx_default_cpu_stream_new();
+        let oi = sys::mlx_optional_int {
+            value: 0,
+            has_value: false,
+        };
+        assert_ne!(
+            zmlx::ffi::mlx_fused_quantized_linear(
+                std::ptr::null_mut(),
+                none,
+                none,
+                none,
+                none,
+                oi,
+                oi,
+                c"affine".as_ptr(),
+                none,
+                st
+            ),
+            0
+        );
+        let mut r = sys::mlx_array_new();
+        assert_ne!(
+            zmlx::ffi::mlx_fused_quantized_linear(
+                &mut r,
+                none,
+                none,
+                none,
+                none,
+                oi,
+                oi,
+                std::ptr::null(),
+                none,
+                st
+            ),
+            0
+        );
+        sys::mlx_array_free(r);
+        sys::mlx_stream_free(st);
+    }
+}

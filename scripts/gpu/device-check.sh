@@ -80,7 +80,8 @@ for s in "${list[@]}"; do
       ;;
     ncu)
       run_step ncu "${NCU_LIMIT:-150}" ncu --clock-control none --kernel-name regex:zmlx_moe --launch-skip 20 --launch-count 4 \
-        --metrics gpu__time_duration.sum,dram__bytes_read.sum,dram__throughput.avg.pct_of_peak_sustained_elapsed,sm__warps_active.avg.pct_of_peak_sustained_active,launch__registers_per_thread,launch__grid_size \
+        --section SpeedOfLight --section Occupancy --section SchedulerStats --section WarpStateStats \
+        --metrics gpu__time_duration.sum,dram__bytes_read.sum,launch__registers_per_thread,launch__grid_size \
         "$BIN/zmlx" --device gpu bench --layer qwen3 --tokens 1,4 --budget 0.05 --iters 20
       ;;
     *) echo "unknown step $s" ;;
