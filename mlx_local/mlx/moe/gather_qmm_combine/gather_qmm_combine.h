@@ -82,8 +82,8 @@ array gather_qmm_combine_reference(
  *
  * CPU streams: the gather_qmm_combine kernel with one expert and score 1 (every dot product in
  * float32, each weight tile dequantized once for all rows). CUDA streams: the fused combine kernel
- * with one expert (MLX's CUDA quantized_matmul does not accumulate float32 activations against
- * bfloat16 scales in float32). Other GPUs: quantized_matmul (+ bias).
+ * with one expert, the same float32 contract (MLX's CUDA quantized_matmul is not known to keep it
+ * for float32 activations against half-precision scales). Other GPUs: quantized_matmul (+ bias).
  */
 array fused_quantized_linear(
     const array& x,
