@@ -60,10 +60,18 @@ fn main() {
         .opt_level(2)
         .include(&local)
         .include(&out)
-        .includes(&includes)
         .files(&files)
-        .flag_if_supported("-Wno-deprecated-declarations")
-        .warnings(false);
+        .warnings(true)
+        .extra_warnings(true);
+    // MLX's headers are not ours to fix: -isystem keeps their warnings out.
+    for inc in &includes {
+        build.flag(format!("-isystem{}", inc.display()));
+    }
+    // CI makes the project's own warnings errors.
+    println!("cargo:rerun-if-env-changed=ZMLX_WERROR");
+    if env::var_os("ZMLX_WERROR").is_some_and(|v| v == "1") {
+        build.flag("-Werror");
+    }
     if let Ok(defines) = env::var("DEP_MLX_DEFINES") {
         for d in defines.split([' ', ',', ';']).filter(|d| !d.is_empty()) {
             match d.split_once('=') {

@@ -89,10 +89,16 @@ fn main() {
         .cpp(true)
         .std("c++20")
         .include(&capi_include)
-        .include(&dist.include)
+        // MLX's headers are not ours to fix: -isystem keeps their warnings out.
+        .flag(format!("-isystem{}", dist.include.display()))
         .files(&files)
-        .flag_if_supported("-Wno-deprecated-declarations")
-        .warnings(false);
+        .warnings(true)
+        .extra_warnings(true);
+    // CI makes our own warnings errors.
+    println!("cargo:rerun-if-env-changed=ZMLX_WERROR");
+    if env::var_os("ZMLX_WERROR").is_some_and(|v| v == "1") {
+        build.flag("-Werror");
+    }
     build.compile("mlxc");
 
     let lib_dir = loader_view(&out, &dist.lib);

@@ -37,6 +37,12 @@
 #include <cstring>
 #include <stdexcept>
 
+// GCC 12's AVX-512 intrinsics build their pass-through operands from _mm512_undefined_*(), which
+// -W(maybe-)uninitialized reports at every inlined use (a false positive of the header).
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#endif
 #include <immintrin.h>
 
 #include "mlx/moe/common/kernel_macros.h"

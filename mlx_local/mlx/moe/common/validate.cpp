@@ -98,7 +98,7 @@ ProjInfo check_projection(
       fail(std::string("biases must be absent for mode '") + mi.name + "'.");
     }
   }
-  for (int i = 0; i < w.ndim(); ++i) {
+  for (int i = 0; i < static_cast<int>(w.ndim()); ++i) {
     if (w.shape(i) == 0) {
       fail("the weight matrix must not have a zero dimension but has shape " +
            shape_str(w.shape()) + ".");

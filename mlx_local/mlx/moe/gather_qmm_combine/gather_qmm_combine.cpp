@@ -141,7 +141,7 @@ array gather_qmm_combine(
   out_shape.push_back(c.proj.N);
   if (stream.device == Device::gpu) {
     if (moe::gpu::cuda_available() &&
-        moe::gpu::unsupported(c.params.q, transpose, c.proj.K).empty()) {
+        moe::gpu::unsupported(transpose, c.proj.K).empty()) {
       return moe::gpu::combine(
           h, moe::ensure_contiguous(w, stream), moe::ensure_contiguous(scales, stream),
           biases ? std::optional(moe::ensure_contiguous(*biases, stream)) : std::nullopt,
@@ -209,7 +209,7 @@ array fused_quantized_linear(
   Shape out_shape(x.shape().begin(), x.shape().end() - 1);
   out_shape.push_back(proj.N);
   if (stream.device == Device::gpu) {
-    if (moe::gpu::cuda_available() && moe::gpu::unsupported(q, true, K).empty()) {
+    if (moe::gpu::cuda_available() && moe::gpu::unsupported(true, K).empty()) {
       return moe::gpu::linear(
           x, moe::ensure_contiguous(w, stream), moe::ensure_contiguous(scales, stream),
           biases ? std::optional(moe::ensure_contiguous(*biases, stream)) : std::nullopt, bias, q,

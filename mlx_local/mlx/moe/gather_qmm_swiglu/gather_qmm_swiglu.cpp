@@ -204,7 +204,7 @@ array gather_qmm_swiglu(
   out_shape.push_back(N);
   if (stream.device == Device::gpu) {
     if (moe::gpu::cuda_available() &&
-        moe::gpu::unsupported(c.params.q, transpose, c.gate.K).empty()) {
+        moe::gpu::unsupported(transpose, c.gate.K).empty()) {
       auto y = moe::gpu::swiglu(
           x, moe::ensure_contiguous(gate_w, stream), moe::ensure_contiguous(gate_scales, stream),
           gate_biases ? std::optional(moe::ensure_contiguous(*gate_biases, stream)) : std::nullopt,

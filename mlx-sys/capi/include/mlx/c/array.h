@@ -37,6 +37,10 @@ typedef struct mlx_array_ {
   void* ctx;
 } mlx_array;
 
+/* The empty handle, as mlx-c declares it (one per translation unit; unused ones are fine). */
+#if defined(__GNUC__)
+__attribute__((unused))
+#endif
 static mlx_array mlx_array_empty;
 
 /* Element types, in mlx-c's order. */

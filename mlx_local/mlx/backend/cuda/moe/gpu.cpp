@@ -239,7 +239,7 @@ bool cuda_available() {
   return ok;
 }
 
-std::string unsupported(const QuantParams& q, bool transpose, int K) {
+std::string unsupported(bool transpose, int K) {
   if (!transpose) {
     return "transpose=false weights";
   }

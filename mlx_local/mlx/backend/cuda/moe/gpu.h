@@ -24,9 +24,10 @@ namespace gpu {
 // True when this MLX build's GPU is CUDA (the mlx-cuda wheel).
 bool cuda_available();
 
-// Empty when the fused CUDA kernels run this projection (transpose = true, K a multiple of 32,
-// every mode of the table); otherwise why not: the op then takes MLX's composed path.
-std::string unsupported(const QuantParams& q, bool transpose, int K);
+// Empty when the fused CUDA kernels run a projection of this layout (transpose = true, K a
+// multiple of 32; every mode of the table has a kernel); otherwise why not: the op then takes
+// MLX's composed path.
+std::string unsupported(bool transpose, int K);
 
 // gather_qmm_swiglu on a CUDA stream. out_shape = B + [M, N]; experts = E. Returns nullopt when the
 // launch grid would exceed CUDA's limits (then the caller composes).
