@@ -22,22 +22,26 @@ pub(crate) fn last_mlx_error() -> String {
     }
 }
 
-/// Runs a C-API call that writes one array into `res`; turns a non-zero status into [`Error::Mlx`].
+/// Runs a C-API call that writes one array into `res`; turns a non-zero status into [`Error::Mlx`] (with the caller's location).
+#[track_caller]
 pub(crate) fn array_op(f: impl FnOnce(&mut mlx_sys::mlx_array) -> i32) -> Result<Array> {
     // SAFETY: a fresh empty handle; freed on error, owned by the returned Array otherwise.
     let mut res = unsafe { mlx_sys::mlx_array_new() };
     let rc = f(&mut res);
     if rc != 0 {
         unsafe { mlx_sys::mlx_array_free(res) };
-        return Err(Error::Mlx(last_mlx_error()));
+        return Err(Error::mlx(last_mlx_error()));
     }
     if res.ctx.is_null() {
-        return Err(Error::Mlx("operation returned no array".into()));
+        return Err(Error::Internal(
+            "an MLX operation reported success but returned no array".into(),
+        ));
     }
     Ok(unsafe { Array::from_ptr(res) })
 }
 
 /// Runs a C-API call that writes a vector of arrays; returns them in order.
+#[track_caller]
 pub(crate) fn vector_op(
     f: impl FnOnce(&mut mlx_sys::mlx_vector_array) -> i32,
 ) -> Result<Vec<Array>> {
@@ -45,7 +49,7 @@ pub(crate) fn vector_op(
     let rc = f(&mut res);
     if rc != 0 {
         unsafe { mlx_sys::mlx_vector_array_free(res) };
-        return Err(Error::Mlx(last_mlx_error()));
+        return Err(Error::mlx(last_mlx_error()));
     }
     let n = unsafe { mlx_sys::mlx_vector_array_size(res) };
     let mut out = Vec::with_capacity(n);
@@ -57,7 +61,7 @@ pub(crate) fn vector_op(
                 mlx_sys::mlx_array_free(a);
                 mlx_sys::mlx_vector_array_free(res);
             }
-            return Err(Error::Mlx(last_mlx_error()));
+            return Err(Error::mlx(last_mlx_error()));
         }
         out.push(unsafe { Array::from_ptr(a) });
     }
@@ -98,6 +102,7 @@ pub(crate) fn opt_dtype(d: Option<Dtype>) -> mlx_sys::mlx_optional_dtype {
 }
 
 /// `a[..., start:stop, ...]` along one axis (negative axis counts from the end; bounds are clamped).
+#[track_caller]
 pub fn slice_axis(a: &Array, axis: i32, start: i32, stop: i32) -> Result<Array> {
     let nd = a.ndim() as i32;
     let ax = if axis < 0 { axis + nd } else { axis };
@@ -138,7 +143,7 @@ pub fn to_f32_vec(a: &Array) -> Result<Vec<f32>> {
     };
     f.eval()?;
     Ok(f.try_as_slice::<f32>()
-        .map_err(|e| Error::Mlx(e.to_string()))?
+        .map_err(|e| Error::Conversion(e.to_string()))?
         .to_vec())
 }
 
@@ -151,7 +156,7 @@ pub fn to_u32_vec(a: &Array) -> Result<Vec<u32>> {
     };
     f.eval()?;
     Ok(f.try_as_slice::<u32>()
-        .map_err(|e| Error::Mlx(e.to_string()))?
+        .map_err(|e| Error::Conversion(e.to_string()))?
         .to_vec())
 }
 

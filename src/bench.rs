@@ -170,7 +170,7 @@ pub trait BandwidthProbe {
 
 impl BandwidthProbe for ReadProbe {
     fn gb_per_sec(&self, passes: usize) -> Result<f64> {
-        Ok(self.measure(passes).map_err(Error::invalid)?.gb_per_sec())
+        Ok(self.measure(passes)?.gb_per_sec())
     }
 }
 

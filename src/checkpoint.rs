@@ -63,7 +63,7 @@ pub fn array_bytes(a: &Array) -> Result<Vec<u8>> {
     fn bytes<T: mlx_rs::ArrayElement + Copy>(a: &Array) -> Result<Vec<u8>> {
         let s = a
             .try_as_slice::<T>()
-            .map_err(|e| Error::Mlx(e.to_string()))?;
+            .map_err(|e| Error::Conversion(e.to_string()))?;
         let n = std::mem::size_of_val(s);
         // SAFETY: plain-old-data slice viewed as bytes.
         Ok(unsafe { std::slice::from_raw_parts(s.as_ptr().cast::<u8>(), n) }.to_vec())

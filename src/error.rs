@@ -1,13 +1,29 @@
 //! The one error type of the crate.
 
+use std::panic::Location;
 use std::path::PathBuf;
 
 /// Everything that can go wrong in zmlx. Every message is one readable line.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// MLX (the C++ library) rejected an operation; the text is MLX's message.
-    #[error("MLX: {0}")]
-    Mlx(String),
+    /// MLX (the C++ library) rejected an operation: MLX's message, and where the failing call was made
+    /// (the zmlx or mlx-rs source line, as mlx-rs's `Exception` records it).
+    #[error("MLX: {msg}{}", at(location))]
+    Mlx {
+        /// MLX's message.
+        msg: String,
+        /// The caller of the failing operation.
+        location: Option<&'static Location<'static>>,
+    },
+    /// A computation gave an unusable result (all-NaN logits, a sampler that returned nothing).
+    #[error("numerical: {0}")]
+    Numerical(String),
+    /// An array's data could not be read as the asked type (dtype or layout).
+    #[error("array conversion: {0}")]
+    Conversion(String),
+    /// MLX broke its own contract (an operation that reported success returned no result).
+    #[error("internal: {0}")]
+    Internal(String),
     /// A caller passed something that cannot work (shape, dtype, mode, option).
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
@@ -38,7 +54,19 @@ pub enum Error {
 /// Result with [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+fn at(location: &Option<&'static Location<'static>>) -> String {
+    location.map_or(String::new(), |l| format!(" (at {l})"))
+}
+
 impl Error {
+    /// An MLX failure with the caller's location.
+    #[track_caller]
+    pub(crate) fn mlx(msg: impl Into<String>) -> Self {
+        Error::Mlx {
+            msg: msg.into(),
+            location: Some(Location::caller()),
+        }
+    }
     pub(crate) fn invalid(msg: impl Into<String>) -> Self {
         Error::InvalidArgument(msg.into())
     }
@@ -61,12 +89,16 @@ impl Error {
 
 impl From<mlx_rs::error::Exception> for Error {
     fn from(e: mlx_rs::error::Exception) -> Self {
-        Error::Mlx(e.what().to_string())
+        Error::Mlx {
+            msg: e.what().to_string(),
+            location: Some(e.location()),
+        }
     }
 }
 
 impl From<mlx_rs::error::IoError> for Error {
+    #[track_caller]
     fn from(e: mlx_rs::error::IoError) -> Self {
-        Error::Mlx(e.to_string())
+        Error::mlx(e.to_string())
     }
 }

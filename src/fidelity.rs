@@ -208,7 +208,7 @@ pub fn run(
         let pick = |v: &[f32]| {
             argmax(v)
                 .map(|t| t as u32)
-                .ok_or_else(|| Error::Mlx("logits are all NaN".into()))
+                .ok_or_else(|| Error::Numerical("logits are all NaN".into()))
         };
         let oracle_tok = pick(&lo)?;
         recs.push(Step {

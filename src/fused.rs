@@ -77,6 +77,7 @@ type SwigluFn = unsafe extern "C" fn(
 ) -> std::os::raw::c_int;
 
 #[allow(clippy::too_many_arguments)]
+#[track_caller]
 fn swiglu_call(
     f: SwigluFn,
     x: &Array,
@@ -122,6 +123,7 @@ fn swiglu_call(
 /// Fused `act(gather_qmm(x, gate) + gate_bias[idx], gather_qmm(x, up) + up_bias[idx])`.
 /// `x` `[..., M, K]`; result `B + [M, N]` where `B` is the broadcast batch of the indices.
 #[allow(clippy::too_many_arguments)]
+#[track_caller]
 pub fn gather_qmm_swiglu(
     x: &Array,
     gate: &QuantizedWeight,
@@ -149,6 +151,7 @@ pub fn gather_qmm_swiglu(
 
 /// [`gather_qmm_swiglu`] composed from MLX's own ops (two `gather_qmm`s, then the activation).
 #[allow(clippy::too_many_arguments)]
+#[track_caller]
 pub fn gather_qmm_swiglu_reference(
     x: &Array,
     gate: &QuantizedWeight,
@@ -190,6 +193,7 @@ type CombineFn = unsafe extern "C" fn(
     mlx_sys::mlx_stream,
 ) -> std::os::raw::c_int;
 
+#[track_caller]
 fn combine_call(
     f: CombineFn,
     h: &Array,
@@ -220,6 +224,7 @@ fn combine_call(
 
 /// Fused down projection + score-weighted sum over the k experts: `h` `[..., k, M, K]`, `rhs_indices` and
 /// `scores` `[..., k]` → `[..., M, N]` (dtype: promote of projection, bias and scores dtypes).
+#[track_caller]
 pub fn gather_qmm_combine(
     h: &Array,
     down: &QuantizedWeight,
@@ -238,6 +243,7 @@ pub fn gather_qmm_combine(
 }
 
 /// [`gather_qmm_combine`] composed from MLX's own ops (`gather_qmm`, multiply by scores, sum).
+#[track_caller]
 pub fn gather_qmm_combine_reference(
     h: &Array,
     down: &QuantizedWeight,
@@ -268,6 +274,7 @@ pub fn gather_qmm_combine_reference(
 /// - Result `[..., N]` in `quantized_matmul`'s dtype (promoted with the bias's, as adding it afterwards
 ///   would): `x`'s dtype for the fp modes and for `affine` whenever the scales share `x`'s dtype (every
 ///   mlx-lm checkpoint), so it drops in for `quantized_matmul(x, q, true) (+ bias)`.
+#[track_caller]
 pub fn quantized_linear(x: &Array, q: &QuantizedWeight, bias: Option<&Array>) -> Result<Array> {
     if q.w.ndim() != 2 {
         return Err(Error::invalid(format!(
@@ -324,7 +331,7 @@ pub fn quantized_linear(x: &Array, q: &QuantizedWeight, bias: Option<&Array>) ->
 pub fn gpu_coverage() -> Result<String> {
     let mut p: *const std::os::raw::c_char = std::ptr::null();
     if unsafe { ffi::mlx_moe_gpu_coverage(&mut p) } != 0 || p.is_null() {
-        return Err(Error::Mlx(crate::array::last_mlx_error()));
+        return Err(Error::mlx(crate::array::last_mlx_error()));
     }
     Ok(unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned())
 }
@@ -332,7 +339,7 @@ pub fn gpu_coverage() -> Result<String> {
 /// Threads of the fused CPU kernels (1..=256).
 pub fn set_num_threads(n: i32) -> Result<()> {
     if unsafe { ffi::mlx_moe_set_num_threads(n) } != 0 {
-        return Err(Error::Mlx(crate::array::last_mlx_error()));
+        return Err(Error::mlx(crate::array::last_mlx_error()));
     }
     Ok(())
 }
@@ -341,7 +348,7 @@ pub fn set_num_threads(n: i32) -> Result<()> {
 pub fn num_threads() -> Result<i32> {
     let mut n = 0;
     if unsafe { ffi::mlx_moe_num_threads(&mut n) } != 0 {
-        return Err(Error::Mlx(crate::array::last_mlx_error()));
+        return Err(Error::mlx(crate::array::last_mlx_error()));
     }
     Ok(n)
 }
@@ -350,7 +357,7 @@ pub fn num_threads() -> Result<i32> {
 pub fn set_simd_level(level: &str) -> Result<()> {
     let c = CString::new(level).map_err(|_| Error::invalid("SIMD level contains NUL"))?;
     if unsafe { ffi::mlx_moe_set_simd_level(c.as_ptr()) } != 0 {
-        return Err(Error::Mlx(crate::array::last_mlx_error()));
+        return Err(Error::mlx(crate::array::last_mlx_error()));
     }
     Ok(())
 }
@@ -359,7 +366,7 @@ pub fn set_simd_level(level: &str) -> Result<()> {
 pub fn simd_level() -> Result<String> {
     let mut p: *const std::os::raw::c_char = std::ptr::null();
     if unsafe { ffi::mlx_moe_simd_level(&mut p) } != 0 || p.is_null() {
-        return Err(Error::Mlx(crate::array::last_mlx_error()));
+        return Err(Error::mlx(crate::array::last_mlx_error()));
     }
     Ok(unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned())
 }

@@ -75,7 +75,7 @@ fn choose(logits: &Array, sampler: Sampler, step: usize) -> Result<u32> {
             let v = last_logits(logits)?;
             argmax(&v)
                 .map(|i| i as u32)
-                .ok_or_else(|| Error::Mlx("logits are all NaN".into()))
+                .ok_or_else(|| Error::Numerical("logits are all NaN".into()))
         }
         Sampler::Temperature { temperature, seed } => {
             if temperature <= 0.0 || !temperature.is_finite() {
@@ -91,7 +91,7 @@ fn choose(logits: &Array, sampler: Sampler, step: usize) -> Result<u32> {
             let v = crate::array::to_u32_vec(&t)?;
             v.first()
                 .copied()
-                .ok_or_else(|| Error::Mlx("sampler returned nothing".into()))
+                .ok_or_else(|| Error::Internal("the sampler returned no token".into()))
         }
     }
 }

@@ -29,7 +29,7 @@ fn buffer(a: &Array) -> Result<(usize, usize)> {
     fn span<T: mlx_rs::ArrayElement>(a: &Array) -> Result<(usize, usize)> {
         let s = a
             .try_as_slice::<T>()
-            .map_err(|e| Error::Mlx(e.to_string()))?;
+            .map_err(|e| Error::Conversion(e.to_string()))?;
         Ok((s.as_ptr() as usize, std::mem::size_of_val(s)))
     }
     a.eval()?;

@@ -3,6 +3,8 @@
 
 use std::time::Instant;
 
+use crate::error::{Error, Result};
+
 /// Result of a read-bandwidth measurement.
 #[derive(Clone, Copy, Debug)]
 pub struct Bandwidth {
@@ -47,15 +49,17 @@ pub struct ReadProbe {
 impl ReadProbe {
     /// A `buffer_bytes` buffer (should be far larger than the last-level cache) read by `threads` threads.
     /// Errors only on nonsensical arguments.
-    pub fn new(buffer_bytes: usize, threads: usize) -> Result<ReadProbe, String> {
+    pub fn new(buffer_bytes: usize, threads: usize) -> Result<ReadProbe> {
         if threads == 0 {
-            return Err("bandwidth measurement needs at least one thread".into());
+            return Err(Error::invalid(
+                "bandwidth measurement needs at least one thread",
+            ));
         }
         let words = buffer_bytes / 8;
         if words < threads * 64 {
-            return Err(format!(
+            return Err(Error::invalid(format!(
                 "buffer of {buffer_bytes} bytes is too small to measure"
-            ));
+            )));
         }
         // Distinct non-zero values: pages are really backed and the sum cannot be folded away.
         let buf: Vec<u64> = (0..words as u64)
@@ -69,9 +73,11 @@ impl ReadProbe {
     }
 
     /// Reads the whole buffer `repeats` times and returns the best pass. Errors if `repeats` is 0.
-    pub fn measure(&self, repeats: usize) -> Result<Bandwidth, String> {
+    pub fn measure(&self, repeats: usize) -> Result<Bandwidth> {
         if repeats == 0 {
-            return Err("bandwidth measurement needs at least one repeat".into());
+            return Err(Error::invalid(
+                "bandwidth measurement needs at least one repeat",
+            ));
         }
         let words = self.buf.len();
         let per = words.div_ceil(self.threads);
@@ -104,13 +110,11 @@ impl ReadProbe {
 
 /// Reads a `buffer_bytes` buffer (should be far larger than the last-level cache) with `threads` threads,
 /// `repeats` times, and returns the best pass. Errors only on nonsensical arguments.
-pub fn measure_read(
-    buffer_bytes: usize,
-    threads: usize,
-    repeats: usize,
-) -> Result<Bandwidth, String> {
+pub fn measure_read(buffer_bytes: usize, threads: usize, repeats: usize) -> Result<Bandwidth> {
     if repeats == 0 {
-        return Err("bandwidth measurement needs at least one repeat".into());
+        return Err(Error::invalid(
+            "bandwidth measurement needs at least one repeat",
+        ));
     }
     ReadProbe::new(buffer_bytes, threads)?.measure(repeats)
 }

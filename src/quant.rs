@@ -229,6 +229,7 @@ impl QuantizedWeight {
 
 /// Quantizes `w` (`[.., N, K]`, float) in `mode`. `group_size` / `bits` of `None` take MLX's defaults for
 /// the mode; the ones used are read back from the result's shapes.
+#[track_caller]
 pub fn quantize(
     w: &Array,
     mode: QuantMode,
@@ -268,7 +269,7 @@ pub fn quantize(
     let mut it = parts.into_iter();
     let (wq, scales) = match (it.next(), it.next()) {
         (Some(a), Some(b)) => (a, b),
-        _ => return Err(Error::Mlx("quantize returned too few arrays".into())),
+        _ => return Err(Error::Internal("quantize returned too few arrays".into())),
     };
     let biases = it.next();
     let k = *w.shape().last().unwrap_or(&0);
@@ -277,7 +278,7 @@ pub fn quantize(
         *scales.shape().last().unwrap_or(&0),
     );
     if k <= 0 || sl <= 0 || k % sl != 0 || (wl * 32) % k != 0 {
-        return Err(Error::Mlx(format!(
+        return Err(Error::Internal(format!(
             "unexpected quantize result shapes {:?} / {:?} for K={k}",
             wq.shape(),
             scales.shape()
@@ -287,6 +288,7 @@ pub fn quantize(
 }
 
 /// Dequantizes `q` to `dtype` (`None`: MLX's default for the mode — the scales' type for `affine`).
+#[track_caller]
 pub fn dequantize(q: &QuantizedWeight, dtype: Option<Dtype>) -> Result<Array> {
     let s = stream();
     array_op(|res| unsafe {
@@ -343,6 +345,7 @@ fn check_nonempty(q: &QuantizedWeight) -> Result<()> {
 }
 
 /// `x @ dequantize(q).T` (`transpose = true`) or `x @ dequantize(q)`.
+#[track_caller]
 pub fn quantized_matmul(x: &Array, q: &QuantizedWeight, transpose: bool) -> Result<Array> {
     check_nonempty(q)?;
     let s = stream();
@@ -364,6 +367,7 @@ pub fn quantized_matmul(x: &Array, q: &QuantizedWeight, transpose: bool) -> Resu
 
 /// MLX's `gather_qmm`: for every batch element, `x[lhs] @ dequantize(q[rhs]).T`. Missing indices default
 /// to arange over the batch dims. `sorted_indices` promises that `rhs_indices` is sorted.
+#[track_caller]
 pub fn gather_qmm(
     x: &Array,
     q: &QuantizedWeight,

@@ -14,7 +14,7 @@ pub fn mlx_version() -> Result<String> {
         let mut s = mlx_sys::mlx_string_new();
         if mlx_sys::mlx_version(&mut s) != 0 {
             mlx_sys::mlx_string_free(s);
-            return Err(Error::Mlx(last_mlx_error()));
+            return Err(Error::mlx(last_mlx_error()));
         }
         let p = mlx_sys::mlx_string_data(s);
         let v = if p.is_null() {
@@ -128,7 +128,7 @@ pub fn gpu_name() -> Result<Option<String>> {
         let mut s = mlx_sys::mlx_string_new();
         if crate::ffi::mlx_moe_gpu_device_name(&mut s, 0) != 0 {
             mlx_sys::mlx_string_free(s);
-            return Err(Error::Mlx(last_mlx_error()));
+            return Err(Error::mlx(last_mlx_error()));
         }
         let p = mlx_sys::mlx_string_data(s);
         let v = if p.is_null() {

@@ -266,6 +266,8 @@ fn wrapper_errors_are_results() {
     )
     .unwrap_err();
     assert!(e.to_string().starts_with("MLX:"), "{e}");
+    // MLX's errors carry the caller's location (the wrappers are #[track_caller]).
+    assert!(e.to_string().contains("tests/fused.rs"), "{e}");
     // The fused path needs quantized experts.
     let dense = g.to_f32().unwrap();
     let xs = randn(&[1, 64], 2, 1.0);
