@@ -24,8 +24,8 @@ static const mx::Dtype kDtypes[] = {
     mx::bfloat16,
     mx::complex64};
 
-mx::Dtype to_cpp(mlx_dtype t) {
-  auto i = static_cast<unsigned>(t);
+mx::Dtype to_cpp(const mlx_dtype& t) {
+  auto i = static_cast<unsigned>(enum_int(t));
   if (i >= sizeof(kDtypes) / sizeof(kDtypes[0])) {
     throw std::invalid_argument("invalid mlx_dtype value " + std::to_string(i));
   }

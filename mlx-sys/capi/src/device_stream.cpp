@@ -10,14 +10,14 @@ namespace {
 
 using DeviceInfo = std::unordered_map<std::string, std::variant<std::string, size_t>>;
 
-mx::Device::DeviceType device_type(mlx_device_type t) {
-  switch (t) {
+mx::Device::DeviceType device_type(const mlx_device_type& t) {
+  switch (enum_int(t)) {
     case MLX_CPU:
       return mx::Device::cpu;
     case MLX_GPU:
       return mx::Device::gpu;
   }
-  throw std::invalid_argument("invalid mlx_device_type value " + std::to_string(static_cast<int>(t)));
+  throw std::invalid_argument("invalid mlx_device_type value " + std::to_string(enum_int(t)));
 }
 
 const DeviceInfo& info_of(mlx_device_info info) {

@@ -142,7 +142,7 @@ extern "C" int mlx_enable_compile(void) {
 }
 extern "C" int mlx_set_compile_mode(mlx_compile_mode mode) {
   return guard([&] {
-    switch (mode) {
+    switch (enum_int(mode)) {
       case MLX_COMPILE_MODE_DISABLED:
         return mx::set_compile_mode(mx::CompileMode::disabled);
       case MLX_COMPILE_MODE_NO_SIMPLIFY:
@@ -152,6 +152,6 @@ extern "C" int mlx_set_compile_mode(mlx_compile_mode mode) {
       case MLX_COMPILE_MODE_ENABLED:
         return mx::set_compile_mode(mx::CompileMode::enabled);
     }
-    throw std::invalid_argument("invalid mlx_compile_mode value " + std::to_string(static_cast<int>(mode)));
+    throw std::invalid_argument("invalid mlx_compile_mode value " + std::to_string(enum_int(mode)));
   });
 }

@@ -15,6 +15,7 @@
 #include <functional>
 #include <memory>
 #include <optional>
+#include <cstring>
 #include <string>
 #include <unordered_map>
 #include <utility>
@@ -222,7 +223,7 @@ inline std::optional<std::vector<int>> opt_ints(const int* data, size_t n) {
   return std::vector<int>(data, data + n);
 }
 
-mx::Dtype to_cpp(mlx_dtype t);
+mx::Dtype to_cpp(const mlx_dtype& t);
 mlx_dtype to_c(mx::Dtype t);
 
 inline std::optional<mx::Dtype> opt(mlx_optional_dtype v) {
@@ -266,8 +267,19 @@ inline mx::Strides strides(const int64_t* data, size_t n, const char* what = "st
   return mx::Strides(data, data + n);
 }
 
-inline mx::fft::FFTNorm fft_norm(mlx_fft_norm n) {
-  switch (n) {
+// The integer a C enum argument carries. C callers may pass any int, but a C++ enum object holding a
+// value outside its enumerators' range is undefined to read (UBSan reports it): read its bytes.
+template <class E>
+int enum_int(const E& e) {
+  static_assert(sizeof(E) == sizeof(int), "C enums are int-sized");
+  int v;
+  std::memcpy(&v, &e, sizeof v);
+  return v;
+}
+
+// Enum arguments are taken by reference: copying one out of range is already the undefined read.
+inline mx::fft::FFTNorm fft_norm(const mlx_fft_norm& n) {
+  switch (enum_int(n)) {
     case MLX_FFT_NORM_BACKWARD:
       return mx::fft::FFTNorm::Backward;
     case MLX_FFT_NORM_ORTHO:
@@ -275,7 +287,7 @@ inline mx::fft::FFTNorm fft_norm(mlx_fft_norm n) {
     case MLX_FFT_NORM_FORWARD:
       return mx::fft::FFTNorm::Forward;
   }
-  throw std::invalid_argument("invalid mlx_fft_norm value " + std::to_string(static_cast<int>(n)));
+  throw std::invalid_argument("invalid mlx_fft_norm value " + std::to_string(enum_int(n)));
 }
 
 // A group argument: the empty handle means the global group (MLX's default).
