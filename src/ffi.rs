@@ -88,6 +88,33 @@ extern "C" {
     ) -> ::std::os::raw::c_int;
 }
 extern "C" {
+    pub fn mlx_switch_glu_combine(
+        res: *mut mlx_array,
+        x: mlx_array,
+        gate_w: mlx_array,
+        gate_scales: mlx_array,
+        gate_biases: mlx_array,
+        up_w: mlx_array,
+        up_scales: mlx_array,
+        up_biases: mlx_array,
+        down_w: mlx_array,
+        down_scales: mlx_array,
+        down_biases: mlx_array,
+        indices: mlx_array,
+        scores: mlx_array,
+        group_size: mlx_optional_int,
+        bits: mlx_optional_int,
+        mode: *const ::std::os::raw::c_char,
+        activation: *const ::std::os::raw::c_char,
+        alpha: mlx_optional_float,
+        limit: mlx_optional_float,
+        gate_bias: mlx_array,
+        up_bias: mlx_array,
+        down_bias: mlx_array,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
     pub fn mlx_fused_quantized_linear(
         res: *mut mlx_array,
         x: mlx_array,

@@ -374,6 +374,63 @@ pub fn simd_level() -> Result<String> {
 /// The fused path of [`SwitchGlu::forward_combined`]: on CPU, rows sorted by expert for prefill exactly when
 /// the reference sorts (`indices.size >= 64`); gate+up+activation fused, then down+combine fused; the result
 /// is cast back to `x`'s dtype as mlx-lm does after its combine.
+/// The switch-GLU MoE block after routing as one op: `gather_qmm_combine(gather_qmm_swiglu(x[.., None,
+/// None, :], gate, up, indices), down, indices, scores)[.., 0, :]`. `x` `[..., D]`, `indices` and `scores`
+/// `[..., k]`; the three projections must share their quantization. On CUDA streams it is one kernel
+/// launch (MLX's CUDA back end spends several microseconds of host time per op, as much as a decode
+/// layer's kernels take); elsewhere the two fused ops.
+#[allow(clippy::too_many_arguments)]
+#[track_caller]
+pub fn switch_glu_combine(
+    x: &Array,
+    gate: &QuantizedWeight,
+    up: &QuantizedWeight,
+    down: &QuantizedWeight,
+    indices: &Array,
+    scores: &Array,
+    activation: Activation,
+    gate_bias: Option<&Array>,
+    up_bias: Option<&Array>,
+    down_bias: Option<&Array>,
+) -> Result<Array> {
+    check_pair(gate, up)?;
+    if down.mode != gate.mode || down.group_size != gate.group_size || down.bits != gate.bits {
+        return Err(Error::invalid(format!(
+            "down ({} {}-bit g{}) must share the quantization of gate and up ({} {}-bit g{})",
+            down.mode, down.bits, down.group_size, gate.mode, gate.bits, gate.group_size
+        )));
+    }
+    let (act, alpha, limit) = act_args(activation);
+    let s = stream();
+    array_op(|res| unsafe {
+        ffi::mlx_switch_glu_combine(
+            res,
+            x.as_ptr(),
+            gate.w.as_ptr(),
+            gate.scales.as_ptr(),
+            opt_ptr(gate.biases.as_ref()),
+            up.w.as_ptr(),
+            up.scales.as_ptr(),
+            opt_ptr(up.biases.as_ref()),
+            down.w.as_ptr(),
+            down.scales.as_ptr(),
+            opt_ptr(down.biases.as_ref()),
+            indices.as_ptr(),
+            scores.as_ptr(),
+            opt_int(Some(gate.group_size)),
+            opt_int(Some(gate.bits)),
+            gate.mode.c_name().as_ptr(),
+            act.as_ptr(),
+            opt_float(alpha),
+            opt_float(limit),
+            opt_ptr(gate_bias),
+            opt_ptr(up_bias),
+            opt_ptr(down_bias),
+            s.as_ptr(),
+        )
+    })
+}
+
 pub(crate) fn switch_glu_combined(
     glu: &SwitchGlu,
     x: &Array,
@@ -392,9 +449,28 @@ pub(crate) fn switch_glu_combined(
             )),
         };
     glu.dims()?;
-    let xe = x.expand_dims_axes(&[-2, -3])?;
-    // The CUDA kernels gather each expert's rows themselves: sorting would only add launches.
+    // The CUDA kernels gather each expert's rows themselves: sorting would only add launches, and
+    // the whole block is one launch when the projections share their quantization.
     let on_gpu = crate::runtime::default_device()? == crate::runtime::DeviceKind::Gpu;
+    let same_quant = |a: &QuantizedWeight, b: &QuantizedWeight| {
+        a.mode == b.mode && a.group_size == b.group_size && a.bits == b.bits
+    };
+    if on_gpu && same_quant(gate, up) && same_quant(gate, down) {
+        let y = switch_glu_combine(
+            x,
+            gate,
+            up,
+            down,
+            indices,
+            scores,
+            glu.activation,
+            glu.gate_bias.as_ref(),
+            glu.up_bias.as_ref(),
+            glu.down_bias.as_ref(),
+        )?;
+        return Ok(y.as_dtype(x.dtype())?);
+    }
+    let xe = x.expand_dims_axes(&[-2, -3])?;
     let h = if indices.size() >= SORT_THRESHOLD && !on_gpu {
         let m = *indices.shape().last().unwrap_or(&1);
         let flat = indices.flatten(None, None)?;

@@ -8,7 +8,7 @@ mod common_util;
 use zmlx::array::to_f32_vec;
 use zmlx::fused::{
     gather_qmm_combine, gather_qmm_combine_reference, gather_qmm_swiglu,
-    gather_qmm_swiglu_reference,
+    gather_qmm_swiglu_reference, switch_glu_combine,
 };
 use zmlx::mlx_rs::{Array, Dtype};
 use zmlx::moe::{Activation, ExpertWeight, MoePath, SwitchGlu};
@@ -217,6 +217,124 @@ fn raw_wrappers_match_their_reference_twins() {
         let d2 = rel_err(&to_f32_vec(&yf).unwrap(), &to_f32_vec(&yr).unwrap());
         assert!(d2 < 1e-3, "{}: combine fused vs reference {d2}", s.name);
     }
+}
+
+#[test]
+fn switch_glu_combine_is_the_two_fused_ops() {
+    // On CUDA streams (ZMLX_TEST_DEVICE=gpu) the one-launch layer kernel against the two fused kernels;
+    // on CPU the op composes them. Decode and prefill sizes, expert batches of several dimensions,
+    // indices repeated within a token and between tokens.
+    common_util::use_test_device();
+    let (e, d, i, k) = (16, 256, 128, 4);
+    for s in SETUPS {
+        let g = build(s, e, d, i);
+        let (gq, uq, dq) = (
+            g.gate_proj.quantized().unwrap(),
+            g.up_proj.quantized().unwrap(),
+            g.down_proj.quantized().unwrap(),
+        );
+        for (lead, seed) in [(vec![1], 1u64), (vec![5], 2), (vec![2, 40], 3)] {
+            let t: i32 = lead.iter().product();
+            let mut xs = lead.clone();
+            xs.push(d);
+            let x = randn(&xs, 40 + seed, 1.0).as_dtype(s.dtype).unwrap();
+            let mut is = lead.clone();
+            is.push(k);
+            let inds: Vec<u32> = (0..(t * k) as u32)
+                .map(|j| (j * 5 + j / 7 + seed as u32) % e as u32)
+                .collect();
+            let inds = Array::from_slice(&inds, &is);
+            let scores = zmlx::mlx_rs::ops::softmax_axis(randn(&is, 50 + seed, 1.0), -1, true)
+                .unwrap()
+                .as_dtype(s.dtype)
+                .unwrap();
+            let y = switch_glu_combine(
+                &x,
+                gq,
+                uq,
+                dq,
+                &inds,
+                &scores,
+                s.act,
+                g.gate_bias.as_ref(),
+                g.up_bias.as_ref(),
+                g.down_bias.as_ref(),
+            )
+            .unwrap();
+            let xe = x.expand_dims_axes(&[-2, -3]).unwrap();
+            let h = gather_qmm_swiglu(
+                &xe,
+                gq,
+                uq,
+                None,
+                Some(&inds),
+                false,
+                s.act,
+                g.gate_bias.as_ref(),
+                g.up_bias.as_ref(),
+            )
+            .unwrap();
+            let want = gather_qmm_combine(&h, dq, &inds, &scores, g.down_bias.as_ref())
+                .unwrap()
+                .squeeze_axes(&[-2])
+                .unwrap();
+            assert_eq!(y.shape(), want.shape(), "{} {lead:?}", s.name);
+            assert_eq!(y.shape(), x.shape(), "{} {lead:?}", s.name);
+            assert_eq!(y.dtype(), want.dtype(), "{} {lead:?}", s.name);
+            let (yv, wv) = (to_f32_vec(&y).unwrap(), to_f32_vec(&want).unwrap());
+            assert!(yv.iter().all(|v| v.is_finite()), "{} {lead:?}", s.name);
+            // The same float32 sums in the same order: equal up to the rounding of the output.
+            let ulp = match s.dtype {
+                Dtype::Bfloat16 => 2f64.powi(-8),
+                Dtype::Float16 => 2f64.powi(-11),
+                _ => 2f64.powi(-20),
+            };
+            let err = rel_err(&yv, &wv);
+            assert!(err <= ulp, "{} {lead:?}: {err}", s.name);
+        }
+    }
+}
+
+#[test]
+fn switch_glu_combine_validates_its_arguments() {
+    common_util::use_test_device();
+    let s = &SETUPS[0];
+    let g = build(s, 4, 64, 64);
+    let (gq, uq, dq) = (
+        g.gate_proj.quantized().unwrap(),
+        g.up_proj.quantized().unwrap(),
+        g.down_proj.quantized().unwrap(),
+    );
+    let x = randn(&[2, 64], 1, 1.0);
+    let idx = Array::from_slice(&[0u32, 1, 2, 3], &[2, 2]);
+    let sc = Array::from_slice(&[0.5f32, 0.5, 0.5, 0.5], &[2, 2]);
+    let run = |x: &Array, d: &QuantizedWeight, idx: &Array, sc: &Array| {
+        switch_glu_combine(x, gq, uq, d, idx, sc, s.act, None, None, None)
+    };
+    let down8 = quantize(
+        &randn(&[4, 64, 64], 3, 0.1),
+        QuantMode::Affine,
+        Some(64),
+        Some(8),
+    )
+    .unwrap();
+    let e = run(&x, &down8, &idx, &sc).unwrap_err().to_string();
+    assert!(e.contains("must share the quantization"), "{e}");
+    let e = run(&Array::from_f32(1.0), dq, &idx, &sc)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("at least one dimension"), "{e}");
+    let e = run(&randn(&[2, 32], 1, 1.0), dq, &idx, &sc)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("switch_glu") || e.contains("gather_qmm"), "{e}");
+    let bad_sc = Array::from_slice(&[0.5f32, 0.5, 0.5], &[1, 3]);
+    let e = run(&x, dq, &idx, &bad_sc).unwrap_err().to_string();
+    assert!(e.contains("scores"), "{e}");
+    let e = run(&x, dq, &Array::from_slice(&[0.5f32, 1.0], &[1, 2]), &sc)
+        .unwrap_err()
+        .to_string();
+    assert!(!e.is_empty());
 }
 
 #[test]

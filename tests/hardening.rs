@@ -335,6 +335,45 @@ fn new_c_functions_reject_bad_arguments() {
             ),
             0
         );
+        // The switch-GLU layer op: null result, empty inputs, a null mode.
+        let of = sys::mlx_optional_float {
+            value: 0.0,
+            has_value: false,
+        };
+        for (res, mode) in [
+            (std::ptr::null_mut(), c"affine".as_ptr()),
+            (&mut r as *mut sys::mlx_array, c"affine".as_ptr()),
+            (&mut r as *mut sys::mlx_array, std::ptr::null()),
+        ] {
+            assert_ne!(
+                zmlx::ffi::mlx_switch_glu_combine(
+                    res,
+                    none,
+                    none,
+                    none,
+                    none,
+                    none,
+                    none,
+                    none,
+                    none,
+                    none,
+                    none,
+                    none,
+                    none,
+                    oi,
+                    oi,
+                    mode,
+                    std::ptr::null(),
+                    of,
+                    of,
+                    none,
+                    none,
+                    none,
+                    st
+                ),
+                0
+            );
+        }
         sys::mlx_array_free(r);
         sys::mlx_stream_free(st);
     }

@@ -7,6 +7,7 @@
 #include "mlx/moe/common/thread_pool.h"
 #include "mlx/moe/gather_qmm_combine/gather_qmm_combine.h"
 #include "mlx/moe/gather_qmm_swiglu/gather_qmm_swiglu.h"
+#include "mlx/moe/switch_glu/switch_glu.h"
 
 using namespace mlxc;
 
@@ -222,6 +223,58 @@ extern "C" int mlx_gather_qmm_combine_reference(
   return combine_call(
       mx::gather_qmm_combine_reference, res, h, w, scales, biases, rhs_indices, scores, transpose,
       group_size, bits, mode, bias, s);
+}
+
+extern "C" int mlx_switch_glu_combine(
+    mlx_array* res,
+    const mlx_array x,
+    const mlx_array gate_w,
+    const mlx_array gate_scales,
+    const mlx_array gate_biases,
+    const mlx_array up_w,
+    const mlx_array up_scales,
+    const mlx_array up_biases,
+    const mlx_array down_w,
+    const mlx_array down_scales,
+    const mlx_array down_biases,
+    const mlx_array indices,
+    const mlx_array scores,
+    mlx_optional_int group_size,
+    mlx_optional_int bits,
+    const char* mode,
+    const char* activation,
+    mlx_optional_float alpha,
+    mlx_optional_float limit,
+    const mlx_array gate_bias,
+    const mlx_array up_bias,
+    const mlx_array down_bias,
+    const mlx_stream s) {
+  return guard([&] {
+    put(res,
+        mx::switch_glu_combine(
+            get(x),
+            get(gate_w),
+            get(gate_scales),
+            opt(gate_biases),
+            get(up_w),
+            get(up_scales),
+            opt(up_biases),
+            get(down_w),
+            get(down_scales),
+            opt(down_biases),
+            get(indices),
+            get(scores),
+            opt(group_size),
+            opt(bits),
+            str(mode, "mode"),
+            activation ? std::string(activation) : std::string("swiglu"),
+            opt(alpha),
+            opt(limit),
+            opt(gate_bias),
+            opt(up_bias),
+            opt(down_bias),
+            stream(s)));
+  });
 }
 
 extern "C" int mlx_fused_quantized_linear(

@@ -113,6 +113,39 @@ int mlx_gather_qmm_combine_reference(
     const mlx_array bias,
     const mlx_stream s);
 
+/* The switch-GLU MoE block after routing, as one op:
+ * gather_qmm_combine(gather_qmm_swiglu(x[..., None, None, :], gate, up, rhs_indices = indices),
+ *                    down, indices, scores)[..., 0, :].
+ * x [..., D]; indices and scores [..., k]; gate / up [E..., I, D*bits/32], down [E..., D, I*bits/32]
+ * with their scales and (affine) biases, all three in the same mode, group_size and bits
+ * (transpose = true layout). activation, alpha, limit, gate_bias and up_bias as
+ * mlx_gather_qmm_swiglu; down_bias as mlx_gather_qmm_combine's bias. Result [..., D] in
+ * mlx_gather_qmm_combine's dtype. On CUDA streams one kernel launch; elsewhere the two fused ops. */
+int mlx_switch_glu_combine(
+    mlx_array* res,
+    const mlx_array x,
+    const mlx_array gate_w,
+    const mlx_array gate_scales,
+    const mlx_array gate_biases,
+    const mlx_array up_w,
+    const mlx_array up_scales,
+    const mlx_array up_biases,
+    const mlx_array down_w,
+    const mlx_array down_scales,
+    const mlx_array down_biases,
+    const mlx_array indices,
+    const mlx_array scores,
+    mlx_optional_int group_size,
+    mlx_optional_int bits,
+    const char* mode,
+    const char* activation,
+    mlx_optional_float alpha,
+    mlx_optional_float limit,
+    const mlx_array gate_bias,
+    const mlx_array up_bias,
+    const mlx_array down_bias,
+    const mlx_stream s);
+
 /* x [..., K] times one quantized matrix w (logical [N, K], transpose = true layout: w [N, K*bits/32],
  * scales and (affine) biases [N, K/group_size]) plus bias [N] (optional, may be the empty handle),
  * every dot product accumulated in float32 and rounded once: [..., N] in promote(projection dtype,

@@ -89,6 +89,23 @@ Checked check_combine(
 
 } // namespace
 
+moe::CombineCheck moe::check_combine_args(
+    const array& h,
+    const array& w,
+    const array& scales,
+    const std::optional<array>& biases,
+    const array& rhs_indices,
+    const array& scores,
+    bool transpose,
+    std::optional<int> group_size,
+    std::optional<int> bits,
+    const std::string& mode,
+    const std::optional<array>& bias) {
+  Checked c = check_combine(
+      h, w, scales, biases, rhs_indices, scores, transpose, group_size, bits, mode, bias);
+  return {c.params, c.out_dtype, c.batch, c.proj.experts, c.proj.N, c.proj.K};
+}
+
 array gather_qmm_combine_reference(
     const array& h,
     const array& w,
@@ -142,10 +159,13 @@ array gather_qmm_combine(
   if (stream.device == Device::gpu) {
     if (moe::gpu::cuda_available() &&
         moe::gpu::unsupported(transpose, c.proj.K).empty()) {
-      return moe::gpu::combine(
+      auto y = moe::gpu::combine(
           h, moe::ensure_contiguous(w, stream), moe::ensure_contiguous(scales, stream),
           biases ? std::optional(moe::ensure_contiguous(*biases, stream)) : std::nullopt,
           rhs_indices, scores, bias, c.params, c.out_dtype, out_shape, stream);
+      if (y) {
+        return *y;
+      }
     }
     return gather_qmm_combine_reference(
         h, w, scales, biases, rhs_indices, scores, transpose, group_size, bits, mode, bias, stream);
@@ -210,10 +230,13 @@ array fused_quantized_linear(
   out_shape.push_back(proj.N);
   if (stream.device == Device::gpu) {
     if (moe::gpu::cuda_available() && moe::gpu::unsupported(true, K).empty()) {
-      return moe::gpu::linear(
+      auto y = moe::gpu::linear(
           x, moe::ensure_contiguous(w, stream), moe::ensure_contiguous(scales, stream),
           biases ? std::optional(moe::ensure_contiguous(*biases, stream)) : std::nullopt, bias, q,
           out_dtype, stream);
+      if (y) {
+        return *y;
+      }
     }
     array y = quantized_matmul(
         x, w, scales, biases, true, q.group_size, q.bits, q.info->name, stream);

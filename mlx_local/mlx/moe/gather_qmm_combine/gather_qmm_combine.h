@@ -105,6 +105,31 @@ struct CombineParams {
   int64_t k = 1; // experts per output row (last batch dimension)
 };
 
+// What validating gather_qmm_combine's arguments (the op's errors, without building a graph)
+// finds: the primitive's parameters, the output dtype, the batch shape of h and the indices, and the
+// projection's sizes.
+struct CombineCheck {
+  CombineParams params;
+  Dtype out_dtype = float32;
+  Shape batch;
+  int64_t experts = 1;
+  int N = 0;
+  int K = 0;
+};
+
+CombineCheck check_combine_args(
+    const array& h,
+    const array& w,
+    const array& scales,
+    const std::optional<array>& biases,
+    const array& rhs_indices,
+    const array& scores,
+    bool transpose,
+    std::optional<int> group_size,
+    std::optional<int> bits,
+    const std::string& mode,
+    const std::optional<array>& bias);
+
 // Inputs: h [..., M, K] (any layout), w, scales, (biases if affine) (row-contiguous), rhs_indices
 // (any integer dtype and layout), scores (any layout; both broadcasting to the batch shape, whose
 // last dimension is k), (bias [..., N], any layout). Output: batch shape without k + [M, N].

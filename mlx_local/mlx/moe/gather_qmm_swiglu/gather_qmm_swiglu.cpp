@@ -104,6 +104,30 @@ Checked check_swiglu(
 
 } // namespace
 
+moe::SwigluCheck moe::check_swiglu_args(
+    const array& x,
+    const array& gate_w,
+    const array& gate_scales,
+    const std::optional<array>& gate_biases,
+    const array& up_w,
+    const array& up_scales,
+    const std::optional<array>& up_biases,
+    bool transpose,
+    std::optional<int> group_size,
+    std::optional<int> bits,
+    const std::string& mode,
+    bool sorted_indices,
+    const std::string& activation,
+    std::optional<float> alpha,
+    std::optional<float> limit,
+    const std::optional<array>& gate_bias,
+    const std::optional<array>& up_bias) {
+  Checked c = check_swiglu(
+      x, gate_w, gate_scales, gate_biases, up_w, up_scales, up_biases, transpose, group_size, bits,
+      mode, sorted_indices, activation, alpha, limit, gate_bias, up_bias);
+  return {c.params, c.out_dtype, c.gate.experts, c.gate.N, c.gate.K};
+}
+
 array gather_qmm_swiglu_reference(
     const array& x,
     const array& gate_w,

@@ -119,6 +119,36 @@ struct SwigluParams {
   bool sorted = false;
 };
 
+// What validating gather_qmm_swiglu's arguments (the op's errors, without building a graph) finds:
+// the primitive's parameters, the output dtype and the projection's sizes. The indices are checked
+// separately (gather_batch_shape).
+struct SwigluCheck {
+  SwigluParams params;
+  Dtype out_dtype = float32;
+  int64_t experts = 1;
+  int N = 0;
+  int K = 0;
+};
+
+SwigluCheck check_swiglu_args(
+    const array& x,
+    const array& gate_w,
+    const array& gate_scales,
+    const std::optional<array>& gate_biases,
+    const array& up_w,
+    const array& up_scales,
+    const std::optional<array>& up_biases,
+    bool transpose,
+    std::optional<int> group_size,
+    std::optional<int> bits,
+    const std::string& mode,
+    bool sorted_indices,
+    const std::string& activation,
+    std::optional<float> alpha,
+    std::optional<float> limit,
+    const std::optional<array>& gate_bias,
+    const std::optional<array>& up_bias);
+
 // Inputs of the primitive, in order: x [..., M, K] (any layout), gate_w, gate_scales, (gate_biases
 // if affine), up_w, up_scales, (up_biases if affine) (row-contiguous), (lhs_indices), (rhs_indices)
 // (any integer dtype and layout, broadcasting to the batch shape), (gate_bias [..., N]),

@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -19,6 +20,8 @@
 #include <filesystem>
 #include <fstream>
 #include <limits>
+#include <map>
+#include <mutex>
 #include <sstream>
 #include <tuple>
 #include <utility>
@@ -38,8 +41,26 @@ constexpr const char* kKernelSource =
     ;
 
 constexpr int kThreads = 128; // zmlx_moe::THREADS
-constexpr int kRowsPerBlock = 8; // zmlx_moe::WARPS * RW
+constexpr int kWarps = 4; // zmlx_moe::WARPS
 constexpr int kMaxGridY = 65535;
+constexpr int64_t kMaxIndex = std::numeric_limits<int32_t>::max();
+
+// Launch shape of gather_qmm_swiglu: activation rows multiplied per pass (NTMAX), rows per warp (RW),
+// chunks per lane in flight (U), whether a block prefetches its expert's rows into L2 (PF), and the
+// blocks per multiprocessor the registers must allow (MB, 0: no bound).
+struct SwigluShape {
+  int nt, rw, u;
+  bool pf;
+  int mb;
+};
+
+// Launch shape of gather_qmm_combine and the quantized linear: rows per warp, units per lane in
+// flight, blocks per multiprocessor.
+struct CombineShape {
+  int rw, u, mb;
+};
+
+using TemplateArgs = std::vector<std::pair<std::string, fast::TemplateArg>>;
 
 // The cuda_kernel header. MLX hashes a kernel's whole source on every launch, so the device code
 // is written once per process to a private file and #included (a short source); if that fails,
@@ -113,6 +134,7 @@ std::optional<float> poison() {
 struct KernelSpec {
   const char* name;
   std::vector<std::string> inputs;
+  std::vector<std::string> outputs;
   const char* body;
 };
 
@@ -120,8 +142,9 @@ const KernelSpec& swiglu_spec() {
   static const KernelSpec k{
       "zmlx_moe_swiglu",
       {"nil", "x", "gw", "gs", "gb", "uw", "us", "ub", "lhs", "rhs", "gbias", "ubias"},
+      {"out"},
       "zmlx_moe::swiglu_entry<FMT, BITS, GS, ACT, (unsigned(ALPHA_HI) << 16) | unsigned(ALPHA_LO), "
-      "(unsigned(LIMIT_HI) << 16) | unsigned(LIMIT_LO), NTMAX>("
+      "(unsigned(LIMIT_HI) << 16) | unsigned(LIMIT_LO), NTMAX, RW, U, PF>("
       "nil, x, x_shape.data(), x_strides.data(), x_ndim, gw, gw_shape.data(), gw_ndim, gs, gb, uw, us, "
       "ub, lhs, lhs_shape.data(), lhs_strides.data(), lhs_ndim, rhs, rhs_shape.data(), "
       "rhs_strides.data(), rhs_ndim, gbias, gbias_strides.data(), gbias_ndim, ubias, "
@@ -133,22 +156,195 @@ const KernelSpec& combine_spec() {
   static const KernelSpec k{
       "zmlx_moe_combine",
       {"nil", "h", "w", "sc", "bi", "rhs", "scores", "bias"},
-      "zmlx_moe::combine_entry<FMT, BITS, GS>("
+      {"out"},
+      "zmlx_moe::combine_entry<FMT, BITS, GS, RW, U>("
       "nil, h, h_shape.data(), h_strides.data(), h_ndim, w, w_shape.data(), w_ndim, sc, bi, rhs, "
       "rhs_shape.data(), rhs_strides.data(), rhs_ndim, scores, scores_shape.data(), "
       "scores_strides.data(), scores_ndim, bias, bias_strides.data(), bias_ndim, out);"};
   return k;
 }
 
-const fast::CustomKernelFunction& kernel(const KernelSpec& spec) {
-  // One function object per spec (it records which shape arguments the body uses).
-  static const fast::CustomKernelFunction sw = fast::cuda_kernel(
-      swiglu_spec().name, swiglu_spec().inputs, {"out"}, swiglu_spec().body, kernel_header(),
-      /*ensure_row_contiguous=*/false);
-  static const fast::CustomKernelFunction co = fast::cuda_kernel(
-      combine_spec().name, combine_spec().inputs, {"out"}, combine_spec().body, kernel_header(),
-      /*ensure_row_contiguous=*/false);
-  return &spec == &swiglu_spec() ? sw : co;
+const KernelSpec& layer_spec() {
+  static const KernelSpec k{
+      "zmlx_moe_layer",
+      {"nil", "x", "gw", "gs", "gb", "uw", "us", "ub", "rhs", "gbias", "ubias", "dw", "ds", "db",
+       "scores", "dbias", "ctr"},
+      {"out", "hbuf"},
+      "zmlx_moe::layer_entry<FMT, BITS, GS, ACT, (unsigned(ALPHA_HI) << 16) | unsigned(ALPHA_LO), "
+      "(unsigned(LIMIT_HI) << 16) | unsigned(LIMIT_LO), NTMAX, RW, U, PF, CRW, CU>("
+      "nil, x, x_shape.data(), x_strides.data(), x_ndim, gw, gw_shape.data(), gw_ndim, gs, gb, uw, "
+      "us, ub, rhs, rhs_shape.data(), rhs_strides.data(), rhs_ndim, gbias, gbias_strides.data(), "
+      "gbias_ndim, ubias, ubias_strides.data(), ubias_ndim, dw, dw_shape.data(), dw_ndim, ds, db, "
+      "scores, scores_shape.data(), scores_strides.data(), scores_ndim, dbias, "
+      "dbias_strides.data(), dbias_ndim, ctr, out, hbuf);"};
+  return k;
+}
+
+// MLX's CUDA type names (mlx/backend/cuda/utils.cpp: dtype_to_cuda_type).
+const char* cuda_type(Dtype t) {
+  switch (t) {
+    case bool_:
+      return "bool";
+    case int8:
+      return "int8_t";
+    case int16:
+      return "int16_t";
+    case int32:
+      return "int32_t";
+    case int64:
+      return "int64_t";
+    case uint8:
+      return "uint8_t";
+    case uint16:
+      return "uint16_t";
+    case uint32:
+      return "uint32_t";
+    case uint64:
+      return "uint64_t";
+    case float16:
+      return "__half";
+    case bfloat16:
+      return "__nv_bfloat16";
+    case float32:
+      return "float";
+    case float64:
+      return "double";
+    default:
+      throw std::invalid_argument("[zmlx cuda] unexpected dtype");
+  }
+}
+
+std::string arg_suffix(const TemplateArgs& args) {
+  std::string s;
+  for (const auto& [name, v] : args) {
+    if (auto i = std::get_if<int>(&v)) {
+      s += "_" + std::to_string(*i);
+    } else if (auto b = std::get_if<bool>(&v)) {
+      s += *b ? "_t" : "_f";
+    }
+  }
+  return s;
+}
+
+// The head of the kernel MLX's fast::cuda_kernel generates for `spec` (custom_kernel.cpp:
+// build_kernel): its name, then each input's pointer with its shape / strides / ndim where the body
+// names them and the input has dimensions, then the outputs' pointers. min_blocks > 0 adds
+// __launch_bounds__(kThreads, min_blocks).
+std::string signature(
+    const KernelSpec& spec,
+    const std::vector<Dtype>& in_types,
+    const std::vector<int>& in_ndims,
+    const std::vector<Dtype>& out_types,
+    const TemplateArgs& args,
+    int min_blocks) {
+  std::ostringstream o;
+  o << "__global__ void ";
+  if (min_blocks > 0) {
+    o << "__launch_bounds__(" << kThreads << ", " << min_blocks << ") ";
+  }
+  o << "custom_kernel_" << spec.name << arg_suffix(args) << "(\n";
+  const std::string body = spec.body;
+  for (size_t i = 0; i < spec.inputs.size(); ++i) {
+    const std::string& n = spec.inputs[i];
+    o << "    const " << cuda_type(in_types[i]) << "* " << n << ",\n";
+    if (in_ndims[i] == 0) {
+      continue;
+    }
+    if (body.find(n + "_shape") != std::string::npos) {
+      o << "    const __grid_constant__ Shape " << n << "_shape,\n";
+    }
+    if (body.find(n + "_strides") != std::string::npos) {
+      o << "    const __grid_constant__ Strides " << n << "_strides,\n";
+    }
+    if (body.find(n + "_ndim") != std::string::npos) {
+      o << "    const __grid_constant__ int " << n << "_ndim,\n";
+    }
+  }
+  for (size_t i = 0; i < spec.outputs.size(); ++i) {
+    o << "    " << cuda_type(out_types[i]) << "* " << spec.outputs[i]
+      << (i + 1 < spec.outputs.size() ? ",\n" : ")");
+  }
+  return o.str();
+}
+
+// The whole kernel, as MLX generates it (the signature, the template arguments as constants, the
+// body), after the declaration with launch bounds that kernel() puts in its header.
+std::string wrap(
+    const KernelSpec& spec,
+    const std::vector<Dtype>& in_types,
+    const std::vector<Dtype>& out_types,
+    const TemplateArgs& args,
+    int min_blocks) {
+  std::ostringstream o;
+  const std::vector<int> ndims(in_types.size(), 1);
+  if (min_blocks > 0) {
+    o << signature(spec, in_types, ndims, out_types, args, min_blocks) << ";\n\n";
+  }
+  o << signature(spec, in_types, ndims, out_types, args, 0) << " {\n";
+  for (const auto& [name, v] : args) {
+    if (auto i = std::get_if<int>(&v)) {
+      o << "  constexpr int " << name << " = " << *i << ";\n";
+    } else if (auto b = std::get_if<bool>(&v)) {
+      o << "  constexpr bool " << name << " = " << (*b ? "true" : "false") << ";\n";
+    }
+  }
+  o << "\n" << spec.body << "\n}\n\n";
+  return o.str();
+}
+
+// The function object for one kernel variant. Its header declares the kernel MLX is about to
+// generate with __launch_bounds__(kThreads, min_blocks): NVRTC then keeps the registers within what
+// min_blocks blocks per multiprocessor allow (MLX's generated definition has no attributes of its
+// own, and a launch bound on an earlier declaration applies to it). Built once per variant.
+const fast::CustomKernelFunction& kernel(
+    const KernelSpec& spec,
+    const std::vector<array>& inputs,
+    const std::vector<Dtype>& out_types,
+    const TemplateArgs& args,
+    int min_blocks) {
+  std::vector<Dtype> types;
+  std::vector<int> ndims;
+  for (const auto& a : inputs) {
+    types.push_back(a.dtype());
+    ndims.push_back(static_cast<int>(a.ndim()));
+  }
+  std::string header = kernel_header();
+  if (min_blocks > 0) {
+    header += "namespace mlx::core::cu {\n" +
+        signature(spec, types, ndims, out_types, args, min_blocks) + ";\n}\n";
+  }
+  static std::mutex mu;
+  static std::map<std::string, fast::CustomKernelFunction> made;
+  std::lock_guard<std::mutex> lock(mu);
+  const std::string key = std::string(spec.name) + "\n" + header;
+  auto it = made.find(key);
+  if (it == made.end()) {
+    it = made
+             .emplace(
+                 key,
+                 fast::cuda_kernel(
+                     spec.name, spec.inputs, spec.outputs, spec.body, header,
+                     /*ensure_row_contiguous=*/false))
+             .first;
+  }
+  return it->second;
+}
+
+// The layer kernel's counters (see layer_entry in kernels.cuh): four uint32 zeros in device memory
+// per stream, made once and kept for the process's life; every launch leaves them zero.
+const array& layer_counters(Stream s) {
+  static std::mutex mu;
+  static std::map<int, const array*> per_stream;
+  std::lock_guard<std::mutex> lock(mu);
+  auto it = per_stream.find(s.index);
+  if (it == per_stream.end()) {
+    // An op's output, so the buffer is the stream's device memory and four elements long (a host
+    // array lives in unified memory; zeros() may be a broadcast scalar).
+    const array* a = new array(
+        add(array({0u, 0u, 0u, 0u}, {4}, uint32), array(0u, uint32), s));
+    it = per_stream.emplace(s.index, a).first;
+  }
+  return *it->second;
 }
 
 int fmt_code(const QuantParams& q) {
@@ -172,7 +368,6 @@ uint32_t float_bits(float v) {
   return b;
 }
 
-using TemplateArgs = std::vector<std::pair<std::string, fast::TemplateArg>>;
 
 void quant_args(TemplateArgs& t, const QuantParams& q) {
   t.emplace_back("FMT", fmt_code(q));
@@ -180,10 +375,13 @@ void quant_args(TemplateArgs& t, const QuantParams& q) {
   t.emplace_back("GS", q.group_size);
 }
 
-TemplateArgs swiglu_args(const SwigluParams& p, int ntmax) {
+TemplateArgs swiglu_args(const SwigluParams& p, const SwigluShape& sh) {
   TemplateArgs t;
   quant_args(t, p.q);
-  t.emplace_back("NTMAX", ntmax);
+  t.emplace_back("NTMAX", sh.nt);
+  t.emplace_back("RW", sh.rw);
+  t.emplace_back("U", sh.u);
+  t.emplace_back("PF", sh.pf);
   const bool gpt = p.activation == Activation::GptOss;
   // Floats travel as two 16-bit halves of their bits (template arguments are non-negative ints,
   // as they become part of the kernel's name).
@@ -196,9 +394,73 @@ TemplateArgs swiglu_args(const SwigluParams& p, int ntmax) {
   return t;
 }
 
-TemplateArgs combine_args(const QuantParams& q) {
+TemplateArgs combine_args(const QuantParams& q, const CombineShape& sh) {
   TemplateArgs t;
   quant_args(t, q);
+  t.emplace_back("RW", sh.rw);
+  t.emplace_back("U", sh.u);
+  return t;
+}
+
+// Launch-shape overrides for tuning on a GPU host: ZMLX_CUDA_SW_DECODE="RW,U,PF,MB",
+// ZMLX_CUDA_SW_PREFILL="RW,U,PF,MB", ZMLX_CUDA_COMBINE="RW,U,MB" (RW in {1, 2, 4}, U in {1, 2, 4},
+// PF 0 or 1, MB in 0..16); anything else leaves the default.
+bool parse_shape(const char* var, bool with_pf, int& rw, int& u, bool* pf, int& mb) {
+  const char* v = std::getenv(var);
+  if (v == nullptr) {
+    return false;
+  }
+  int a = 0, b = 0, c = 1, m = 0;
+  const int n = with_pf ? std::sscanf(v, "%d,%d,%d,%d", &a, &b, &c, &m)
+                        : std::sscanf(v, "%d,%d,%d", &a, &b, &m);
+  const bool ok = n >= 2 && (a == 1 || a == 2 || a == 4) && (b == 1 || b == 2 || b == 4) &&
+      (c == 0 || c == 1) && m >= 0 && m <= 16;
+  if (ok) {
+    rw = a, u = b;
+    if (pf != nullptr) {
+      *pf = c == 1;
+    }
+    if (n >= (with_pf ? 4 : 3)) {
+      mb = m;
+    }
+  }
+  return ok;
+}
+
+// Decode (about one activation row per expert) multiplies one row at a time; prefill shares each
+// decoded weight among more rows. The values are the H100 measurements' best (BENCHMARKS.md).
+SwigluShape swiglu_shape(int64_t rows, int64_t experts) {
+  static const SwigluShape decode = [] {
+    SwigluShape d{1, 4, 1, true, 8};
+    parse_shape("ZMLX_CUDA_SW_DECODE", true, d.rw, d.u, &d.pf, d.mb);
+    return d;
+  }();
+  static const SwigluShape prefill = [] {
+    SwigluShape d{1, 4, 1, true, 8};
+    parse_shape("ZMLX_CUDA_SW_PREFILL", true, d.rw, d.u, &d.pf, d.mb);
+    return d;
+  }();
+  if (rows <= experts) {
+    return decode;
+  }
+  SwigluShape p = prefill;
+  p.nt = rows <= 4 * experts ? 1 : 2;
+  return p;
+}
+
+CombineShape combine_shape() {
+  static const CombineShape c = [] {
+    CombineShape d{2, 1, 8};
+    parse_shape("ZMLX_CUDA_COMBINE", false, d.rw, d.u, nullptr, d.mb);
+    return d;
+  }();
+  return c;
+}
+
+TemplateArgs layer_args(const SwigluParams& p, const SwigluShape& sw, const CombineShape& co) {
+  TemplateArgs t = swiglu_args(p, sw);
+  t.emplace_back("CRW", co.rw);
+  t.emplace_back("CU", co.u);
   return t;
 }
 
@@ -224,6 +486,12 @@ int64_t numel(const Shape& s, size_t from, size_t to) {
 
 int64_t ceil_div(int64_t a, int64_t b) {
   return (a + b - 1) / b;
+}
+
+// The combine kernel indexes (row, expert) pairs with 32-bit integers, and its grid's x dimension
+// is an int.
+bool rows_too_many(int64_t pairs, int64_t n, const CombineShape& sh) {
+  return pairs > kMaxIndex || ceil_div(n, kWarps * sh.rw) * kThreads > std::numeric_limits<int>::max();
 }
 
 } // namespace
@@ -274,7 +542,12 @@ std::optional<array> swiglu(
   const int64_t npairs = numel(out_shape, 0, out_shape.size() - 2);
   const int64_t n = out_shape.back();
   const int64_t slots = npairs <= experts ? npairs : experts;
-  if (slots > kMaxGridY || ceil_div(n, kRowsPerBlock) * kThreads > std::numeric_limits<int>::max()) {
+  // Activation rows per expert, on average, choose the launch shape.
+  const int64_t rows = npairs * out_shape[out_shape.size() - 2];
+  const SwigluShape sh = swiglu_shape(rows, experts);
+  // The kernels index pairs with 32-bit integers.
+  if (slots > kMaxGridY || rows > kMaxIndex ||
+      ceil_div(n, kWarps * sh.rw) * kThreads > std::numeric_limits<int>::max()) {
     return std::nullopt;
   }
   int64_t total = 1;
@@ -284,10 +557,6 @@ std::optional<array> swiglu(
   if (total == 0) {
     return zeros(out_shape, out_dtype, s);
   }
-  // Activation rows per expert, on average: decode (about one) takes the variant that multiplies
-  // one row at a time, which needs the fewest registers (more warps in flight hide more latency).
-  const int64_t rows = npairs * out_shape[out_shape.size() - 2];
-  const int ntmax = rows <= experts ? 1 : (rows <= 4 * experts ? 2 : 4);
   const array& z = nil();
   std::vector<array> in = {
       z,
@@ -302,20 +571,21 @@ std::optional<array> swiglu(
       rhs_indices ? at_least_1d(*rhs_indices, s) : z,
       gate_bias.value_or(z),
       up_bias.value_or(z)};
-  auto outs = kernel(swiglu_spec())(
+  const TemplateArgs args = swiglu_args(p, sh);
+  auto outs = kernel(swiglu_spec(), in, {out_dtype}, args, sh.mb)(
       in,
       {out_shape},
       {out_dtype},
-      {static_cast<int>(ceil_div(n, kRowsPerBlock) * kThreads), static_cast<int>(slots), 1},
+      {static_cast<int>(ceil_div(n, kWarps * sh.rw) * kThreads), static_cast<int>(slots), 1},
       {kThreads, 1, 1},
-      swiglu_args(p, ntmax),
+      args,
       poison(),
       false,
       s);
   return outs[0];
 }
 
-array combine(
+std::optional<array> combine(
     const array& h,
     const array& w,
     const array& scales,
@@ -329,6 +599,13 @@ array combine(
     Stream s) {
   const int64_t rows = numel(out_shape, 0, out_shape.size() - 1);
   const int64_t n = out_shape.back();
+  const CombineShape sh = combine_shape();
+  // Experts per output row (the batch's last dimension, broadcast between h and the indices).
+  const int64_t k = std::max<int64_t>(
+      h.ndim() >= 3 ? h.shape(-3) : 1, rhs_indices.ndim() >= 1 ? rhs_indices.shape(-1) : 1);
+  if (rows_too_many(rows * k, n, sh)) {
+    return std::nullopt;
+  }
   if (rows * n == 0) {
     return zeros(out_shape, out_dtype, s);
   }
@@ -342,22 +619,102 @@ array combine(
       at_least_1d(rhs_indices, s),
       at_least_1d(scores, s),
       bias.value_or(z)};
-  auto outs = kernel(combine_spec())(
+  const TemplateArgs args = combine_args(p.q, sh);
+  auto outs = kernel(combine_spec(), in, {out_dtype}, args, sh.mb)(
       in,
       {out_shape},
       {out_dtype},
-      {static_cast<int>(ceil_div(n, kRowsPerBlock) * kThreads),
+      {static_cast<int>(ceil_div(n, kWarps * sh.rw) * kThreads),
        static_cast<int>(std::min<int64_t>(rows, kMaxGridY)),
        1},
       {kThreads, 1, 1},
-      combine_args(p.q),
+      args,
       poison(),
       false,
       s);
   return outs[0];
 }
 
-array linear(
+bool layer_enabled() {
+  static const bool on = [] {
+    const char* v = std::getenv("ZMLX_CUDA_LAYER");
+    return v == nullptr || std::strcmp(v, "0") != 0;
+  }();
+  return on;
+}
+
+std::optional<array> layer(
+    const array& x,
+    const array& gate_w,
+    const array& gate_scales,
+    const std::optional<array>& gate_biases,
+    const array& up_w,
+    const array& up_scales,
+    const std::optional<array>& up_biases,
+    const array& down_w,
+    const array& down_scales,
+    const std::optional<array>& down_biases,
+    const array& indices,
+    const array& scores,
+    const std::optional<array>& gate_bias,
+    const std::optional<array>& up_bias,
+    const std::optional<array>& down_bias,
+    const SwigluParams& p,
+    Dtype h_dtype,
+    const Shape& h_shape,
+    Dtype out_dtype,
+    const Shape& out_shape,
+    int64_t experts,
+    Stream s) {
+  const int64_t npairs = numel(h_shape, 0, h_shape.size() - 2);
+  const int64_t inter = h_shape.back();
+  const int64_t rows = numel(out_shape, 0, out_shape.size() - 1);
+  const int64_t d = out_shape.back();
+  if (npairs * inter == 0 || rows * d == 0) {
+    return std::nullopt;
+  }
+  const SwigluShape sw = swiglu_shape(npairs, experts);
+  const CombineShape co = combine_shape();
+  const int64_t slots = std::min(npairs, experts);
+  const int64_t blocks = ceil_div(inter, kWarps * sw.rw) * slots +
+      ceil_div(d, kWarps * co.rw) * std::min<int64_t>(rows, kMaxGridY);
+  if (npairs > kMaxIndex || blocks * kThreads > std::numeric_limits<int>::max()) {
+    return std::nullopt;
+  }
+  const array& z = nil();
+  std::vector<array> in = {
+      z,
+      x,
+      gate_w,
+      gate_scales,
+      gate_biases.value_or(z),
+      up_w,
+      up_scales,
+      up_biases.value_or(z),
+      at_least_1d(indices, s),
+      gate_bias.value_or(z),
+      up_bias.value_or(z),
+      down_w,
+      down_scales,
+      down_biases.value_or(z),
+      at_least_1d(scores, s),
+      down_bias.value_or(z),
+      layer_counters(s)};
+  const TemplateArgs args = layer_args(p, sw, co);
+  auto outs = kernel(layer_spec(), in, {out_dtype, h_dtype}, args, sw.mb)(
+      in,
+      {out_shape, h_shape},
+      {out_dtype, h_dtype},
+      {static_cast<int>(blocks * kThreads), 1, 1},
+      {kThreads, 1, 1},
+      args,
+      poison(),
+      false,
+      s);
+  return outs[0];
+}
+
+std::optional<array> linear(
     const array& x,
     const array& w,
     const array& scales,
@@ -371,21 +728,26 @@ array linear(
   Shape out_shape(h.shape().begin(), h.shape().end() - 1);
   out_shape.push_back(n);
   const int64_t rows = numel(out_shape, 0, out_shape.size() - 1);
+  const CombineShape sh = combine_shape();
+  if (rows_too_many(rows, n, sh)) {
+    return std::nullopt;
+  }
   if (rows * n == 0) {
     return zeros(x.ndim() < 2 ? Shape{n} : out_shape, out_dtype, s);
   }
   // No expert indices and scores: one expert, score 1.
   const array& z = nil();
   std::vector<array> in = {z, h, w, scales, biases.value_or(z), z, z, bias.value_or(z)};
-  array y = kernel(combine_spec())(
+  const TemplateArgs args = combine_args(q, sh);
+  array y = kernel(combine_spec(), in, {out_dtype}, args, sh.mb)(
       in,
       {out_shape},
       {out_dtype},
-      {static_cast<int>(ceil_div(n, kRowsPerBlock) * kThreads),
+      {static_cast<int>(ceil_div(n, kWarps * sh.rw) * kThreads),
        static_cast<int>(std::min<int64_t>(rows, kMaxGridY)),
        1},
       {kThreads, 1, 1},
-      combine_args(q),
+      args,
       poison(),
       false,
       s)[0];
@@ -395,79 +757,6 @@ array linear(
 // ---------------------------------------------------------------------------------------------
 // The ahead-of-time compile check
 // ---------------------------------------------------------------------------------------------
-
-namespace {
-
-const char* cuda_type(Dtype t) {
-  switch (t) {
-    case float32:
-      return "float";
-    case float16:
-      return "__half";
-    case bfloat16:
-      return "__nv_bfloat16";
-    case uint8:
-      return "uint8_t";
-    case uint32:
-      return "uint32_t";
-    case int32:
-      return "int32_t";
-    case int64:
-      return "int64_t";
-    default:
-      throw std::invalid_argument("[zmlx cuda check] unexpected dtype");
-  }
-}
-
-std::string arg_suffix(const TemplateArgs& args) {
-  std::string s;
-  for (const auto& [name, v] : args) {
-    if (auto i = std::get_if<int>(&v)) {
-      s += "_" + std::to_string(*i);
-    } else if (auto b = std::get_if<bool>(&v)) {
-      s += *b ? "_t" : "_f";
-    }
-  }
-  return s;
-}
-
-// The kernel MLX's fast::cuda_kernel generates for `spec` with these input dtypes and template
-// arguments: the inputs' pointers with their shape / strides / ndim when the body names them, the
-// output pointer, the template arguments as constants, then the body.
-std::string wrap(
-    const KernelSpec& spec,
-    const std::vector<Dtype>& in_types,
-    Dtype out_type,
-    const TemplateArgs& args) {
-  std::ostringstream o;
-  o << "__global__ void custom_kernel_" << spec.name << arg_suffix(args) << "(\n";
-  const std::string body = spec.body;
-  for (size_t i = 0; i < spec.inputs.size(); ++i) {
-    const std::string& n = spec.inputs[i];
-    o << "    const " << cuda_type(in_types[i]) << "* " << n << ",\n";
-    if (body.find(n + "_shape") != std::string::npos) {
-      o << "    const __grid_constant__ Shape " << n << "_shape,\n";
-    }
-    if (body.find(n + "_strides") != std::string::npos) {
-      o << "    const __grid_constant__ Strides " << n << "_strides,\n";
-    }
-    if (body.find(n + "_ndim") != std::string::npos) {
-      o << "    const __grid_constant__ int " << n << "_ndim,\n";
-    }
-  }
-  o << "    " << cuda_type(out_type) << "* out) {\n";
-  for (const auto& [name, v] : args) {
-    if (auto i = std::get_if<int>(&v)) {
-      o << "  constexpr int " << name << " = " << *i << ";\n";
-    } else if (auto b = std::get_if<bool>(&v)) {
-      o << "  constexpr bool " << name << " = " << (*b ? "true" : "false") << ";\n";
-    }
-  }
-  o << "\n" << body << "\n}\n\n";
-  return o.str();
-}
-
-} // namespace
 
 std::string check_translation_unit() {
   std::ostringstream o;
@@ -517,16 +806,29 @@ std::string check_translation_unit() {
       std::vector<Dtype> sw = {float32, dt, uint32, st, mi.has_biases ? dt : float32, uint32, st,
                                mi.has_biases ? dt : float32, variant % 3 == 0 ? idx : float32,
                                idx, opt_bias, opt_bias};
-      o << wrap(swiglu_spec(), sw, dt, swiglu_args(p, 1 << (variant % 3)));
+      {
+        const SwigluShape sh = swiglu_shape(variant % 3 == 0 ? 1 : 2 << variant % 3, 1);
+        o << wrap(swiglu_spec(), sw, {dt}, swiglu_args(p, sh), sh.mb);
+      }
       // gather_qmm_combine with float32 scores (and a bias every other variant), and the
       // quantized linear layer (no indices, no scores).
       const bool bias = variant % 2 == 0;
       std::vector<Dtype> co = {float32, dt, uint32, st, mi.has_biases ? dt : float32, uint32,
                                float32, bias ? dt : float32};
-      o << wrap(combine_spec(), co, float32, combine_args(q));
+      o << wrap(combine_spec(), co, {float32}, combine_args(q, combine_shape()), combine_shape().mb);
       std::vector<Dtype> li = {float32, dt, uint32, st, mi.has_biases ? dt : float32, float32,
                                float32, bias ? float32 : dt};
-      o << wrap(combine_spec(), li, dt, combine_args(q));
+      o << wrap(combine_spec(), li, {dt}, combine_args(q, combine_shape()), combine_shape().mb);
+      // The one-launch layer: decode and prefill shapes, float32 or dtype scores.
+      const Dtype sc = gpt ? float32 : dt;
+      std::vector<Dtype> la = {float32, dt, uint32, st, mi.has_biases ? dt : float32, uint32, st,
+                               mi.has_biases ? dt : float32, idx, opt_bias, opt_bias, uint32, st,
+                               mi.has_biases ? dt : float32, sc, opt_bias, uint32};
+      {
+        const SwigluShape sh = swiglu_shape(variant % 2 == 0 ? 1 : 64, 8);
+        o << wrap(layer_spec(), la, {promote_types(dt, sc), dt},
+                  layer_args(p, sh, combine_shape()), sh.mb);
+      }
       ++variant;
     }
   }

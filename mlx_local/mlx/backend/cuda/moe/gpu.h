@@ -30,7 +30,8 @@ bool cuda_available();
 std::string unsupported(bool transpose, int K);
 
 // gather_qmm_swiglu on a CUDA stream. out_shape = B + [M, N]; experts = E. Returns nullopt when the
-// launch grid would exceed CUDA's limits (then the caller composes).
+// launch grid would exceed CUDA's limits or the rows the kernel's 32-bit indexing (then the caller
+// composes).
 std::optional<array> swiglu(
     const array& x,
     const array& gate_w,
@@ -49,8 +50,9 @@ std::optional<array> swiglu(
     int64_t experts,
     Stream s);
 
-// gather_qmm_combine on a CUDA stream; out_shape = B[:-1] + [M, N].
-array combine(
+// gather_qmm_combine on a CUDA stream; out_shape = B[:-1] + [M, N]. Returns nullopt when the
+// pairs exceed the kernel's 32-bit indexing or the grid CUDA's limits (then the caller composes).
+std::optional<array> combine(
     const array& h,
     const array& w,
     const array& scales,
@@ -63,8 +65,41 @@ array combine(
     const Shape& out_shape,
     Stream s);
 
-// x [..., K] times one quantized [N, K] matrix (+ bias [N]), float32 accumulation, on a CUDA stream.
-array linear(
+// Whether switch_glu_combine takes the one-launch kernel on CUDA streams (default), or the two
+// fused ops (ZMLX_CUDA_LAYER=0, for comparison).
+bool layer_enabled();
+
+// switch_glu_combine on a CUDA stream, one launch: x [..., D], gate / up [E..., I, .], down
+// [E..., D, .] (the same quantization), indices / scores [..., k]; h_shape = B + [1, I] (h, the
+// swiglu result, is the kernel's second output), out_shape = B[:-1] + [D]. Returns nullopt as
+// swiglu and combine do (then the caller composes).
+std::optional<array> layer(
+    const array& x,
+    const array& gate_w,
+    const array& gate_scales,
+    const std::optional<array>& gate_biases,
+    const array& up_w,
+    const array& up_scales,
+    const std::optional<array>& up_biases,
+    const array& down_w,
+    const array& down_scales,
+    const std::optional<array>& down_biases,
+    const array& indices,
+    const array& scores,
+    const std::optional<array>& gate_bias,
+    const std::optional<array>& up_bias,
+    const std::optional<array>& down_bias,
+    const SwigluParams& p,
+    Dtype h_dtype,
+    const Shape& h_shape,
+    Dtype out_dtype,
+    const Shape& out_shape,
+    int64_t experts,
+    Stream s);
+
+// x [..., K] times one quantized [N, K] matrix (+ bias [N]), float32 accumulation, on a CUDA stream;
+// nullopt as for combine.
+std::optional<array> linear(
     const array& x,
     const array& w,
     const array& scales,

@@ -69,11 +69,11 @@ __device__ __forceinline__ float qnan() {
 // Offset of flat index b of the batch shape bs[0..nb) in an array whose nd dimensions (shape s,
 // strides st) align with the trailing batch dimensions; size-1 dimensions broadcast.
 template <typename S, typename T>
-__device__ i64 bcast_offset(i64 b, const int* bs, int nb, const S* s, const T* st, int nd) {
+__device__ i64 bcast_offset(u32 b, const int* bs, int nb, const S* s, const T* st, int nd) {
   i64 off = 0;
   for (int d = nb - 1, j = nd - 1; d >= 0 && j >= 0; --d, --j) {
-    i64 c = b % bs[d];
-    b /= bs[d];
+    const u32 c = b % static_cast<u32>(bs[d]);
+    b /= static_cast<u32>(bs[d]);
     if (s[j] != 1) {
       off += c * static_cast<i64>(st[j]);
     }
@@ -83,11 +83,11 @@ __device__ i64 bcast_offset(i64 b, const int* bs, int nb, const S* s, const T* s
 
 // The same for a row-contiguous array of shape s[0..nd) (the default "arange" indices).
 template <typename S>
-__device__ i64 bcast_flat(i64 b, const int* bs, int nb, const S* s, int nd) {
+__device__ i64 bcast_flat(u32 b, const int* bs, int nb, const S* s, int nd) {
   i64 off = 0, mul = 1;
   for (int d = nb - 1, j = nd - 1; d >= 0 && j >= 0; --d, --j) {
-    i64 c = b % bs[d];
-    b /= bs[d];
+    const u32 c = b % static_cast<u32>(bs[d]);
+    b /= static_cast<u32>(bs[d]);
     if (s[j] != 1) {
       off += c * mul;
     }
@@ -140,23 +140,26 @@ __device__ __forceinline__ void h2_to_f(u32 v, float& a, float& b) {
 }
 
 // vec: the row is contiguous along K and 16-byte aligned at p; else elements are `st` apart.
+template <bool CG = false>
 __device__ __forceinline__ void load8(const float* p, bool vec, i64 st, float (&f)[8]) {
   if (vec) {
-    float4 a = __ldg(reinterpret_cast<const float4*>(p));
-    float4 b = __ldg(reinterpret_cast<const float4*>(p) + 1);
+    float4 a = CG ? __ldcg(reinterpret_cast<const float4*>(p)) : __ldg(reinterpret_cast<const float4*>(p));
+    float4 b = CG ? __ldcg(reinterpret_cast<const float4*>(p) + 1)
+                  : __ldg(reinterpret_cast<const float4*>(p) + 1);
     f[0] = a.x, f[1] = a.y, f[2] = a.z, f[3] = a.w;
     f[4] = b.x, f[5] = b.y, f[6] = b.z, f[7] = b.w;
   } else {
 #pragma unroll
     for (int i = 0; i < 8; ++i) {
-      f[i] = __ldg(p + i * st);
+      f[i] = CG ? __ldcg(p + i * st) : __ldg(p + i * st);
     }
   }
 }
 
+template <bool CG = false>
 __device__ __forceinline__ void load8(const __nv_bfloat16* p, bool vec, i64 st, float (&f)[8]) {
   if (vec) {
-    uint4 v = __ldg(reinterpret_cast<const uint4*>(p));
+    uint4 v = CG ? __ldcg(reinterpret_cast<const uint4*>(p)) : __ldg(reinterpret_cast<const uint4*>(p));
     bf16x2_to_f(v.x, f[0], f[1]);
     bf16x2_to_f(v.y, f[2], f[3]);
     bf16x2_to_f(v.z, f[4], f[5]);
@@ -164,14 +167,15 @@ __device__ __forceinline__ void load8(const __nv_bfloat16* p, bool vec, i64 st, 
   } else {
 #pragma unroll
     for (int i = 0; i < 8; ++i) {
-      f[i] = __bfloat162float(p[i * st]);
+      f[i] = __bfloat162float(CG ? __ldcg(p + i * st) : p[i * st]);
     }
   }
 }
 
+template <bool CG = false>
 __device__ __forceinline__ void load8(const __half* p, bool vec, i64 st, float (&f)[8]) {
   if (vec) {
-    uint4 v = __ldg(reinterpret_cast<const uint4*>(p));
+    uint4 v = CG ? __ldcg(reinterpret_cast<const uint4*>(p)) : __ldg(reinterpret_cast<const uint4*>(p));
     h2_to_f(v.x, f[0], f[1]);
     h2_to_f(v.y, f[2], f[3]);
     h2_to_f(v.z, f[4], f[5]);
@@ -179,7 +183,7 @@ __device__ __forceinline__ void load8(const __half* p, bool vec, i64 st, float (
   } else {
 #pragma unroll
     for (int i = 0; i < 8; ++i) {
-      f[i] = __half2float(p[i * st]);
+      f[i] = __half2float(CG ? __ldcg(p + i * st) : p[i * st]);
     }
   }
 }
@@ -198,13 +202,39 @@ struct Chunk {
   u32 w[BITS];
 };
 
+// A 16-byte read-only load that does not allocate in L1: weights are read once per call, and L1
+// keeps the activations, which every warp of a block reads.
+__device__ __forceinline__ uint4 ld_stream(const uint4* p) {
+  uint4 v;
+  asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+      : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+      : "l"(p));
+  return v;
+}
+
+// The lanes of a warp ask L2 for [p, p + bytes), one request per 128-byte line: the weights of a
+// block whose expert is known start to arrive while the block still gathers its activation rows.
+__device__ __forceinline__ void prefetch_span(const void* p, i64 bytes, int lane) {
+  const unsigned long long a = reinterpret_cast<unsigned long long>(p);
+  const unsigned long long end = a + static_cast<unsigned long long>(bytes);
+  for (unsigned long long l = (a & ~127ull) + 128ull * lane; l < end; l += 32ull * 128ull) {
+    asm volatile("prefetch.global.L2 [%0];" : : "l"(l));
+  }
+}
+
+__device__ __forceinline__ u32 ld_acquire(const u32* p) {
+  u32 v;
+  asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+  return v;
+}
+
 // vec: p is 16-byte aligned (BITS % 4 == 0) or 8-byte aligned (BITS even).
 template <int BITS>
 __device__ __forceinline__ void load_chunk(const u32* p, bool vec, Chunk<BITS>& c) {
   if (vec && BITS % 4 == 0) {
 #pragma unroll
     for (int i = 0; i < BITS / 4; ++i) {
-      uint4 v = __ldg(reinterpret_cast<const uint4*>(p) + i);
+      uint4 v = ld_stream(reinterpret_cast<const uint4*>(p) + i);
       c.w[4 * i] = v.x, c.w[4 * i + 1] = v.y, c.w[4 * i + 2] = v.z, c.w[4 * i + 3] = v.w;
     }
   } else if (vec && BITS % 2 == 0) {
@@ -403,10 +433,35 @@ __device__ __forceinline__ float unshift() {
   }
 }
 
+// Affine weights against float32 activations decode to q itself (the offset removed per element,
+// exactly): removing OFFSET * sum(x) once per chunk cancels about four bits of a float32 sum, which
+// half-precision outputs do not see but float32 outputs do.
+template <typename T>
+struct ExactDecode {
+  static constexpr bool value = false;
+};
+template <>
+struct ExactDecode<float> {
+  static constexpr bool value = true;
+};
+
+template <int FMT, int BITS, bool EXACT>
+__device__ __forceinline__ void decode(const u32* w, int j, float (&v)[8]) {
+  Dec<FMT, BITS>::run(w, j, v);
+  if constexpr (EXACT && FMT == AFFINE) {
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+      v[i] -= Dec<FMT, BITS>::OFFSET;
+    }
+  }
+}
+
 // One chunk's contribution given sum_i v_i x_i (dq) and sum_i x_i (sx) of a segment.
-template <int FMT, int BITS>
+template <int FMT, int BITS, bool EXACT = false>
 __device__ __forceinline__ float finish(float dq, float sx, float s, float b) {
-  if constexpr (FMT == AFFINE) {
+  if constexpr (FMT == AFFINE && EXACT) {
+    return s * dq + b * sx;
+  } else if constexpr (FMT == AFFINE) {
     return s * (dq - Dec<FMT, BITS>::OFFSET * sx) + b * sx;
   } else {
     return (dq * unshift<FMT, BITS>()) * s;
@@ -464,6 +519,7 @@ template <
     int LIMIT_BITS,
     int RW,
     int NT,
+    int U, // chunks per lane in flight per row
     typename TX,
     typename TS,
     typename TB,
@@ -487,7 +543,6 @@ __device__ __forceinline__ void swiglu_rows(
     int n0,
     TO* out) {
   constexpr int SPC = Seg<GS>::PER_CHUNK;
-  constexpr int U = 2; // chunks per lane in flight per row
   const int lane = threadIdx.x & 31;
   const i64 kw = static_cast<i64>(C) * BITS; // words per row
   float ag[RW][NT], au[RW][NT];
@@ -560,7 +615,7 @@ __device__ __forceinline__ void swiglu_rows(
 #pragma unroll
           for (int r = 0; r < RW; ++r) {
             float v[8];
-            Dec<FMT, BITS>::run(cg[k][r].w, j, v);
+            decode<FMT, BITS, ExactDecode<TX>::value>(cg[k][r].w, j, v);
 #pragma unroll
             for (int t = 0; t < NT; ++t) {
 #pragma unroll
@@ -568,7 +623,7 @@ __device__ __forceinline__ void swiglu_rows(
                 dg[r][t][sgi] = fmaf(v[i], xv[t][i], dg[r][t][sgi]);
               }
             }
-            Dec<FMT, BITS>::run(cu[k][r].w, j, v);
+            decode<FMT, BITS, ExactDecode<TX>::value>(cu[k][r].w, j, v);
 #pragma unroll
             for (int t = 0; t < NT; ++t) {
 #pragma unroll
@@ -584,8 +639,10 @@ __device__ __forceinline__ void swiglu_rows(
           for (int t = 0; t < NT; ++t) {
 #pragma unroll
             for (int sgi = 0; sgi < SPC; ++sgi) {
-              ag[r][t] += finish<FMT, BITS>(dg[r][t][sgi], sx[t][sgi], sg[k][r][sgi], bg[k][r][sgi]);
-              au[r][t] += finish<FMT, BITS>(du[r][t][sgi], sx[t][sgi], su[k][r][sgi], bu[k][r][sgi]);
+              ag[r][t] += finish<FMT, BITS, ExactDecode<TX>::value>(
+                  dg[r][t][sgi], sx[t][sgi], sg[k][r][sgi], bg[k][r][sgi]);
+              au[r][t] += finish<FMT, BITS, ExactDecode<TX>::value>(
+                  du[r][t][sgi], sx[t][sgi], su[k][r][sgi], bu[k][r][sgi]);
             }
           }
         }
@@ -610,8 +667,10 @@ __device__ __forceinline__ void swiglu_rows(
 // pair has the same one (then the block exits): each distinct expert is handled once. With more
 // pairs than experts, slot e is expert e. A block gathers the pairs of its expert (in rounds of
 // LIST_CAP) and multiplies each weight tile by all their activation rows, up to NTMAX at a time
-// (1, 2 or 4: more rows share each decoded weight but need more registers, which lowers the number
-// of warps in flight), so every expert's weights are read from memory once per call.
+// (more rows share each decoded weight but need more registers, which lowers the number of warps
+// in flight), so every expert's weights are read from memory once per call. In the first layout
+// the expert is known after one index load: the block's weight rows are prefetched into L2 (PF)
+// before the scan over the pairs, so the two memory round trips overlap.
 template <
     int FMT,
     int BITS,
@@ -620,6 +679,9 @@ template <
     int ALPHA_BITS,
     int LIMIT_BITS,
     int NTMAX,
+    int RW,
+    int U,
+    bool PF,
     typename TX,
     typename SH,
     typename ST,
@@ -633,7 +695,9 @@ template <
     typename TUB,
     typename TN,
     typename TO>
-__device__ void swiglu_entry(
+__device__ void swiglu_block(
+    int tile,
+    i64 slot,
     const TN* nil,
     const TX* x,
     const SH* x_shape,
@@ -662,14 +726,13 @@ __device__ void swiglu_entry(
     const ST* ubias_strides,
     int ubias_ndim,
     TO* out) {
-  constexpr int RW = 2;
   __shared__ int s_bs[10];
   __shared__ int s_nb;
   __shared__ int s_list[LIST_CAP];
   __shared__ i64 s_xoff[LIST_CAP];
   __shared__ int s_count;
   __shared__ int s_warp[WARPS];
-  __shared__ int s_flag;
+  __shared__ int s_dup;
 
   const int tid = threadIdx.x;
   const int lane = tid & 31, warp = tid >> 5;
@@ -685,6 +748,7 @@ __device__ void swiglu_entry(
   const int C = K / 32, G = K / GS;
   const i64 E = prod(w_shape, wnb);
   const i64 XB = prod(x_shape, xnb);
+  const i64 kw = static_cast<i64>(C) * BITS; // words per row
 
   if (tid == 0) {
     const SH* ls = LHS ? lhs_shape : x_shape;
@@ -693,6 +757,7 @@ __device__ void swiglu_entry(
     const int rn = RHS ? rhs_ndim : wnb;
     s_nb = bcast_shape(ls, ln, rs, rn, s_bs);
     s_count = 0;
+    s_dup = 0;
   }
   __syncthreads();
   const int nb = s_nb;
@@ -701,15 +766,17 @@ __device__ void swiglu_entry(
     npairs *= s_bs[d];
   }
   auto rhs_at = [&](i64 p) -> i64 {
-    return RHS ? load_index(rhs, bcast_offset(p, s_bs, nb, rhs_shape, rhs_strides, rhs_ndim))
-               : bcast_flat(p, s_bs, nb, w_shape, wnb);
+    const u32 q = static_cast<u32>(p);
+    return RHS ? load_index(rhs, bcast_offset(q, s_bs, nb, rhs_shape, rhs_strides, rhs_ndim))
+               : bcast_flat(q, s_bs, nb, w_shape, wnb);
   };
   auto lhs_at = [&](i64 p) -> i64 {
-    return LHS ? load_index(lhs, bcast_offset(p, s_bs, nb, lhs_shape, lhs_strides, lhs_ndim))
-               : bcast_flat(p, s_bs, nb, x_shape, xnb);
+    const u32 q = static_cast<u32>(p);
+    return LHS ? load_index(lhs, bcast_offset(q, s_bs, nb, lhs_shape, lhs_strides, lhs_ndim))
+               : bcast_flat(q, s_bs, nb, x_shape, xnb);
   };
 
-  const int n0 = blockIdx.x * (WARPS * RW);
+  const int n0 = tile * (WARPS * RW);
   const int rown = n0 + warp * RW; // this warp's first row
   const int nrows = rown < N ? (N - rown < RW ? N - rown : RW) : 0;
 
@@ -724,10 +791,8 @@ __device__ void swiglu_entry(
     }
   };
 
-  const i64 slot = blockIdx.y;
   const bool by_pair = npairs <= E;
   i64 e;
-  i64 start = 0;
   if (by_pair) {
     if (slot >= npairs) {
       return;
@@ -737,36 +802,22 @@ __device__ void swiglu_entry(
       poison_pair(slot, tid, THREADS);
       return;
     }
-    // Exit unless slot is the first pair with expert e.
-    if (tid == 0) {
-      s_flag = 0;
-    }
-    __syncthreads();
-    for (i64 p = tid; p < slot; p += THREADS) {
-      if (rhs_at(p) == e) {
-        s_flag = 1;
-      }
-    }
-    __syncthreads();
-    if (s_flag) {
-      return;
-    }
-    start = slot;
   } else {
     e = slot;
-    if (slot == 0) {
-      // Pairs with an expert index out of range belong to no slot: slot 0 poisons them.
-      for (i64 p = tid; p < npairs; p += THREADS) {
-        const i64 r = rhs_at(p);
-        if (r < 0 || r >= E) {
-          poison_pair(p, 0, 1);
-        }
-      }
-    }
   }
 
   // This warp's rows of expert e and their per-expert additive biases.
   const i64 row0 = e * N + (nrows > 0 ? rown : 0);
+  if (PF && by_pair && nrows > 0) {
+    prefetch_span(gw + row0 * kw, nrows * kw * 4, lane);
+    prefetch_span(uw + row0 * kw, nrows * kw * 4, lane);
+    prefetch_span(gsc + row0 * G, nrows * G * static_cast<i64>(sizeof(TS)), lane);
+    prefetch_span(usc + row0 * G, nrows * G * static_cast<i64>(sizeof(TS2)), lane);
+    if constexpr (FMT == AFFINE) {
+      prefetch_span(gbi + row0 * G, nrows * G * static_cast<i64>(sizeof(TB)), lane);
+      prefetch_span(ubi + row0 * G, nrows * G * static_cast<i64>(sizeof(TB2)), lane);
+    }
+  }
   float gb[RW], ub[RW];
   {
     i64 eo_g = 0, eo_u = 0;
@@ -828,30 +879,43 @@ __device__ void swiglu_entry(
         const int at = tau + (q < nt ? q : 0);
         tk[q] = make_tok(at / M, at % M);
       }
-      swiglu_rows<FMT, BITS, GS, ACT, ALPHA_BITS, LIMIT_BITS, RW, NTMAX>(
+      swiglu_rows<FMT, BITS, GS, ACT, ALPHA_BITS, LIMIT_BITS, RW, NTMAX, U>(
           gw, gsc, gbi, uw, usc, ubi, row0, nrows, C, G, wvec, tk, nt, gb, ub, rown, out);
     }
   };
 
-  // Gather the pairs of expert e (from `start`), LIST_CAP at a time, in pair order.
-  for (i64 base = start; base < npairs; base += THREADS) {
+  // One pass over the pairs, LIST_CAP gathered at a time, in pair order. First layout: the pairs
+  // from `slot` on with expert e are this block's, and it exits if an earlier pair has expert e
+  // (that pair's block does them). Second layout: every pair with expert e is this block's, and
+  // slot 0 poisons the pairs whose expert index is out of range (they belong to no slot).
+  for (i64 base = 0; base < npairs; base += THREADS) {
     const i64 p = base + tid;
     bool match = false;
     i64 xoff = 0;
-    if (p < npairs && rhs_at(p) == e) {
-      const i64 l = lhs_at(p);
-      if (l < 0 || l >= XB) {
-        // An lhs index out of range: this pair's rows are NaN.
-        poison_pair(p, 0, 1);
-      } else {
-        match = true;
-        // Offset of x batch entry l (its coordinates in x's batch dimensions).
-        i64 rest = l;
-        for (int d = xnb - 1; d >= 0; --d) {
-          const i64 c = rest % x_shape[d];
-          rest /= x_shape[d];
-          xoff += c * static_cast<i64>(x_strides[d]);
+    if (p < npairs) {
+      const i64 r = rhs_at(p);
+      if (r == e) {
+        if (by_pair && p < slot) {
+          s_dup = 1;
+        } else {
+          const i64 l = lhs_at(p);
+          if (l < 0 || l >= XB) {
+            // An lhs index out of range: this pair's rows are NaN.
+            poison_pair(p, 0, 1);
+          } else {
+            match = true;
+            // Offset of x batch entry l (its coordinates in x's batch dimensions).
+            u32 rest = static_cast<u32>(l);
+            for (int d = xnb - 1; d >= 0; --d) {
+              const u32 xd = static_cast<u32>(x_shape[d]);
+              const u32 c = rest % xd;
+              rest /= xd;
+              xoff += static_cast<i64>(c) * static_cast<i64>(x_strides[d]);
+            }
+          }
         }
+      } else if (!by_pair && slot == 0 && (r < 0 || r >= E)) {
+        poison_pair(p, 0, 1);
       }
     }
     const unsigned mask = __ballot_sync(0xffffffffu, match);
@@ -859,6 +923,9 @@ __device__ void swiglu_entry(
       s_warp[warp] = __popc(mask);
     }
     __syncthreads();
+    if (s_dup) {
+      return;
+    }
     int before = s_count;
     for (int w = 0; w < warp; ++w) {
       before += s_warp[w];
@@ -889,6 +956,24 @@ __device__ void swiglu_entry(
   }
 }
 
+// The gather_qmm_swiglu kernel: blockIdx.x = row tile, blockIdx.y = expert slot.
+template <
+    int FMT,
+    int BITS,
+    int GS,
+    int ACT,
+    int ALPHA_BITS,
+    int LIMIT_BITS,
+    int NTMAX,
+    int RW,
+    int U,
+    bool PF,
+    typename... A>
+__device__ void swiglu_entry(A... a) {
+  swiglu_block<FMT, BITS, GS, ACT, ALPHA_BITS, LIMIT_BITS, NTMAX, RW, U, PF>(
+      blockIdx.x, blockIdx.y, a...);
+}
+
 // ---------------------------------------------------------------------------------------------
 // gather_qmm_combine (and quantized linear: one expert, score 1)
 // ---------------------------------------------------------------------------------------------
@@ -902,6 +987,9 @@ template <
     int FMT,
     int BITS,
     int GS,
+    int RW,
+    int U, // units per lane in flight
+    bool CG, // h was written earlier in the same launch: read it through L2
     typename TN,
     typename TH,
     typename SH,
@@ -912,7 +1000,12 @@ template <
     typename TSC,
     typename TBI,
     typename TO>
-__device__ void combine_entry(
+__device__ void combine_block(
+    int tile,
+    i64 tau0,
+    i64 tau_step,
+    const u32* wait_ctr,
+    u32 wait_target,
     const TN* nil,
     const TH* h,
     const SH* h_shape,
@@ -935,9 +1028,7 @@ __device__ void combine_entry(
     const ST* bias_strides,
     int bias_ndim,
     TO* out) {
-  constexpr int RW = 2;
   constexpr int SPC = Seg<GS>::PER_CHUNK;
-  constexpr int U = 4; // units per lane in flight
   __shared__ int s_bs[10];
   __shared__ int s_nb;
   __shared__ i64 s_e[KCAP];
@@ -974,14 +1065,15 @@ __device__ void combine_entry(
   for (int d = 0; d < (LINEAR ? nb : nb - 1); ++d) {
     nq *= s_bs[d];
   }
-  const int n0 = blockIdx.x * (WARPS * RW);
+  const int n0 = tile * (WARPS * RW);
   const int rown = n0 + warp * RW;
   const int nrows = rown < N ? (N - rown < RW ? N - rown : RW) : 0;
   const bool wvec = aligned16(w);
   const i64 hrow_st = static_cast<i64>(h_strides[h_ndim - 2]);
   const i64 hk_st = static_cast<i64>(h_strides[h_ndim - 1]);
 
-  for (i64 tau = blockIdx.y; tau < nq * M; tau += gridDim.y) {
+  bool waited = wait_ctr == nullptr;
+  for (i64 tau = tau0; tau < nq * M; tau += tau_step) {
     const i64 q = tau / M;
     const int m = static_cast<int>(tau % M);
     float acc[RW];
@@ -999,7 +1091,7 @@ __device__ void combine_entry(
       }
       __syncthreads();
       for (int j = tid; j < kb; j += THREADS) {
-        const i64 b = q * k + j0 + j;
+        const u32 b = static_cast<u32>(q * k + j0 + j);
         i64 e = 0;
         float s = 1.f;
         if (!LINEAR) {
@@ -1015,6 +1107,27 @@ __device__ void combine_entry(
         s_hoff[j] = bcast_offset(b, s_bs, nb, h_shape, h_strides, hnb) + m * hrow_st;
       }
       __syncthreads();
+      if (!waited) {
+        // Fused launch: this warp's rows of the k experts start to arrive in L2 while the block
+        // waits for every gather_qmm_swiglu block of the launch to have written h.
+        if (nrows > 0 && !s_bad) {
+          for (int j = 0; j < kb; ++j) {
+            const i64 row = s_e[j] * N + rown;
+            prefetch_span(w + row * kw, nrows * kw * 4, lane);
+            prefetch_span(sc + row * G, nrows * G * static_cast<i64>(sizeof(TS)), lane);
+            if constexpr (FMT == AFFINE) {
+              prefetch_span(bi + row * G, nrows * G * static_cast<i64>(sizeof(TB)), lane);
+            }
+          }
+        }
+        if (tid == 0) {
+          while (ld_acquire(wait_ctr) < wait_target) {
+            __nanosleep(100);
+          }
+        }
+        __syncthreads();
+        waited = true;
+      }
       if (s_bad) {
         bad = true;
         break;
@@ -1065,7 +1178,7 @@ __device__ void combine_entry(
             for (int j = 0; j < 4; ++j) {
               const int sgi = (j * SPC) / 4;
               float xv[8];
-              load8(hp + 8 * j * hk_st, vec, hk_st, xv);
+              load8<CG>(hp + 8 * j * hk_st, vec, hk_st, xv);
               if constexpr (FMT == AFFINE) {
                 float s = 0.f;
 #pragma unroll
@@ -1077,7 +1190,7 @@ __device__ void combine_entry(
 #pragma unroll
               for (int r = 0; r < RW; ++r) {
                 float v[8];
-                Dec<FMT, BITS>::run(cw[t][r].w, j, v);
+                decode<FMT, BITS, ExactDecode<TH>::value>(cw[t][r].w, j, v);
 #pragma unroll
                 for (int i = 0; i < 8; ++i) {
                   dq[r][sgi] = fmaf(v[i], xv[i], dq[r][sgi]);
@@ -1089,7 +1202,8 @@ __device__ void combine_entry(
               float part = 0.f;
 #pragma unroll
               for (int sgi = 0; sgi < SPC; ++sgi) {
-                part += finish<FMT, BITS>(dq[r][sgi], sx[sgi], ss[t][r][sgi], bb[t][r][sgi]);
+                part += finish<FMT, BITS, ExactDecode<TH>::value>(
+                    dq[r][sgi], sx[sgi], ss[t][r][sgi], bb[t][r][sgi]);
               }
               acc[r] = fmaf(score, part, acc[r]);
             }
@@ -1119,6 +1233,174 @@ __device__ void combine_entry(
       if (lane == r && r < nrows) {
         out[(q * M + m) * N + rown + r] = fromf<TO>(bad ? qnan() : v);
       }
+    }
+  }
+}
+
+// The gather_qmm_combine / quantized linear kernel: blockIdx.x = row tile, blockIdx.y (+ multiples
+// of gridDim.y) = output row.
+template <int FMT, int BITS, int GS, int RW, int U, typename... A>
+__device__ void combine_entry(A... a) {
+  combine_block<FMT, BITS, GS, RW, U, false>(
+      blockIdx.x, blockIdx.y, gridDim.y, static_cast<const u32*>(nullptr), 0u, a...);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The switch-GLU layer in one launch: gather_qmm_swiglu, then gather_qmm_combine
+// ---------------------------------------------------------------------------------------------
+
+// y = gather_qmm_combine(gather_qmm_swiglu(x as [..., 1, 1, D], gate, up, rhs), down, rhs, scores)
+// in one launch, x [..., D] and rhs / scores [..., k]: MLX's CUDA back end spends several
+// microseconds of host time per operation, as much as a decode layer's kernels take. The grid holds
+// the swiglu blocks, then the combine blocks, and each block takes its role from a ticket counter
+// (ctr[0]), so a combine block starts only after every swiglu block has started: none waits on a
+// block that is not running. A swiglu block counts itself done in ctr[1] after writing its part of
+// h; a combine block prefetches its weight rows into L2, waits until ctr[1] counts every swiglu
+// block, then reads h through L2. The last combine block to finish (ctr[2]) zeroes the counters for
+// the next launch on the stream. hbuf receives h (batch + [1, I]).
+template <
+    int FMT,
+    int BITS,
+    int GS,
+    int ACT,
+    int ALPHA_BITS,
+    int LIMIT_BITS,
+    int NTMAX,
+    int RW,
+    int U,
+    bool PF,
+    int CRW,
+    int CU,
+    typename TN,
+    typename TX,
+    typename SH,
+    typename ST,
+    typename TS,
+    typename TB,
+    typename TS2,
+    typename TB2,
+    typename TR,
+    typename TGB,
+    typename TUB,
+    typename TDS,
+    typename TDB,
+    typename TSC,
+    typename TBI,
+    typename TC,
+    typename TO,
+    typename TH>
+__device__ void layer_entry(
+    const TN* nil,
+    const TX* x,
+    const SH* x_shape,
+    const ST* x_strides,
+    int x_ndim,
+    const u32* gw,
+    const SH* gw_shape,
+    int gw_ndim,
+    const TS* gsc,
+    const TB* gbi,
+    const u32* uw,
+    const TS2* usc,
+    const TB2* ubi,
+    const TR* rhs,
+    const SH* rhs_shape,
+    const ST* rhs_strides,
+    int rhs_ndim,
+    const TGB* gbias,
+    const ST* gbias_strides,
+    int gbias_ndim,
+    const TUB* ubias,
+    const ST* ubias_strides,
+    int ubias_ndim,
+    const u32* dw,
+    const SH* dw_shape,
+    int dw_ndim,
+    const TDS* dsc,
+    const TDB* dbi,
+    const TSC* scores,
+    const SH* scores_shape,
+    const ST* scores_strides,
+    int scores_ndim,
+    const TBI* dbias,
+    const ST* dbias_strides,
+    int dbias_ndim,
+    const TC* ctr_in,
+    TO* out,
+    TH* hbuf) {
+  __shared__ u32 s_ticket;
+  __shared__ SH s_xs[10];
+  __shared__ ST s_xst[10];
+  __shared__ SH s_hs[10];
+  __shared__ ST s_hst[10];
+  __shared__ int s_hnd;
+  u32* ctr = const_cast<u32*>(reinterpret_cast<const u32*>(ctr_in));
+  const int tid = threadIdx.x;
+  const int D = static_cast<int>(x_shape[x_ndim - 1]);
+  const int I = static_cast<int>(gw_shape[gw_ndim - 2]);
+  const i64 E = prod(gw_shape, gw_ndim - 2);
+  if (tid == 0) {
+    s_ticket = atomicAdd(ctr, 1u);
+    // x viewed as [..., 1, 1, D]: its batch is x's leading dimensions and a 1.
+    for (int d = 0; d < x_ndim - 1; ++d) {
+      s_xs[d] = x_shape[d];
+      s_xst[d] = x_strides[d];
+    }
+    s_xs[x_ndim - 1] = 1, s_xst[x_ndim - 1] = 0;
+    s_xs[x_ndim] = 1, s_xst[x_ndim] = 0;
+    s_xs[x_ndim + 1] = static_cast<SH>(D), s_xst[x_ndim + 1] = x_strides[x_ndim - 1];
+    // h: the batch of x and the indices broadcast, then [1, I], row-contiguous.
+    int bs[10];
+    const int nb = bcast_shape(s_xs, x_ndim, rhs_shape, rhs_ndim, bs);
+    for (int d = 0; d < nb; ++d) {
+      s_hs[d] = static_cast<SH>(bs[d]);
+    }
+    s_hs[nb] = 1, s_hs[nb + 1] = static_cast<SH>(I);
+    ST st = 1;
+    for (int d = nb + 1; d >= 0; --d) {
+      s_hst[d] = st;
+      st *= static_cast<ST>(s_hs[d]);
+    }
+    s_hnd = nb + 2;
+  }
+  __syncthreads();
+  const u32 ticket = s_ticket;
+  const int hnd = s_hnd;
+  i64 npairs = 1;
+  for (int d = 0; d < hnd - 2; ++d) {
+    npairs *= s_hs[d];
+  }
+  const i64 rows = npairs / s_hs[hnd - 3]; // B[:-1]
+  const i64 swiglu_tiles = (I + WARPS * RW - 1) / (WARPS * RW);
+  const i64 slots = npairs <= E ? npairs : E;
+  const i64 S = swiglu_tiles * slots;
+  const i64 combine_tiles = (D + WARPS * CRW - 1) / (WARPS * CRW);
+  const i64 combine_rows = rows < 65535 ? rows : 65535;
+  if (ticket < S) {
+    swiglu_block<FMT, BITS, GS, ACT, ALPHA_BITS, LIMIT_BITS, NTMAX, RW, U, PF>(
+        static_cast<int>(ticket % swiglu_tiles), ticket / swiglu_tiles, nil, x, s_xs, s_xst,
+        x_ndim + 2, gw, gw_shape, gw_ndim, gsc, gbi, uw, usc, ubi, nil, s_xs, s_xst, 0, rhs,
+        rhs_shape, rhs_strides, rhs_ndim, gbias, gbias_strides, gbias_ndim, ubias, ubias_strides,
+        ubias_ndim, hbuf);
+    __syncthreads();
+    if (tid == 0) {
+      __threadfence();
+      atomicAdd(ctr + 1, 1u);
+    }
+    return;
+  }
+  const i64 c = ticket - S;
+  combine_block<FMT, BITS, GS, CRW, CU, true>(
+      static_cast<int>(c % combine_tiles), c / combine_tiles, combine_rows, ctr + 1,
+      static_cast<u32>(S), nil, static_cast<const TH*>(hbuf), s_hs, s_hst, hnd, dw, dw_shape, dw_ndim,
+      dsc, dbi, rhs, rhs_shape, rhs_strides, rhs_ndim, scores, scores_shape, scores_strides,
+      scores_ndim, dbias, dbias_strides, dbias_ndim, out);
+  __syncthreads();
+  if (tid == 0) {
+    __threadfence();
+    if (atomicAdd(ctr + 2, 1u) == static_cast<u32>(combine_tiles * combine_rows - 1)) {
+      ctr[0] = 0u, ctr[1] = 0u, ctr[2] = 0u;
+      __threadfence();
     }
   }
 }
