@@ -427,30 +427,29 @@ bool parse_shape(const char* var, bool with_pf, int& rw, int& u, bool* pf, int& 
   return ok;
 }
 
-// Decode (about one activation row per expert) multiplies one row at a time; prefill shares each
-// decoded weight among more rows. The values are the H100 measurements' best (BENCHMARKS.md).
+// The defaults are the fastest shapes of the kernel benchmark on an H100 (BENCHMARKS.md,
+// 2026-12-07): decode (at most one activation row per expert on average) four rows per warp, one
+// chunk per lane in flight; prefill two activation rows per pass, two rows per warp, two chunks in
+// flight (NTMAX 4 and one row per warp were slower); no launch bound (unmeasured).
 SwigluShape swiglu_shape(int64_t rows, int64_t experts) {
   static const SwigluShape decode = [] {
-    SwigluShape d{1, 4, 1, true, 8};
+    SwigluShape d{1, 4, 1, true, 0};
     parse_shape("ZMLX_CUDA_SW_DECODE", true, d.rw, d.u, &d.pf, d.mb);
     return d;
   }();
   static const SwigluShape prefill = [] {
-    SwigluShape d{1, 4, 1, true, 8};
+    SwigluShape d{2, 2, 2, true, 0};
     parse_shape("ZMLX_CUDA_SW_PREFILL", true, d.rw, d.u, &d.pf, d.mb);
     return d;
   }();
-  if (rows <= experts) {
-    return decode;
-  }
-  SwigluShape p = prefill;
-  p.nt = rows <= 4 * experts ? 1 : 2;
-  return p;
+  return rows <= experts ? decode : prefill;
 }
 
+// Two rows per warp, one unit per lane in flight: the fastest or within 5 % of it in every layer
+// and T of the same benchmark.
 CombineShape combine_shape() {
   static const CombineShape c = [] {
-    CombineShape d{2, 1, 8};
+    CombineShape d{2, 1, 0};
     parse_shape("ZMLX_CUDA_COMBINE", false, d.rw, d.u, nullptr, d.mb);
     return d;
   }();
@@ -638,7 +637,7 @@ std::optional<array> combine(
 bool layer_enabled() {
   static const bool on = [] {
     const char* v = std::getenv("ZMLX_CUDA_LAYER");
-    return v == nullptr || std::strcmp(v, "0") != 0;
+    return v != nullptr && std::strcmp(v, "1") == 0;
   }();
   return on;
 }
@@ -807,7 +806,9 @@ std::string check_translation_unit() {
                                mi.has_biases ? dt : float32, variant % 3 == 0 ? idx : float32,
                                idx, opt_bias, opt_bias};
       {
-        const SwigluShape sh = swiglu_shape(variant % 3 == 0 ? 1 : 2 << variant % 3, 1);
+        // Every other variant with a launch bound declared ahead, as kernel() does when MB is set.
+        SwigluShape sh = swiglu_shape(variant % 3 == 0 ? 1 : 2 << variant % 3, 1);
+        sh.mb = variant % 2 == 0 ? 8 : sh.mb;
         o << wrap(swiglu_spec(), sw, {dt}, swiglu_args(p, sh), sh.mb);
       }
       // gather_qmm_combine with float32 scores (and a bias every other variant), and the
@@ -815,7 +816,7 @@ std::string check_translation_unit() {
       const bool bias = variant % 2 == 0;
       std::vector<Dtype> co = {float32, dt, uint32, st, mi.has_biases ? dt : float32, uint32,
                                float32, bias ? dt : float32};
-      o << wrap(combine_spec(), co, {float32}, combine_args(q, combine_shape()), combine_shape().mb);
+      o << wrap(combine_spec(), co, {float32}, combine_args(q, combine_shape()), bias ? 6 : 0);
       std::vector<Dtype> li = {float32, dt, uint32, st, mi.has_biases ? dt : float32, float32,
                                float32, bias ? float32 : dt};
       o << wrap(combine_spec(), li, {dt}, combine_args(q, combine_shape()), combine_shape().mb);
@@ -827,7 +828,7 @@ std::string check_translation_unit() {
       {
         const SwigluShape sh = swiglu_shape(variant % 2 == 0 ? 1 : 64, 8);
         o << wrap(layer_spec(), la, {promote_types(dt, sc), dt},
-                  layer_args(p, sh, combine_shape()), sh.mb);
+                  layer_args(p, sh, combine_shape()), variant % 3 == 0 ? 4 : 0);
       }
       ++variant;
     }

@@ -65,8 +65,9 @@ std::optional<array> combine(
     const Shape& out_shape,
     Stream s);
 
-// Whether switch_glu_combine takes the one-launch kernel on CUDA streams (default), or the two
-// fused ops (ZMLX_CUDA_LAYER=0, for comparison).
+// Whether switch_glu_combine takes the one-launch kernel on CUDA streams (ZMLX_CUDA_LAYER=1) rather
+// than the two fused ops (the default: on an H100 the one-launch kernel measured slower, its
+// registers limiting the blocks in flight; BENCHMARKS.md).
 bool layer_enabled();
 
 // switch_glu_combine on a CUDA stream, one launch: x [..., D], gate / up [E..., I, .], down
