@@ -175,6 +175,7 @@ fn fuzz_fused_op_arguments() {
     let dts = [Dtype::Float32, Dtype::Float16, Dtype::Bfloat16];
     let t0 = Instant::now();
     let (mut n, mut errs, mut ran) = (0, 0, 0);
+    let (mut block_errs, mut block_ran) = (0, 0);
     while t0.elapsed() < budget() || n < 20 {
         let &(mode, g, b) = r.pick(&modes);
         let dt = *r.pick(&dts);
@@ -237,6 +238,20 @@ fn fuzz_fused_op_arguments() {
                 .as_dtype(dt)
                 .unwrap();
         let down = quantize(&dw, dmode, Some(dg), Some(db));
+        // The whole block as one op on the same (sometimes bad) arguments: a value or an error.
+        if let Ok(d) = &down {
+            let xs = x.reshape(&[t, xk]).unwrap();
+            let scores = Array::from_slice(&vec![0.25f32; (t * kk) as usize], &[t, kk]);
+            let y = zmlx::fused::switch_glu_combine(
+                &xs, &q, &q, d, &idx, &scores, act, None, None, None,
+            )
+            .and_then(|y| y.eval().map_err(Into::into));
+            if y.is_err() {
+                block_errs += 1;
+            } else {
+                block_ran += 1;
+            }
+        }
         match (h, down) {
             (Ok(h), Ok(down)) => {
                 let scores = Array::from_slice(&vec![0.5f32; (t * kk) as usize], &[t, kk]);
@@ -258,4 +273,7 @@ fn fuzz_fused_op_arguments() {
         n += 1;
     }
     eprintln!("fuzz_fused_op_arguments: {n} layers, {ran} computed, {errs} rejected with an error");
+    eprintln!(
+        "fuzz_fused_op_arguments: switch_glu_combine {block_ran} computed, {block_errs} rejected"
+    );
 }
