@@ -52,46 +52,52 @@ fn check_pair(gate: &QuantizedWeight, up: &QuantizedWeight) -> Result<()> {
     Ok(())
 }
 
-type SwigluFn = unsafe extern "C" fn(
-    *mut mlx_sys::mlx_array,
-    mlx_sys::mlx_array,
-    mlx_sys::mlx_array,
-    mlx_sys::mlx_array,
-    mlx_sys::mlx_array,
-    mlx_sys::mlx_array,
-    mlx_sys::mlx_array,
-    mlx_sys::mlx_array,
-    mlx_sys::mlx_array,
-    mlx_sys::mlx_array,
-    bool,
-    mlx_sys::mlx_optional_int,
-    mlx_sys::mlx_optional_int,
-    *const std::os::raw::c_char,
-    bool,
-    *const std::os::raw::c_char,
-    mlx_sys::mlx_optional_float,
-    mlx_sys::mlx_optional_float,
-    mlx_sys::mlx_array,
-    mlx_sys::mlx_array,
-    mlx_sys::mlx_stream,
-) -> std::os::raw::c_int;
+/// The optional arguments of [`gather_qmm_swiglu`] and its reference twin; `Default` is "none of them":
+/// arange indices over x's batch and over the experts, unsorted, [`Activation::Swiglu`], no expert biases.
+#[derive(Clone, Copy)]
+pub struct SwigluArgs<'a> {
+    /// Indices into x's batch, broadcast with `rhs_indices`.
+    pub lhs_indices: Option<&'a Array>,
+    /// Expert indices, broadcast with `lhs_indices`.
+    pub rhs_indices: Option<&'a Array>,
+    /// The caller sorted the indices (a hint, as in `gather_qmm`).
+    pub sorted_indices: bool,
+    /// The activation applied to (gate, up).
+    pub activation: Activation,
+    /// Per-expert additive bias of the gate projection, `[E..., N]`.
+    pub gate_bias: Option<&'a Array>,
+    /// Per-expert additive bias of the up projection, `[E..., N]`.
+    pub up_bias: Option<&'a Array>,
+}
 
-#[allow(clippy::too_many_arguments)]
+impl Default for SwigluArgs<'_> {
+    fn default() -> Self {
+        SwigluArgs {
+            lhs_indices: None,
+            rhs_indices: None,
+            sorted_indices: false,
+            activation: Activation::Swiglu,
+            gate_bias: None,
+            up_bias: None,
+        }
+    }
+}
+
 #[track_caller]
-fn swiglu_call(
-    f: SwigluFn,
+fn swiglu(
+    reference: bool,
     x: &Array,
     gate: &QuantizedWeight,
     up: &QuantizedWeight,
-    lhs_indices: Option<&Array>,
-    rhs_indices: Option<&Array>,
-    sorted_indices: bool,
-    activation: Activation,
-    gate_bias: Option<&Array>,
-    up_bias: Option<&Array>,
+    a: &SwigluArgs,
 ) -> Result<Array> {
     check_pair(gate, up)?;
-    let (act, alpha, limit) = act_args(activation);
+    let f = if reference {
+        ffi::mlx_gather_qmm_swiglu_reference
+    } else {
+        ffi::mlx_gather_qmm_swiglu
+    };
+    let (act, alpha, limit) = act_args(a.activation);
     let s = stream();
     array_op(|res| unsafe {
         f(
@@ -103,18 +109,18 @@ fn swiglu_call(
             up.w.as_ptr(),
             up.scales.as_ptr(),
             opt_ptr(up.biases.as_ref()),
-            opt_ptr(lhs_indices),
-            opt_ptr(rhs_indices),
+            opt_ptr(a.lhs_indices),
+            opt_ptr(a.rhs_indices),
             true,
             opt_int(Some(gate.group_size)),
             opt_int(Some(gate.bits)),
             gate.mode.c_name().as_ptr(),
-            sorted_indices,
+            a.sorted_indices,
             act.as_ptr(),
             opt_float(alpha),
             opt_float(limit),
-            opt_ptr(gate_bias),
-            opt_ptr(up_bias),
+            opt_ptr(a.gate_bias),
+            opt_ptr(a.up_bias),
             s.as_ptr(),
         )
     })
@@ -122,86 +128,57 @@ fn swiglu_call(
 
 /// Fused `act(gather_qmm(x, gate) + gate_bias[idx], gather_qmm(x, up) + up_bias[idx])`.
 /// `x` `[..., M, K]`; result `B + [M, N]` where `B` is the broadcast batch of the indices.
-#[allow(clippy::too_many_arguments)]
+///
+/// ```
+/// use zmlx::fused::{gather_qmm_swiglu, SwigluArgs};
+/// use zmlx::mlx_rs::{random, Array};
+/// use zmlx::quant::{quantize, QuantMode};
+///
+/// // 4 experts, intermediate size 64, hidden size 128; two tokens, two experts each.
+/// let k = random::key(0).unwrap();
+/// let w = random::normal::<f32>(&[4, 64, 128], 0.0, 0.1, &k).unwrap();
+/// let q = quantize(&w, QuantMode::Affine, Some(64), Some(4)).unwrap();
+/// let x = random::normal::<f32>(&[2, 1, 1, 128], 0.0, 1.0, &k).unwrap();
+/// let idx = Array::from_slice(&[0u32, 3, 1, 2], &[2, 2]);
+/// let args = SwigluArgs { rhs_indices: Some(&idx), ..Default::default() };
+/// let h = gather_qmm_swiglu(&x, &q, &q, &args).unwrap();
+/// assert_eq!(h.shape(), &[2, 2, 1, 64]);
+/// ```
 #[track_caller]
 pub fn gather_qmm_swiglu(
     x: &Array,
     gate: &QuantizedWeight,
     up: &QuantizedWeight,
-    lhs_indices: Option<&Array>,
-    rhs_indices: Option<&Array>,
-    sorted_indices: bool,
-    activation: Activation,
-    gate_bias: Option<&Array>,
-    up_bias: Option<&Array>,
+    args: &SwigluArgs,
 ) -> Result<Array> {
-    swiglu_call(
-        ffi::mlx_gather_qmm_swiglu,
-        x,
-        gate,
-        up,
-        lhs_indices,
-        rhs_indices,
-        sorted_indices,
-        activation,
-        gate_bias,
-        up_bias,
-    )
+    swiglu(false, x, gate, up, args)
 }
 
 /// [`gather_qmm_swiglu`] composed from MLX's own ops (two `gather_qmm`s, then the activation).
-#[allow(clippy::too_many_arguments)]
 #[track_caller]
 pub fn gather_qmm_swiglu_reference(
     x: &Array,
     gate: &QuantizedWeight,
     up: &QuantizedWeight,
-    lhs_indices: Option<&Array>,
-    rhs_indices: Option<&Array>,
-    sorted_indices: bool,
-    activation: Activation,
-    gate_bias: Option<&Array>,
-    up_bias: Option<&Array>,
+    args: &SwigluArgs,
 ) -> Result<Array> {
-    swiglu_call(
-        ffi::mlx_gather_qmm_swiglu_reference,
-        x,
-        gate,
-        up,
-        lhs_indices,
-        rhs_indices,
-        sorted_indices,
-        activation,
-        gate_bias,
-        up_bias,
-    )
+    swiglu(true, x, gate, up, args)
 }
 
-type CombineFn = unsafe extern "C" fn(
-    *mut mlx_sys::mlx_array,
-    mlx_sys::mlx_array,
-    mlx_sys::mlx_array,
-    mlx_sys::mlx_array,
-    mlx_sys::mlx_array,
-    mlx_sys::mlx_array,
-    mlx_sys::mlx_array,
-    bool,
-    mlx_sys::mlx_optional_int,
-    mlx_sys::mlx_optional_int,
-    *const std::os::raw::c_char,
-    mlx_sys::mlx_array,
-    mlx_sys::mlx_stream,
-) -> std::os::raw::c_int;
-
 #[track_caller]
-fn combine_call(
-    f: CombineFn,
+fn combine(
+    reference: bool,
     h: &Array,
     down: &QuantizedWeight,
     rhs_indices: &Array,
     scores: &Array,
     bias: Option<&Array>,
 ) -> Result<Array> {
+    let f = if reference {
+        ffi::mlx_gather_qmm_combine_reference
+    } else {
+        ffi::mlx_gather_qmm_combine
+    };
     let s = stream();
     array_op(|res| unsafe {
         f(
@@ -232,14 +209,7 @@ pub fn gather_qmm_combine(
     scores: &Array,
     bias: Option<&Array>,
 ) -> Result<Array> {
-    combine_call(
-        ffi::mlx_gather_qmm_combine,
-        h,
-        down,
-        rhs_indices,
-        scores,
-        bias,
-    )
+    combine(false, h, down, rhs_indices, scores, bias)
 }
 
 /// [`gather_qmm_combine`] composed from MLX's own ops (`gather_qmm`, multiply by scores, sum).
@@ -251,14 +221,7 @@ pub fn gather_qmm_combine_reference(
     scores: &Array,
     bias: Option<&Array>,
 ) -> Result<Array> {
-    combine_call(
-        ffi::mlx_gather_qmm_combine_reference,
-        h,
-        down,
-        rhs_indices,
-        scores,
-        bias,
-    )
+    combine(true, h, down, rhs_indices, scores, bias)
 }
 
 /// A single quantized linear layer `x @ dequantize(q).T (+ bias)` accumulated in float32.
@@ -483,12 +446,14 @@ pub(crate) fn switch_glu_combined(
             &xs,
             gate,
             up,
-            None,
-            Some(&idx),
-            true,
-            glu.activation,
-            glu.gate_bias.as_ref(),
-            glu.up_bias.as_ref(),
+            &SwigluArgs {
+                rhs_indices: Some(&idx),
+                sorted_indices: true,
+                activation: glu.activation,
+                gate_bias: glu.gate_bias.as_ref(),
+                up_bias: glu.up_bias.as_ref(),
+                ..Default::default()
+            },
         )?;
         let h = h.take_axis(&inv, 0)?;
         let mut shape = indices.shape().to_vec();
@@ -499,12 +464,13 @@ pub(crate) fn switch_glu_combined(
             &xe,
             gate,
             up,
-            None,
-            Some(indices),
-            false,
-            glu.activation,
-            glu.gate_bias.as_ref(),
-            glu.up_bias.as_ref(),
+            &SwigluArgs {
+                rhs_indices: Some(indices),
+                activation: glu.activation,
+                gate_bias: glu.gate_bias.as_ref(),
+                up_bias: glu.up_bias.as_ref(),
+                ..Default::default()
+            },
         )?
     };
     let y = gather_qmm_combine(&h, down, indices, scores, glu.down_bias.as_ref())?;

@@ -8,7 +8,7 @@ mod common_util;
 use zmlx::array::to_f32_vec;
 use zmlx::fused::{
     gather_qmm_combine, gather_qmm_combine_reference, gather_qmm_swiglu,
-    gather_qmm_swiglu_reference, switch_glu_combine,
+    gather_qmm_swiglu_reference, switch_glu_combine, SwigluArgs,
 };
 use zmlx::mlx_rs::{Array, Dtype};
 use zmlx::moe::{Activation, ExpertWeight, MoePath, SwitchGlu};
@@ -89,17 +89,7 @@ fn build(s: &Setup, e: i32, d: i32, i: i32) -> SwitchGlu {
 }
 
 /// Signature shared by `gather_qmm_swiglu` and its reference twin.
-type SwigluFn = fn(
-    &Array,
-    &QuantizedWeight,
-    &QuantizedWeight,
-    Option<&Array>,
-    Option<&Array>,
-    bool,
-    Activation,
-    Option<&Array>,
-    Option<&Array>,
-) -> zmlx::Result<Array>;
+type SwigluFn = fn(&Array, &QuantizedWeight, &QuantizedWeight, &SwigluArgs) -> zmlx::Result<Array>;
 
 fn rel_err(a: &[f32], oracle: &[f32]) -> f64 {
     let scale = oracle
@@ -189,18 +179,14 @@ fn raw_wrappers_match_their_reference_twins() {
             .unwrap();
         let idx = Array::from_slice(&[1u32, 5, 7, 0, 2, 2], &[3, 2]);
         let args = |f: SwigluFn| {
-            f(
-                &x,
-                gq,
-                uq,
-                None,
-                Some(&idx),
-                false,
-                s.act,
-                g.gate_bias.as_ref(),
-                g.up_bias.as_ref(),
-            )
-            .unwrap()
+            let a = SwigluArgs {
+                rhs_indices: Some(&idx),
+                activation: s.act,
+                gate_bias: g.gate_bias.as_ref(),
+                up_bias: g.up_bias.as_ref(),
+                ..Default::default()
+            };
+            f(&x, gq, uq, &a).unwrap()
         };
         let hf = args(gather_qmm_swiglu);
         let hr = args(gather_qmm_swiglu_reference);
@@ -266,12 +252,13 @@ fn switch_glu_combine_is_the_two_fused_ops() {
                 &xe,
                 gq,
                 uq,
-                None,
-                Some(&inds),
-                false,
-                s.act,
-                g.gate_bias.as_ref(),
-                g.up_bias.as_ref(),
+                &SwigluArgs {
+                    rhs_indices: Some(&inds),
+                    activation: s.act,
+                    gate_bias: g.gate_bias.as_ref(),
+                    up_bias: g.up_bias.as_ref(),
+                    ..Default::default()
+                },
             )
             .unwrap();
             let want = gather_qmm_combine(&h, dq, &inds, &scores, g.down_bias.as_ref())
@@ -357,12 +344,11 @@ fn wrapper_errors_are_results() {
         &x,
         gq,
         &up8,
-        None,
-        Some(&idx),
-        false,
-        Activation::Swiglu,
-        None,
-        None,
+        &SwigluArgs {
+            rhs_indices: Some(&idx),
+            activation: Activation::Swiglu,
+            ..Default::default()
+        },
     )
     .unwrap_err();
     assert!(
@@ -375,12 +361,11 @@ fn wrapper_errors_are_results() {
         &x_bad,
         gq,
         gq,
-        None,
-        Some(&idx),
-        false,
-        Activation::Swiglu,
-        None,
-        None,
+        &SwigluArgs {
+            rhs_indices: Some(&idx),
+            activation: Activation::Swiglu,
+            ..Default::default()
+        },
     )
     .unwrap_err();
     assert!(e.to_string().starts_with("MLX:"), "{e}");

@@ -224,12 +224,20 @@ fn fuzz_fused_op_arguments() {
         } else {
             Activation::GPT_OSS
         };
-        let h =
-            zmlx::fused::gather_qmm_swiglu(&x, &q, &q, None, Some(&idx), false, act, None, None)
-                .and_then(|h| {
-                    h.eval()?;
-                    Ok(h)
-                });
+        let h = zmlx::fused::gather_qmm_swiglu(
+            &x,
+            &q,
+            &q,
+            &zmlx::fused::SwigluArgs {
+                rhs_indices: Some(&idx),
+                activation: act,
+                ..Default::default()
+            },
+        )
+        .and_then(|h| {
+            h.eval()?;
+            Ok(h)
+        });
         // The down projection: [E, D, N] (sometimes a wrong K), its own quantization.
         let dk = if r.below(8) == 0 { nn + dg } else { nn };
         let dw =
