@@ -56,6 +56,8 @@ struct QuantParams {
   const ModeInfo* info;
   int group_size;
   int bits;
+
+  bool operator==(const QuantParams&) const = default;
 };
 
 // Applies the mode's defaults and checks the group size and bits against the table.

@@ -284,10 +284,7 @@ std::pair<std::vector<array>, std::vector<int>> GatherQMMCombine::vmap(
 }
 
 bool GatherQMMCombine::is_equivalent(const Primitive& other) const {
-  const auto& o = static_cast<const GatherQMMCombine&>(other).params_;
-  const auto& p = params_;
-  return p.q.info == o.q.info && p.q.group_size == o.q.group_size && p.q.bits == o.q.bits &&
-      p.transpose == o.transpose && p.has_bias == o.has_bias && p.k == o.k;
+  return params_ == static_cast<const GatherQMMCombine&>(other).params_;
 }
 
 } // namespace mlx::core

@@ -103,6 +103,8 @@ struct CombineParams {
   bool transpose = true;
   bool has_bias = false;
   int64_t k = 1; // experts per output row (last batch dimension)
+
+  bool operator==(const CombineParams&) const = default;
 };
 
 // What validating gather_qmm_combine's arguments (the op's errors, without building a graph)

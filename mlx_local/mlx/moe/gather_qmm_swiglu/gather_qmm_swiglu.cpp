@@ -308,12 +308,7 @@ std::pair<std::vector<array>, std::vector<int>> GatherQMMSwiGLU::vmap(
 }
 
 bool GatherQMMSwiGLU::is_equivalent(const Primitive& other) const {
-  const auto& o = static_cast<const GatherQMMSwiGLU&>(other).params_;
-  const auto& p = params_;
-  return p.q.info == o.q.info && p.q.group_size == o.q.group_size && p.q.bits == o.q.bits &&
-      p.transpose == o.transpose && p.activation == o.activation && p.alpha == o.alpha &&
-      p.limit == o.limit && p.has_gate_bias == o.has_gate_bias && p.has_up_bias == o.has_up_bias &&
-      p.has_lhs == o.has_lhs && p.has_rhs == o.has_rhs && p.sorted == o.sorted;
+  return params_ == static_cast<const GatherQMMSwiGLU&>(other).params_;
 }
 
 } // namespace mlx::core

@@ -117,6 +117,8 @@ struct SwigluParams {
   bool has_lhs = false; // lhs_indices given (else arange over x's batch dimensions)
   bool has_rhs = false; // rhs_indices given (else arange over the weights' expert dimensions)
   bool sorted = false;
+
+  bool operator==(const SwigluParams&) const = default;
 };
 
 // What validating gather_qmm_swiglu's arguments (the op's errors, without building a graph) finds:
