@@ -18,8 +18,50 @@ use mlx_rs::{ops, Array};
 use crate::array::{array_op, opt_int, opt_ptr, stream};
 use crate::error::{Error, Result};
 use crate::ffi;
-use crate::moe::{Activation, SwitchGlu, SORT_THRESHOLD};
 use crate::quant::QuantizedWeight;
+
+/// The expert activation applied to (gate, up).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Activation {
+    /// `silu(gate) * up`.
+    Swiglu,
+    /// gpt-oss: `g = min(gate, limit)`, `u = clip(up, -limit, limit)`, `(u + 1) * g * sigmoid(alpha * g)`.
+    SwigluOai {
+        /// 1.702 in gpt-oss.
+        alpha: f32,
+        /// 7.0 in gpt-oss.
+        limit: f32,
+    },
+}
+
+impl Activation {
+    /// gpt-oss's constants.
+    pub const GPT_OSS: Activation = Activation::SwigluOai {
+        alpha: 1.702,
+        limit: 7.0,
+    };
+
+    /// Applies the activation as composed MLX ops (what mlx-lm does).
+    pub fn apply(&self, gate: &Array, up: &Array) -> Result<Array> {
+        match *self {
+            Activation::Swiglu => {
+                let silu = ops::multiply(gate, ops::sigmoid(gate)?)?;
+                Ok(ops::multiply(&silu, up)?)
+            }
+            Activation::SwigluOai { alpha, limit } => {
+                let dt = gate.dtype();
+                let lim = Array::from_f32(limit).as_dtype(dt)?;
+                let neg = Array::from_f32(-limit).as_dtype(dt)?;
+                let g = ops::minimum(gate, &lim)?;
+                let u = ops::minimum(ops::maximum(up, &neg)?, &lim)?;
+                let a = Array::from_f32(alpha).as_dtype(dt)?;
+                let glu = ops::multiply(&g, ops::sigmoid(ops::multiply(&g, &a)?)?)?;
+                let one = Array::from_f32(1.0).as_dtype(dt)?;
+                Ok(ops::multiply(ops::add(&u, &one)?, &glu)?)
+            }
+        }
+    }
+}
 
 fn opt_float(v: Option<f32>) -> mlx_sys::mlx_optional_float {
     mlx_sys::mlx_optional_float {
@@ -334,9 +376,6 @@ pub fn simd_level() -> Result<String> {
     Ok(unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned())
 }
 
-/// The fused path of [`SwitchGlu::forward_combined`]: on CPU, rows sorted by expert for prefill exactly when
-/// the reference sorts (`indices.size >= 64`); gate+up+activation fused, then down+combine fused; the result
-/// is cast back to `x`'s dtype as mlx-lm does after its combine.
 /// The switch-GLU MoE block after routing as one op: `gather_qmm_combine(gather_qmm_swiglu(x[.., None,
 /// None, :], gate, up, indices), down, indices, scores)[.., 0, :]`. `x` `[..., D]`, `indices` and `scores`
 /// `[..., k]`; the three projections must share their quantization. On CUDA streams it is one kernel
@@ -392,88 +431,4 @@ pub fn switch_glu_combine(
             s.as_ptr(),
         )
     })
-}
-
-pub(crate) fn switch_glu_combined(
-    glu: &SwitchGlu,
-    x: &Array,
-    indices: &Array,
-    scores: &Array,
-) -> Result<Array> {
-    let (gate, up, down) =
-        match (
-            glu.gate_proj.quantized(),
-            glu.up_proj.quantized(),
-            glu.down_proj.quantized(),
-        ) {
-            (Some(g), Some(u), Some(d)) => (g, u, d),
-            _ => return Err(Error::invalid(
-                "the fused path needs quantized expert weights (this model's experts are dense)",
-            )),
-        };
-    glu.dims()?;
-    // The CUDA kernels gather each expert's rows themselves: sorting would only add launches, and
-    // the whole block is one launch when the projections share their quantization.
-    let on_gpu = crate::runtime::default_device()? == crate::runtime::DeviceKind::Gpu;
-    let same_quant = |a: &QuantizedWeight, b: &QuantizedWeight| {
-        a.mode == b.mode && a.group_size == b.group_size && a.bits == b.bits
-    };
-    if on_gpu && same_quant(gate, up) && same_quant(gate, down) {
-        let y = switch_glu_combine(
-            x,
-            gate,
-            up,
-            down,
-            indices,
-            scores,
-            glu.activation,
-            glu.gate_bias.as_ref(),
-            glu.up_bias.as_ref(),
-            glu.down_bias.as_ref(),
-        )?;
-        return Ok(y.as_dtype(x.dtype())?);
-    }
-    let xe = x.expand_dims_axes(&[-2, -3])?;
-    let h = if indices.size() >= SORT_THRESHOLD && !on_gpu {
-        let m = *indices.shape().last().unwrap_or(&1);
-        let flat = indices.flatten(None, None)?;
-        let order = ops::argsort_axis(&flat, 0)?;
-        let inv = ops::argsort_axis(&order, 0)?;
-        let rows = ops::floor_divide(&order, Array::from_int(m).as_dtype(order.dtype())?)?;
-        let xs = xe.flatten(0, -3)?.take_axis(&rows, 0)?;
-        let idx = flat.take_axis(&order, 0)?;
-        let h = gather_qmm_swiglu(
-            &xs,
-            gate,
-            up,
-            &SwigluArgs {
-                rhs_indices: Some(&idx),
-                sorted_indices: true,
-                activation: glu.activation,
-                gate_bias: glu.gate_bias.as_ref(),
-                up_bias: glu.up_bias.as_ref(),
-                ..Default::default()
-            },
-        )?;
-        let h = h.take_axis(&inv, 0)?;
-        let mut shape = indices.shape().to_vec();
-        shape.extend_from_slice(&h.shape()[1..]);
-        h.reshape(&shape)?
-    } else {
-        gather_qmm_swiglu(
-            &xe,
-            gate,
-            up,
-            &SwigluArgs {
-                rhs_indices: Some(indices),
-                activation: glu.activation,
-                gate_bias: glu.gate_bias.as_ref(),
-                up_bias: glu.up_bias.as_ref(),
-                ..Default::default()
-            },
-        )?
-    };
-    let y = gather_qmm_combine(&h, down, indices, scores, glu.down_bias.as_ref())?;
-    let y = y.squeeze_axes(&[-2])?;
-    Ok(y.as_dtype(x.dtype())?)
 }
