@@ -5,7 +5,8 @@
 #
 #   bash scripts/gpu/device-check.sh STEP[,STEP...]
 #
-# Steps: info, tests (the fused-op test files on the GPU, outputs poisoned with NaN before every kernel),
+# Steps: info, kernel-bench (scripts/gpu/kernel_bench.cu, built by scripts/gpu/build-kernel-bench.sh; needs no
+# MLX wheel), tests (the fused-op test files on the GPU, outputs poisoned with NaN before every kernel),
 # bench (the MoE layer benchmark, all layers), bench-qwen3 (Qwen3 layer only), default (the default run),
 # validate (the fidelity check on two presets), ncu (kernel times of one Qwen3 decode layer from Nsight
 # Compute). Each step's output goes to $OUT/<step>.log (OUT: the device tool's output folder, else
@@ -70,6 +71,7 @@ IFS=, read -ra list <<<"$steps"
 for s in "${list[@]}"; do
   case $s in
     info) run_step info 60 "$BIN/zmlx" --device gpu info ;;
+    kernel-bench) run_step kernel-bench 120 "$BIN/kernel_bench" ;;
     tests) run_step tests "${TESTS_LIMIT:-300}" bash "$0" __tests ;;
     bench) run_step bench "${BENCH_LIMIT:-400}" "$BIN/zmlx" --device gpu bench --budget "${BUDGET:-0.5}" ;;
     bench-qwen3) run_step bench-qwen3 200 "$BIN/zmlx" --device gpu bench --layer qwen3 --budget "${BUDGET:-0.5}" ;;
