@@ -292,42 +292,61 @@ std::string wrap(
   return o.str();
 }
 
-// The function object for one kernel variant. Its header declares the kernel MLX is about to
-// generate with __launch_bounds__(kThreads, min_blocks): NVRTC then keeps the registers within what
-// min_blocks blocks per multiprocessor allow (MLX's generated definition has no attributes of its
-// own, and a launch bound on an earlier declaration applies to it). Built once per variant.
+// The function object for one kernel variant. Without a launch bound it is one object per spec
+// (it records which shape arguments the body uses). With one (min_blocks > 0), its header declares
+// the kernel MLX is about to generate with __launch_bounds__(kThreads, min_blocks): NVRTC then keeps
+// the registers within what min_blocks blocks per multiprocessor allow (MLX's generated definition
+// has no attributes of its own, and a launch bound on an earlier declaration applies to it); those
+// objects are made once per variant.
 const fast::CustomKernelFunction& kernel(
     const KernelSpec& spec,
     const std::vector<array>& inputs,
     const std::vector<Dtype>& out_types,
     const TemplateArgs& args,
     int min_blocks) {
+  auto make = [](const KernelSpec& k, const std::string& header) {
+    return fast::cuda_kernel(
+        k.name, k.inputs, k.outputs, k.body, header, /*ensure_row_contiguous=*/false);
+  };
+  if (min_blocks == 0) {
+    static const fast::CustomKernelFunction sw = make(swiglu_spec(), kernel_header());
+    static const fast::CustomKernelFunction co = make(combine_spec(), kernel_header());
+    static const fast::CustomKernelFunction la = make(layer_spec(), kernel_header());
+    if (&spec == &swiglu_spec()) {
+      return sw;
+    }
+    return &spec == &combine_spec() ? co : la;
+  }
   std::vector<Dtype> types;
   std::vector<int> ndims;
   for (const auto& a : inputs) {
     types.push_back(a.dtype());
     ndims.push_back(static_cast<int>(a.ndim()));
   }
-  std::string header = kernel_header();
-  if (min_blocks > 0) {
-    header += "namespace mlx::core::cu {\n" +
-        signature(spec, types, ndims, out_types, args, min_blocks) + ";\n}\n";
-  }
+  const std::string header = kernel_header() + "namespace mlx::core::cu {\n" +
+      signature(spec, types, ndims, out_types, args, min_blocks) + ";\n}\n";
   static std::mutex mu;
   static std::map<std::string, fast::CustomKernelFunction> made;
   std::lock_guard<std::mutex> lock(mu);
-  const std::string key = std::string(spec.name) + "\n" + header;
-  auto it = made.find(key);
+  auto it = made.find(header);
   if (it == made.end()) {
-    it = made
-             .emplace(
-                 key,
-                 fast::cuda_kernel(
-                     spec.name, spec.inputs, spec.outputs, spec.body, header,
-                     /*ensure_row_contiguous=*/false))
-             .first;
+    it = made.emplace(header, make(spec, header)).first;
   }
   return it->second;
+}
+
+// Adds one launch of `spec` to the graph: `grid` in threads, as fast::cuda_kernel takes it.
+std::vector<array> launch(
+    const KernelSpec& spec,
+    const std::vector<array>& in,
+    const std::vector<Shape>& out_shapes,
+    const std::vector<Dtype>& out_types,
+    std::tuple<int, int, int> grid,
+    const TemplateArgs& args,
+    int min_blocks,
+    Stream s) {
+  return kernel(spec, in, out_types, args, min_blocks)(
+      in, out_shapes, out_types, grid, {kThreads, 1, 1}, args, poison(), false, s);
 }
 
 // The layer kernel's counters (see layer_entry in kernels.cuh): four uint32 zeros in device memory
@@ -367,7 +386,6 @@ uint32_t float_bits(float v) {
   std::memcpy(&b, &v, sizeof(b));
   return b;
 }
-
 
 void quant_args(TemplateArgs& t, const QuantParams& q) {
   t.emplace_back("FMT", fmt_code(q));
@@ -493,6 +511,15 @@ bool rows_too_many(int64_t pairs, int64_t n, const CombineShape& sh) {
   return pairs > kMaxIndex || ceil_div(n, kWarps * sh.rw) * kThreads > std::numeric_limits<int>::max();
 }
 
+// The combine kernel's grid, in threads: a tile of output columns, then output rows (the kernel
+// loops over rows past CUDA's limit on the y dimension).
+std::tuple<int, int, int> combine_grid(int64_t rows, int64_t n, const CombineShape& sh) {
+  return {
+      static_cast<int>(ceil_div(n, kWarps * sh.rw) * kThreads),
+      static_cast<int>(std::min<int64_t>(rows, kMaxGridY)),
+      1};
+}
+
 } // namespace
 
 bool cuda_available() {
@@ -571,17 +598,10 @@ std::optional<array> swiglu(
       gate_bias.value_or(z),
       up_bias.value_or(z)};
   const TemplateArgs args = swiglu_args(p, sh);
-  auto outs = kernel(swiglu_spec(), in, {out_dtype}, args, sh.mb)(
-      in,
-      {out_shape},
-      {out_dtype},
-      {static_cast<int>(ceil_div(n, kWarps * sh.rw) * kThreads), static_cast<int>(slots), 1},
-      {kThreads, 1, 1},
-      args,
-      poison(),
-      false,
-      s);
-  return outs[0];
+  return launch(
+      swiglu_spec(), in, {out_shape}, {out_dtype},
+      {static_cast<int>(ceil_div(n, kWarps * sh.rw) * kThreads), static_cast<int>(slots), 1}, args,
+      sh.mb, s)[0];
 }
 
 std::optional<array> combine(
@@ -619,19 +639,7 @@ std::optional<array> combine(
       at_least_1d(scores, s),
       bias.value_or(z)};
   const TemplateArgs args = combine_args(p.q, sh);
-  auto outs = kernel(combine_spec(), in, {out_dtype}, args, sh.mb)(
-      in,
-      {out_shape},
-      {out_dtype},
-      {static_cast<int>(ceil_div(n, kWarps * sh.rw) * kThreads),
-       static_cast<int>(std::min<int64_t>(rows, kMaxGridY)),
-       1},
-      {kThreads, 1, 1},
-      args,
-      poison(),
-      false,
-      s);
-  return outs[0];
+  return launch(combine_spec(), in, {out_shape}, {out_dtype}, combine_grid(rows, n, sh), args, sh.mb, s)[0];
 }
 
 bool layer_enabled() {
@@ -700,17 +708,9 @@ std::optional<array> layer(
       down_bias.value_or(z),
       layer_counters(s)};
   const TemplateArgs args = layer_args(p, sw, co);
-  auto outs = kernel(layer_spec(), in, {out_dtype, h_dtype}, args, sw.mb)(
-      in,
-      {out_shape, h_shape},
-      {out_dtype, h_dtype},
-      {static_cast<int>(blocks * kThreads), 1, 1},
-      {kThreads, 1, 1},
-      args,
-      poison(),
-      false,
-      s);
-  return outs[0];
+  return launch(
+      layer_spec(), in, {out_shape, h_shape}, {out_dtype, h_dtype},
+      {static_cast<int>(blocks * kThreads), 1, 1}, args, sw.mb, s)[0];
 }
 
 std::optional<array> linear(
@@ -738,18 +738,7 @@ std::optional<array> linear(
   const array& z = nil();
   std::vector<array> in = {z, h, w, scales, biases.value_or(z), z, z, bias.value_or(z)};
   const TemplateArgs args = combine_args(q, sh);
-  array y = kernel(combine_spec(), in, {out_dtype}, args, sh.mb)(
-      in,
-      {out_shape},
-      {out_dtype},
-      {static_cast<int>(ceil_div(n, kWarps * sh.rw) * kThreads),
-       static_cast<int>(std::min<int64_t>(rows, kMaxGridY)),
-       1},
-      {kThreads, 1, 1},
-      args,
-      poison(),
-      false,
-      s)[0];
+  array y = launch(combine_spec(), in, {out_shape}, {out_dtype}, combine_grid(rows, n, sh), args, sh.mb, s)[0];
   return x.ndim() < 2 ? reshape(y, {n}, s) : y;
 }
 
