@@ -78,7 +78,7 @@ fn act_args(a: Activation) -> (&'static CStr, Option<f32>, Option<f32>) {
 }
 
 fn check_pair(gate: &QuantizedWeight, up: &QuantizedWeight) -> Result<()> {
-    if gate.mode != up.mode || gate.group_size != up.group_size || gate.bits != up.bits {
+    if !gate.same_quantization(up) {
         return Err(Error::invalid(format!(
             "gate ({} {}-bit g{}) and up ({} {}-bit g{}) must share their quantization",
             gate.mode, gate.bits, gate.group_size, up.mode, up.bits, up.group_size
@@ -396,7 +396,7 @@ pub fn switch_glu_combine(
     down_bias: Option<&Array>,
 ) -> Result<Array> {
     check_pair(gate, up)?;
-    if down.mode != gate.mode || down.group_size != gate.group_size || down.bits != gate.bits {
+    if !down.same_quantization(gate) {
         return Err(Error::invalid(format!(
             "down ({} {}-bit g{}) must share the quantization of gate and up ({} {}-bit g{})",
             down.mode, down.bits, down.group_size, gate.mode, gate.bits, gate.group_size

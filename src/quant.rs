@@ -96,6 +96,11 @@ pub struct QuantizedWeight {
 }
 
 impl QuantizedWeight {
+    /// Whether `other` has the same mode, group size and bits (the fused ops' projections must).
+    pub fn same_quantization(&self, other: &QuantizedWeight) -> bool {
+        self.mode == other.mode && self.group_size == other.group_size && self.bits == other.bits
+    }
+
     /// Assembles a quantized weight from its parts, checking that the shapes agree with `group_size` and
     /// `bits` (what MLX accepts for the mode is checked by MLX when the weight is used).
     pub fn new(

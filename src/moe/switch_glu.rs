@@ -317,10 +317,7 @@ fn switch_glu_combined(
     // The CUDA kernels gather each expert's rows themselves: sorting would only add launches, and
     // the whole block is one launch when the projections share their quantization.
     let on_gpu = crate::runtime::default_device()? == crate::runtime::DeviceKind::Gpu;
-    let same_quant = |a: &QuantizedWeight, b: &QuantizedWeight| {
-        a.mode == b.mode && a.group_size == b.group_size && a.bits == b.bits
-    };
-    if on_gpu && same_quant(gate, up) && same_quant(gate, down) {
+    if on_gpu && gate.same_quantization(up) && gate.same_quantization(down) {
         let y = switch_glu_combine(
             x,
             gate,
