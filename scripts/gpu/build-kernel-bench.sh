@@ -14,7 +14,6 @@ if [ -z "$nvcc" ] || [ ! -x "$nvcc" ]; then
   exit 1
 fi
 cu=$(cd "$(dirname "$nvcc")/.." && pwd)
-grep -qx "/.devbin/" .git/info/exclude 2>/dev/null || echo "/.devbin/" >> .git/info/exclude
 mkdir -p .devbin
 "$nvcc" -std=c++17 -O3 -gencode=arch=compute_90a,code=sm_90a -I mlx_local -I "$cu/include" \
   -I "$cu/include/cccl" -o .devbin/kernel_bench scripts/gpu/kernel_bench.cu -L "$cu/lib" \
