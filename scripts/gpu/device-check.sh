@@ -6,7 +6,8 @@
 #   bash scripts/gpu/device-check.sh STEP[,STEP...]
 #
 # Steps: info, kernel-bench (scripts/gpu/kernel_bench.cu, built by scripts/gpu/build-kernel-bench.sh; needs no
-# MLX wheel), tests (the fused-op test files on the GPU, outputs poisoned with NaN before every kernel),
+# MLX wheel; KB_LAYERS / KB_TOKENS restrict it, e.g. "qwen3" "1,16"), ncu-kernels (Nsight Compute on the kernel
+# benchmark's default-shape swiglu and combine kernels of KB_LAYERS at KB_TOKENS), tests (the fused-op test files on the GPU, outputs poisoned with NaN before every kernel),
 # bench (the MoE layer benchmark, all layers), bench-qwen3 (Qwen3 layer only), default (the default run),
 # validate (the fidelity check on two presets), ncu (kernel times of one Qwen3 decode layer from Nsight
 # Compute). Each step's output goes to $OUT/<step>.log (OUT: the device tool's output folder, else
@@ -14,7 +15,9 @@
 set -u
 BIN=${BIN:-.devbin}
 OUT=${OUT:-/tmp/zmlx-out}
-mkdir -p "$OUT"
+# Per-test-process logs stay on the host (the device tool returns few files); tests.log has their summary.
+LOGS=${LOGS:-/tmp/zmlx-test-logs}
+mkdir -p "$OUT" "$LOGS"
 steps=${1:-info,tests}
 summary=()
 
@@ -39,7 +42,7 @@ tests() {
   start() { # name command...
     local name=$1
     shift
-    timeout "${PER_TEST_LIMIT:-180}" "$@" --test-threads=1 --nocapture >"$OUT/test-$name.log" 2>&1 &
+    timeout "${PER_TEST_LIMIT:-180}" "$@" --test-threads=1 --nocapture >"$LOGS/test-$name.log" 2>&1 &
     pids+=($!)
     names+=("$name")
   }
@@ -56,8 +59,8 @@ tests() {
     wait "${pids[$k]}"
     local r=$?
     [ $r = 0 ] || rc=1
-    echo "--- ${names[$k]}: exit $r; $(grep -E '^test result' "$OUT/test-${names[$k]}.log" | tail -n 1)"
-    grep -E "cases, worst|FAILED|panicked|failed:|out_of_range|nvcc|max error" "$OUT/test-${names[$k]}.log" | head -n 8
+    echo "--- ${names[$k]}: exit $r; $(grep -E '^test result' "$LOGS/test-${names[$k]}.log" | tail -n 1)"
+    grep -E "cases, worst|FAILED|FAIL |panicked|failed:|out_of_range|nvcc|max error" "$LOGS/test-${names[$k]}.log" | head -n 24
   done
   return $rc
 }
@@ -71,7 +74,16 @@ IFS=, read -ra list <<<"$steps"
 for s in "${list[@]}"; do
   case $s in
     info) run_step info 60 "$BIN/zmlx" --device gpu info ;;
-    kernel-bench) run_step kernel-bench 120 "$BIN/kernel_bench" ;;
+    kernel-bench) run_step kernel-bench 150 "$BIN/kernel_bench" ${KB_LAYERS:-} ${KB_TOKENS:-} ;;
+    ncu-kernels)
+      # The default-shape kernels of one layer and token count in the kernel benchmark (its first
+      # swiglu and combine launches), with the sections BENCHMARKS.md quotes.
+      run_step "ncu-kernels-${KB_LAYERS:-qwen3}-${KB_TOKENS:-1}" "${NCU_LIMIT:-150}" ncu --clock-control none \
+        --kernel-name regex:'sw_new|co_new' --launch-count 2 \
+        --section SpeedOfLight --section Occupancy --section LaunchStats --section SchedulerStats \
+        --section WarpStateStats --section MemoryWorkloadAnalysis \
+        "$BIN/kernel_bench" "${KB_LAYERS:-qwen3}" "${KB_TOKENS:-1}"
+      ;;
     tests) run_step tests "${TESTS_LIMIT:-300}" bash "$0" __tests ;;
     bench) run_step bench "${BENCH_LIMIT:-400}" "$BIN/zmlx" --device gpu bench --budget "${BUDGET:-0.5}" ;;
     bench-qwen3) run_step bench-qwen3 200 "$BIN/zmlx" --device gpu bench --layer qwen3 --budget "${BUDGET:-0.5}" ;;

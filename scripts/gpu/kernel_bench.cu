@@ -141,7 +141,9 @@ int main(int argc, char** argv) {
     printf("cudaMemcpy D2D bandwidth: %.0f GB/s\n", 2.0 * n * 16 / us2 / 1e3);
     cudaFree(a); cudaFree(b);
   }
+  // argv[1]: layers to run (substring match, e.g. "qwen3,mixtral"); argv[2]: token counts (e.g. "1,16").
   const char* only = argc > 1 ? argv[1] : "";
+  const char* only_t = argc > 2 ? argv[2] : "";
   Spec specs[] = {{"qwen3", 2048, 768, 128, 8, 0, 4, 64, false}, {"mixtral", 4096, 14336, 8, 2, 0, 4, 64, false},
                   {"gpt-oss", 2880, 2880, 32, 4, 1, 4, 32, true}};
   for (const Spec& sp : specs) {
@@ -181,6 +183,15 @@ int main(int argc, char** argv) {
     printf("\n== %s: D %d I %d E %d k %d, %s, layer %.1f MB, %d copies\n", sp.name, D, I, E, k, aff ? "affine 4-bit g64" : "mxfp4", layer_bytes / 1e6, ncopies);
     const int Ts[] = {1, 4, 16, 64};
     for (int T : Ts) {
+      if (*only_t) {
+        bool listed = false;
+        for (const char* q = only_t; *q;) {
+          listed |= atoi(q) == T;
+          while (*q && *q != ',') ++q;
+          if (*q == ',') ++q;
+        }
+        if (!listed) continue;
+      }
       if (!strcmp(sp.name, "mixtral") && T > 4) continue;
       if (!strcmp(sp.name, "gpt-oss") && T > 16) continue;
       const int NS = 32; // index sets
