@@ -40,6 +40,28 @@ pub(crate) fn array_op(f: impl FnOnce(&mut mlx_sys::mlx_array) -> i32) -> Result
     Ok(unsafe { Array::from_ptr(res) })
 }
 
+/// Runs a C-API call that writes two arrays (`res_0`, `res_1`); as [`array_op`].
+#[track_caller]
+pub(crate) fn pair_op(
+    f: impl FnOnce(&mut mlx_sys::mlx_array, &mut mlx_sys::mlx_array) -> i32,
+) -> Result<(Array, Array)> {
+    // SAFETY: fresh empty handles; freed on error, owned by the returned Arrays otherwise.
+    let (mut a, mut b) = unsafe { (mlx_sys::mlx_array_new(), mlx_sys::mlx_array_new()) };
+    let rc = f(&mut a, &mut b);
+    if rc != 0 || a.ctx.is_null() || b.ctx.is_null() {
+        unsafe {
+            mlx_sys::mlx_array_free(a);
+            mlx_sys::mlx_array_free(b);
+        }
+        return Err(if rc != 0 {
+            Error::mlx(last_mlx_error())
+        } else {
+            Error::Internal("an MLX operation reported success but returned no array".into())
+        });
+    }
+    Ok(unsafe { (Array::from_ptr(a), Array::from_ptr(b)) })
+}
+
 /// Runs a C-API call that writes a vector of arrays; returns them in order.
 #[track_caller]
 pub(crate) fn vector_op(

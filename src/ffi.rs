@@ -129,6 +129,28 @@ extern "C" {
     ) -> ::std::os::raw::c_int;
 }
 extern "C" {
+    pub fn mlx_add_rms_norm(
+        res_0: *mut mlx_array,
+        res_1: *mut mlx_array,
+        x: mlx_array,
+        residual: mlx_array,
+        weight: mlx_array,
+        eps: f32,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn mlx_add_rms_norm_reference(
+        res_0: *mut mlx_array,
+        res_1: *mut mlx_array,
+        x: mlx_array,
+        residual: mlx_array,
+        weight: mlx_array,
+        eps: f32,
+        s: mlx_stream,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
     pub fn mlx_moe_gpu_coverage(res: *mut *const ::std::os::raw::c_char) -> ::std::os::raw::c_int;
 }
 extern "C" {

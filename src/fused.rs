@@ -4,7 +4,14 @@
 //!   per-expert biases and gpt-oss's clamped activation;
 //! - [`gather_qmm_combine`]: `sum_j scores[.., j] * (gather_qmm(h, down)[.., j] + bias[idx[.., j]])`;
 //! - [`quantized_linear`]: one quantized linear layer with float32 accumulation (`gather_qmm_combine` with a
-//!   single expert and score 1), used by the fused path for every quantized non-expert layer.
+//!   single expert and score 1), used by the fused path for every quantized non-expert layer;
+//! - [`add_rms_norm`]: a decoder layer's residual add and the RMS normalization after it, one pass, two
+//!   outputs.
+//!
+//! Gradients: on CPU streams `vjp` / `jvp` (mlx-rs's `transforms::grad`, `value_and_grad`, ...) with respect
+//! to every floating input that is not a quantized weight (`x` / `h`, scores, expert biases, the norm's
+//! inputs and weight) are those of the composed reference; quantized weights and indices are constants (an
+//! error names them). On CUDA streams the fused MoE kernels' nodes have no derivative.
 //!
 //! Each has a `_reference` twin computed from MLX's own composed ops with the same arguments. Weights are
 //! [`QuantizedWeight`]s in the `transpose = true` layout (`[E, N, K]` logical). All functions validate what
@@ -15,7 +22,7 @@ use std::ffi::{CStr, CString};
 
 use mlx_rs::{ops, Array};
 
-use crate::array::{array_op, opt_int, opt_ptr, stream};
+use crate::array::{array_op, opt_int, opt_ptr, pair_op, stream};
 use crate::error::{Error, Result};
 use crate::ffi;
 use crate::quant::QuantizedWeight;
@@ -428,6 +435,81 @@ pub fn switch_glu_combine(
             opt_ptr(gate_bias),
             opt_ptr(up_bias),
             opt_ptr(down_bias),
+            s.as_ptr(),
+        )
+    })
+}
+
+/// The residual add and RMS normalization of a decoder layer in one pass: returns `(h, y)` with
+/// `h = x + residual` and `y = rms_norm(h) * weight` (MLX's `fast::rms_norm(h, weight, eps)`).
+///
+/// - `x`, `residual`: the same shape (at least one dimension, `D` the last), float32 / float16 / bfloat16;
+///   `h` is in their promoted dtype, exactly MLX's `add`.
+/// - `weight`: optional `[D]`; `eps` finite and `>= 0`.
+/// - `y`: float32 statistics over the rounded `h`, `h * rsqrt(mean(h²) + eps) * weight` rounded once, in
+///   `promote(h, weight)`.
+///
+/// CPU streams run one fused pass (rows spread over the fused kernels' threads); GPU streams MLX's `add`
+/// and `rms_norm`. Differentiable with respect to `x`, `residual` and `weight`.
+///
+/// ```
+/// use zmlx::fused::{add_rms_norm, add_rms_norm_reference};
+/// use zmlx::mlx_rs::{random, Dtype};
+///
+/// let key = random::key(1).unwrap();
+/// let x = random::normal::<f32>(&[3, 64], 0.0, 1.0, &key).unwrap();
+/// let r = random::normal::<f32>(&[3, 64], 0.0, 1.0, &random::key(2).unwrap()).unwrap();
+/// let w = random::uniform::<f32, f32>(0.5, 1.5, &[64], &key).unwrap();
+/// let (h, y) = add_rms_norm(&x, &r, Some(&w), 1e-6).unwrap();
+/// let (h_ref, y_ref) = add_rms_norm_reference(&x, &r, Some(&w), 1e-6).unwrap();
+/// assert_eq!(y.shape(), &[3, 64]);
+/// assert_eq!(y.dtype(), Dtype::Float32);
+/// assert!(h.all_close(&h_ref, 0.0, 0.0, None).unwrap());
+/// assert!(y.all_close(&y_ref, 1e-5, 1e-5, None).unwrap());
+/// ```
+#[track_caller]
+pub fn add_rms_norm(
+    x: &Array,
+    residual: &Array,
+    weight: Option<&Array>,
+    eps: f32,
+) -> Result<(Array, Array)> {
+    norm_op(false, x, residual, weight, eps)
+}
+
+/// [`add_rms_norm`] composed from MLX's own ops: `add`, then `fast::rms_norm`.
+#[track_caller]
+pub fn add_rms_norm_reference(
+    x: &Array,
+    residual: &Array,
+    weight: Option<&Array>,
+    eps: f32,
+) -> Result<(Array, Array)> {
+    norm_op(true, x, residual, weight, eps)
+}
+
+#[track_caller]
+fn norm_op(
+    reference: bool,
+    x: &Array,
+    residual: &Array,
+    weight: Option<&Array>,
+    eps: f32,
+) -> Result<(Array, Array)> {
+    let s = stream();
+    let f = if reference {
+        ffi::mlx_add_rms_norm_reference
+    } else {
+        ffi::mlx_add_rms_norm
+    };
+    pair_op(|h, y| unsafe {
+        f(
+            h,
+            y,
+            x.as_ptr(),
+            residual.as_ptr(),
+            opt_ptr(weight),
+            eps,
             s.as_ptr(),
         )
     })

@@ -7,6 +7,7 @@ using namespace mlxc;
 #include "mlx/moe/gather_qmm_combine/gather_qmm_combine.h"
 #include "mlx/moe/gather_qmm_swiglu/gather_qmm_swiglu.h"
 #include "mlx/moe/switch_glu/switch_glu.h"
+#include "mlx/norm/add_rms_norm/add_rms_norm.h"
 
 extern "C" int mlx_gather_qmm_swiglu(
     mlx_array* res,
@@ -143,4 +144,26 @@ extern "C" int mlx_fused_quantized_linear(
   return guard([&] {
     put(res, mx::fused_quantized_linear(mlxc::get(x), mlxc::get(w), mlxc::get(scales), mlxc::opt(biases), mlxc::opt(group_size), mlxc::opt(bits), mlxc::str(mode, "mode"), mlxc::opt(bias), mlxc::stream(s)));
   });
+}
+
+extern "C" int mlx_add_rms_norm(
+    mlx_array* res_0,
+    mlx_array* res_1,
+    const mlx_array x,
+    const mlx_array residual,
+    const mlx_array weight /* may be null */,
+    float eps,
+    const mlx_stream s) {
+  return put_pair(res_0, res_1, [&] { return mx::add_rms_norm(mlxc::get(x), mlxc::get(residual), mlxc::opt(weight), eps, mlxc::stream(s)); });
+}
+
+extern "C" int mlx_add_rms_norm_reference(
+    mlx_array* res_0,
+    mlx_array* res_1,
+    const mlx_array x,
+    const mlx_array residual,
+    const mlx_array weight /* may be null */,
+    float eps,
+    const mlx_stream s) {
+  return put_pair(res_0, res_1, [&] { return mx::add_rms_norm_reference(mlxc::get(x), mlxc::get(residual), mlxc::opt(weight), eps, mlxc::stream(s)); });
 }

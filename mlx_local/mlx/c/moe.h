@@ -161,6 +161,29 @@ int mlx_fused_quantized_linear(
     const char* mode,
     const mlx_array bias /* may be null */,
     const mlx_stream s);
+/* The residual add and RMS normalization of a decoder layer, one pass: res_0 = h = x + residual
+ * (same shapes, float32 / float16 / bfloat16; dtype promote(x, residual)), res_1 = y =
+ * rms_norm(h) * weight with float32 statistics over the rounded h and one rounding (dtype
+ * promote(h, weight)). weight optional [D] (D = the last dimension); eps finite and >= 0. CPU
+ * streams: one fused pass; GPU streams: MLX's add and rms_norm. Semantics in detail:
+ * mlx_local/mlx/norm/add_rms_norm/add_rms_norm.h. */
+int mlx_add_rms_norm(
+    mlx_array* res_0,
+    mlx_array* res_1,
+    const mlx_array x,
+    const mlx_array residual,
+    const mlx_array weight /* may be null */,
+    float eps,
+    const mlx_stream s);
+/* Same, composed from MLX's own ops (add, then fast::rms_norm). */
+int mlx_add_rms_norm_reference(
+    mlx_array* res_0,
+    mlx_array* res_1,
+    const mlx_array x,
+    const mlx_array residual,
+    const mlx_array weight /* may be null */,
+    float eps,
+    const mlx_stream s);
 /* Which configurations of the fused ops run a fused kernel on this build's GPU: a static string in
  * *res (on builds without CUDA it says that GPU streams take MLX's composed ops). */
 int mlx_moe_gpu_coverage(const char** res);

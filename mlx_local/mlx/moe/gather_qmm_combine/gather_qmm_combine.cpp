@@ -13,6 +13,7 @@
 
 #include "mlx/backend/cuda/moe/gpu.h"
 #include "mlx/moe/common/checked_indices.h"
+#include "mlx/moe/common/composed_transforms.h"
 #include "mlx/moe/common/validate.h"
 
 namespace mlx::core {
@@ -81,10 +82,31 @@ Checked check_combine(
   return c;
 }
 
-[[noreturn]] void inference_only() {
-  throw std::invalid_argument(
-      "[gather_qmm_combine] not implemented: gather_qmm_combine is inference-only "
-      "(no vjp, jvp or vmap).");
+// The primitive's inputs (see moe::gather_qmm_combine_cpu) and their roles in transformations: h,
+// scores and bias are differentiable, the rest are constants.
+std::vector<moe::InputRole> input_roles(const moe::CombineParams& p) {
+  std::vector<moe::InputRole> r{{"h", true}, {"w", false}, {"scales", false}};
+  if (p.q.info->has_biases) {
+    r.push_back({"biases", false});
+  }
+  r.insert(r.end(), {{"rhs_indices", false}, {"scores", true}});
+  if (p.has_bias) {
+    r.push_back({"bias", true});
+  }
+  return r;
+}
+
+moe::ComposedFn composed(const moe::CombineParams& p, Stream s) {
+  return [p, s](const std::vector<array>& in) {
+    size_t i = 0;
+    auto next = [&]() { return in.at(i++); };
+    array h = next(), w = next(), sc = next();
+    auto bi = p.q.info->has_biases ? std::optional<array>(next()) : std::nullopt;
+    array rhs = next(), scores = next();
+    auto bias = p.has_bias ? std::optional<array>(next()) : std::nullopt;
+    return std::vector<array>{gather_qmm_combine_reference(
+        h, w, sc, bi, rhs, scores, p.transpose, p.q.group_size, p.q.bits, p.q.info->name, bias, s)};
+  };
 }
 
 } // namespace
@@ -263,24 +285,26 @@ void GatherQMMCombine::eval_gpu(const std::vector<array>&, array&) {
 }
 
 std::vector<array> GatherQMMCombine::jvp(
-    const std::vector<array>&,
-    const std::vector<array>&,
-    const std::vector<int>&) {
-  inference_only();
+    const std::vector<array>& primals,
+    const std::vector<array>& tangents,
+    const std::vector<int>& argnums) {
+  return moe::composed_jvp(
+      kTag, composed(params_, stream()), input_roles(params_), primals, tangents, argnums);
 }
 
 std::vector<array> GatherQMMCombine::vjp(
-    const std::vector<array>&,
-    const std::vector<array>&,
-    const std::vector<int>&,
+    const std::vector<array>& primals,
+    const std::vector<array>& cotangents,
+    const std::vector<int>& argnums,
     const std::vector<array>&) {
-  inference_only();
+  return moe::composed_vjp(
+      kTag, composed(params_, stream()), input_roles(params_), primals, cotangents, argnums);
 }
 
 std::pair<std::vector<array>, std::vector<int>> GatherQMMCombine::vmap(
-    const std::vector<array>&,
-    const std::vector<int>&) {
-  inference_only();
+    const std::vector<array>& inputs,
+    const std::vector<int>& axes) {
+  return moe::composed_vmap(kTag, composed(params_, stream()), inputs, axes);
 }
 
 bool GatherQMMCombine::is_equivalent(const Primitive& other) const {

@@ -35,8 +35,12 @@ namespace mlx::core {
  *
  * CPU streams run the fused kernel (float32 accumulation over the experts, one rounding at the
  * end); CUDA streams one fused kernel launch (no atomics: bitwise reproducible) for transpose = true
- * weights with K a multiple of 32; other layouts and other GPUs the composed reference. Inference
- * only.
+ * weights with K a multiple of 32; other layouts and other GPUs the composed reference.
+ *
+ * Transformations (CPU streams): vjp and jvp with respect to h, scores and bias are those of the
+ * composed reference (gather_qmm_combine_reference); the quantized weights, their scales and biases
+ * and rhs_indices are constants (asking for their derivative is an error naming the input); vmap is
+ * the reference's. On CUDA streams the fused kernel's node has no derivative.
  */
 array gather_qmm_combine(
     const array& h,

@@ -13,6 +13,7 @@
 #include "mlx/backend/cuda/moe/gpu.h"
 #include "mlx/moe/common/batch_inputs.h"
 #include "mlx/moe/common/checked_indices.h"
+#include "mlx/moe/common/composed_transforms.h"
 #include "mlx/moe/common/validate.h"
 
 namespace mlx::core {
@@ -96,10 +97,53 @@ Checked check_swiglu(
   return c;
 }
 
-[[noreturn]] void inference_only() {
-  throw std::invalid_argument(
-      "[gather_qmm_swiglu] not implemented: gather_qmm_swiglu is inference-only "
-      "(no vjp, jvp or vmap).");
+// The primitive's inputs (see moe::gather_qmm_swiglu_cpu for their order) with their roles in
+// transformations: x and the expert biases are differentiable, the rest are constants.
+std::vector<moe::InputRole> input_roles(const moe::SwigluParams& p) {
+  std::vector<moe::InputRole> r{{"x", true}, {"gate_w", false}, {"gate_scales", false}};
+  if (p.q.info->has_biases) {
+    r.push_back({"gate_biases", false});
+  }
+  r.insert(r.end(), {{"up_w", false}, {"up_scales", false}});
+  if (p.q.info->has_biases) {
+    r.push_back({"up_biases", false});
+  }
+  if (p.has_lhs) {
+    r.push_back({"lhs_indices", false});
+  }
+  if (p.has_rhs) {
+    r.push_back({"rhs_indices", false});
+  }
+  if (p.has_gate_bias) {
+    r.push_back({"gate_bias", true});
+  }
+  if (p.has_up_bias) {
+    r.push_back({"up_bias", true});
+  }
+  return r;
+}
+
+// The composed reference of the primitive's inputs.
+moe::ComposedFn composed(const moe::SwigluParams& p, Stream s) {
+  return [p, s](const std::vector<array>& in) {
+    size_t i = 0;
+    auto next = [&]() { return in.at(i++); };
+    auto maybe = [&](bool has) { return has ? std::optional<array>(next()) : std::nullopt; };
+    const bool qb = p.q.info->has_biases;
+    array x = next(), gw = next(), gs = next();
+    auto gb = maybe(qb);
+    array uw = next(), us = next();
+    auto ub = maybe(qb);
+    auto lhs = maybe(p.has_lhs);
+    auto rhs = maybe(p.has_rhs);
+    auto gate_bias = maybe(p.has_gate_bias);
+    auto up_bias = maybe(p.has_up_bias);
+    const bool gpt = p.activation == moe::Activation::GptOss;
+    return std::vector<array>{gather_qmm_swiglu_reference(
+        x, gw, gs, gb, uw, us, ub, lhs, rhs, p.transpose, p.q.group_size, p.q.bits, p.q.info->name,
+        p.sorted, gpt ? "gpt_oss" : "swiglu", gpt ? std::optional(p.alpha) : std::nullopt,
+        gpt ? std::optional(p.limit) : std::nullopt, gate_bias, up_bias, s)};
+  };
 }
 
 } // namespace
@@ -287,24 +331,26 @@ void GatherQMMSwiGLU::eval_gpu(const std::vector<array>&, array&) {
 }
 
 std::vector<array> GatherQMMSwiGLU::jvp(
-    const std::vector<array>&,
-    const std::vector<array>&,
-    const std::vector<int>&) {
-  inference_only();
+    const std::vector<array>& primals,
+    const std::vector<array>& tangents,
+    const std::vector<int>& argnums) {
+  return moe::composed_jvp(
+      kTag, composed(params_, stream()), input_roles(params_), primals, tangents, argnums);
 }
 
 std::vector<array> GatherQMMSwiGLU::vjp(
-    const std::vector<array>&,
-    const std::vector<array>&,
-    const std::vector<int>&,
+    const std::vector<array>& primals,
+    const std::vector<array>& cotangents,
+    const std::vector<int>& argnums,
     const std::vector<array>&) {
-  inference_only();
+  return moe::composed_vjp(
+      kTag, composed(params_, stream()), input_roles(params_), primals, cotangents, argnums);
 }
 
 std::pair<std::vector<array>, std::vector<int>> GatherQMMSwiGLU::vmap(
-    const std::vector<array>&,
-    const std::vector<int>&) {
-  inference_only();
+    const std::vector<array>& inputs,
+    const std::vector<int>& axes) {
+  return moe::composed_vmap(kTag, composed(params_, stream()), inputs, axes);
 }
 
 bool GatherQMMSwiGLU::is_equivalent(const Primitive& other) const {

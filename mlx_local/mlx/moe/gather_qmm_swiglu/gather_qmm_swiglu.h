@@ -50,7 +50,14 @@ namespace mlx::core {
  * Evaluation: CPU streams run the fused kernel (float32 accumulation, multi-threaded, AVX2 when
  * available). CUDA streams run one fused kernel launch (mlx/backend/cuda/moe/), for transpose =
  * true weights with K a multiple of 32; other layouts and other GPUs compute the composed reference
- * below. Inference only: jvp / vjp / vmap throw.
+ * below.
+ *
+ * Transformations (CPU streams): vjp and jvp with respect to x, gate_bias and up_bias are those of
+ * the composed reference (gather_qmm_swiglu_reference: MLX's gather_qmm derivatives); the quantized
+ * weights, their scales and biases and the indices are constants, and asking for their derivative is
+ * an error naming the input. vmap is the reference's (MLX's gather_qmm has no vmap rule, so it errors
+ * with that op's message). On CUDA streams the fused kernel's node has no derivative: differentiate
+ * through gather_qmm_swiglu_reference there.
  */
 array gather_qmm_swiglu(
     const array& x,
