@@ -146,7 +146,7 @@ pub struct MoeSpec {
 #[derive(Clone, Debug, PartialEq)]
 pub enum FfnSpec {
     /// A dense MLP.
-    Dense(MlpSpec),
+    Dense(Box<MlpSpec>),
     /// A sparse MoE block.
     Moe(Box<MoeSpec>),
 }
@@ -414,7 +414,12 @@ pub fn decoder(cfg: &ModelConfig, layout: &Layout, routing: RouterKind) -> Model
                 ffn: if cfg.sparse[i as usize] {
                     FfnSpec::Moe(Box::new(b.moe(i, layout, routing.clone())))
                 } else {
-                    FfnSpec::Dense(b.mlp(&format!("{p}.mlp"), &[], cfg.intermediate, false))
+                    FfnSpec::Dense(Box::new(b.mlp(
+                        &format!("{p}.mlp"),
+                        &[],
+                        cfg.intermediate,
+                        false,
+                    )))
                 },
             }
         })
