@@ -5,10 +5,11 @@ use std::collections::HashMap;
 use mlx_rs::Dtype;
 use serde_json::{json, Map, Value};
 
+use super::preset::Dims;
+use super::schema::{Layout, ModelSpec};
 use crate::error::{Error, Result};
 use crate::quant::QuantMode;
 
-/// Typed access to a JSON object with one-line errors.
 /// Limits on a config's sizes (the largest published MoE models are far inside them): checked before
 /// anything is allocated from them, so a wrong config is an error, not an allocation failure.
 pub const MAX_LAYERS: i32 = 4096;
@@ -17,6 +18,7 @@ pub const MAX_HEADS: i32 = 4096;
 pub const MAX_VOCAB: i32 = 1 << 24;
 pub const MAX_EXPERTS: i32 = 1 << 16;
 
+/// Typed access to a JSON object with one-line errors.
 pub(crate) struct Fields<'a>(pub &'a Value);
 
 impl Fields<'_> {
@@ -198,7 +200,8 @@ impl QuantConfig {
     }
 }
 
-/// The supported architectures.
+/// The supported architectures. Everything that differs between them is in their files
+/// (`qwen3_moe.rs`, ...), reached from here.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Arch {
     /// `qwen3_moe`.
@@ -210,12 +213,60 @@ pub enum Arch {
 }
 
 impl Arch {
+    /// All architectures.
+    pub const ALL: [Arch; 3] = [Arch::Qwen3Moe, Arch::GptOss, Arch::Mixtral];
+
     /// The `model_type` string.
     pub fn model_type(self) -> &'static str {
         match self {
             Arch::Qwen3Moe => "qwen3_moe",
             Arch::GptOss => "gpt_oss",
             Arch::Mixtral => "mixtral",
+        }
+    }
+
+    /// The family's name in prose.
+    pub fn family_name(self) -> &'static str {
+        match self {
+            Arch::Qwen3Moe => "Qwen3-MoE",
+            Arch::GptOss => "gpt-oss",
+            Arch::Mixtral => "Mixtral",
+        }
+    }
+
+    /// The family's fields of a `config.json` (the rest is read by [`ModelConfig::from_json`]).
+    fn parse_config(self, v: &Value) -> Result<ModelConfig> {
+        match self {
+            Arch::Qwen3Moe => super::qwen3_moe::parse_config(v),
+            Arch::GptOss => super::gpt_oss::parse_config(v),
+            Arch::Mixtral => super::mixtral::parse_config(v),
+        }
+    }
+
+    /// mlx-lm's key layout and module options for the family.
+    pub fn layout(self) -> &'static Layout {
+        match self {
+            Arch::Qwen3Moe => &super::qwen3_moe::LAYOUT,
+            Arch::GptOss => &super::gpt_oss::LAYOUT,
+            Arch::Mixtral => &super::mixtral::LAYOUT,
+        }
+    }
+
+    /// The parameters of a model of this family.
+    fn describe(self, cfg: &ModelConfig) -> ModelSpec {
+        match self {
+            Arch::Qwen3Moe => super::qwen3_moe::describe(cfg),
+            Arch::GptOss => super::gpt_oss::describe(cfg),
+            Arch::Mixtral => super::mixtral::describe(cfg),
+        }
+    }
+
+    /// An mlx-lm style `config.json` (without `quantization`) for a model of this family of sizes `d`.
+    pub fn config_for(self, d: &Dims, dtype: &str) -> Value {
+        match self {
+            Arch::Qwen3Moe => super::qwen3_moe::config_for(d, dtype),
+            Arch::GptOss => super::gpt_oss::config_for(d, dtype),
+            Arch::Mixtral => super::mixtral::config_for(d, dtype),
         }
     }
 }
@@ -355,16 +406,17 @@ impl ModelConfig {
                 )));
             }
         }
-        let mut c = match mt {
-            "qwen3_moe" => super::qwen3_moe::parse_config(v)?,
-            "gpt_oss" => super::gpt_oss::parse_config(v)?,
-            "mixtral" => super::mixtral::parse_config(v)?,
-            other => {
-                return Err(Error::config(format!(
-                    "unsupported model_type '{other}' (supported: qwen3_moe, gpt_oss, mixtral)"
-                )))
-            }
-        };
+        let arch = Arch::ALL
+            .into_iter()
+            .find(|a| a.model_type() == mt)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Arch::ALL.iter().map(|a| a.model_type()).collect();
+                Error::config(format!(
+                    "unsupported model_type '{mt}' (supported: {})",
+                    names.join(", ")
+                ))
+            })?;
+        let mut c = arch.parse_config(v)?;
         c.dtype = match f.str_opt("torch_dtype")?.or(f.str_opt("dtype")?) {
             Some(d) => crate::array::parse_dtype(d).map_err(|e| Error::config(e.to_string()))?,
             None => Dtype::Bfloat16,
@@ -430,6 +482,11 @@ impl ModelConfig {
             ));
         }
         Ok(())
+    }
+
+    /// The model's parameters, as its family describes them.
+    pub fn schema(&self) -> ModelSpec {
+        self.arch.describe(self)
     }
 
     /// Quantization of the module at `path` per the config (`None`: unquantized or no quantization).

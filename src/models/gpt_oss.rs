@@ -6,7 +6,32 @@
 use serde_json::{json, Value};
 
 use super::config::{Arch, Fields, ModelConfig, RopeScaling};
+use super::preset::Dims;
+use super::schema::{decoder, Layout, ModelSpec};
 use crate::error::{Error, Result};
+use crate::moe::{Activation, RouterKind};
+
+/// `sliding_window` where a config leaves it out (mlx-lm's default).
+const DEFAULT_WINDOW: i32 = 128;
+
+/// mlx-lm's key layout and module options for gpt-oss.
+pub(crate) const LAYOUT: Layout = Layout {
+    qkv_bias: true,
+    o_bias: true,
+    qk_norm: false,
+    sinks: true,
+    moe: "mlp",
+    router: "router",
+    router_bias: true,
+    experts: "experts",
+    expert_bias: true,
+    activation: Activation::GPT_OSS,
+};
+
+/// The parameters of a gpt-oss model.
+pub(crate) fn describe(c: &ModelConfig) -> ModelSpec {
+    decoder(c, &LAYOUT, RouterKind::TopKSoftmax)
+}
 
 pub(crate) fn parse_config(v: &Value) -> Result<ModelConfig> {
     let f = Fields(v);
@@ -55,14 +80,46 @@ pub(crate) fn parse_config(v: &Value) -> Result<ModelConfig> {
         norm_topk_prob: false,
         sparse: vec![true; layers as usize],
         sliding,
-        sliding_window: Some(f.i32_opt("sliding_window")?.unwrap_or(128)),
+        sliding_window: Some(f.i32_opt("sliding_window")?.unwrap_or(DEFAULT_WINDOW)),
         dtype: mlx_rs::Dtype::Bfloat16,
         quant: None,
         raw: Value::Null,
     })
 }
 
-/// An mlx-lm style `config.json` for a gpt-oss model (without `quantization`).
+/// An mlx-lm style `config.json` for a gpt-oss model of sizes `d` (without `quantization`): sliding
+/// and full attention alternating, `d.expert_dim` per expert.
+pub fn config_for(d: &Dims, dtype: &str) -> Value {
+    let types: Vec<&str> = (0..d.layers)
+        .map(|i| {
+            if i % 2 == 0 {
+                "sliding_attention"
+            } else {
+                "full_attention"
+            }
+        })
+        .collect();
+    json!({
+        "model_type": "gpt_oss",
+        "architectures": ["GptOssForCausalLM"],
+        "hidden_size": d.hidden,
+        "num_hidden_layers": d.layers,
+        "intermediate_size": d.expert_dim,
+        "num_attention_heads": d.heads,
+        "num_key_value_heads": d.kv_heads,
+        "head_dim": d.head_dim,
+        "num_local_experts": d.experts,
+        "num_experts_per_tok": d.top_k,
+        "rms_norm_eps": 1e-5,
+        "vocab_size": d.vocab,
+        "rope_theta": 150000,
+        "sliding_window": d.window.unwrap_or(DEFAULT_WINDOW),
+        "layer_types": types,
+        "torch_dtype": dtype,
+    })
+}
+
+/// [`config_for`] with the sizes given one by one.
 #[allow(clippy::too_many_arguments)]
 pub fn config_json(
     hidden: i32,
@@ -77,31 +134,17 @@ pub fn config_json(
     sliding_window: i32,
     dtype: &str,
 ) -> Value {
-    let types: Vec<&str> = (0..layers)
-        .map(|i| {
-            if i % 2 == 0 {
-                "sliding_attention"
-            } else {
-                "full_attention"
-            }
-        })
-        .collect();
-    json!({
-        "model_type": "gpt_oss",
-        "architectures": ["GptOssForCausalLM"],
-        "hidden_size": hidden,
-        "num_hidden_layers": layers,
-        "intermediate_size": inter,
-        "num_attention_heads": heads,
-        "num_key_value_heads": kv_heads,
-        "head_dim": head_dim,
-        "num_local_experts": experts,
-        "num_experts_per_tok": top_k,
-        "rms_norm_eps": 1e-5,
-        "vocab_size": vocab,
-        "rope_theta": 150000,
-        "sliding_window": sliding_window,
-        "layer_types": types,
-        "torch_dtype": dtype,
-    })
+    let d = Dims {
+        hidden,
+        layers,
+        heads,
+        kv_heads,
+        head_dim,
+        experts,
+        top_k,
+        expert_dim: inter,
+        vocab,
+        window: Some(sliding_window),
+    };
+    config_for(&d, dtype)
 }

@@ -1,10 +1,32 @@
 //! Mixtral (`model_type: mixtral`), as mlx-lm's `mixtral.py`: plain attention, router `block_sparse_moe.gate`
 //! (top-k on logits, softmax over the k), SwiGLU experts under `block_sparse_moe.switch_mlp`.
 
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use super::config::{Arch, Fields, ModelConfig, RopeScaling};
+use super::preset::Dims;
+use super::schema::{decoder, Layout, ModelSpec};
 use crate::error::Result;
+use crate::moe::{Activation, RouterKind};
+
+/// mlx-lm's key layout and module options for Mixtral.
+pub(crate) const LAYOUT: Layout = Layout {
+    qkv_bias: false,
+    o_bias: false,
+    qk_norm: false,
+    sinks: false,
+    moe: "block_sparse_moe",
+    router: "gate",
+    router_bias: false,
+    experts: "switch_mlp",
+    expert_bias: false,
+    activation: Activation::Swiglu,
+};
+
+/// The parameters of a Mixtral model.
+pub(crate) fn describe(c: &ModelConfig) -> ModelSpec {
+    decoder(c, &LAYOUT, RouterKind::TopKSoftmax)
+}
 
 pub(crate) fn parse_config(v: &Value) -> Result<ModelConfig> {
     let f = Fields(v);
@@ -22,6 +44,7 @@ pub(crate) fn parse_config(v: &Value) -> Result<ModelConfig> {
         vocab_size: f.pos("vocab_size")?,
         rms_norm_eps: f.f64_or("rms_norm_eps", 1e-5)? as f32,
         rope_theta: f.f64_or("rope_theta", 1e6)? as f32,
+        // mlx-lm's mixtral uses a plain `nn.RoPE`, whatever `rope_scaling` says.
         rope_scaling: RopeScaling::Plain { scale: 1.0 },
         tie_word_embeddings: f.bool_or("tie_word_embeddings", false)?,
         num_experts: f.i32_opt("num_local_experts")?.unwrap_or(8),
@@ -35,5 +58,26 @@ pub(crate) fn parse_config(v: &Value) -> Result<ModelConfig> {
         dtype: mlx_rs::Dtype::Bfloat16,
         quant: None,
         raw: Value::Null,
+    })
+}
+
+/// An mlx-lm style `config.json` for a Mixtral model of sizes `d` (without `quantization`).
+pub fn config_for(d: &Dims, dtype: &str) -> Value {
+    json!({
+        "model_type": "mixtral",
+        "architectures": ["MixtralForCausalLM"],
+        "hidden_size": d.hidden,
+        "num_hidden_layers": d.layers,
+        "intermediate_size": d.expert_dim,
+        "num_attention_heads": d.heads,
+        "num_key_value_heads": d.kv_heads,
+        "head_dim": d.head_dim,
+        "num_local_experts": d.experts,
+        "num_experts_per_tok": d.top_k,
+        "rms_norm_eps": 1e-5,
+        "vocab_size": d.vocab,
+        "rope_theta": 1000000.0,
+        "tie_word_embeddings": false,
+        "torch_dtype": dtype,
     })
 }

@@ -1,10 +1,15 @@
-//! Models: Qwen3-MoE, gpt-oss and Mixtral, loaded from mlx-lm checkpoints or built synthetically.
+//! Models: Qwen3-MoE, gpt-oss and Mixtral, loaded from mlx-lm checkpoints or built synthetically. Each
+//! family describes its parameters once ([`schema`], from its `Layout` and its config); the loader and
+//! the synthesizer both follow that description, and the presets are numbers ([`preset`](mod@preset)).
 
 pub mod common;
 pub mod config;
 pub mod gpt_oss;
+mod load;
 pub mod mixtral;
+pub mod preset;
 pub mod qwen3_moe;
+pub mod schema;
 pub mod synthetic;
 
 use std::collections::BTreeMap;
@@ -12,7 +17,8 @@ use std::path::Path;
 
 pub use common::{Ffn, Layer, Mlp, Model};
 pub use config::{Arch, LayerQuant, ModelConfig, QuantConfig, RopeScaling};
-pub use synthetic::{preset, presets, Preset};
+pub use preset::{preset, presets, Dims, Preset, QuantRecipe};
+pub use schema::ModelSpec;
 
 use crate::checkpoint::{read_config, save_dir, Tensors};
 use crate::error::{Error, Result};

@@ -5,7 +5,32 @@
 use serde_json::{json, Value};
 
 use super::config::{Arch, Fields, ModelConfig, RopeScaling};
+use super::preset::Dims;
+use super::schema::{decoder, Layout, ModelSpec};
 use crate::error::Result;
+use crate::moe::{Activation, RouterKind};
+
+/// mlx-lm's key layout and module options for Qwen3-MoE.
+pub(crate) const LAYOUT: Layout = Layout {
+    qkv_bias: false,
+    o_bias: false,
+    qk_norm: true,
+    sinks: false,
+    moe: "mlp",
+    router: "gate",
+    router_bias: false,
+    experts: "switch_mlp",
+    expert_bias: false,
+    activation: Activation::Swiglu,
+};
+
+/// The parameters of a Qwen3-MoE model.
+pub(crate) fn describe(c: &ModelConfig) -> ModelSpec {
+    let routing = RouterKind::SoftmaxTopK {
+        renormalize: c.norm_topk_prob,
+    };
+    decoder(c, &LAYOUT, routing)
+}
 
 pub(crate) fn parse_config(v: &Value) -> Result<ModelConfig> {
     let f = Fields(v);
@@ -28,6 +53,7 @@ pub(crate) fn parse_config(v: &Value) -> Result<ModelConfig> {
         vocab_size: f.pos("vocab_size")?,
         rms_norm_eps: f.f64_or("rms_norm_eps", 1e-6)? as f32,
         rope_theta: f.f64_or("rope_theta", 1e6)? as f32,
+        // mlx-lm's qwen3_moe uses a plain `nn.RoPE`, whatever `rope_scaling` says.
         rope_scaling: RopeScaling::Plain { scale: 1.0 },
         tie_word_embeddings: f.bool_or("tie_word_embeddings", false)?,
         num_experts: num_experts.max(1),
@@ -44,7 +70,34 @@ pub(crate) fn parse_config(v: &Value) -> Result<ModelConfig> {
     })
 }
 
-/// An mlx-lm style `config.json` for a Qwen3-MoE model (without `quantization`).
+/// An mlx-lm style `config.json` for a Qwen3-MoE model of sizes `d` (without `quantization`): every
+/// layer sparse, `d.expert_dim` per expert.
+pub fn config_for(d: &Dims, dtype: &str) -> Value {
+    json!({
+        "model_type": "qwen3_moe",
+        "architectures": ["Qwen3MoeForCausalLM"],
+        "hidden_size": d.hidden,
+        "num_hidden_layers": d.layers,
+        "intermediate_size": d.expert_dim * 4,
+        "num_attention_heads": d.heads,
+        "num_key_value_heads": d.kv_heads,
+        "head_dim": d.head_dim,
+        "num_experts": d.experts,
+        "num_experts_per_tok": d.top_k,
+        "decoder_sparse_step": 1,
+        "mlp_only_layers": [],
+        "moe_intermediate_size": d.expert_dim,
+        "rms_norm_eps": 1e-6,
+        "vocab_size": d.vocab,
+        "rope_theta": 1000000.0,
+        "tie_word_embeddings": false,
+        "max_position_embeddings": 32768,
+        "norm_topk_prob": true,
+        "torch_dtype": dtype,
+    })
+}
+
+/// [`config_for`] with the sizes given one by one.
 #[allow(clippy::too_many_arguments)]
 pub fn config_json(
     hidden: i32,
@@ -58,26 +111,17 @@ pub fn config_json(
     vocab: i32,
     dtype: &str,
 ) -> Value {
-    json!({
-        "model_type": "qwen3_moe",
-        "architectures": ["Qwen3MoeForCausalLM"],
-        "hidden_size": hidden,
-        "num_hidden_layers": layers,
-        "intermediate_size": moe_inter * 4,
-        "num_attention_heads": heads,
-        "num_key_value_heads": kv_heads,
-        "head_dim": head_dim,
-        "num_experts": experts,
-        "num_experts_per_tok": top_k,
-        "decoder_sparse_step": 1,
-        "mlp_only_layers": [],
-        "moe_intermediate_size": moe_inter,
-        "rms_norm_eps": 1e-6,
-        "vocab_size": vocab,
-        "rope_theta": 1000000.0,
-        "tie_word_embeddings": false,
-        "max_position_embeddings": 32768,
-        "norm_topk_prob": true,
-        "torch_dtype": dtype,
-    })
+    let d = Dims {
+        hidden,
+        layers,
+        heads,
+        kv_heads,
+        head_dim,
+        experts,
+        top_k,
+        expert_dim: moe_inter,
+        vocab,
+        window: None,
+    };
+    config_for(&d, dtype)
 }
