@@ -133,7 +133,12 @@ mod tests {
     #[test]
     fn measures_a_positive_bandwidth() {
         let bw = measure_read(16 << 20, 2, 2).expect("measure");
-        assert!(bw.bytes_per_sec > 1e8, "implausible bandwidth {:?}", bw);
+        // Only the sign and finiteness: on a loaded 2-core host a 16 MiB read has measured 89 MB/s.
+        assert!(
+            bw.bytes_per_sec > 0.0 && bw.bytes_per_sec.is_finite(),
+            "implausible bandwidth {:?}",
+            bw
+        );
         assert_eq!(bw.threads, 2);
     }
 
@@ -142,7 +147,11 @@ mod tests {
         let p = ReadProbe::new(16 << 20, 2).expect("probe");
         for _ in 0..2 {
             let bw = p.measure(1).expect("measure");
-            assert!(bw.bytes_per_sec > 1e8, "implausible bandwidth {:?}", bw);
+            assert!(
+                bw.bytes_per_sec > 0.0 && bw.bytes_per_sec.is_finite(),
+                "implausible bandwidth {:?}",
+                bw
+            );
             assert_eq!(bw.buffer_bytes, 16 << 20);
         }
         assert!(p.measure(0).is_err());
