@@ -78,6 +78,37 @@ pub struct Linear {
     pub weight: Weight,
     /// `[out]`.
     pub bias: Option<Array>,
+    /// A low-rank adapter trained on top of the frozen weight, if any.
+    pub lora: Option<Lora>,
+}
+
+/// A low-rank adapter (LoRA, as mlx-lm's `LoRALinear`): the layer's output plus
+/// `scale * (x @ a) @ b`, cast to the output's dtype. `a` `[in, r]`, `b` `[r, out]`.
+#[derive(Clone, Debug)]
+pub struct Lora {
+    /// `[in, r]`.
+    pub a: Array,
+    /// `[r, out]`.
+    pub b: Array,
+    /// The adapter's scale (mlx-lm: `scale`, 20 by default in its LoRA configs).
+    pub scale: f32,
+}
+
+impl Lora {
+    /// `y + scale * (x @ a) @ b` for a layer with `in_dims` inputs whose output is `y`.
+    pub fn apply(&self, x: &Array, y: &Array, in_dims: i32) -> Result<Array> {
+        let out_dims = *y.shape().last().unwrap_or(&0);
+        let (sa, sb) = (self.a.shape(), self.b.shape());
+        if sa.len() != 2 || sb.len() != 2 || sa[0] != in_dims || sb[1] != out_dims || sa[1] != sb[0]
+        {
+            return Err(Error::invalid(format!(
+                "LoRA adapter shapes a {sa:?}, b {sb:?} do not fit a layer [{out_dims}, {in_dims}] (want a [{in_dims}, r], b [r, {out_dims}])"
+            )));
+        }
+        let z = ops::matmul(ops::matmul(x, &self.a)?, &self.b)?;
+        let z = ops::multiply(&z, Array::from_f32(self.scale))?.as_dtype(y.dtype())?;
+        Ok(ops::add(y, &z)?)
+    }
 }
 
 impl Linear {
@@ -99,14 +130,22 @@ impl Linear {
             )));
         }
         let y = match (&self.weight, path) {
-            (Weight::Dense(w), _) => ops::matmul(x, w.t())?,
-            (Weight::Quantized(q), MoePath::Reference) => quantized_matmul(x, q, true)?,
             (Weight::Quantized(q), MoePath::Fused) => {
-                return crate::fused::quantized_linear(x, q, self.bias.as_ref())
+                crate::fused::quantized_linear(x, q, self.bias.as_ref())?
+            }
+            (w, _) => {
+                let y = match w {
+                    Weight::Dense(w) => ops::matmul(x, w.t())?,
+                    Weight::Quantized(q) => quantized_matmul(x, q, true)?,
+                };
+                match &self.bias {
+                    Some(b) => ops::add(&y, b)?,
+                    None => y,
+                }
             }
         };
-        match &self.bias {
-            Some(b) => Ok(ops::add(&y, b)?),
+        match &self.lora {
+            Some(l) => l.apply(x, &y, k),
             None => Ok(y),
         }
     }
@@ -119,6 +158,17 @@ impl Linear {
                 .bias
                 .as_ref()
                 .map(|b| b.as_dtype(Dtype::Float32))
+                .transpose()?,
+            lora: self
+                .lora
+                .as_ref()
+                .map(|l| -> Result<Lora> {
+                    Ok(Lora {
+                        a: l.a.as_dtype(Dtype::Float32)?,
+                        b: l.b.as_dtype(Dtype::Float32)?,
+                        scale: l.scale,
+                    })
+                })
                 .transpose()?,
         })
     }
@@ -167,6 +217,7 @@ impl Embedding {
         Linear {
             weight: self.weight.clone(),
             bias: None,
+            lora: None,
         }
         .forward_path(x, path)
     }
@@ -192,6 +243,24 @@ impl RmsNorm {
     /// Normalises over the last axis.
     pub fn forward(&self, x: &Array) -> Result<Array> {
         Ok(mlx_rs::fast::rms_norm(x, Some(&self.weight), self.eps)?)
+    }
+
+    /// `h = x + residual` and this norm of `h`, returned as `(h, norm(h))`: on [`MoePath::Fused`] one
+    /// [`crate::fused::add_rms_norm`], on [`MoePath::Reference`] MLX's `add` then `rms_norm` (mlx-lm).
+    pub fn add_forward(
+        &self,
+        x: &Array,
+        residual: &Array,
+        path: MoePath,
+    ) -> Result<(Array, Array)> {
+        match path {
+            MoePath::Fused => crate::fused::add_rms_norm(x, residual, Some(&self.weight), self.eps),
+            MoePath::Reference => {
+                let h = ops::add(x, residual)?;
+                let y = self.forward(&h)?;
+                Ok((h, y))
+            }
+        }
     }
 
     /// Float32 copy.

@@ -148,6 +148,7 @@ fn routers_pick_the_top_experts() {
             gate: Linear {
                 weight: Weight::Dense(w.clone()),
                 bias: None,
+                lora: None,
             },
             top_k: 4,
             kind: kind.clone(),
@@ -199,6 +200,7 @@ fn routers_pick_the_top_experts() {
         gate: Linear {
             weight: Weight::Dense(w),
             bias: None,
+            lora: None,
         },
         top_k: 17,
         kind: RouterKind::TopKSoftmax,

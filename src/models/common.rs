@@ -1,7 +1,7 @@
 //! The decoder-only MoE transformer shared by all supported architectures and its float32 oracle form
 //! (built from a checkpoint's tensors in `load.rs`).
 
-use mlx_rs::{ops, Array, Dtype};
+use mlx_rs::{Array, Dtype};
 
 use super::config::{ModelConfig, RopeScaling};
 use crate::error::{Error, Result};
@@ -41,7 +41,7 @@ impl Mlp {
 #[derive(Clone, Debug)]
 pub enum Ffn {
     /// Dense MLP.
-    Dense(Mlp),
+    Dense(Box<Mlp>),
     /// Sparse MoE.
     Moe(Box<SparseMoe>),
 }
@@ -186,20 +186,24 @@ impl Model {
         };
         // The fused path computes its activations (residual stream, attention, KV cache, logits) in
         // float32 from here on; the reference path keeps the model's dtype, as mlx-lm.
+        // Each residual add is followed by the next norm (the FFN's, the next layer's input norm, the
+        // final norm): the fused path does both in one add_rms_norm.
         let mut h = self.embed.forward_path(ids, path)?;
-        for (layer, c) in self.layers.iter().zip(cache.iter_mut()) {
-            let r = layer
-                .attn
-                .forward(&layer.input_norm.forward(&h)?, c, path)?;
-            h = ops::add(&h, &r)?;
-            let x = layer.post_attn_norm.forward(&h)?;
+        let mut x = match self.layers.first() {
+            Some(l) => l.input_norm.forward(&h)?,
+            None => self.norm.forward(&h)?,
+        };
+        for (i, (layer, c)) in self.layers.iter().zip(cache.iter_mut()).enumerate() {
+            let r = layer.attn.forward(&x, c, path)?;
+            let (h1, x1) = layer.post_attn_norm.add_forward(&h, &r, path)?;
             let r = match &layer.ffn {
-                Ffn::Dense(m) => m.forward(&x, path)?,
-                Ffn::Moe(m) => m.forward(&x, path)?,
+                Ffn::Dense(m) => m.forward(&x1, path)?,
+                Ffn::Moe(m) => m.forward(&x1, path)?,
             };
-            h = ops::add(&h, &r)?;
+            let next = self.layers.get(i + 1).map_or(&self.norm, |l| &l.input_norm);
+            (h, x) = next.add_forward(&h1, &r, path)?;
         }
-        let h = self.norm.forward(&h)?;
+        let h = x;
         match &self.lm_head {
             Some(l) => l.forward_path(&h, path),
             None => self.embed.as_linear(&h, path),
@@ -218,7 +222,7 @@ impl Model {
                     input_norm: l.input_norm.to_f32()?,
                     post_attn_norm: l.post_attn_norm.to_f32()?,
                     ffn: match &l.ffn {
-                        Ffn::Dense(m) => Ffn::Dense(m.to_f32()?),
+                        Ffn::Dense(m) => Ffn::Dense(Box::new(m.to_f32()?)),
                         Ffn::Moe(m) => Ffn::Moe(Box::new(m.to_f32()?)),
                     },
                 })

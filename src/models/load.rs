@@ -104,6 +104,7 @@ fn linear(t: &mut Tensors, s: &LinearSpec) -> Result<Linear> {
     Ok(Linear {
         weight: weight(t, &s.weight)?,
         bias: optional(t, &s.bias)?,
+        lora: None,
     })
 }
 
@@ -200,7 +201,7 @@ impl Model {
                 let attn = attention(t, &l.attn, &cfg, &rope)?;
                 let ffn = match &l.ffn {
                     FfnSpec::Moe(m) => Ffn::Moe(Box::new(moe(t, m, &cfg)?)),
-                    FfnSpec::Dense(m) => Ffn::Dense(mlp(t, m)?),
+                    FfnSpec::Dense(m) => Ffn::Dense(Box::new(mlp(t, m)?)),
                 };
                 Ok(Layer {
                     attn,

@@ -45,11 +45,13 @@ pub struct Router {
     pub correction_bias: Option<Array>,
 }
 
-/// Indices of the `k` largest entries along the last axis (unordered), as mlx-lm: `argpartition(a, -k)[..., -k:]`.
+/// Indices of the `k` largest entries along the last axis (unordered), as mlx-lm:
+/// `stop_gradient(argpartition(a, -k)[..., -k:])` (indices have no derivative; MLX's gather_qmm and the
+/// fused ops refuse to differentiate with respect to them).
 fn topk_indices(a: &Array, k: i32) -> Result<Array> {
     let n = *a.shape().last().unwrap_or(&0);
     let part = ops::argpartition_axis(a, n - k, -1)?;
-    slice_axis(&part, -1, n - k, n)
+    Ok(mlx_rs::stop_gradient(slice_axis(&part, -1, n - k, n)?)?)
 }
 
 impl Router {
