@@ -22,9 +22,11 @@ pub mod membw;
 pub mod models;
 pub mod moe;
 pub mod nn;
+pub mod path;
 pub mod quant;
 pub mod runtime;
 pub mod tokenizer;
 
 pub use error::{Error, Result};
+pub use path::MoePath;
 pub use quant::{QuantMode, QuantizedWeight};
