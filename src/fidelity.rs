@@ -14,7 +14,7 @@ use mlx_rs::{Array, Dtype};
 use crate::error::{Error, Result};
 use crate::generate::{argmax, last_logits};
 use crate::models::Model;
-use crate::moe::MoePath;
+use crate::path::MoePath;
 
 /// The numbers of the verdict (one place).
 #[derive(Clone, Copy, Debug, PartialEq)]

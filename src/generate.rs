@@ -7,7 +7,7 @@ use mlx_rs::{ops, Array, Dtype};
 use crate::array::{slice_axis, to_f32_vec};
 use crate::error::{Error, Result};
 use crate::models::Model;
-use crate::moe::MoePath;
+use crate::path::MoePath;
 
 /// How the next token is chosen.
 #[derive(Clone, Copy, Debug, PartialEq)]

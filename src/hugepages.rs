@@ -71,9 +71,15 @@ pub fn promote(arrays: &[&Array]) -> Result<HugePages> {
     Ok(r)
 }
 
+/// [`promote`] for a buffer of this process (e.g. a large `Vec` that is read like weights): the 2 MiB-aligned
+/// interior of `buf`; nothing outside it is touched.
+pub fn promote_slice<T>(buf: &[T]) -> HugePages {
+    promote_bytes(buf.as_ptr().cast(), std::mem::size_of_val(buf))
+}
+
 /// [`promote`] for the 2 MiB-aligned interior of the `len` bytes at `ptr`, which must be one live
 /// allocation of this process (e.g. a `Vec`'s buffer); nothing outside it is touched.
-pub(crate) fn promote_bytes(ptr: *const u8, len: usize) -> HugePages {
+fn promote_bytes(ptr: *const u8, len: usize) -> HugePages {
     let mut r = HugePages {
         total_bytes: len,
         ..Default::default()

@@ -1,5 +1,5 @@
-//! Layers shared by the models: linear / embedding layers whose weight is dense or quantized, RMSNorm,
-//! rotary embedding, attention with a KV cache (optionally sliding-window and with attention sinks), all
+//! Layers shared by the models and the MoE blocks: linear / embedding layers whose weight is dense or
+//! quantized, the dense SwiGLU MLP, RMSNorm, rotary embedding, attention with a KV cache (optionally sliding-window and with attention sinks), all
 //! through mlx-rs and MLX's `fast` ops.
 
 use mlx_rs::fast::ScaledDotProductAttentionMask;
@@ -7,7 +7,8 @@ use mlx_rs::{ops, Array, Dtype};
 
 use crate::array::slice_axis;
 use crate::error::{Error, Result};
-use crate::moe::MoePath;
+use crate::fused::Activation;
+use crate::path::MoePath;
 use crate::quant::{dequantize, dequantize_f32, quantized_matmul, QuantizedWeight};
 
 /// A weight matrix `[N, K]` (or stack `[E, N, K]`): dense, or quantized in some mode.
@@ -170,6 +171,35 @@ impl Linear {
                     })
                 })
                 .transpose()?,
+        })
+    }
+}
+
+/// Dense SwiGLU MLP (non-MoE layers, shared experts).
+#[derive(Clone, Debug)]
+pub struct Mlp {
+    /// Gate.
+    pub gate_proj: Linear,
+    /// Up.
+    pub up_proj: Linear,
+    /// Down.
+    pub down_proj: Linear,
+}
+
+impl Mlp {
+    /// `down(silu(gate(x)) * up(x))`, the projections on `path` (see [`Linear::forward_path`]).
+    pub fn forward(&self, x: &Array, path: MoePath) -> Result<Array> {
+        let g = self.gate_proj.forward_path(x, path)?;
+        let u = self.up_proj.forward_path(x, path)?;
+        let h = Activation::Swiglu.apply(&g, &u)?;
+        self.down_proj.forward_path(&h, path)
+    }
+    /// Float32 copy.
+    pub fn to_f32(&self) -> Result<Mlp> {
+        Ok(Mlp {
+            gate_proj: self.gate_proj.to_f32()?,
+            up_proj: self.up_proj.to_f32()?,
+            down_proj: self.down_proj.to_f32()?,
         })
     }
 }

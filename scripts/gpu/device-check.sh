@@ -85,8 +85,8 @@ for s in "${list[@]}"; do
         "$BIN/kernel_bench" "${KB_LAYERS:-qwen3}" "${KB_TOKENS:-1}"
       ;;
     tests) run_step tests "${TESTS_LIMIT:-300}" bash "$0" __tests ;;
-    bench) run_step bench "${BENCH_LIMIT:-400}" "$BIN/zmlx" --device gpu bench --budget "${BUDGET:-0.5}" ;;
-    bench-qwen3) run_step bench-qwen3 200 "$BIN/zmlx" --device gpu bench --layer qwen3 --budget "${BUDGET:-0.5}" ;;
+    bench) run_step bench "${BENCH_LIMIT:-400}" "$BIN/zmlx" --device gpu bench layer --budget "${BUDGET:-0.5}" ;;
+    bench-qwen3) run_step bench-qwen3 200 "$BIN/zmlx" --device gpu bench layer --layer qwen3 --budget "${BUDGET:-0.5}" ;;
     default) run_step default "${DEFAULT_LIMIT:-200}" "$BIN/zmlx" --device gpu ;;
     validate)
       run_step validate-gpt-oss "${VALIDATE_LIMIT:-150}" "$BIN/zmlx" --device gpu validate --synthetic gpt-oss-tiny --steps 64
@@ -96,7 +96,7 @@ for s in "${list[@]}"; do
       run_step ncu "${NCU_LIMIT:-150}" ncu --clock-control none --kernel-name regex:zmlx_moe --launch-skip 20 --launch-count 4 \
         --section SpeedOfLight --section Occupancy --section SchedulerStats --section WarpStateStats \
         --metrics gpu__time_duration.sum,dram__bytes_read.sum,launch__registers_per_thread,launch__grid_size \
-        "$BIN/zmlx" --device gpu bench --layer qwen3 --tokens 1,4 --budget 0.05 --iters 20
+        "$BIN/zmlx" --device gpu bench layer --layer qwen3 --tokens 1,4 --budget 0.05 --iters 20
       ;;
     *) echo "unknown step $s" ;;
   esac

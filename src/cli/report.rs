@@ -2,10 +2,12 @@
 
 use anyhow::Result;
 
-use zmlx::bench::LayerTiming;
 use zmlx::fidelity::Report;
 use zmlx::generate::Generation;
 use zmlx::models::Model;
+
+use super::bench::layer::{LayerRow, PairedBlock, CHAIN_LAYERS};
+use super::bench::model::LayerTiming;
 
 pub fn header() -> Result<()> {
     let dev = zmlx::runtime::default_device()?;
@@ -187,8 +189,8 @@ pub fn layer_errors(rows: &[zmlx::fidelity::LayerError]) {
 pub fn layer_header() {
     println!(
         "  (one layer per eval: each timed call evaluates one layer, as MLX's column does; {} layers per eval:\n   the fused path with {} layers chained on a residual stream in one evaluation, as in decoding, time per layer)",
-        zmlx::bench::CHAIN_LAYERS,
-        zmlx::bench::CHAIN_LAYERS
+        CHAIN_LAYERS,
+        CHAIN_LAYERS
     );
     println!(
         "  {:>4} {:>11} {:>14} {:>9} | {:>9} {:>8} {:>7} {:>6} | {:>9} {:>8} {:>7} {:>6}  calls (MLX/one/chains)",
@@ -200,7 +202,7 @@ pub fn layer_header() {
         "per eval",
         "",
         "",
-        format!("{} layers", zmlx::bench::CHAIN_LAYERS),
+        format!("{} layers", CHAIN_LAYERS),
         "per eval",
         "",
         ""
@@ -225,7 +227,7 @@ pub fn layer_header() {
 pub fn layer_header_gpu() {
     println!(
         "  (one layer per eval: each timed call evaluates one layer; {n} layers per eval: {n} layers chained on a\n   residual stream in one evaluation, as in decoding, time per layer; both paths both ways. \"of bw\":\n   expert-weight bytes / time over the copy bandwidth measured before each block of calls)",
-        n = zmlx::bench::CHAIN_LAYERS
+        n = CHAIN_LAYERS
     );
     println!(
         "  {:>4} {:>14} {:>9} | {:>10} {:>10} {:>8} | {:>10} {:>10} {:>8} {:>8} {:>6}  calls (MLX/fused one, chains MLX/fused)",
@@ -234,7 +236,7 @@ pub fn layer_header_gpu() {
 }
 
 /// One row of the GPU layer benchmark: both paths one layer per evaluation and chained.
-pub fn layer_row_gpu(r: &zmlx::bench::LayerRow, peak_gb_s: f64) {
+pub fn layer_row_gpu(r: &LayerRow, peak_gb_s: f64) {
     let chain = r.chain_fraction().unwrap_or(r.chain_gb_per_s() / peak_gb_s);
     let mlx_chain = r.mlx_chain_s.unwrap_or(f64::NAN);
     println!(
@@ -262,7 +264,7 @@ pub fn layer_row_gpu(r: &zmlx::bench::LayerRow, peak_gb_s: f64) {
 
 /// One row of the layer benchmark. The "peak" columns: the rows' fractions of the read bandwidth
 /// measured alongside their blocks of calls where there are blocks, else of `peak_gb_s`.
-pub fn layer_row(r: &zmlx::bench::LayerRow, peak_gb_s: f64) {
+pub fn layer_row(r: &LayerRow, peak_gb_s: f64) {
     let fused = r.fused_fraction().unwrap_or(r.fused_gb_per_s() / peak_gb_s);
     let chain = r.chain_fraction().unwrap_or(r.chain_gb_per_s() / peak_gb_s);
     println!(
@@ -283,7 +285,7 @@ pub fn layer_row(r: &zmlx::bench::LayerRow, peak_gb_s: f64) {
         r.fused_iters,
         r.chain_iters
     );
-    let range = |b: &[zmlx::bench::PairedBlock]| {
+    let range = |b: &[PairedBlock]| {
         let lo = b.iter().map(|b| b.probe_gb_s).fold(f64::INFINITY, f64::min);
         let hi = b.iter().map(|b| b.probe_gb_s).fold(0.0, f64::max);
         format!("{} blocks, {lo:.1}-{hi:.1} GB/s", b.len())

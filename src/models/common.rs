@@ -5,37 +5,8 @@ use mlx_rs::{Array, Dtype};
 
 use super::config::{ModelConfig, RopeScaling};
 use crate::error::{Error, Result};
-use crate::moe::{Activation, ExpertWeight, MoePath, SparseMoe};
-use crate::nn::{Attention, Embedding, KvCache, Linear, RmsNorm, Rope};
-
-/// Dense SwiGLU MLP (non-MoE layers, shared experts).
-#[derive(Clone, Debug)]
-pub struct Mlp {
-    /// Gate.
-    pub gate_proj: Linear,
-    /// Up.
-    pub up_proj: Linear,
-    /// Down.
-    pub down_proj: Linear,
-}
-
-impl Mlp {
-    /// `down(silu(gate(x)) * up(x))`, the projections on `path` (see [`Linear::forward_path`]).
-    pub fn forward(&self, x: &Array, path: MoePath) -> Result<Array> {
-        let g = self.gate_proj.forward_path(x, path)?;
-        let u = self.up_proj.forward_path(x, path)?;
-        let h = Activation::Swiglu.apply(&g, &u)?;
-        self.down_proj.forward_path(&h, path)
-    }
-    /// Float32 copy.
-    pub fn to_f32(&self) -> Result<Mlp> {
-        Ok(Mlp {
-            gate_proj: self.gate_proj.to_f32()?,
-            up_proj: self.up_proj.to_f32()?,
-            down_proj: self.down_proj.to_f32()?,
-        })
-    }
-}
+use crate::moe::{ExpertWeight, MoePath, SparseMoe};
+use crate::nn::{Attention, Embedding, KvCache, Linear, Mlp, RmsNorm, Rope};
 
 /// The feed-forward part of a layer.
 #[derive(Clone, Debug)]

@@ -15,7 +15,9 @@ pub mod synthetic;
 use std::collections::BTreeMap;
 use std::path::Path;
 
-pub use common::{Ffn, Layer, Mlp, Model};
+/// Re-exported from [`crate::nn`], where the layers shared by models and MoE blocks live.
+pub use crate::nn::Mlp;
+pub use common::{Ffn, Layer, Model};
 pub use config::{Arch, LayerQuant, ModelConfig, QuantConfig, RopeScaling};
 pub use preset::{preset, presets, Dims, Preset, QuantRecipe};
 pub use schema::ModelSpec;

@@ -7,12 +7,15 @@
 mod router;
 mod switch_glu;
 
+/// Re-exported from [`crate::path`], where it lives because it selects the path of every layer.
+pub use crate::path::MoePath;
 pub use router::{Router, RouterKind};
-pub use switch_glu::{Activation, ExpertWeight, MoePath, SwitchGlu, SORT_THRESHOLD};
+pub use switch_glu::{Activation, ExpertWeight, SwitchGlu, SORT_THRESHOLD};
 
 use mlx_rs::{Array, Dtype};
 
 use crate::error::Result;
+use crate::nn::Mlp;
 
 /// A sparse MoE block: router + experts (+ optional shared experts added to the routed output).
 #[derive(Clone, Debug)]
@@ -22,7 +25,7 @@ pub struct SparseMoe {
     /// The routed experts.
     pub experts: SwitchGlu,
     /// Always-on shared expert (GLM-4 MoE / Qwen2-MoE style), a dense SwiGLU MLP.
-    pub shared: Option<crate::models::common::Mlp>,
+    pub shared: Option<Mlp>,
 }
 
 impl SparseMoe {

@@ -4,8 +4,8 @@ use mlx_rs::{ops, Array, Dtype};
 
 use crate::array::slice_axis;
 use crate::error::{Error, Result};
-use crate::moe::MoePath;
 use crate::nn::Linear;
+use crate::path::MoePath;
 
 /// How router logits become expert indices and combine weights.
 #[derive(Clone, Debug, PartialEq)]

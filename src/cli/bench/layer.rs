@@ -1,79 +1,18 @@
-//! Per-layer timing of MoE blocks: fused vs MLX composed (reference) path.
+//! `bench layer`: one MoE layer at real model dimensions, MLX's composed path vs the fused path, on cold
+//! weights.
 
 use std::time::Instant;
 
 use mlx_rs::{Array, Dtype};
 
-use crate::error::{Error, Result};
-use crate::membw::ReadProbe;
-use crate::models::{Ffn, Model};
-use crate::moe::{Activation, ExpertWeight, MoePath, SwitchGlu};
-use crate::quant::{QuantMode, QuantizedWeight};
-use crate::runtime::DeviceKind;
+use zmlx::hugepages::HugePages;
+use zmlx::moe::{Activation, ExpertWeight, MoePath, SwitchGlu};
+use zmlx::quant::{QuantMode, QuantizedWeight};
+use zmlx::runtime::DeviceKind;
+use zmlx::{Error, Result};
 
-/// Timing of one MoE layer.
-#[derive(Clone, Debug)]
-pub struct LayerTiming {
-    /// Layer index.
-    pub layer: usize,
-    /// Experts / top-k.
-    pub experts: (i32, i32),
-    /// Median seconds per call, reference path.
-    pub reference_s: f64,
-    /// Median seconds per call, fused path.
-    pub fused_s: f64,
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    if v.is_empty() {
-        0.0
-    } else {
-        v[v.len() / 2]
-    }
-}
-
-/// Times every MoE layer of `model` on `tokens` random inputs: router + experts + combine, evaluated,
-/// `iters` times per path after one warm-up call; the two paths alternate to share machine noise.
-pub fn moe_layers(
-    model: &Model,
-    tokens: usize,
-    iters: usize,
-    seed: u64,
-) -> Result<Vec<LayerTiming>> {
-    let d = model.config.hidden_size;
-    let key = mlx_rs::random::key(seed)?;
-    let x = mlx_rs::random::normal::<f32>(&[1, tokens as i32, d][..], 0.0, 1.0, &key)?
-        .as_dtype(model.config.dtype)?;
-    x.eval()?;
-    let mut out = Vec::new();
-    for (i, l) in model.layers.iter().enumerate() {
-        let Ffn::Moe(m) = &l.ffn else { continue };
-        let mut times = [Vec::new(), Vec::new()];
-        for path in [MoePath::Reference, MoePath::Fused] {
-            m.forward(&x, path)?.eval()?;
-        }
-        for _ in 0..iters {
-            for (j, path) in [MoePath::Reference, MoePath::Fused].into_iter().enumerate() {
-                let t = Instant::now();
-                m.forward(&x, path)?.eval()?;
-                times[j].push(t.elapsed().as_secs_f64());
-            }
-        }
-        let [r, f] = times;
-        out.push(LayerTiming {
-            layer: i,
-            experts: (model.config.num_experts, model.config.top_k),
-            reference_s: median(r),
-            fused_s: median(f),
-        });
-    }
-    Ok(out)
-}
-
-// ---------------------------------------------------------------------------------------------------------
-// One MoE layer at real model dimensions: MLX's composed path vs the fused path, cold weights.
-// ---------------------------------------------------------------------------------------------------------
+use super::median;
+use crate::cli::membw::ReadProbe;
 
 /// Dimensions and format of one MoE layer to benchmark.
 #[derive(Clone, Debug)]
@@ -188,9 +127,11 @@ impl GpuCopyProbe {
     /// A `bytes` float32 buffer of random values on the default (GPU) device.
     pub fn new(bytes: usize) -> Result<GpuCopyProbe> {
         let n = i32::try_from(bytes / 4)
-            .map_err(|_| Error::invalid("GPU copy probe buffer too large"))?;
+            .map_err(|_| Error::InvalidArgument("GPU copy probe buffer too large".to_string()))?;
         if n < 1024 {
-            return Err(Error::invalid("GPU copy probe buffer too small"));
+            return Err(Error::InvalidArgument(
+                "GPU copy probe buffer too small".to_string(),
+            ));
         }
         let src = mlx_rs::random::uniform::<f32, f32>(0.0, 1.0, &[n], None)?;
         src.eval()?;
@@ -208,8 +149,7 @@ impl GpuCopyProbe {
 
 /// An elementwise pass that reads `a` and writes a new array (MLX elides a copy of a contiguous array).
 fn copy(a: &Array) -> Result<Array> {
-    let s = crate::array::stream();
-    crate::array::array_op(|res| unsafe { mlx_sys::mlx_negative(res, a.as_ptr(), s.as_ptr()) })
+    Ok(a.negative()?)
 }
 
 impl BandwidthProbe for GpuCopyProbe {
@@ -393,7 +333,7 @@ impl BenchLayer {
         let mut expert_bytes;
         let mut key = mlx_rs::random::key(seed)?;
         let quant = |w: Array| -> Result<QuantizedWeight> {
-            let q = crate::quant::quantize(&w, spec.mode, spec.group_size, spec.bits)?;
+            let q = zmlx::quant::quantize(&w, spec.mode, spec.group_size, spec.bits)?;
             q.eval()?;
             Ok(q)
         };
@@ -445,8 +385,8 @@ impl BenchLayer {
         })
     }
 
-    /// Backs all copies' expert weights with transparent huge pages (see [`crate::hugepages`]).
-    pub fn promote_huge_pages(&self) -> Result<crate::hugepages::HugePages> {
+    /// Backs all copies' expert weights with transparent huge pages (see [`zmlx::hugepages`]).
+    pub fn promote_huge_pages(&self) -> Result<HugePages> {
         let mut arrays = Vec::new();
         for c in &self.copies {
             arrays.extend(c.quantized_arrays());
@@ -456,7 +396,7 @@ impl BenchLayer {
                     .flatten(),
             );
         }
-        crate::hugepages::promote(&arrays)
+        zmlx::hugepages::promote(&arrays)
     }
 
     /// max |fused - MLX composed| / max |MLX composed| of one call on `tokens` random tokens (NaN in
@@ -482,13 +422,13 @@ impl BenchLayer {
         )?
         .as_dtype(spec.dtype)?;
         let layer = &self.copies[0];
-        let f = crate::array::to_f32_vec(&layer.forward_combined(
+        let f = zmlx::array::to_f32_vec(&layer.forward_combined(
             &x,
             &indices,
             &scores,
             MoePath::Fused,
         )?)?;
-        let r = crate::array::to_f32_vec(&layer.forward_combined(
+        let r = zmlx::array::to_f32_vec(&layer.forward_combined(
             &x,
             &indices,
             &scores,
@@ -535,7 +475,7 @@ impl BenchLayer {
         max_iters: usize,
         probe: Option<&dyn BandwidthProbe>,
     ) -> Result<LayerRow> {
-        let on_gpu = crate::runtime::default_device()? == DeviceKind::Gpu;
+        let on_gpu = zmlx::runtime::default_device()? == DeviceKind::Gpu;
         let spec = &self.spec;
         let t = tokens as i32;
         let mut rng = seed | 1;
