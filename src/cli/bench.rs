@@ -1,9 +1,10 @@
 //! `zmlx bench`: fused vs MLX composed MoE layers. `bench layer`: one MoE layer at real model dimensions,
 //! with the machine's bandwidth measured in the same run ([`layer`]); `bench model`: every MoE layer of a
-//! model ([`model`]).
+//! model ([`model`]); `bench norm`: the fused add_rms_norm against MLX's add + rms_norm ([`norm`]).
 
 pub mod layer;
 pub mod model;
+pub mod norm;
 
 use anyhow::Result;
 use clap::builder::PossibleValuesParser;
@@ -31,6 +32,30 @@ enum BenchCommand {
     Layer(LayerArgs),
     /// Every MoE layer of a model (--model or --synthetic): router + experts + combine on each path.
     Model(ModelArgs),
+    /// add_rms_norm (residual add + RMS norm, one pass) vs MLX's add then fast::rms_norm.
+    Norm(NormArgs),
+}
+
+#[derive(Args, Debug)]
+struct NormArgs {
+    /// Rows (tokens) per call, comma-separated.
+    #[arg(long, value_delimiter = ',', value_parser = at_least_one, default_value = "1,16,128,1024,4096")]
+    tokens: Vec<usize>,
+    /// Row length D (the model's hidden size; Qwen3-30B-A3B: 2048).
+    #[arg(long, default_value_t = 2048, value_parser = clap::value_parser!(i32).range(1..))]
+    dim: i32,
+    /// Activation dtypes, comma-separated (the fused model path runs float32 activations).
+    #[arg(long, value_delimiter = ',', default_value = "bfloat16,float32", value_parser = ["bfloat16", "float16", "float32"])]
+    dtype: Vec<String>,
+    /// Seconds of timed calls per row and mode.
+    #[arg(long, default_value_t = 1.0, value_parser = positive_secs)]
+    budget: f64,
+    /// The most calls per path, row and mode.
+    #[arg(long, default_value_t = 2000, value_parser = at_least_one)]
+    iters: usize,
+    /// Seed of the inputs.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
 }
 
 #[derive(Args, Debug)]
@@ -88,7 +113,30 @@ pub fn run(a: BenchArgs) -> Result<()> {
     match a.command {
         BenchCommand::Layer(a) => run_layer(&a),
         BenchCommand::Model(a) => run_model(&a),
+        BenchCommand::Norm(a) => run_norm(&a),
     }
+}
+
+fn run_norm(a: &NormArgs) -> Result<()> {
+    report::header()?;
+    if runtime::default_device()? == DeviceKind::Gpu {
+        println!("GPU streams: add_rms_norm is MLX's add + rms_norm there (no fused kernel yet)");
+    }
+    // The inputs of a norm are the residual stream, hot in cache in a forward pass: GB/s here are
+    // not compared with the memory's bandwidth.
+    report::norm_header(norm::CHAIN);
+    for (i, dt) in a.dtype.iter().enumerate() {
+        let dtype = match dt.as_str() {
+            "float32" => zmlx::mlx_rs::Dtype::Float32,
+            "float16" => zmlx::mlx_rs::Dtype::Float16,
+            _ => zmlx::mlx_rs::Dtype::Bfloat16,
+        };
+        for (j, &t) in a.tokens.iter().enumerate() {
+            let seed = a.seed.wrapping_add((i * 1000 + j) as u64);
+            report::norm_row(&norm::time(t, a.dim, dtype, a.budget, a.iters, seed)?);
+        }
+    }
+    Ok(())
 }
 
 fn run_model(a: &ModelArgs) -> Result<()> {

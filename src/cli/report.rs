@@ -298,3 +298,43 @@ pub fn layer_row(r: &LayerRow, peak_gb_s: f64) {
         );
     }
 }
+
+/// Header of the `bench norm` table.
+pub fn norm_header(chain: usize) {
+    println!(
+        "  (one call per eval: x + r and the norm, both outputs evaluated; chained: {chain} residual steps in one\n   eval, time per step; GB/s: x and r read, h and y written, per chained fused step (cache-resident\n   inputs, as in a forward pass); agreement: max |fused y - MLX y| / max |MLX y|)"
+    );
+    println!(
+        "  {:>6} {:>6} {:>9} | {:>10} {:>10} {:>7} | {:>10} {:>10} {:>7} | {:>8} | {:>9}",
+        "T",
+        "D",
+        "dtype",
+        "fused µs",
+        "MLX µs",
+        "speedup",
+        "fused µs/s",
+        "MLX µs/s",
+        "speedup",
+        "GB/s",
+        "agreement"
+    );
+}
+
+/// One row of the `bench norm` table.
+pub fn norm_row(r: &super::bench::norm::NormRow) {
+    let gbs = r.bytes() / r.fused_chain_s / 1e9;
+    println!(
+        "  {:>6} {:>6} {:>9} | {:>10.1} {:>10.1} {:>6.2}x | {:>10.1} {:>10.1} {:>6.2}x | {:>8.1} | {:>9.1e}",
+        r.tokens,
+        r.d,
+        format!("{:?}", r.dtype).to_lowercase(),
+        r.fused_s * 1e6,
+        r.mlx_s * 1e6,
+        r.mlx_s / r.fused_s,
+        r.fused_chain_s * 1e6,
+        r.mlx_chain_s * 1e6,
+        r.mlx_chain_s / r.fused_chain_s,
+        gbs,
+        r.agreement
+    );
+}

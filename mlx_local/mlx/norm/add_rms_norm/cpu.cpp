@@ -1,14 +1,15 @@
 // Copyright © 2026 zmlx contributors.
 //
-// CPU evaluation of add_rms_norm: one pass per row computes and stores h = x + residual (rounded to
-// h's dtype) and the float32 sum of the rounded h squared, then a second sweep over the row (still
-// in cache) writes y = h * rsqrt(mean + eps) * weight, rounded once. Rows are spread over the fused
-// kernels' thread pool.
+// CPU evaluation of add_rms_norm, row by row in float32 buffers (a row stays in L1/L2 between the
+// steps): h = x + residual, stored rounded to h's dtype and read back as the norm sees it, the float32
+// sum of its squares, then y = h * rsqrt(mean + eps) * weight, rounded once. Rows are spread over the
+// fused kernels' thread pool.
 #include <mlx/allocator.h>
 #include <mlx/backend/cpu/encoder.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <vector>
 
 #include "mlx/moe/common/dequant.h"
@@ -55,6 +56,28 @@ struct RowView {
   }
 };
 
+// n elements of a float32 / float16 / bfloat16 buffer from element `off`, `stride` apart, as float32
+// (the dtype switch outside the loops, so the contiguous ones vectorize).
+void load_row(const void* p, Dtype t, int64_t off, int64_t stride, int64_t n, float* dst) {
+  if (stride != 1) {
+    for (int64_t j = 0; j < n; ++j) {
+      dst[j] = moe::load_float(p, t, off + j * stride);
+    }
+  } else if (t == float32) {
+    std::memcpy(dst, static_cast<const float*>(p) + off, static_cast<size_t>(n) * sizeof(float));
+  } else if (t == bfloat16) {
+    const uint16_t* s = static_cast<const uint16_t*>(p) + off;
+    for (int64_t j = 0; j < n; ++j) {
+      dst[j] = moe::bf16_to_f32(s[j]);
+    }
+  } else {
+    const uint16_t* s = static_cast<const uint16_t*>(p) + off;
+    for (int64_t j = 0; j < n; ++j) {
+      dst[j] = moe::f16_to_f32(s[j]);
+    }
+  }
+}
+
 void add_rms_norm_cpu(
     const std::vector<array>& in,
     std::vector<array>& out,
@@ -67,38 +90,49 @@ void add_rms_norm_cpu(
   }
   const int64_t rows = static_cast<int64_t>(x.size()) / D;
   const RowView xv(in[0]), rv(in[1]);
-  const void* wp = has_weight ? in[2].data<uint8_t>() : nullptr;
-  const Dtype wt = has_weight ? in[2].dtype() : float32;
-  const int64_t ws = has_weight ? in[2].strides()[0] : 0;
   void* hp = out[0].data<uint8_t>();
   void* yp = out[1].data<uint8_t>();
   const Dtype ht = out[0].dtype(), yt = out[1].dtype();
   const int64_t per = std::max<int64_t>(1, kPieceElems / D);
   const int64_t pieces = (rows + per - 1) / per;
   moe::ThreadPool::instance().parallel_for(pieces, [&](int64_t piece) {
-    thread_local std::vector<float> hv;
-    hv.resize(static_cast<size_t>(D));
+    thread_local std::vector<float> a, b, w;
+    a.resize(static_cast<size_t>(D));
+    b.resize(static_cast<size_t>(D));
+    w.assign(static_cast<size_t>(D), 1.0f);
+    if (has_weight) {
+      load_row(in[2].data<uint8_t>(), in[2].dtype(), 0, in[2].strides()[0], D, w.data());
+    }
     const int64_t r_end = std::min(rows, (piece + 1) * per);
-    const int64_t xs = xv.stride(), rs = rv.stride();
     for (int64_t r = piece * per; r < r_end; ++r) {
-      const int64_t xo = xv.row_offset(r, D), ro = rv.row_offset(r, D);
-      // Eight partial sums: the compiler may vectorize, and the sum is not one long chain.
-      float part[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+      load_row(xv.data, xv.dtype, xv.row_offset(r, D), xv.stride(), D, a.data());
+      load_row(rv.data, rv.dtype, rv.row_offset(r, D), rv.stride(), D, b.data());
       for (int64_t j = 0; j < D; ++j) {
-        const float s =
-            moe::load_float(xv.data, xv.dtype, xo + j * xs) + moe::load_float(rv.data, rv.dtype, ro + j * rs);
-        moe::store_float(hp, ht, r * D + j, s);
-        const float h = moe::load_float(hp, ht, r * D + j);
-        hv[j] = h;
-        part[j & 7] += h * h;
+        a[j] += b[j];
+      }
+      // h rounded to its dtype, and read back as the value the norm sees.
+      moe::store_floats(hp, ht, r * D, a.data(), D);
+      if (ht != float32) {
+        load_row(hp, ht, r * D, 1, D, a.data());
+      }
+      // Eight partial sums over blocks of eight (one vector register wide), then the rest.
+      float part[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+      int64_t j = 0;
+      for (; j + 8 <= D; j += 8) {
+        for (int l = 0; l < 8; ++l) {
+          part[l] += a[j + l] * a[j + l];
+        }
+      }
+      for (; j < D; ++j) {
+        part[j & 7] += a[j] * a[j];
       }
       const float ss = ((part[0] + part[1]) + (part[2] + part[3])) +
           ((part[4] + part[5]) + (part[6] + part[7]));
       const float inv = 1.0f / std::sqrt(ss / static_cast<float>(D) + eps);
-      for (int64_t j = 0; j < D; ++j) {
-        const float w = wp ? moe::load_float(wp, wt, j * ws) : 1.0f;
-        moe::store_float(yp, yt, r * D + j, hv[j] * inv * w);
+      for (int64_t k = 0; k < D; ++k) {
+        a[k] = a[k] * inv * w[k];
       }
+      moe::store_floats(yp, yt, r * D, a.data(), D);
     }
   });
 }
