@@ -5,12 +5,21 @@
 //!
 //! Inputs are fresh random numbers every run; a failing case prints its seed (set FUSED_SEED=<seed> to
 //! replay it).
+//!
+//! `ZMLX_TEST_DEVICE=gpu` runs the ops on the GPU's default stream (the CUDA kernels); the default is the
+//! CPU. With `ZMLX_GPU_POISON=1` the CUDA kernels' outputs are filled with NaN before they run, so an
+//! element a kernel does not write fails the comparison.
 
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::sync::Mutex;
 
 use mlx_sys as sys;
 use zmlx::ffi;
+
+mod common;
+
+use common::ffi::*;
+use common::{on_test_gpu, test_stream};
 
 // ------------------------------------------------------------------------------------------------
 // Tolerances (the one place). err(a) = max |a - ref64| / max |ref64|.
@@ -38,75 +47,8 @@ fn rounding(dt: Dt) -> f64 {
 static SERIAL: Mutex<()> = Mutex::new(());
 
 // ------------------------------------------------------------------------------------------------
-// Small safe layer over the C API.
+// The C API through tests/common's FFI wrappers.
 // ------------------------------------------------------------------------------------------------
-
-struct Arr(sys::mlx_array);
-
-impl Drop for Arr {
-    fn drop(&mut self) {
-        if !self.0.ctx.is_null() {
-            unsafe { sys::mlx_array_free(self.0) };
-        }
-    }
-}
-
-fn none() -> sys::mlx_array {
-    sys::mlx_array {
-        ctx: std::ptr::null_mut(),
-    }
-}
-
-fn opt(a: &Option<Arr>) -> sys::mlx_array {
-    a.as_ref().map_or_else(none, |a| a.0)
-}
-
-fn last_error() -> String {
-    unsafe { CStr::from_ptr(sys::mlx_last_error()) }
-        .to_string_lossy()
-        .into_owned()
-}
-
-fn ok(rc: c_int, what: &str) {
-    assert_eq!(rc, 0, "{what} failed: {}", last_error());
-}
-
-struct Stream(sys::mlx_stream);
-
-impl Drop for Stream {
-    fn drop(&mut self) {
-        unsafe { sys::mlx_stream_free(self.0) };
-    }
-}
-
-/// `ZMLX_TEST_DEVICE=gpu` runs these tests on the GPU's default stream (the CUDA kernels); the default
-/// is the CPU. With ZMLX_GPU_POISON=1 the CUDA kernels' outputs are filled with NaN before they run, so
-/// an element a kernel does not write fails the comparison.
-fn on_gpu() -> bool {
-    std::env::var("ZMLX_TEST_DEVICE").is_ok_and(|d| d == "gpu")
-}
-
-fn cpu() -> Stream {
-    if on_gpu() {
-        Stream(unsafe { sys::mlx_default_gpu_stream_new() })
-    } else {
-        Stream(unsafe { sys::mlx_default_cpu_stream_new() })
-    }
-}
-
-fn oi(v: Option<i32>) -> sys::mlx_optional_int {
-    sys::mlx_optional_int {
-        value: v.unwrap_or(0),
-        has_value: v.is_some(),
-    }
-}
-
-fn of(v: Option<f32>) -> sys::mlx_optional_float {
-    sys::mlx_optional_float {
-        value: v.unwrap_or(0.0),
-        has_value: v.is_some(),
-    }
-}
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Dt {
@@ -137,86 +79,18 @@ impl Dt {
 
 const DTS: [Dt; 3] = [Dt::F32, Dt::F16, Dt::Bf16];
 
-fn new_arr<T>(data: &[T], shape: &[i32], dtype: sys::mlx_dtype) -> Arr {
-    let n: i64 = shape.iter().map(|&d| d as i64).product();
-    assert_eq!(n as usize, data.len(), "data/shape mismatch");
-    let a = unsafe {
-        sys::mlx_array_new_data(
-            data.as_ptr().cast::<c_void>(),
-            shape.as_ptr(),
-            shape.len() as c_int,
-            dtype,
-        )
-    };
-    assert!(!a.ctx.is_null(), "mlx_array_new_data: {}", last_error());
-    Arr(a)
-}
-
-fn f32s(data: &[f32], shape: &[i32]) -> Arr {
-    new_arr(data, shape, sys::mlx_dtype__MLX_FLOAT32)
-}
-
-fn u32s(data: &[u32], shape: &[i32]) -> Arr {
-    new_arr(data, shape, sys::mlx_dtype__MLX_UINT32)
-}
-
-fn i32s(data: &[i32], shape: &[i32]) -> Arr {
-    new_arr(data, shape, sys::mlx_dtype__MLX_INT32)
-}
-
-fn astype(a: &Arr, t: sys::mlx_dtype, s: &Stream) -> Arr {
-    let mut r = Arr(unsafe { sys::mlx_array_new() });
-    ok(unsafe { sys::mlx_astype(&mut r.0, a.0, t, s.0) }, "astype");
-    r
-}
-
 /// A new handle to the same values (the call helpers take `Option`s of owned handles).
 fn dup(a: &Arr, s: &Stream) -> Arr {
     astype(a, dtype_of(a), s)
 }
 
 fn transpose(a: &Arr, axes: &[i32], s: &Stream) -> Arr {
-    let mut r = Arr(unsafe { sys::mlx_array_new() });
-    ok(
+    let mut r = Arr::empty();
+    check(
         unsafe { sys::mlx_transpose_axes(&mut r.0, a.0, axes.as_ptr(), axes.len(), s.0) },
         "transpose",
     );
     r
-}
-
-fn shape_of(a: &Arr) -> Vec<i32> {
-    unsafe {
-        let n = sys::mlx_array_ndim(a.0);
-        std::slice::from_raw_parts(sys::mlx_array_shape(a.0), n).to_vec()
-    }
-}
-
-fn dtype_of(a: &Arr) -> sys::mlx_dtype {
-    unsafe { sys::mlx_array_dtype(a.0) }
-}
-
-/// Evaluates `a` and returns its elements as f32 (exact for every float dtype).
-fn read(a: &Arr, s: &Stream) -> Result<Vec<f32>, String> {
-    let f = astype(a, sys::mlx_dtype__MLX_FLOAT32, s);
-    unsafe {
-        if sys::mlx_array_eval(f.0) != 0 {
-            return Err(last_error());
-        }
-        let n = sys::mlx_array_size(f.0);
-        let p = sys::mlx_array_data_float32(f.0);
-        if p.is_null() {
-            return Err(last_error());
-        }
-        Ok(std::slice::from_raw_parts(p, n).to_vec())
-    }
-}
-
-fn eval(a: &Arr) -> Result<(), String> {
-    if unsafe { sys::mlx_array_eval(a.0) } != 0 {
-        Err(last_error())
-    } else {
-        Ok(())
-    }
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -316,8 +190,8 @@ fn dequantize(
     mode: &CStr,
     s: &Stream,
 ) -> Arr {
-    let mut r = Arr(unsafe { sys::mlx_array_new() });
-    ok(
+    let mut r = Arr::empty();
+    check(
         unsafe {
             sys::mlx_dequantize(
                 &mut r.0,
@@ -364,7 +238,7 @@ fn make_weights(
     );
     let mode = CString::new(q.mode).unwrap();
     let mut parts = unsafe { sys::mlx_vector_array_new() };
-    ok(
+    check(
         unsafe {
             sys::mlx_quantize(
                 &mut parts,
@@ -380,8 +254,8 @@ fn make_weights(
     );
     let count = unsafe { sys::mlx_vector_array_size(parts) };
     let get = |i: usize| {
-        let mut a = Arr(unsafe { sys::mlx_array_new() });
-        ok(
+        let mut a = Arr::empty();
+        check(
             unsafe { sys::mlx_vector_array_get(&mut a.0, parts, i) },
             "vector get",
         );
@@ -453,8 +327,8 @@ fn make_weights(
 /// transpose it back.
 fn noncontig_view(a: &Arr, s: &Stream) -> Arr {
     let t = transpose(a, &[1, 0, 2], s);
-    let mut c = Arr(unsafe { sys::mlx_array_new() });
-    ok(
+    let mut c = Arr::empty();
+    check(
         unsafe { sys::mlx_contiguous(&mut c.0, t.0, false, s.0) },
         "contiguous",
     );
@@ -787,7 +661,7 @@ fn call_swiglu(
     } else {
         ffi::mlx_gather_qmm_swiglu
     };
-    let mut r = Arr(unsafe { sys::mlx_array_new() });
+    let mut r = Arr::empty();
     let rc = unsafe {
         f(
             &mut r.0,
@@ -954,7 +828,7 @@ fn run_swiglu_case(
 fn composed_err(composed: &Arr, want: &[f64], s: &Stream) -> Result<f64, String> {
     match read(composed, s) {
         Ok(v) => Ok(rel_err(&v, want)),
-        Err(e) if on_gpu() && e.contains("No implementation for problem shape") => {
+        Err(e) if on_test_gpu() && e.contains("No implementation for problem shape") => {
             Ok(f64::INFINITY)
         }
         Err(e) => Err(e),
@@ -962,17 +836,17 @@ fn composed_err(composed: &Arr, want: &[f64], s: &Stream) -> Result<f64, String>
 }
 
 fn simd_levels() -> Vec<&'static str> {
-    if on_gpu() {
+    if on_test_gpu() {
         return vec!["gpu"];
     }
     let mut v = vec!["portable"];
     let lvl = CString::new("auto").unwrap();
-    ok(
+    check(
         unsafe { ffi::mlx_moe_set_simd_level(lvl.as_ptr()) },
         "set simd auto",
     );
     let mut name: *const c_char = std::ptr::null();
-    ok(unsafe { ffi::mlx_moe_simd_level(&mut name) }, "simd level");
+    check(unsafe { ffi::mlx_moe_simd_level(&mut name) }, "simd level");
     let detected = unsafe { CStr::from_ptr(name) }
         .to_string_lossy()
         .into_owned();
@@ -986,11 +860,11 @@ fn simd_levels() -> Vec<&'static str> {
 }
 
 fn set_simd(level: &str) {
-    if on_gpu() {
+    if on_test_gpu() {
         return;
     }
     let l = CString::new(level).unwrap();
-    ok(
+    check(
         unsafe { ffi::mlx_moe_set_simd_level(l.as_ptr()) },
         "set simd",
     );
@@ -1007,7 +881,7 @@ fn run_matrix<C>(
     salt: u64,
     run: impl Fn(&C, Quant, Dt, u64, &Stream) -> Result<Outcome, String>,
 ) {
-    let s = cpu();
+    let s = test_stream();
     let mut failures = Vec::new();
     let mut count = 0usize;
     let mut worst = 0f64;
@@ -1217,7 +1091,7 @@ fn call_combine(
     } else {
         ffi::mlx_gather_qmm_combine
     };
-    let mut r = Arr(unsafe { sys::mlx_array_new() });
+    let mut r = Arr::empty();
     let rc = unsafe {
         f(
             &mut r.0,
@@ -1337,13 +1211,13 @@ fn combine_matches_oracle_and_composed() {
 #[test]
 fn thread_counts_agree() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    if on_gpu() {
+    if on_test_gpu() {
         eprintln!(
             "thread_counts_agree: the thread count is a CPU setting; nothing to check on the GPU"
         );
         return;
     }
-    let s = cpu();
+    let s = test_stream();
     let seed = run_seed() ^ 0x7417;
     let mut rng = Rng::new(seed);
     let q = Quant {
@@ -1371,18 +1245,18 @@ fn thread_counts_agree() {
         expert_bias: false,
     };
     let mut default_threads = 0;
-    ok(
+    check(
         unsafe { ffi::mlx_moe_num_threads(&mut default_threads) },
         "num threads",
     );
     let mut failures = Vec::new();
     for threads in [1, 3] {
-        ok(
+        check(
             unsafe { ffi::mlx_moe_set_num_threads(threads) },
             "set threads",
         );
         let mut got = 0;
-        ok(unsafe { ffi::mlx_moe_num_threads(&mut got) }, "num threads");
+        check(unsafe { ffi::mlx_moe_num_threads(&mut got) }, "num threads");
         assert_eq!(got, threads);
         for dt in DTS {
             match run_swiglu_case(&case, q, dt, seed, &s) {
@@ -1396,7 +1270,7 @@ fn thread_counts_agree() {
             }
         }
     }
-    ok(
+    check(
         unsafe { ffi::mlx_moe_set_num_threads(default_threads) },
         "restore threads",
     );
@@ -1474,7 +1348,7 @@ fn swiglu_error(p: &Problem, a: SwigluArgs, s: &Stream) -> Option<String> {
         ffi::mlx_gather_qmm_swiglu,
         ffi::mlx_gather_qmm_swiglu_reference,
     ] {
-        let mut r = Arr(unsafe { sys::mlx_array_new() });
+        let mut r = Arr::empty();
         let rc = unsafe {
             f(
                 &mut r.0,
@@ -1521,7 +1395,7 @@ fn expect_err(msg: Option<String>, needle: &str) {
 
 #[test]
 fn swiglu_validation_errors() {
-    let s = cpu();
+    let s = test_stream();
     let p = problem(AFFINE4, &s);
     let pf = problem(MXFP4, &s);
     // Sanity: the unmodified problem is valid.
@@ -1819,7 +1693,7 @@ fn swiglu_validation_errors() {
         "gate_bias must be float32, float16 or bfloat16",
     );
     // Null mode string.
-    let mut r = Arr(unsafe { sys::mlx_array_new() });
+    let mut r = Arr::empty();
     let rc = unsafe {
         ffi::mlx_gather_qmm_swiglu(
             &mut r.0,
@@ -1857,9 +1731,9 @@ fn swiglu_validation_errors() {
 /// evaluation, for the fused ops and the references alike, and the process carries on.
 #[test]
 fn out_of_range_indices_fail_at_eval() {
-    let s = cpu();
+    let s = test_stream();
     let p = problem(AFFINE4, &s);
-    if on_gpu() {
+    if on_test_gpu() {
         return out_of_range_indices_give_nan_rows_on_the_gpu(&p, &s);
     }
     for (fused, name) in [(true, "fused"), (false, "reference")] {
@@ -1948,7 +1822,7 @@ fn out_of_range_indices_fail_at_eval() {
 /// a thread that a watchdog gives 300 s, so a hang fails the test instead of blocking the run.
 #[test]
 fn bad_indices_never_wedge_the_stream() {
-    if on_gpu() {
+    if on_test_gpu() {
         eprintln!(
             "bad_indices_never_wedge_the_stream: CUDA streams give NaN rows (tested separately)"
         );
@@ -1957,7 +1831,7 @@ fn bad_indices_never_wedge_the_stream() {
     let (tx, rx) = std::sync::mpsc::channel::<Result<usize, String>>();
     std::thread::spawn(move || {
         let run = || -> Result<usize, String> {
-            let s = cpu();
+            let s = test_stream();
             let p = problem(AFFINE4, &s);
             let good = u32s(&[0, 1, 2, 3, 1, 0], &[3, 2]);
             let bad = u32s(&[0, 1, 2, 3, 4, 0], &[3, 2]);
@@ -2117,7 +1991,7 @@ fn out_of_range_indices_give_nan_rows_on_the_gpu(p: &Problem, s: &Stream) {
 
 #[test]
 fn combine_validation_errors() {
-    let s = cpu();
+    let s = test_stream();
     let p = problem(AFFINE4, &s);
     let h = f32s(&vec![0.25; 3 * 2 * 128], &[3, 2, 1, 128]);
     let scores = f32s(&[0.5; 6], &[3, 2]);
@@ -2242,7 +2116,7 @@ unsafe extern "C" fn closure_fn(
 
 #[test]
 fn transforms_are_not_implemented() {
-    let s = cpu();
+    let s = test_stream();
     for combine in [false, true] {
         let p = problem(AFFINE4, &s);
         let x = if combine {
@@ -2311,7 +2185,7 @@ fn shape_x(combine: bool) -> Vec<i32> {
 #[test]
 fn non_finite_activations_propagate() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let s = cpu();
+    let s = test_stream();
     let seed = run_seed() ^ 0x1f1f;
     let mut rng = Rng::new(seed);
     let (e, n, k) = (4usize, 24usize, 256usize);
@@ -2368,7 +2242,7 @@ fn non_finite_activations_propagate() {
 #[test]
 fn extreme_activation_magnitudes_match_the_oracle() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let s = cpu();
+    let s = test_stream();
     let seed = run_seed() ^ 0x5eed;
     let mut rng = Rng::new(seed);
     let (e, n, k, kk, tokens) = (4usize, 40usize, 256usize, 2usize, 4usize);
@@ -2443,8 +2317,8 @@ fn extreme_activation_magnitudes_match_the_oracle() {
 
 /// A copy of `a` made row-contiguous (evaluated).
 fn materialized(a: &Arr, s: &Stream) -> Arr {
-    let mut c = Arr(unsafe { sys::mlx_array_new() });
-    ok(
+    let mut c = Arr::empty();
+    check(
         unsafe { sys::mlx_contiguous(&mut c.0, a.0, false, s.0) },
         "contiguous",
     );
@@ -2462,8 +2336,8 @@ fn reversed_view(a: &Arr, s: &Stream) -> Arr {
 }
 
 fn broadcast_to(a: &Arr, shape: &[i32], s: &Stream) -> Arr {
-    let mut r = Arr(unsafe { sys::mlx_array_new() });
-    ok(
+    let mut r = Arr::empty();
+    check(
         unsafe { sys::mlx_broadcast_to(&mut r.0, a.0, shape.as_ptr(), shape.len(), s.0) },
         "broadcast_to",
     );
@@ -2477,7 +2351,7 @@ fn broadcast_to(a: &Arr, shape: &[i32], s: &Stream) -> Arr {
 fn fused_ops_take_inputs_in_any_layout_and_index_dtype() {
     // Bitwise comparisons: the SIMD level must not change between the calls.
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let s = cpu();
+    let s = test_stream();
     let q = AFFINE4;
     let mut rng = Rng::new(run_seed() ^ 0x1a40);
     let (e, d, inter) = (4usize, 128usize, 64usize);
@@ -2598,7 +2472,7 @@ fn fused_ops_take_inputs_in_any_layout_and_index_dtype() {
 #[test]
 fn combine_feature_major_schedule_matches_composed() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let s = cpu();
+    let s = test_stream();
     let q = AFFINE4;
     let mut rng = Rng::new(run_seed() ^ 0xfea7);
     // 130 tokens x 4 experts = 520 routed rows x 8192 outputs > the 2^22 staged floats.
