@@ -1320,6 +1320,8 @@ const MXFP4: Quant = Quant {
     bits: 4,
 };
 
+/// Arguments that replace the problem's: the outer `Option` is "replace", an inner `None` is the absent
+/// argument (the empty handle, `mlx_optional_*` without a value, a null string).
 #[derive(Default)]
 struct SwigluArgs<'a> {
     x: Option<&'a Arr>,
@@ -1331,23 +1333,26 @@ struct SwigluArgs<'a> {
     rhs: Option<Option<&'a Arr>>,
     group: Option<Option<i32>>,
     bits: Option<Option<i32>>,
-    mode: Option<&'a str>,
+    mode: Option<Option<&'a str>>,
     activation: Option<&'a str>,
     alpha: Option<f32>,
     limit: Option<f32>,
     gate_bias: Option<&'a Arr>,
 }
 
-/// Calls the fused op (and the reference, which must agree on validation) with the problem's
-/// arguments except those overridden; returns the fused op's error message (None if it succeeded).
-fn swiglu_error(p: &Problem, a: SwigluArgs, s: &Stream) -> Option<String> {
-    let mode = CString::new(a.mode.unwrap_or(p.q.mode)).unwrap();
+/// Calls the fused op and the reference with the problem's arguments except those overridden; returns
+/// their error messages (None where the call succeeded).
+fn swiglu_errors(p: &Problem, a: &SwigluArgs, s: &Stream) -> [Option<String>; 2] {
+    let mode = a
+        .mode
+        .unwrap_or(Some(p.q.mode))
+        .map(|m| CString::new(m).unwrap());
     let act = a.activation.map(|v| CString::new(v).unwrap());
-    let mut msgs = Vec::new();
-    for f in [
+    [
         ffi::mlx_gather_qmm_swiglu,
         ffi::mlx_gather_qmm_swiglu_reference,
-    ] {
+    ]
+    .map(|f| {
         let mut r = Arr::empty();
         let rc = unsafe {
             f(
@@ -1365,7 +1370,7 @@ fn swiglu_error(p: &Problem, a: SwigluArgs, s: &Stream) -> Option<String> {
                 true,
                 oi(a.group.unwrap_or(Some(p.q.group))),
                 oi(a.bits.unwrap_or(Some(p.q.bits))),
-                mode.as_ptr(),
+                mode.as_ref().map_or(std::ptr::null(), |c| c.as_ptr()),
                 false,
                 act.as_ref().map_or(std::ptr::null(), |c| c.as_ptr()),
                 of(a.alpha),
@@ -1375,21 +1380,44 @@ fn swiglu_error(p: &Problem, a: SwigluArgs, s: &Stream) -> Option<String> {
                 s.0,
             )
         };
-        msgs.push(if rc != 0 { Some(last_error()) } else { None });
-    }
-    assert_eq!(
-        msgs[0].is_some(),
-        msgs[1].is_some(),
-        "fused and reference disagree on validity: {msgs:?}"
-    );
-    msgs.swap_remove(0)
+        (rc != 0).then(last_error)
+    })
 }
 
-fn expect_err(msg: Option<String>, needle: &str) {
-    let m = msg.unwrap_or_else(|| panic!("expected an error containing {needle:?}, got success"));
+/// A validation case: what it checks, the arguments, and a fragment of the fused op's error message
+/// (None: the call must succeed).
+type ValidationCase<'a, A> = (&'static str, A, Option<&'static str>);
+
+/// Runs every case through `errors` (the fused op's and the reference's messages, None for success) and
+/// fails with the list of the cases that went wrong: the fused op and the reference must agree on
+/// validity, and the fused op's message must contain the expected fragment.
+fn check_validation<A>(cases: &[ValidationCase<A>], errors: impl Fn(&A) -> [Option<String>; 2]) {
+    let failures: Vec<String> = cases
+        .iter()
+        .filter_map(|(what, args, want)| {
+            let [fused, reference] = errors(args);
+            if fused.is_some() != reference.is_some() {
+                return Some(format!(
+                    "{what}: fused and reference disagree on validity: {fused:?} vs {reference:?}"
+                ));
+            }
+            match (fused, want) {
+                (None, None) => None,
+                (Some(m), Some(w)) if m.contains(w) => None,
+                (Some(m), Some(w)) => Some(format!("{what}: error {m:?} does not contain {w:?}")),
+                (None, Some(w)) => Some(format!(
+                    "{what}: expected an error containing {w:?}, got success"
+                )),
+                (Some(m), None) => Some(format!("{what}: expected success, got {m:?}")),
+            }
+        })
+        .collect();
     assert!(
-        m.contains(needle),
-        "error {m:?} does not contain {needle:?}"
+        failures.is_empty(),
+        "{} of {} validation cases failed:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
     );
 }
 
@@ -1398,333 +1426,307 @@ fn swiglu_validation_errors() {
     let s = test_stream();
     let p = problem(AFFINE4, &s);
     let pf = problem(MXFP4, &s);
-    // Sanity: the unmodified problem is valid.
-    assert_eq!(swiglu_error(&p, SwigluArgs::default(), &s), None);
-    assert_eq!(swiglu_error(&pf, SwigluArgs::default(), &s), None);
-
-    expect_err(
-        swiglu_error(
-            &p,
-            SwigluArgs {
-                mode: Some("int3"),
-                ..Default::default()
-            },
-            &s,
-        ),
-        "Unknown quantization mode 'int3'",
-    );
-    expect_err(
-        swiglu_error(
-            &p,
-            SwigluArgs {
-                group: Some(Some(16)),
-                ..Default::default()
-            },
-            &s,
-        ),
-        "group_size 16 is not supported for mode 'affine'",
-    );
-    expect_err(
-        swiglu_error(
-            &p,
-            SwigluArgs {
-                bits: Some(Some(7)),
-                ..Default::default()
-            },
-            &s,
-        ),
-        "bits 7 is not supported",
-    );
-    expect_err(
-        swiglu_error(
-            &pf,
-            SwigluArgs {
-                group: Some(Some(64)),
-                ..Default::default()
-            },
-            &s,
-        ),
-        "group_size 64 is not supported for mode 'mxfp4'",
-    );
-    // Defaults of the mode table (absent group/bits) are accepted.
-    assert_eq!(
-        swiglu_error(
-            &p,
-            SwigluArgs {
-                group: Some(None),
-                bits: Some(None),
-                ..Default::default()
-            },
-            &s
-        ),
-        None
-    );
-    // Weight dtype.
-    let wf = astype(&p.g.w, sys::mlx_dtype__MLX_INT32, &s);
-    expect_err(
-        swiglu_error(
-            &p,
-            SwigluArgs {
-                gw: Some(&wf),
-                ..Default::default()
-            },
-            &s,
-        ),
-        "the weight matrix must be uint32",
-    );
-    // Scales shape.
-    let bad_scales = new_arr(&[127u8; 4 * 16 * 3], &[4, 16, 3], sys::mlx_dtype__MLX_UINT8);
-    expect_err(
-        swiglu_error(
-            &pf,
-            SwigluArgs {
-                gs: Some(&bad_scales),
-                ..Default::default()
-            },
-            &s,
-        ),
-        "scales must have shape (4, 16, 2)",
-    );
-    let bad_f = f32s(&[1.0; 4 * 16 * 3], &[4, 16, 3]);
-    expect_err(
-        swiglu_error(
-            &p,
-            SwigluArgs {
-                gs: Some(&bad_f),
-                ..Default::default()
-            },
-            &s,
-        ),
-        "scales and biases must have the same shape",
-    );
-    // Affine needs biases; the fp modes must not have them; fp scales are uint8.
-    expect_err(
-        swiglu_error(
-            &p,
-            SwigluArgs {
-                gb: Some(None),
-                ..Default::default()
-            },
-            &s,
-        ),
-        "biases must be provided for mode 'affine'",
-    );
-    let fake_b = f32s(&vec![0.0; 4 * 16 * 2], &[4, 16, 2]);
-    expect_err(
-        swiglu_error(
-            &pf,
-            SwigluArgs {
-                gb: Some(Some(&fake_b)),
-                ..Default::default()
-            },
-            &s,
-        ),
-        "biases must be absent for mode 'mxfp4'",
-    );
-    let f_scales = astype(&pf.g.scales, sys::mlx_dtype__MLX_FLOAT32, &s);
-    expect_err(
-        swiglu_error(
-            &pf,
-            SwigluArgs {
-                gs: Some(&f_scales),
-                ..Default::default()
-            },
-            &s,
-        ),
-        "scales must be uint8 for mode 'mxfp4'",
-    );
-    // x dtype / rank / inner dimension.
-    let xi = astype(&p.x, sys::mlx_dtype__MLX_INT32, &s);
-    expect_err(
-        swiglu_error(
-            &p,
-            SwigluArgs {
-                x: Some(&xi),
-                ..Default::default()
-            },
-            &s,
-        ),
-        "x must be float32, float16 or bfloat16",
-    );
-    let x1 = f32s(&[1.0; 128], &[128]);
-    expect_err(
-        swiglu_error(
-            &p,
-            SwigluArgs {
-                x: Some(&x1),
-                ..Default::default()
-            },
-            &s,
-        ),
-        "at least two dimensions",
-    );
-    let xk = f32s(&vec![0.5; 3 * 64], &[3, 1, 1, 64]);
-    expect_err(
-        swiglu_error(
-            &p,
-            SwigluArgs {
-                x: Some(&xk),
-                ..Default::default()
-            },
-            &s,
-        ),
-        "does not match the expanded quantized matrix",
-    );
-    // gate vs up.
+    // Replacement arguments, each wrong in one way.
+    let w_int = astype(&p.g.w, sys::mlx_dtype__MLX_INT32, &s);
+    let scales_k3 = new_arr(&[127u8; 4 * 16 * 3], &[4, 16, 3], sys::mlx_dtype__MLX_UINT8);
+    let scales_f32_k3 = f32s(&[1.0; 4 * 16 * 3], &[4, 16, 3]);
+    let fp_biases = f32s(&vec![0.0; 4 * 16 * 2], &[4, 16, 2]);
+    let fp_scales_f32 = astype(&pf.g.scales, sys::mlx_dtype__MLX_FLOAT32, &s);
+    let x_int = astype(&p.x, sys::mlx_dtype__MLX_INT32, &s);
+    let x_1d = f32s(&[1.0; 128], &[128]);
+    let x_k64 = f32s(&vec![0.5; 3 * 64], &[3, 1, 1, 64]);
     let mut rng = Rng::new(run_seed());
-    let other = make_weights(&mut rng, 4, 8, 128, AFFINE4, Dt::F32, true, false, &s);
-    expect_err(
-        swiglu_error(
-            &p,
-            SwigluArgs {
-                u: Some(&other),
-                ..Default::default()
-            },
-            &s,
+    let up_n8 = make_weights(&mut rng, 4, 8, 128, AFFINE4, Dt::F32, true, false, &s);
+    let rhs_f32 = f32s(&[0.0; 6], &[3, 2]);
+    let lhs_5 = u32s(&[0, 1, 2, 0, 1], &[5]);
+    let gate_bias_n15 = f32s(&[0.0; 4 * 15], &[4, 15]);
+    let gate_bias_int = i32s(&[0; 4 * 16], &[4, 16]);
+
+    let cases: Vec<ValidationCase<(&Problem, SwigluArgs)>> = vec![
+        ("the affine problem", (&p, SwigluArgs::default()), None),
+        ("the mxfp4 problem", (&pf, SwigluArgs::default()), None),
+        (
+            "unknown mode",
+            (
+                &p,
+                SwigluArgs {
+                    mode: Some(Some("int3")),
+                    ..Default::default()
+                },
+            ),
+            Some("Unknown quantization mode 'int3'"),
         ),
-        "gate and up must have the same shapes",
-    );
-    // Indices: dtype and broadcasting.
-    let fi = f32s(&[0.0; 6], &[3, 2]);
-    expect_err(
-        swiglu_error(
-            &p,
-            SwigluArgs {
-                rhs: Some(Some(&fi)),
-                ..Default::default()
-            },
-            &s,
+        (
+            "affine group size",
+            (
+                &p,
+                SwigluArgs {
+                    group: Some(Some(16)),
+                    ..Default::default()
+                },
+            ),
+            Some("group_size 16 is not supported for mode 'affine'"),
         ),
-        "rhs_indices must be integral",
-    );
-    let l5 = u32s(&[0, 1, 2, 0, 1], &[5]);
-    expect_err(
-        swiglu_error(
-            &p,
-            SwigluArgs {
-                lhs: Some(&l5),
-                ..Default::default()
-            },
-            &s,
+        (
+            "affine bits",
+            (
+                &p,
+                SwigluArgs {
+                    bits: Some(Some(7)),
+                    ..Default::default()
+                },
+            ),
+            Some("bits 7 is not supported"),
         ),
-        "cannot be broadcast together",
-    );
-    // Activation arguments.
-    expect_err(
-        swiglu_error(
-            &p,
-            SwigluArgs {
-                activation: Some("gelu"),
-                ..Default::default()
-            },
-            &s,
+        (
+            "mxfp4 group size",
+            (
+                &pf,
+                SwigluArgs {
+                    group: Some(Some(64)),
+                    ..Default::default()
+                },
+            ),
+            Some("group_size 64 is not supported for mode 'mxfp4'"),
         ),
-        "unknown activation 'gelu'",
-    );
-    expect_err(
-        swiglu_error(
-            &p,
-            SwigluArgs {
-                alpha: Some(1.0),
-                ..Default::default()
-            },
-            &s,
+        (
+            "absent group size and bits take the mode's defaults",
+            (
+                &p,
+                SwigluArgs {
+                    group: Some(None),
+                    bits: Some(None),
+                    ..Default::default()
+                },
+            ),
+            None,
         ),
-        "alpha and limit apply to the 'gpt_oss' activation only",
-    );
-    expect_err(
-        swiglu_error(
-            &p,
-            SwigluArgs {
-                activation: Some("gpt_oss"),
-                limit: Some(-1.0),
-                ..Default::default()
-            },
-            &s,
+        (
+            "weight dtype",
+            (
+                &p,
+                SwigluArgs {
+                    gw: Some(&w_int),
+                    ..Default::default()
+                },
+            ),
+            Some("the weight matrix must be uint32"),
         ),
-        "limit must be finite and positive",
-    );
-    expect_err(
-        swiglu_error(
-            &p,
-            SwigluArgs {
-                activation: Some("gpt_oss"),
-                alpha: Some(f32::NAN),
-                ..Default::default()
-            },
-            &s,
+        (
+            "mxfp4 scales shape",
+            (
+                &pf,
+                SwigluArgs {
+                    gs: Some(&scales_k3),
+                    ..Default::default()
+                },
+            ),
+            Some("scales must have shape (4, 16, 2)"),
         ),
-        "alpha must be finite",
-    );
-    assert_eq!(
-        swiglu_error(
-            &p,
-            SwigluArgs {
-                activation: Some("gpt_oss"),
-                ..Default::default()
-            },
-            &s
+        (
+            "affine scales shape differs from the biases'",
+            (
+                &p,
+                SwigluArgs {
+                    gs: Some(&scales_f32_k3),
+                    ..Default::default()
+                },
+            ),
+            Some("scales and biases must have the same shape"),
         ),
-        None
-    );
-    // Expert bias shape / dtype.
-    let eb = f32s(&[0.0; 4 * 15], &[4, 15]);
-    expect_err(
-        swiglu_error(
-            &p,
-            SwigluArgs {
-                gate_bias: Some(&eb),
-                ..Default::default()
-            },
-            &s,
+        (
+            "affine without biases",
+            (
+                &p,
+                SwigluArgs {
+                    gb: Some(None),
+                    ..Default::default()
+                },
+            ),
+            Some("biases must be provided for mode 'affine'"),
         ),
-        "gate_bias must have shape (4, 16)",
-    );
-    let ebi = i32s(&[0; 4 * 16], &[4, 16]);
-    expect_err(
-        swiglu_error(
-            &p,
-            SwigluArgs {
-                gate_bias: Some(&ebi),
-                ..Default::default()
-            },
-            &s,
+        (
+            "mxfp4 with biases",
+            (
+                &pf,
+                SwigluArgs {
+                    gb: Some(Some(&fp_biases)),
+                    ..Default::default()
+                },
+            ),
+            Some("biases must be absent for mode 'mxfp4'"),
         ),
-        "gate_bias must be float32, float16 or bfloat16",
-    );
-    // Null mode string.
-    let mut r = Arr::empty();
-    let rc = unsafe {
-        ffi::mlx_gather_qmm_swiglu(
-            &mut r.0,
-            p.x.0,
-            p.g.w.0,
-            p.g.scales.0,
-            opt(&p.g.biases),
-            p.u.w.0,
-            p.u.scales.0,
-            opt(&p.u.biases),
-            none(),
-            p.rhs.0,
-            true,
-            oi(None),
-            oi(None),
-            std::ptr::null(),
-            false,
-            std::ptr::null(),
-            of(None),
-            of(None),
-            none(),
-            none(),
-            s.0,
-        )
-    };
-    assert_ne!(rc, 0);
-    assert!(
-        last_error().contains("null string for mode"),
-        "{}",
-        last_error()
-    );
+        (
+            "mxfp4 float scales",
+            (
+                &pf,
+                SwigluArgs {
+                    gs: Some(&fp_scales_f32),
+                    ..Default::default()
+                },
+            ),
+            Some("scales must be uint8 for mode 'mxfp4'"),
+        ),
+        (
+            "x dtype",
+            (
+                &p,
+                SwigluArgs {
+                    x: Some(&x_int),
+                    ..Default::default()
+                },
+            ),
+            Some("x must be float32, float16 or bfloat16"),
+        ),
+        (
+            "x rank",
+            (
+                &p,
+                SwigluArgs {
+                    x: Some(&x_1d),
+                    ..Default::default()
+                },
+            ),
+            Some("at least two dimensions"),
+        ),
+        (
+            "x inner dimension",
+            (
+                &p,
+                SwigluArgs {
+                    x: Some(&x_k64),
+                    ..Default::default()
+                },
+            ),
+            Some("does not match the expanded quantized matrix"),
+        ),
+        (
+            "gate and up shapes",
+            (
+                &p,
+                SwigluArgs {
+                    u: Some(&up_n8),
+                    ..Default::default()
+                },
+            ),
+            Some("gate and up must have the same shapes"),
+        ),
+        (
+            "float expert indices",
+            (
+                &p,
+                SwigluArgs {
+                    rhs: Some(Some(&rhs_f32)),
+                    ..Default::default()
+                },
+            ),
+            Some("rhs_indices must be integral"),
+        ),
+        (
+            "indices that do not broadcast",
+            (
+                &p,
+                SwigluArgs {
+                    lhs: Some(&lhs_5),
+                    ..Default::default()
+                },
+            ),
+            Some("cannot be broadcast together"),
+        ),
+        (
+            "unknown activation",
+            (
+                &p,
+                SwigluArgs {
+                    activation: Some("gelu"),
+                    ..Default::default()
+                },
+            ),
+            Some("unknown activation 'gelu'"),
+        ),
+        (
+            "alpha with swiglu",
+            (
+                &p,
+                SwigluArgs {
+                    alpha: Some(1.0),
+                    ..Default::default()
+                },
+            ),
+            Some("alpha and limit apply to the 'gpt_oss' activation only"),
+        ),
+        (
+            "negative limit",
+            (
+                &p,
+                SwigluArgs {
+                    activation: Some("gpt_oss"),
+                    limit: Some(-1.0),
+                    ..Default::default()
+                },
+            ),
+            Some("limit must be finite and positive"),
+        ),
+        (
+            "NaN alpha",
+            (
+                &p,
+                SwigluArgs {
+                    activation: Some("gpt_oss"),
+                    alpha: Some(f32::NAN),
+                    ..Default::default()
+                },
+            ),
+            Some("alpha must be finite"),
+        ),
+        (
+            "gpt_oss with its default alpha and limit",
+            (
+                &p,
+                SwigluArgs {
+                    activation: Some("gpt_oss"),
+                    ..Default::default()
+                },
+            ),
+            None,
+        ),
+        (
+            "expert bias shape",
+            (
+                &p,
+                SwigluArgs {
+                    gate_bias: Some(&gate_bias_n15),
+                    ..Default::default()
+                },
+            ),
+            Some("gate_bias must have shape (4, 16)"),
+        ),
+        (
+            "expert bias dtype",
+            (
+                &p,
+                SwigluArgs {
+                    gate_bias: Some(&gate_bias_int),
+                    ..Default::default()
+                },
+            ),
+            Some("gate_bias must be float32, float16 or bfloat16"),
+        ),
+        (
+            "null mode string",
+            (
+                &p,
+                SwigluArgs {
+                    mode: Some(None),
+                    group: Some(None),
+                    bits: Some(None),
+                    ..Default::default()
+                },
+            ),
+            Some("null string for mode"),
+        ),
+    ];
+    check_validation(&cases, |(p, args)| swiglu_errors(p, args, &s));
 }
 
 /// An expert index >= E (or a negative one, or an lhs index past x's batch) is an error from
@@ -1989,6 +1991,16 @@ fn out_of_range_indices_give_nan_rows_on_the_gpu(p: &Problem, s: &Stream) {
     }
 }
 
+/// Arguments of a combine validation case.
+#[derive(Clone, Copy)]
+struct CombineArgs<'a> {
+    h: &'a Arr,
+    rhs: &'a Arr,
+    scores: &'a Arr,
+    bias: &'a Option<Arr>,
+    mode: &'static str,
+}
+
 #[test]
 fn combine_validation_errors() {
     let s = test_stream();
@@ -1996,48 +2008,81 @@ fn combine_validation_errors() {
     let h = f32s(&vec![0.25; 3 * 2 * 128], &[3, 2, 1, 128]);
     let scores = f32s(&[0.5; 6], &[3, 2]);
     let rhs = u32s(&[0, 1, 2, 3, 1, 0], &[3, 2]);
-    let run = |h: &Arr, rhs: &Arr, scores: &Arr, bias: &Option<Arr>, mode: &str| {
-        let q = Quant {
-            mode: match mode {
-                "nvfp4" => "nvfp4",
-                _ => "affine",
+    // Replacement arguments, each wrong in one way.
+    let scores_2x2 = f32s(&[0.5; 4], &[2, 2]);
+    let scores_int = i32s(&[1; 6], &[3, 2]);
+    let h_1d_batch = f32s(&vec![0.25; 128], &[1, 128]);
+    let rhs_0d = u32s(&[1], &[]);
+    let scores_0d = f32s(&[1.0], &[]);
+    let bias_n8 = Some(f32s(&[0.0; 4 * 8], &[4, 8]));
+    let h_k64 = f32s(&vec![0.25; 3 * 2 * 64], &[3, 2, 1, 64]);
+    let ok = CombineArgs {
+        h: &h,
+        rhs: &rhs,
+        scores: &scores,
+        bias: &None,
+        mode: "affine",
+    };
+
+    let cases: Vec<ValidationCase<CombineArgs>> = vec![
+        ("the affine problem", ok, None),
+        (
+            "scores that do not broadcast",
+            CombineArgs {
+                scores: &scores_2x2,
+                ..ok
             },
+            Some("do not broadcast to the batch shape"),
+        ),
+        (
+            "integer scores",
+            CombineArgs {
+                scores: &scores_int,
+                ..ok
+            },
+            Some("scores must be float32"),
+        ),
+        (
+            "0-d indices and scores",
+            CombineArgs {
+                h: &h_1d_batch,
+                rhs: &rhs_0d,
+                scores: &scores_0d,
+                ..ok
+            },
+            Some("at least one dimension"),
+        ),
+        (
+            "bias shape",
+            CombineArgs {
+                bias: &bias_n8,
+                ..ok
+            },
+            Some("bias must have shape (4, 16)"),
+        ),
+        (
+            "nvfp4 with the affine group size",
+            CombineArgs {
+                mode: "nvfp4",
+                ..ok
+            },
+            Some("group_size 64 is not supported for mode 'nvfp4'"),
+        ),
+        (
+            "h inner dimension",
+            CombineArgs { h: &h_k64, ..ok },
+            Some("does not match"),
+        ),
+    ];
+    check_validation(&cases, |a| {
+        let q = Quant {
+            mode: a.mode,
             ..p.q
         };
-        let a = call_combine(false, h, &p.g, rhs, scores, true, q, bias, &s).err();
-        let b = call_combine(true, h, &p.g, rhs, scores, true, q, bias, &s).err();
-        assert_eq!(a.is_some(), b.is_some(), "fused {a:?} vs reference {b:?}");
-        a
-    };
-    assert_eq!(run(&h, &rhs, &scores, &None, "affine"), None);
-    let bad_scores = f32s(&[0.5; 4], &[2, 2]);
-    expect_err(
-        run(&h, &rhs, &bad_scores, &None, "affine"),
-        "do not broadcast to the batch shape",
-    );
-    let int_scores = i32s(&[1; 6], &[3, 2]);
-    expect_err(
-        run(&h, &rhs, &int_scores, &None, "affine"),
-        "scores must be float32",
-    );
-    let h2 = f32s(&vec![0.25; 128], &[1, 128]);
-    let r0 = u32s(&[1], &[]);
-    let s0 = f32s(&[1.0], &[]);
-    expect_err(
-        run(&h2, &r0, &s0, &None, "affine"),
-        "at least one dimension",
-    );
-    let bias = Some(f32s(&[0.0; 4 * 8], &[4, 8]));
-    expect_err(
-        run(&h, &rhs, &scores, &bias, "affine"),
-        "bias must have shape (4, 16)",
-    );
-    expect_err(
-        run(&h, &rhs, &scores, &None, "nvfp4"),
-        "group_size 64 is not supported for mode 'nvfp4'",
-    );
-    let hk = f32s(&vec![0.25; 3 * 2 * 64], &[3, 2, 1, 64]);
-    expect_err(run(&hk, &rhs, &scores, &None, "affine"), "does not match");
+        [false, true].map(|reference| {
+            call_combine(reference, a.h, &p.g, a.rhs, a.scores, true, q, a.bias, &s).err()
+        })
+    });
 }
 
 // ------------------------------------------------------------------------------------------------
