@@ -10,20 +10,24 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target/sanitize}
 export CXXFLAGS="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined"
 # The runtimes are named explicitly: the linker rustc drives (rust-lld) does not add them for -fsanitize.
 export RUSTFLAGS="-C link-arg=-fsanitize=address,undefined -C link-arg=-lasan -C link-arg=-lubsan"
-tests=(smoke capi_ext capi_export fused_ops hardening quantized_linear fuzz)
+# package:test target; the C API's tests are mlx-sys's, the fused ops' zmlx's.
+tests=(mlx-sys:smoke mlx-sys:capi_ext mlx-sys:capi_export zmlx:fused_ops zmlx:hardening zmlx:quantized_linear zmlx:fuzz)
 args=()
-for t in "${tests[@]}"; do args+=(--test "$t"); done
+for pt in "${tests[@]}"; do args+=(-p "${pt%%:*}" --test "${pt#*:}"); done
 cargo test -q --release "${args[@]}" --no-run
-# libmlx's static initializers run before the test binary's own: the runtimes must be loaded first.
+# libmlx's static initializers run before the test binary's own: the runtimes must be loaded first. Cargo
+# runs the binaries through this runner (and puts libmlx on their loader path, which mlx-sys's test
+# binaries, without the zmlx binaries' rpath, need).
 preload="$(gcc -print-file-name=libasan.so):$(gcc -print-file-name=libubsan.so)"
+host=$(rustc -vV | sed -n 's/^host: //p')
+export "CARGO_TARGET_$(echo "$host" | tr 'a-z-' 'A-Z_')_RUNNER=env LD_PRELOAD=$preload"
 # MLX keeps some allocations for the process's life on purpose (its scheduler, JIT caches): no leak report.
 export ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:halt_on_error=1
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 export ZMLX_FUZZ_SECS=${ZMLX_FUZZ_SECS:-10}
 status=0
-for t in "${tests[@]}"; do
-  bin=$(ls -t "$CARGO_TARGET_DIR"/release/deps/"$t"-* | grep -v '\.d$' | head -n 1)
-  echo "=== $t"
-  LD_PRELOAD="$preload" "$bin" --test-threads=1 || status=1
+for pt in "${tests[@]}"; do
+  echo "=== $pt"
+  cargo test --release -p "${pt%%:*}" --test "${pt#*:}" -- --test-threads=1 || status=1
 done
 exit $status

@@ -179,7 +179,8 @@ fn swiglu(
 /// `x` `[..., M, K]`; result `B + [M, N]` where `B` is the broadcast batch of the indices.
 ///
 /// ```
-/// use zmlx::fused::{gather_qmm_swiglu, SwigluArgs};
+/// use zmlx::array::to_f32_vec;
+/// use zmlx::fused::{gather_qmm_swiglu, gather_qmm_swiglu_reference, SwigluArgs};
 /// use zmlx::mlx_rs::{random, Array};
 /// use zmlx::quant::{quantize, QuantMode};
 ///
@@ -192,6 +193,10 @@ fn swiglu(
 /// let args = SwigluArgs { rhs_indices: Some(&idx), ..Default::default() };
 /// let h = gather_qmm_swiglu(&x, &q, &q, &args).unwrap();
 /// assert_eq!(h.shape(), &[2, 2, 1, 64]);
+/// // The values of MLX's composed ops, to float32 rounding.
+/// let composed = gather_qmm_swiglu_reference(&x, &q, &q, &args).unwrap();
+/// let (got, want) = (to_f32_vec(&h).unwrap(), to_f32_vec(&composed).unwrap());
+/// assert!(got.iter().zip(&want).all(|(g, w)| (g - w).abs() <= 1e-4 * (1.0 + w.abs())));
 /// ```
 #[track_caller]
 pub fn gather_qmm_swiglu(
@@ -204,6 +209,31 @@ pub fn gather_qmm_swiglu(
 }
 
 /// [`gather_qmm_swiglu`] composed from MLX's own ops (two `gather_qmm`s, then the activation).
+///
+/// ```
+/// use zmlx::array::to_f32_vec;
+/// use zmlx::fused::{gather_qmm_swiglu_reference, Activation, SwigluArgs};
+/// use zmlx::mlx_rs::{random, Array};
+/// use zmlx::quant::{gather_qmm, quantize, QuantMode};
+///
+/// // 4 experts, intermediate size 64, hidden size 128; two tokens, two experts each.
+/// let k = random::key(1).unwrap();
+/// let gate_w = random::normal::<f32>(&[4, 64, 128], 0.0, 0.1, &k).unwrap();
+/// let up_w = random::normal::<f32>(&[4, 64, 128], 0.0, 0.1, &random::key(2).unwrap()).unwrap();
+/// let gate = quantize(&gate_w, QuantMode::Affine, Some(64), Some(4)).unwrap();
+/// let up = quantize(&up_w, QuantMode::Affine, Some(64), Some(4)).unwrap();
+/// let x = random::normal::<f32>(&[2, 1, 1, 128], 0.0, 1.0, &k).unwrap();
+/// let idx = Array::from_slice(&[0u32, 3, 1, 2], &[2, 2]);
+/// let args = SwigluArgs { rhs_indices: Some(&idx), ..Default::default() };
+/// let h = gather_qmm_swiglu_reference(&x, &gate, &up, &args).unwrap();
+/// assert_eq!(h.shape(), &[2, 2, 1, 64]);
+/// // silu(gate) * up of the two projections.
+/// let g = gather_qmm(&x, &gate, None, Some(&idx), true, false).unwrap();
+/// let u = gather_qmm(&x, &up, None, Some(&idx), true, false).unwrap();
+/// let want = to_f32_vec(&Activation::Swiglu.apply(&g, &u).unwrap()).unwrap();
+/// let got = to_f32_vec(&h).unwrap();
+/// assert!(got.iter().zip(&want).all(|(g, w)| (g - w).abs() <= 1e-5 * (1.0 + w.abs())));
+/// ```
 #[track_caller]
 pub fn gather_qmm_swiglu_reference(
     x: &Array,
@@ -250,6 +280,27 @@ fn combine(
 
 /// Fused down projection + score-weighted sum over the k experts: `h` `[..., k, M, K]`, `rhs_indices` and
 /// `scores` `[..., k]` → `[..., M, N]` (dtype: promote of projection, bias and scores dtypes).
+///
+/// ```
+/// use zmlx::array::to_f32_vec;
+/// use zmlx::fused::{gather_qmm_combine, gather_qmm_combine_reference};
+/// use zmlx::mlx_rs::{random, Array};
+/// use zmlx::quant::{quantize, QuantMode};
+///
+/// // 4 experts projecting 64 back to 128; two tokens, two experts each, with their router scores.
+/// let k = random::key(3).unwrap();
+/// let w = random::normal::<f32>(&[4, 128, 64], 0.0, 0.1, &k).unwrap();
+/// let down = quantize(&w, QuantMode::Affine, Some(64), Some(4)).unwrap();
+/// let h = random::normal::<f32>(&[2, 2, 1, 64], 0.0, 1.0, &k).unwrap();
+/// let idx = Array::from_slice(&[0u32, 3, 1, 2], &[2, 2]);
+/// let scores = Array::from_slice(&[0.75f32, 0.25, 0.5, 0.5], &[2, 2]);
+/// let y = gather_qmm_combine(&h, &down, &idx, &scores, None).unwrap();
+/// assert_eq!(y.shape(), &[2, 1, 128]);
+/// // The values of MLX's composed ops, to float32 rounding.
+/// let composed = gather_qmm_combine_reference(&h, &down, &idx, &scores, None).unwrap();
+/// let (got, want) = (to_f32_vec(&y).unwrap(), to_f32_vec(&composed).unwrap());
+/// assert!(got.iter().zip(&want).all(|(g, w)| (g - w).abs() <= 1e-4 * (1.0 + w.abs())));
+/// ```
 #[track_caller]
 pub fn gather_qmm_combine(
     h: &Array,
@@ -262,6 +313,29 @@ pub fn gather_qmm_combine(
 }
 
 /// [`gather_qmm_combine`] composed from MLX's own ops (`gather_qmm`, multiply by scores, sum).
+///
+/// ```
+/// use zmlx::array::to_f32_vec;
+/// use zmlx::fused::gather_qmm_combine_reference;
+/// use zmlx::mlx_rs::{random, Array};
+/// use zmlx::quant::{gather_qmm, quantize, QuantMode};
+///
+/// // 4 experts projecting 64 back to 128; two tokens, two experts each, with their router scores.
+/// let k = random::key(4).unwrap();
+/// let w = random::normal::<f32>(&[4, 128, 64], 0.0, 0.1, &k).unwrap();
+/// let down = quantize(&w, QuantMode::Affine, Some(64), Some(4)).unwrap();
+/// let h = random::normal::<f32>(&[2, 2, 1, 64], 0.0, 1.0, &k).unwrap();
+/// let idx = Array::from_slice(&[0u32, 3, 1, 2], &[2, 2]);
+/// let scores = Array::from_slice(&[0.75f32, 0.25, 0.5, 0.5], &[2, 2]);
+/// let y = gather_qmm_combine_reference(&h, &down, &idx, &scores, None).unwrap();
+/// assert_eq!(y.shape(), &[2, 1, 128]);
+/// // Each token's expert outputs [2, 1, 128] weighted by its scores and summed.
+/// let per_expert = gather_qmm(&h, &down, None, Some(&idx), true, false).unwrap();
+/// let weighted = per_expert.multiply(scores.reshape(&[2, 2, 1, 1]).unwrap()).unwrap();
+/// let want = to_f32_vec(&weighted.sum_axis(1, false).unwrap()).unwrap();
+/// let got = to_f32_vec(&y).unwrap();
+/// assert!(got.iter().zip(&want).all(|(g, w)| (g - w).abs() <= 1e-5 * (1.0 + w.abs())));
+/// ```
 #[track_caller]
 pub fn gather_qmm_combine_reference(
     h: &Array,
@@ -286,6 +360,26 @@ pub fn gather_qmm_combine_reference(
 /// - Result `[..., N]` in `quantized_matmul`'s dtype (promoted with the bias's, as adding it afterwards
 ///   would): `x`'s dtype for the fp modes and for `affine` whenever the scales share `x`'s dtype (every
 ///   mlx-lm checkpoint), so it drops in for `quantized_matmul(x, q, true) (+ bias)`.
+///
+/// ```
+/// use zmlx::array::to_f32_vec;
+/// use zmlx::fused::quantized_linear;
+/// use zmlx::mlx_rs::{random, Array};
+/// use zmlx::quant::{quantize, quantized_matmul, QuantMode};
+///
+/// // A [N = 32, K = 128] layer in 4-bit affine with a bias; three rows of input.
+/// let k = random::key(5).unwrap();
+/// let w = random::normal::<f32>(&[32, 128], 0.0, 0.1, &k).unwrap();
+/// let q = quantize(&w, QuantMode::Affine, Some(64), Some(4)).unwrap();
+/// let bias = Array::from_slice(&[0.5f32; 32], &[32]);
+/// let x = random::normal::<f32>(&[3, 128], 0.0, 1.0, &k).unwrap();
+/// let y = quantized_linear(&x, &q, Some(&bias)).unwrap();
+/// assert_eq!(y.shape(), &[3, 32]);
+/// // MLX's quantized_matmul plus the bias (float32 input: both accumulate in float32).
+/// let mm = quantized_matmul(&x, &q, true).unwrap().add(&bias).unwrap();
+/// let (got, want) = (to_f32_vec(&y).unwrap(), to_f32_vec(&mm).unwrap());
+/// assert!(got.iter().zip(&want).all(|(g, w)| (g - w).abs() <= 1e-4 * (1.0 + w.abs())));
+/// ```
 #[track_caller]
 pub fn quantized_linear(x: &Array, q: &QuantizedWeight, bias: Option<&Array>) -> Result<Array> {
     if q.w.ndim() != 2 {
@@ -388,6 +482,34 @@ pub fn simd_level() -> Result<String> {
 /// `[..., k]`; the three projections must share their quantization. On CUDA streams it is one kernel
 /// launch (MLX's CUDA back end spends several microseconds of host time per op, as much as a decode
 /// layer's kernels take); elsewhere the two fused ops.
+///
+/// ```
+/// use zmlx::array::to_f32_vec;
+/// use zmlx::fused::{gather_qmm_combine, gather_qmm_swiglu, switch_glu_combine, Activation, SwigluArgs};
+/// use zmlx::mlx_rs::{random, Array};
+/// use zmlx::quant::{quantize, QuantMode};
+///
+/// // 4 experts, hidden size D = 128, intermediate size I = 64; two tokens routed to two experts each.
+/// let q = |shape: &[i32], seed| {
+///     let w = random::normal::<f32>(shape, 0.0, 0.1, &random::key(seed).unwrap()).unwrap();
+///     quantize(&w, QuantMode::Affine, Some(64), Some(4)).unwrap()
+/// };
+/// let (gate, up, down) = (q(&[4, 64, 128], 6), q(&[4, 64, 128], 7), q(&[4, 128, 64], 8));
+/// let x = random::normal::<f32>(&[2, 128], 0.0, 1.0, &random::key(9).unwrap()).unwrap();
+/// let idx = Array::from_slice(&[0u32, 3, 1, 2], &[2, 2]);
+/// let scores = Array::from_slice(&[0.75f32, 0.25, 0.5, 0.5], &[2, 2]);
+/// let y = switch_glu_combine(
+///     &x, &gate, &up, &down, &idx, &scores, Activation::Swiglu, None, None, None,
+/// )
+/// .unwrap();
+/// assert_eq!(y.shape(), &[2, 128]);
+/// // The two fused ops it stands for.
+/// let args = SwigluArgs { rhs_indices: Some(&idx), ..Default::default() };
+/// let h = gather_qmm_swiglu(&x.reshape(&[2, 1, 1, 128]).unwrap(), &gate, &up, &args).unwrap();
+/// let two = gather_qmm_combine(&h, &down, &idx, &scores, None).unwrap();
+/// let (got, want) = (to_f32_vec(&y).unwrap(), to_f32_vec(&two).unwrap());
+/// assert!(got.iter().zip(&want).all(|(g, w)| (g - w).abs() <= 1e-5 * (1.0 + w.abs())));
+/// ```
 #[allow(clippy::too_many_arguments)]
 #[track_caller]
 pub fn switch_glu_combine(

@@ -79,6 +79,26 @@ impl FromStr for QuantMode {
 /// A quantized matrix `[.., N, K]` (logical, `transpose=true` layout) or a stack of expert matrices
 /// `[E, N, K]`: packed codes `w` (uint32 `[.., N, K*bits/32]`), `scales` (`[.., N, K/group_size]`) and, for
 /// `affine`, `biases` of the scales' shape. Gate, up and down projections travel as such units.
+///
+/// ```
+/// use zmlx::mlx_rs::random;
+/// use zmlx::quant::{quantize, QuantMode, QuantizedWeight};
+///
+/// // 8 expert matrices [N = 32, K = 256] in 4-bit affine, groups of 64.
+/// let w = random::normal::<f32>(&[8, 32, 256], 0.0, 1.0, &random::key(0).unwrap()).unwrap();
+/// let q = quantize(&w, QuantMode::Affine, Some(64), Some(4)).unwrap();
+/// assert_eq!((q.num_experts(), q.out_dims(), q.in_dims()), (8, 32, 256));
+/// assert_eq!(q.w.shape(), &[8, 32, 256 * 4 / 32]);
+/// assert_eq!(q.scales.shape(), &[8, 32, 256 / 64]);
+/// assert_eq!(q.biases.as_ref().map(|b| b.shape().to_vec()), Some(vec![8, 32, 4]));
+///
+/// // Assembled from its parts, the shapes are checked against the group size and bits.
+/// let (w, scales, biases) = (q.w.clone(), q.scales.clone(), q.biases.clone());
+/// let same = QuantizedWeight::new(w.clone(), scales.clone(), biases.clone(), QuantMode::Affine, 64, 4)
+///     .unwrap();
+/// assert!(same.same_quantization(&q));
+/// assert!(QuantizedWeight::new(w, scales, biases, QuantMode::Affine, 32, 4).is_err());
+/// ```
 #[derive(Clone, Debug)]
 pub struct QuantizedWeight {
     /// Packed codes, uint32.
@@ -234,6 +254,23 @@ impl QuantizedWeight {
 
 /// Quantizes `w` (`[.., N, K]`, float) in `mode`. `group_size` / `bits` of `None` take MLX's defaults for
 /// the mode; the ones used are read back from the result's shapes.
+///
+/// ```
+/// use zmlx::array::to_f32_vec;
+/// use zmlx::mlx_rs::random;
+/// use zmlx::quant::{dequantize, quantize, QuantMode};
+///
+/// let w = random::uniform::<_, f32>(-1.0f32, 1.0, &[16, 128], &random::key(1).unwrap()).unwrap();
+/// // 8-bit affine: 255 steps over each group's range [-1, 1), so every weight is back within a step.
+/// let q = quantize(&w, QuantMode::Affine, Some(64), Some(8)).unwrap();
+/// let back = to_f32_vec(&dequantize(&q, None).unwrap()).unwrap();
+/// let orig = to_f32_vec(&w).unwrap();
+/// assert!(orig.iter().zip(&back).all(|(a, b)| (a - b).abs() <= 2.0 / 255.0));
+///
+/// // `None` takes MLX's defaults for the mode: mxfp4 is 4 bits in groups of 32, without biases.
+/// let f = quantize(&w, QuantMode::Mxfp4, None, None).unwrap();
+/// assert_eq!((f.group_size, f.bits, f.biases.is_none()), (32, 4, true));
+/// ```
 #[track_caller]
 pub fn quantize(
     w: &Array,

@@ -1,9 +1,9 @@
 //! mlx-lm checkpoint directories: a tiny checkpoint written here (safetensors with mlx-lm's key names and
 //! a `quantization` block) loads and decodes; malformed checkpoints give clear errors.
 
-mod common_util;
+mod common;
 
-use common_util::TempDir;
+use common::TempDir;
 use serde_json::{json, Value};
 use zmlx::checkpoint::{save_dir, Tensors};
 use zmlx::generate::{generate, Sampler};

@@ -3,8 +3,9 @@
 //! of the fidelity configs, at decode (unsorted) and prefill (sorted) sizes; the raw wrappers against their
 //! `_reference` twins; and the errors the wrappers return.
 
-mod common_util;
+mod common;
 
+use common::randn;
 use zmlx::array::to_f32_vec;
 use zmlx::fused::{
     gather_qmm_combine, gather_qmm_combine_reference, gather_qmm_swiglu,
@@ -13,11 +14,6 @@ use zmlx::fused::{
 use zmlx::mlx_rs::{Array, Dtype};
 use zmlx::moe::{Activation, ExpertWeight, MoePath, SwitchGlu};
 use zmlx::quant::{quantize, QuantMode, QuantizedWeight};
-
-fn randn(shape: &[i32], seed: u64, std: f32) -> Array {
-    let k = zmlx::mlx_rs::random::key(seed).unwrap();
-    zmlx::mlx_rs::random::normal::<f32>(shape, 0.0, std, &k).unwrap()
-}
 
 struct Setup {
     name: &'static str,
@@ -107,7 +103,7 @@ fn rel_err(a: &[f32], oracle: &[f32]) -> f64 {
 #[test]
 fn fused_path_is_at_least_as_accurate_as_the_reference() {
     // CPU unless ZMLX_TEST_DEVICE=gpu (then the CUDA kernels).
-    common_util::use_test_device();
+    common::use_test_device();
     let (e, d, i, k) = (16, 256, 128, 4);
     for s in SETUPS {
         let g = build(s, e, d, i);
@@ -165,7 +161,7 @@ fn fused_path_is_at_least_as_accurate_as_the_reference() {
 
 #[test]
 fn raw_wrappers_match_their_reference_twins() {
-    common_util::use_test_device();
+    common::use_test_device();
     let (e, d, i) = (8, 128, 64);
     for s in SETUPS {
         let g = build(s, e, d, i);
@@ -210,7 +206,7 @@ fn switch_glu_combine_is_the_two_fused_ops() {
     // On CUDA streams (ZMLX_TEST_DEVICE=gpu) the one-launch layer kernel against the two fused kernels;
     // on CPU the op composes them. Decode and prefill sizes, expert batches of several dimensions,
     // indices repeated within a token and between tokens.
-    common_util::use_test_device();
+    common::use_test_device();
     let (e, d, i, k) = (16, 256, 128, 4);
     for s in SETUPS {
         let g = build(s, e, d, i);
@@ -284,7 +280,7 @@ fn switch_glu_combine_is_the_two_fused_ops() {
 
 #[test]
 fn switch_glu_combine_validates_its_arguments() {
-    common_util::use_test_device();
+    common::use_test_device();
     let s = &SETUPS[0];
     let g = build(s, 4, 64, 64);
     let (gq, uq, dq) = (
@@ -326,7 +322,7 @@ fn switch_glu_combine_validates_its_arguments() {
 
 #[test]
 fn wrapper_errors_are_results() {
-    common_util::use_test_device();
+    common::use_test_device();
     let s = &SETUPS[0];
     let g = build(s, 4, 64, 64);
     let gq = g.gate_proj.quantized().unwrap();

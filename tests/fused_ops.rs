@@ -5,12 +5,21 @@
 //!
 //! Inputs are fresh random numbers every run; a failing case prints its seed (set FUSED_SEED=<seed> to
 //! replay it).
+//!
+//! `ZMLX_TEST_DEVICE=gpu` runs the ops on the GPU's default stream (the CUDA kernels); the default is the
+//! CPU. With `ZMLX_GPU_POISON=1` the CUDA kernels' outputs are filled with NaN before they run, so an
+//! element a kernel does not write fails the comparison.
 
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::sync::Mutex;
 
 use mlx_sys as sys;
 use zmlx::ffi;
+
+mod common;
+
+use common::ffi::*;
+use common::{on_test_gpu, test_stream};
 
 // ------------------------------------------------------------------------------------------------
 // Tolerances (the one place). err(a) = max |a - ref64| / max |ref64|.
@@ -38,75 +47,8 @@ fn rounding(dt: Dt) -> f64 {
 static SERIAL: Mutex<()> = Mutex::new(());
 
 // ------------------------------------------------------------------------------------------------
-// Small safe layer over the C API.
+// The C API through tests/common's FFI wrappers.
 // ------------------------------------------------------------------------------------------------
-
-struct Arr(sys::mlx_array);
-
-impl Drop for Arr {
-    fn drop(&mut self) {
-        if !self.0.ctx.is_null() {
-            unsafe { sys::mlx_array_free(self.0) };
-        }
-    }
-}
-
-fn none() -> sys::mlx_array {
-    sys::mlx_array {
-        ctx: std::ptr::null_mut(),
-    }
-}
-
-fn opt(a: &Option<Arr>) -> sys::mlx_array {
-    a.as_ref().map_or_else(none, |a| a.0)
-}
-
-fn last_error() -> String {
-    unsafe { CStr::from_ptr(sys::mlx_last_error()) }
-        .to_string_lossy()
-        .into_owned()
-}
-
-fn ok(rc: c_int, what: &str) {
-    assert_eq!(rc, 0, "{what} failed: {}", last_error());
-}
-
-struct Stream(sys::mlx_stream);
-
-impl Drop for Stream {
-    fn drop(&mut self) {
-        unsafe { sys::mlx_stream_free(self.0) };
-    }
-}
-
-/// `ZMLX_TEST_DEVICE=gpu` runs these tests on the GPU's default stream (the CUDA kernels); the default
-/// is the CPU. With ZMLX_GPU_POISON=1 the CUDA kernels' outputs are filled with NaN before they run, so
-/// an element a kernel does not write fails the comparison.
-fn on_gpu() -> bool {
-    std::env::var("ZMLX_TEST_DEVICE").is_ok_and(|d| d == "gpu")
-}
-
-fn cpu() -> Stream {
-    if on_gpu() {
-        Stream(unsafe { sys::mlx_default_gpu_stream_new() })
-    } else {
-        Stream(unsafe { sys::mlx_default_cpu_stream_new() })
-    }
-}
-
-fn oi(v: Option<i32>) -> sys::mlx_optional_int {
-    sys::mlx_optional_int {
-        value: v.unwrap_or(0),
-        has_value: v.is_some(),
-    }
-}
-
-fn of(v: Option<f32>) -> sys::mlx_optional_float {
-    sys::mlx_optional_float {
-        value: v.unwrap_or(0.0),
-        has_value: v.is_some(),
-    }
-}
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Dt {
@@ -137,86 +79,18 @@ impl Dt {
 
 const DTS: [Dt; 3] = [Dt::F32, Dt::F16, Dt::Bf16];
 
-fn new_arr<T>(data: &[T], shape: &[i32], dtype: sys::mlx_dtype) -> Arr {
-    let n: i64 = shape.iter().map(|&d| d as i64).product();
-    assert_eq!(n as usize, data.len(), "data/shape mismatch");
-    let a = unsafe {
-        sys::mlx_array_new_data(
-            data.as_ptr().cast::<c_void>(),
-            shape.as_ptr(),
-            shape.len() as c_int,
-            dtype,
-        )
-    };
-    assert!(!a.ctx.is_null(), "mlx_array_new_data: {}", last_error());
-    Arr(a)
-}
-
-fn f32s(data: &[f32], shape: &[i32]) -> Arr {
-    new_arr(data, shape, sys::mlx_dtype__MLX_FLOAT32)
-}
-
-fn u32s(data: &[u32], shape: &[i32]) -> Arr {
-    new_arr(data, shape, sys::mlx_dtype__MLX_UINT32)
-}
-
-fn i32s(data: &[i32], shape: &[i32]) -> Arr {
-    new_arr(data, shape, sys::mlx_dtype__MLX_INT32)
-}
-
-fn astype(a: &Arr, t: sys::mlx_dtype, s: &Stream) -> Arr {
-    let mut r = Arr(unsafe { sys::mlx_array_new() });
-    ok(unsafe { sys::mlx_astype(&mut r.0, a.0, t, s.0) }, "astype");
-    r
-}
-
 /// A new handle to the same values (the call helpers take `Option`s of owned handles).
 fn dup(a: &Arr, s: &Stream) -> Arr {
     astype(a, dtype_of(a), s)
 }
 
 fn transpose(a: &Arr, axes: &[i32], s: &Stream) -> Arr {
-    let mut r = Arr(unsafe { sys::mlx_array_new() });
-    ok(
+    let mut r = Arr::empty();
+    check(
         unsafe { sys::mlx_transpose_axes(&mut r.0, a.0, axes.as_ptr(), axes.len(), s.0) },
         "transpose",
     );
     r
-}
-
-fn shape_of(a: &Arr) -> Vec<i32> {
-    unsafe {
-        let n = sys::mlx_array_ndim(a.0);
-        std::slice::from_raw_parts(sys::mlx_array_shape(a.0), n).to_vec()
-    }
-}
-
-fn dtype_of(a: &Arr) -> sys::mlx_dtype {
-    unsafe { sys::mlx_array_dtype(a.0) }
-}
-
-/// Evaluates `a` and returns its elements as f32 (exact for every float dtype).
-fn read(a: &Arr, s: &Stream) -> Result<Vec<f32>, String> {
-    let f = astype(a, sys::mlx_dtype__MLX_FLOAT32, s);
-    unsafe {
-        if sys::mlx_array_eval(f.0) != 0 {
-            return Err(last_error());
-        }
-        let n = sys::mlx_array_size(f.0);
-        let p = sys::mlx_array_data_float32(f.0);
-        if p.is_null() {
-            return Err(last_error());
-        }
-        Ok(std::slice::from_raw_parts(p, n).to_vec())
-    }
-}
-
-fn eval(a: &Arr) -> Result<(), String> {
-    if unsafe { sys::mlx_array_eval(a.0) } != 0 {
-        Err(last_error())
-    } else {
-        Ok(())
-    }
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -316,8 +190,8 @@ fn dequantize(
     mode: &CStr,
     s: &Stream,
 ) -> Arr {
-    let mut r = Arr(unsafe { sys::mlx_array_new() });
-    ok(
+    let mut r = Arr::empty();
+    check(
         unsafe {
             sys::mlx_dequantize(
                 &mut r.0,
@@ -364,7 +238,7 @@ fn make_weights(
     );
     let mode = CString::new(q.mode).unwrap();
     let mut parts = unsafe { sys::mlx_vector_array_new() };
-    ok(
+    check(
         unsafe {
             sys::mlx_quantize(
                 &mut parts,
@@ -380,8 +254,8 @@ fn make_weights(
     );
     let count = unsafe { sys::mlx_vector_array_size(parts) };
     let get = |i: usize| {
-        let mut a = Arr(unsafe { sys::mlx_array_new() });
-        ok(
+        let mut a = Arr::empty();
+        check(
             unsafe { sys::mlx_vector_array_get(&mut a.0, parts, i) },
             "vector get",
         );
@@ -453,8 +327,8 @@ fn make_weights(
 /// transpose it back.
 fn noncontig_view(a: &Arr, s: &Stream) -> Arr {
     let t = transpose(a, &[1, 0, 2], s);
-    let mut c = Arr(unsafe { sys::mlx_array_new() });
-    ok(
+    let mut c = Arr::empty();
+    check(
         unsafe { sys::mlx_contiguous(&mut c.0, t.0, false, s.0) },
         "contiguous",
     );
@@ -787,7 +661,7 @@ fn call_swiglu(
     } else {
         ffi::mlx_gather_qmm_swiglu
     };
-    let mut r = Arr(unsafe { sys::mlx_array_new() });
+    let mut r = Arr::empty();
     let rc = unsafe {
         f(
             &mut r.0,
@@ -954,7 +828,7 @@ fn run_swiglu_case(
 fn composed_err(composed: &Arr, want: &[f64], s: &Stream) -> Result<f64, String> {
     match read(composed, s) {
         Ok(v) => Ok(rel_err(&v, want)),
-        Err(e) if on_gpu() && e.contains("No implementation for problem shape") => {
+        Err(e) if on_test_gpu() && e.contains("No implementation for problem shape") => {
             Ok(f64::INFINITY)
         }
         Err(e) => Err(e),
@@ -962,17 +836,17 @@ fn composed_err(composed: &Arr, want: &[f64], s: &Stream) -> Result<f64, String>
 }
 
 fn simd_levels() -> Vec<&'static str> {
-    if on_gpu() {
+    if on_test_gpu() {
         return vec!["gpu"];
     }
     let mut v = vec!["portable"];
     let lvl = CString::new("auto").unwrap();
-    ok(
+    check(
         unsafe { ffi::mlx_moe_set_simd_level(lvl.as_ptr()) },
         "set simd auto",
     );
     let mut name: *const c_char = std::ptr::null();
-    ok(unsafe { ffi::mlx_moe_simd_level(&mut name) }, "simd level");
+    check(unsafe { ffi::mlx_moe_simd_level(&mut name) }, "simd level");
     let detected = unsafe { CStr::from_ptr(name) }
         .to_string_lossy()
         .into_owned();
@@ -986,11 +860,11 @@ fn simd_levels() -> Vec<&'static str> {
 }
 
 fn set_simd(level: &str) {
-    if on_gpu() {
+    if on_test_gpu() {
         return;
     }
     let l = CString::new(level).unwrap();
-    ok(
+    check(
         unsafe { ffi::mlx_moe_set_simd_level(l.as_ptr()) },
         "set simd",
     );
@@ -1007,7 +881,7 @@ fn run_matrix<C>(
     salt: u64,
     run: impl Fn(&C, Quant, Dt, u64, &Stream) -> Result<Outcome, String>,
 ) {
-    let s = cpu();
+    let s = test_stream();
     let mut failures = Vec::new();
     let mut count = 0usize;
     let mut worst = 0f64;
@@ -1217,7 +1091,7 @@ fn call_combine(
     } else {
         ffi::mlx_gather_qmm_combine
     };
-    let mut r = Arr(unsafe { sys::mlx_array_new() });
+    let mut r = Arr::empty();
     let rc = unsafe {
         f(
             &mut r.0,
@@ -1337,13 +1211,13 @@ fn combine_matches_oracle_and_composed() {
 #[test]
 fn thread_counts_agree() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    if on_gpu() {
+    if on_test_gpu() {
         eprintln!(
             "thread_counts_agree: the thread count is a CPU setting; nothing to check on the GPU"
         );
         return;
     }
-    let s = cpu();
+    let s = test_stream();
     let seed = run_seed() ^ 0x7417;
     let mut rng = Rng::new(seed);
     let q = Quant {
@@ -1371,18 +1245,18 @@ fn thread_counts_agree() {
         expert_bias: false,
     };
     let mut default_threads = 0;
-    ok(
+    check(
         unsafe { ffi::mlx_moe_num_threads(&mut default_threads) },
         "num threads",
     );
     let mut failures = Vec::new();
     for threads in [1, 3] {
-        ok(
+        check(
             unsafe { ffi::mlx_moe_set_num_threads(threads) },
             "set threads",
         );
         let mut got = 0;
-        ok(unsafe { ffi::mlx_moe_num_threads(&mut got) }, "num threads");
+        check(unsafe { ffi::mlx_moe_num_threads(&mut got) }, "num threads");
         assert_eq!(got, threads);
         for dt in DTS {
             match run_swiglu_case(&case, q, dt, seed, &s) {
@@ -1396,7 +1270,7 @@ fn thread_counts_agree() {
             }
         }
     }
-    ok(
+    check(
         unsafe { ffi::mlx_moe_set_num_threads(default_threads) },
         "restore threads",
     );
@@ -1446,6 +1320,8 @@ const MXFP4: Quant = Quant {
     bits: 4,
 };
 
+/// Arguments that replace the problem's: the outer `Option` is "replace", an inner `None` is the absent
+/// argument (the empty handle, `mlx_optional_*` without a value, a null string).
 #[derive(Default)]
 struct SwigluArgs<'a> {
     x: Option<&'a Arr>,
@@ -1457,24 +1333,27 @@ struct SwigluArgs<'a> {
     rhs: Option<Option<&'a Arr>>,
     group: Option<Option<i32>>,
     bits: Option<Option<i32>>,
-    mode: Option<&'a str>,
+    mode: Option<Option<&'a str>>,
     activation: Option<&'a str>,
     alpha: Option<f32>,
     limit: Option<f32>,
     gate_bias: Option<&'a Arr>,
 }
 
-/// Calls the fused op (and the reference, which must agree on validation) with the problem's
-/// arguments except those overridden; returns the fused op's error message (None if it succeeded).
-fn swiglu_error(p: &Problem, a: SwigluArgs, s: &Stream) -> Option<String> {
-    let mode = CString::new(a.mode.unwrap_or(p.q.mode)).unwrap();
+/// Calls the fused op and the reference with the problem's arguments except those overridden; returns
+/// their error messages (None where the call succeeded).
+fn swiglu_errors(p: &Problem, a: &SwigluArgs, s: &Stream) -> [Option<String>; 2] {
+    let mode = a
+        .mode
+        .unwrap_or(Some(p.q.mode))
+        .map(|m| CString::new(m).unwrap());
     let act = a.activation.map(|v| CString::new(v).unwrap());
-    let mut msgs = Vec::new();
-    for f in [
+    [
         ffi::mlx_gather_qmm_swiglu,
         ffi::mlx_gather_qmm_swiglu_reference,
-    ] {
-        let mut r = Arr(unsafe { sys::mlx_array_new() });
+    ]
+    .map(|f| {
+        let mut r = Arr::empty();
         let rc = unsafe {
             f(
                 &mut r.0,
@@ -1491,7 +1370,7 @@ fn swiglu_error(p: &Problem, a: SwigluArgs, s: &Stream) -> Option<String> {
                 true,
                 oi(a.group.unwrap_or(Some(p.q.group))),
                 oi(a.bits.unwrap_or(Some(p.q.bits))),
-                mode.as_ptr(),
+                mode.as_ref().map_or(std::ptr::null(), |c| c.as_ptr()),
                 false,
                 act.as_ref().map_or(std::ptr::null(), |c| c.as_ptr()),
                 of(a.alpha),
@@ -1501,365 +1380,362 @@ fn swiglu_error(p: &Problem, a: SwigluArgs, s: &Stream) -> Option<String> {
                 s.0,
             )
         };
-        msgs.push(if rc != 0 { Some(last_error()) } else { None });
-    }
-    assert_eq!(
-        msgs[0].is_some(),
-        msgs[1].is_some(),
-        "fused and reference disagree on validity: {msgs:?}"
-    );
-    msgs.swap_remove(0)
+        (rc != 0).then(last_error)
+    })
 }
 
-fn expect_err(msg: Option<String>, needle: &str) {
-    let m = msg.unwrap_or_else(|| panic!("expected an error containing {needle:?}, got success"));
+/// A validation case: what it checks, the arguments, and a fragment of the fused op's error message
+/// (None: the call must succeed).
+type ValidationCase<'a, A> = (&'static str, A, Option<&'static str>);
+
+/// Runs every case through `errors` (the fused op's and the reference's messages, None for success) and
+/// fails with the list of the cases that went wrong: the fused op and the reference must agree on
+/// validity, and the fused op's message must contain the expected fragment.
+fn check_validation<A>(cases: &[ValidationCase<A>], errors: impl Fn(&A) -> [Option<String>; 2]) {
+    let failures: Vec<String> = cases
+        .iter()
+        .filter_map(|(what, args, want)| {
+            let [fused, reference] = errors(args);
+            if fused.is_some() != reference.is_some() {
+                return Some(format!(
+                    "{what}: fused and reference disagree on validity: {fused:?} vs {reference:?}"
+                ));
+            }
+            match (fused, want) {
+                (None, None) => None,
+                (Some(m), Some(w)) if m.contains(w) => None,
+                (Some(m), Some(w)) => Some(format!("{what}: error {m:?} does not contain {w:?}")),
+                (None, Some(w)) => Some(format!(
+                    "{what}: expected an error containing {w:?}, got success"
+                )),
+                (Some(m), None) => Some(format!("{what}: expected success, got {m:?}")),
+            }
+        })
+        .collect();
     assert!(
-        m.contains(needle),
-        "error {m:?} does not contain {needle:?}"
+        failures.is_empty(),
+        "{} of {} validation cases failed:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
     );
 }
 
 #[test]
 fn swiglu_validation_errors() {
-    let s = cpu();
+    let s = test_stream();
     let p = problem(AFFINE4, &s);
     let pf = problem(MXFP4, &s);
-    // Sanity: the unmodified problem is valid.
-    assert_eq!(swiglu_error(&p, SwigluArgs::default(), &s), None);
-    assert_eq!(swiglu_error(&pf, SwigluArgs::default(), &s), None);
-
-    expect_err(
-        swiglu_error(
-            &p,
-            SwigluArgs {
-                mode: Some("int3"),
-                ..Default::default()
-            },
-            &s,
-        ),
-        "Unknown quantization mode 'int3'",
-    );
-    expect_err(
-        swiglu_error(
-            &p,
-            SwigluArgs {
-                group: Some(Some(16)),
-                ..Default::default()
-            },
-            &s,
-        ),
-        "group_size 16 is not supported for mode 'affine'",
-    );
-    expect_err(
-        swiglu_error(
-            &p,
-            SwigluArgs {
-                bits: Some(Some(7)),
-                ..Default::default()
-            },
-            &s,
-        ),
-        "bits 7 is not supported",
-    );
-    expect_err(
-        swiglu_error(
-            &pf,
-            SwigluArgs {
-                group: Some(Some(64)),
-                ..Default::default()
-            },
-            &s,
-        ),
-        "group_size 64 is not supported for mode 'mxfp4'",
-    );
-    // Defaults of the mode table (absent group/bits) are accepted.
-    assert_eq!(
-        swiglu_error(
-            &p,
-            SwigluArgs {
-                group: Some(None),
-                bits: Some(None),
-                ..Default::default()
-            },
-            &s
-        ),
-        None
-    );
-    // Weight dtype.
-    let wf = astype(&p.g.w, sys::mlx_dtype__MLX_INT32, &s);
-    expect_err(
-        swiglu_error(
-            &p,
-            SwigluArgs {
-                gw: Some(&wf),
-                ..Default::default()
-            },
-            &s,
-        ),
-        "the weight matrix must be uint32",
-    );
-    // Scales shape.
-    let bad_scales = new_arr(&[127u8; 4 * 16 * 3], &[4, 16, 3], sys::mlx_dtype__MLX_UINT8);
-    expect_err(
-        swiglu_error(
-            &pf,
-            SwigluArgs {
-                gs: Some(&bad_scales),
-                ..Default::default()
-            },
-            &s,
-        ),
-        "scales must have shape (4, 16, 2)",
-    );
-    let bad_f = f32s(&[1.0; 4 * 16 * 3], &[4, 16, 3]);
-    expect_err(
-        swiglu_error(
-            &p,
-            SwigluArgs {
-                gs: Some(&bad_f),
-                ..Default::default()
-            },
-            &s,
-        ),
-        "scales and biases must have the same shape",
-    );
-    // Affine needs biases; the fp modes must not have them; fp scales are uint8.
-    expect_err(
-        swiglu_error(
-            &p,
-            SwigluArgs {
-                gb: Some(None),
-                ..Default::default()
-            },
-            &s,
-        ),
-        "biases must be provided for mode 'affine'",
-    );
-    let fake_b = f32s(&vec![0.0; 4 * 16 * 2], &[4, 16, 2]);
-    expect_err(
-        swiglu_error(
-            &pf,
-            SwigluArgs {
-                gb: Some(Some(&fake_b)),
-                ..Default::default()
-            },
-            &s,
-        ),
-        "biases must be absent for mode 'mxfp4'",
-    );
-    let f_scales = astype(&pf.g.scales, sys::mlx_dtype__MLX_FLOAT32, &s);
-    expect_err(
-        swiglu_error(
-            &pf,
-            SwigluArgs {
-                gs: Some(&f_scales),
-                ..Default::default()
-            },
-            &s,
-        ),
-        "scales must be uint8 for mode 'mxfp4'",
-    );
-    // x dtype / rank / inner dimension.
-    let xi = astype(&p.x, sys::mlx_dtype__MLX_INT32, &s);
-    expect_err(
-        swiglu_error(
-            &p,
-            SwigluArgs {
-                x: Some(&xi),
-                ..Default::default()
-            },
-            &s,
-        ),
-        "x must be float32, float16 or bfloat16",
-    );
-    let x1 = f32s(&[1.0; 128], &[128]);
-    expect_err(
-        swiglu_error(
-            &p,
-            SwigluArgs {
-                x: Some(&x1),
-                ..Default::default()
-            },
-            &s,
-        ),
-        "at least two dimensions",
-    );
-    let xk = f32s(&vec![0.5; 3 * 64], &[3, 1, 1, 64]);
-    expect_err(
-        swiglu_error(
-            &p,
-            SwigluArgs {
-                x: Some(&xk),
-                ..Default::default()
-            },
-            &s,
-        ),
-        "does not match the expanded quantized matrix",
-    );
-    // gate vs up.
+    // Replacement arguments, each wrong in one way.
+    let w_int = astype(&p.g.w, sys::mlx_dtype__MLX_INT32, &s);
+    let scales_k3 = new_arr(&[127u8; 4 * 16 * 3], &[4, 16, 3], sys::mlx_dtype__MLX_UINT8);
+    let scales_f32_k3 = f32s(&[1.0; 4 * 16 * 3], &[4, 16, 3]);
+    let fp_biases = f32s(&vec![0.0; 4 * 16 * 2], &[4, 16, 2]);
+    let fp_scales_f32 = astype(&pf.g.scales, sys::mlx_dtype__MLX_FLOAT32, &s);
+    let x_int = astype(&p.x, sys::mlx_dtype__MLX_INT32, &s);
+    let x_1d = f32s(&[1.0; 128], &[128]);
+    let x_k64 = f32s(&vec![0.5; 3 * 64], &[3, 1, 1, 64]);
     let mut rng = Rng::new(run_seed());
-    let other = make_weights(&mut rng, 4, 8, 128, AFFINE4, Dt::F32, true, false, &s);
-    expect_err(
-        swiglu_error(
-            &p,
-            SwigluArgs {
-                u: Some(&other),
-                ..Default::default()
-            },
-            &s,
+    let up_n8 = make_weights(&mut rng, 4, 8, 128, AFFINE4, Dt::F32, true, false, &s);
+    let rhs_f32 = f32s(&[0.0; 6], &[3, 2]);
+    let lhs_5 = u32s(&[0, 1, 2, 0, 1], &[5]);
+    let gate_bias_n15 = f32s(&[0.0; 4 * 15], &[4, 15]);
+    let gate_bias_int = i32s(&[0; 4 * 16], &[4, 16]);
+
+    let cases: Vec<ValidationCase<(&Problem, SwigluArgs)>> = vec![
+        ("the affine problem", (&p, SwigluArgs::default()), None),
+        ("the mxfp4 problem", (&pf, SwigluArgs::default()), None),
+        (
+            "unknown mode",
+            (
+                &p,
+                SwigluArgs {
+                    mode: Some(Some("int3")),
+                    ..Default::default()
+                },
+            ),
+            Some("Unknown quantization mode 'int3'"),
         ),
-        "gate and up must have the same shapes",
-    );
-    // Indices: dtype and broadcasting.
-    let fi = f32s(&[0.0; 6], &[3, 2]);
-    expect_err(
-        swiglu_error(
-            &p,
-            SwigluArgs {
-                rhs: Some(Some(&fi)),
-                ..Default::default()
-            },
-            &s,
+        (
+            "affine group size",
+            (
+                &p,
+                SwigluArgs {
+                    group: Some(Some(16)),
+                    ..Default::default()
+                },
+            ),
+            Some("group_size 16 is not supported for mode 'affine'"),
         ),
-        "rhs_indices must be integral",
-    );
-    let l5 = u32s(&[0, 1, 2, 0, 1], &[5]);
-    expect_err(
-        swiglu_error(
-            &p,
-            SwigluArgs {
-                lhs: Some(&l5),
-                ..Default::default()
-            },
-            &s,
+        (
+            "affine bits",
+            (
+                &p,
+                SwigluArgs {
+                    bits: Some(Some(7)),
+                    ..Default::default()
+                },
+            ),
+            Some("bits 7 is not supported"),
         ),
-        "cannot be broadcast together",
-    );
-    // Activation arguments.
-    expect_err(
-        swiglu_error(
-            &p,
-            SwigluArgs {
-                activation: Some("gelu"),
-                ..Default::default()
-            },
-            &s,
+        (
+            "mxfp4 group size",
+            (
+                &pf,
+                SwigluArgs {
+                    group: Some(Some(64)),
+                    ..Default::default()
+                },
+            ),
+            Some("group_size 64 is not supported for mode 'mxfp4'"),
         ),
-        "unknown activation 'gelu'",
-    );
-    expect_err(
-        swiglu_error(
-            &p,
-            SwigluArgs {
-                alpha: Some(1.0),
-                ..Default::default()
-            },
-            &s,
+        (
+            "absent group size and bits take the mode's defaults",
+            (
+                &p,
+                SwigluArgs {
+                    group: Some(None),
+                    bits: Some(None),
+                    ..Default::default()
+                },
+            ),
+            None,
         ),
-        "alpha and limit apply to the 'gpt_oss' activation only",
-    );
-    expect_err(
-        swiglu_error(
-            &p,
-            SwigluArgs {
-                activation: Some("gpt_oss"),
-                limit: Some(-1.0),
-                ..Default::default()
-            },
-            &s,
+        (
+            "weight dtype",
+            (
+                &p,
+                SwigluArgs {
+                    gw: Some(&w_int),
+                    ..Default::default()
+                },
+            ),
+            Some("the weight matrix must be uint32"),
         ),
-        "limit must be finite and positive",
-    );
-    expect_err(
-        swiglu_error(
-            &p,
-            SwigluArgs {
-                activation: Some("gpt_oss"),
-                alpha: Some(f32::NAN),
-                ..Default::default()
-            },
-            &s,
+        (
+            "mxfp4 scales shape",
+            (
+                &pf,
+                SwigluArgs {
+                    gs: Some(&scales_k3),
+                    ..Default::default()
+                },
+            ),
+            Some("scales must have shape (4, 16, 2)"),
         ),
-        "alpha must be finite",
-    );
-    assert_eq!(
-        swiglu_error(
-            &p,
-            SwigluArgs {
-                activation: Some("gpt_oss"),
-                ..Default::default()
-            },
-            &s
+        (
+            "affine scales shape differs from the biases'",
+            (
+                &p,
+                SwigluArgs {
+                    gs: Some(&scales_f32_k3),
+                    ..Default::default()
+                },
+            ),
+            Some("scales and biases must have the same shape"),
         ),
-        None
-    );
-    // Expert bias shape / dtype.
-    let eb = f32s(&[0.0; 4 * 15], &[4, 15]);
-    expect_err(
-        swiglu_error(
-            &p,
-            SwigluArgs {
-                gate_bias: Some(&eb),
-                ..Default::default()
-            },
-            &s,
+        (
+            "affine without biases",
+            (
+                &p,
+                SwigluArgs {
+                    gb: Some(None),
+                    ..Default::default()
+                },
+            ),
+            Some("biases must be provided for mode 'affine'"),
         ),
-        "gate_bias must have shape (4, 16)",
-    );
-    let ebi = i32s(&[0; 4 * 16], &[4, 16]);
-    expect_err(
-        swiglu_error(
-            &p,
-            SwigluArgs {
-                gate_bias: Some(&ebi),
-                ..Default::default()
-            },
-            &s,
+        (
+            "mxfp4 with biases",
+            (
+                &pf,
+                SwigluArgs {
+                    gb: Some(Some(&fp_biases)),
+                    ..Default::default()
+                },
+            ),
+            Some("biases must be absent for mode 'mxfp4'"),
         ),
-        "gate_bias must be float32, float16 or bfloat16",
-    );
-    // Null mode string.
-    let mut r = Arr(unsafe { sys::mlx_array_new() });
-    let rc = unsafe {
-        ffi::mlx_gather_qmm_swiglu(
-            &mut r.0,
-            p.x.0,
-            p.g.w.0,
-            p.g.scales.0,
-            opt(&p.g.biases),
-            p.u.w.0,
-            p.u.scales.0,
-            opt(&p.u.biases),
-            none(),
-            p.rhs.0,
-            true,
-            oi(None),
-            oi(None),
-            std::ptr::null(),
-            false,
-            std::ptr::null(),
-            of(None),
-            of(None),
-            none(),
-            none(),
-            s.0,
-        )
-    };
-    assert_ne!(rc, 0);
-    assert!(
-        last_error().contains("null string for mode"),
-        "{}",
-        last_error()
-    );
+        (
+            "mxfp4 float scales",
+            (
+                &pf,
+                SwigluArgs {
+                    gs: Some(&fp_scales_f32),
+                    ..Default::default()
+                },
+            ),
+            Some("scales must be uint8 for mode 'mxfp4'"),
+        ),
+        (
+            "x dtype",
+            (
+                &p,
+                SwigluArgs {
+                    x: Some(&x_int),
+                    ..Default::default()
+                },
+            ),
+            Some("x must be float32, float16 or bfloat16"),
+        ),
+        (
+            "x rank",
+            (
+                &p,
+                SwigluArgs {
+                    x: Some(&x_1d),
+                    ..Default::default()
+                },
+            ),
+            Some("at least two dimensions"),
+        ),
+        (
+            "x inner dimension",
+            (
+                &p,
+                SwigluArgs {
+                    x: Some(&x_k64),
+                    ..Default::default()
+                },
+            ),
+            Some("does not match the expanded quantized matrix"),
+        ),
+        (
+            "gate and up shapes",
+            (
+                &p,
+                SwigluArgs {
+                    u: Some(&up_n8),
+                    ..Default::default()
+                },
+            ),
+            Some("gate and up must have the same shapes"),
+        ),
+        (
+            "float expert indices",
+            (
+                &p,
+                SwigluArgs {
+                    rhs: Some(Some(&rhs_f32)),
+                    ..Default::default()
+                },
+            ),
+            Some("rhs_indices must be integral"),
+        ),
+        (
+            "indices that do not broadcast",
+            (
+                &p,
+                SwigluArgs {
+                    lhs: Some(&lhs_5),
+                    ..Default::default()
+                },
+            ),
+            Some("cannot be broadcast together"),
+        ),
+        (
+            "unknown activation",
+            (
+                &p,
+                SwigluArgs {
+                    activation: Some("gelu"),
+                    ..Default::default()
+                },
+            ),
+            Some("unknown activation 'gelu'"),
+        ),
+        (
+            "alpha with swiglu",
+            (
+                &p,
+                SwigluArgs {
+                    alpha: Some(1.0),
+                    ..Default::default()
+                },
+            ),
+            Some("alpha and limit apply to the 'gpt_oss' activation only"),
+        ),
+        (
+            "negative limit",
+            (
+                &p,
+                SwigluArgs {
+                    activation: Some("gpt_oss"),
+                    limit: Some(-1.0),
+                    ..Default::default()
+                },
+            ),
+            Some("limit must be finite and positive"),
+        ),
+        (
+            "NaN alpha",
+            (
+                &p,
+                SwigluArgs {
+                    activation: Some("gpt_oss"),
+                    alpha: Some(f32::NAN),
+                    ..Default::default()
+                },
+            ),
+            Some("alpha must be finite"),
+        ),
+        (
+            "gpt_oss with its default alpha and limit",
+            (
+                &p,
+                SwigluArgs {
+                    activation: Some("gpt_oss"),
+                    ..Default::default()
+                },
+            ),
+            None,
+        ),
+        (
+            "expert bias shape",
+            (
+                &p,
+                SwigluArgs {
+                    gate_bias: Some(&gate_bias_n15),
+                    ..Default::default()
+                },
+            ),
+            Some("gate_bias must have shape (4, 16)"),
+        ),
+        (
+            "expert bias dtype",
+            (
+                &p,
+                SwigluArgs {
+                    gate_bias: Some(&gate_bias_int),
+                    ..Default::default()
+                },
+            ),
+            Some("gate_bias must be float32, float16 or bfloat16"),
+        ),
+        (
+            "null mode string",
+            (
+                &p,
+                SwigluArgs {
+                    mode: Some(None),
+                    group: Some(None),
+                    bits: Some(None),
+                    ..Default::default()
+                },
+            ),
+            Some("null string for mode"),
+        ),
+    ];
+    check_validation(&cases, |(p, args)| swiglu_errors(p, args, &s));
 }
 
 /// An expert index >= E (or a negative one, or an lhs index past x's batch) is an error from
 /// evaluation, for the fused ops and the references alike, and the process carries on.
 #[test]
 fn out_of_range_indices_fail_at_eval() {
-    let s = cpu();
+    let s = test_stream();
     let p = problem(AFFINE4, &s);
-    if on_gpu() {
+    if on_test_gpu() {
         return out_of_range_indices_give_nan_rows_on_the_gpu(&p, &s);
     }
     for (fused, name) in [(true, "fused"), (false, "reference")] {
@@ -1948,7 +1824,7 @@ fn out_of_range_indices_fail_at_eval() {
 /// a thread that a watchdog gives 300 s, so a hang fails the test instead of blocking the run.
 #[test]
 fn bad_indices_never_wedge_the_stream() {
-    if on_gpu() {
+    if on_test_gpu() {
         eprintln!(
             "bad_indices_never_wedge_the_stream: CUDA streams give NaN rows (tested separately)"
         );
@@ -1957,7 +1833,7 @@ fn bad_indices_never_wedge_the_stream() {
     let (tx, rx) = std::sync::mpsc::channel::<Result<usize, String>>();
     std::thread::spawn(move || {
         let run = || -> Result<usize, String> {
-            let s = cpu();
+            let s = test_stream();
             let p = problem(AFFINE4, &s);
             let good = u32s(&[0, 1, 2, 3, 1, 0], &[3, 2]);
             let bad = u32s(&[0, 1, 2, 3, 4, 0], &[3, 2]);
@@ -2115,55 +1991,98 @@ fn out_of_range_indices_give_nan_rows_on_the_gpu(p: &Problem, s: &Stream) {
     }
 }
 
+/// Arguments of a combine validation case.
+#[derive(Clone, Copy)]
+struct CombineArgs<'a> {
+    h: &'a Arr,
+    rhs: &'a Arr,
+    scores: &'a Arr,
+    bias: &'a Option<Arr>,
+    mode: &'static str,
+}
+
 #[test]
 fn combine_validation_errors() {
-    let s = cpu();
+    let s = test_stream();
     let p = problem(AFFINE4, &s);
     let h = f32s(&vec![0.25; 3 * 2 * 128], &[3, 2, 1, 128]);
     let scores = f32s(&[0.5; 6], &[3, 2]);
     let rhs = u32s(&[0, 1, 2, 3, 1, 0], &[3, 2]);
-    let run = |h: &Arr, rhs: &Arr, scores: &Arr, bias: &Option<Arr>, mode: &str| {
-        let q = Quant {
-            mode: match mode {
-                "nvfp4" => "nvfp4",
-                _ => "affine",
+    // Replacement arguments, each wrong in one way.
+    let scores_2x2 = f32s(&[0.5; 4], &[2, 2]);
+    let scores_int = i32s(&[1; 6], &[3, 2]);
+    let h_1d_batch = f32s(&vec![0.25; 128], &[1, 128]);
+    let rhs_0d = u32s(&[1], &[]);
+    let scores_0d = f32s(&[1.0], &[]);
+    let bias_n8 = Some(f32s(&[0.0; 4 * 8], &[4, 8]));
+    let h_k64 = f32s(&vec![0.25; 3 * 2 * 64], &[3, 2, 1, 64]);
+    let ok = CombineArgs {
+        h: &h,
+        rhs: &rhs,
+        scores: &scores,
+        bias: &None,
+        mode: "affine",
+    };
+
+    let cases: Vec<ValidationCase<CombineArgs>> = vec![
+        ("the affine problem", ok, None),
+        (
+            "scores that do not broadcast",
+            CombineArgs {
+                scores: &scores_2x2,
+                ..ok
             },
+            Some("do not broadcast to the batch shape"),
+        ),
+        (
+            "integer scores",
+            CombineArgs {
+                scores: &scores_int,
+                ..ok
+            },
+            Some("scores must be float32"),
+        ),
+        (
+            "0-d indices and scores",
+            CombineArgs {
+                h: &h_1d_batch,
+                rhs: &rhs_0d,
+                scores: &scores_0d,
+                ..ok
+            },
+            Some("at least one dimension"),
+        ),
+        (
+            "bias shape",
+            CombineArgs {
+                bias: &bias_n8,
+                ..ok
+            },
+            Some("bias must have shape (4, 16)"),
+        ),
+        (
+            "nvfp4 with the affine group size",
+            CombineArgs {
+                mode: "nvfp4",
+                ..ok
+            },
+            Some("group_size 64 is not supported for mode 'nvfp4'"),
+        ),
+        (
+            "h inner dimension",
+            CombineArgs { h: &h_k64, ..ok },
+            Some("does not match"),
+        ),
+    ];
+    check_validation(&cases, |a| {
+        let q = Quant {
+            mode: a.mode,
             ..p.q
         };
-        let a = call_combine(false, h, &p.g, rhs, scores, true, q, bias, &s).err();
-        let b = call_combine(true, h, &p.g, rhs, scores, true, q, bias, &s).err();
-        assert_eq!(a.is_some(), b.is_some(), "fused {a:?} vs reference {b:?}");
-        a
-    };
-    assert_eq!(run(&h, &rhs, &scores, &None, "affine"), None);
-    let bad_scores = f32s(&[0.5; 4], &[2, 2]);
-    expect_err(
-        run(&h, &rhs, &bad_scores, &None, "affine"),
-        "do not broadcast to the batch shape",
-    );
-    let int_scores = i32s(&[1; 6], &[3, 2]);
-    expect_err(
-        run(&h, &rhs, &int_scores, &None, "affine"),
-        "scores must be float32",
-    );
-    let h2 = f32s(&vec![0.25; 128], &[1, 128]);
-    let r0 = u32s(&[1], &[]);
-    let s0 = f32s(&[1.0], &[]);
-    expect_err(
-        run(&h2, &r0, &s0, &None, "affine"),
-        "at least one dimension",
-    );
-    let bias = Some(f32s(&[0.0; 4 * 8], &[4, 8]));
-    expect_err(
-        run(&h, &rhs, &scores, &bias, "affine"),
-        "bias must have shape (4, 16)",
-    );
-    expect_err(
-        run(&h, &rhs, &scores, &None, "nvfp4"),
-        "group_size 64 is not supported for mode 'nvfp4'",
-    );
-    let hk = f32s(&vec![0.25; 3 * 2 * 64], &[3, 2, 1, 64]);
-    expect_err(run(&hk, &rhs, &scores, &None, "affine"), "does not match");
+        [false, true].map(|reference| {
+            call_combine(reference, a.h, &p.g, a.rhs, a.scores, true, q, a.bias, &s).err()
+        })
+    });
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -2243,7 +2162,7 @@ unsafe extern "C" fn closure_fn(
 
 #[test]
 fn transforms_through_the_c_api() {
-    let s = cpu();
+    let s = test_stream();
     for combine in [false, true] {
         let p = problem(AFFINE4, &s);
         let x = if combine {
@@ -2325,7 +2244,7 @@ fn shape_x(combine: bool) -> Vec<i32> {
 #[test]
 fn non_finite_activations_propagate() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let s = cpu();
+    let s = test_stream();
     let seed = run_seed() ^ 0x1f1f;
     let mut rng = Rng::new(seed);
     let (e, n, k) = (4usize, 24usize, 256usize);
@@ -2382,7 +2301,7 @@ fn non_finite_activations_propagate() {
 #[test]
 fn extreme_activation_magnitudes_match_the_oracle() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let s = cpu();
+    let s = test_stream();
     let seed = run_seed() ^ 0x5eed;
     let mut rng = Rng::new(seed);
     let (e, n, k, kk, tokens) = (4usize, 40usize, 256usize, 2usize, 4usize);
@@ -2457,8 +2376,8 @@ fn extreme_activation_magnitudes_match_the_oracle() {
 
 /// A copy of `a` made row-contiguous (evaluated).
 fn materialized(a: &Arr, s: &Stream) -> Arr {
-    let mut c = Arr(unsafe { sys::mlx_array_new() });
-    ok(
+    let mut c = Arr::empty();
+    check(
         unsafe { sys::mlx_contiguous(&mut c.0, a.0, false, s.0) },
         "contiguous",
     );
@@ -2476,8 +2395,8 @@ fn reversed_view(a: &Arr, s: &Stream) -> Arr {
 }
 
 fn broadcast_to(a: &Arr, shape: &[i32], s: &Stream) -> Arr {
-    let mut r = Arr(unsafe { sys::mlx_array_new() });
-    ok(
+    let mut r = Arr::empty();
+    check(
         unsafe { sys::mlx_broadcast_to(&mut r.0, a.0, shape.as_ptr(), shape.len(), s.0) },
         "broadcast_to",
     );
@@ -2491,7 +2410,7 @@ fn broadcast_to(a: &Arr, shape: &[i32], s: &Stream) -> Arr {
 fn fused_ops_take_inputs_in_any_layout_and_index_dtype() {
     // Bitwise comparisons: the SIMD level must not change between the calls.
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let s = cpu();
+    let s = test_stream();
     let q = AFFINE4;
     let mut rng = Rng::new(run_seed() ^ 0x1a40);
     let (e, d, inter) = (4usize, 128usize, 64usize);
@@ -2612,7 +2531,7 @@ fn fused_ops_take_inputs_in_any_layout_and_index_dtype() {
 #[test]
 fn combine_feature_major_schedule_matches_composed() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let s = cpu();
+    let s = test_stream();
     let q = AFFINE4;
     let mut rng = Rng::new(run_seed() ^ 0xfea7);
     // 130 tokens x 4 experts = 520 routed rows x 8192 outputs > the 2^22 staged floats.

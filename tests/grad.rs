@@ -5,18 +5,16 @@
 //! quantized weights and the indices; and one LoRA-style training step through a Qwen3-MoE model on the
 //! fused path against the same step on the reference path.
 
+mod common;
+
+use common::randn;
 use zmlx::array::to_f32_vec;
 use zmlx::fused::{
     gather_qmm_combine, gather_qmm_combine_reference, gather_qmm_swiglu,
     gather_qmm_swiglu_reference, Activation, SwigluArgs,
 };
-use zmlx::mlx_rs::{ops, random, transforms, Array, Dtype};
+use zmlx::mlx_rs::{ops, transforms, Array, Dtype};
 use zmlx::quant::{quantize, QuantMode, QuantizedWeight};
-
-fn randn(shape: &[i32], seed: u64, std: f32) -> Array {
-    let k = random::key(seed).unwrap();
-    random::normal::<f32>(shape, 0.0, std, &k).unwrap()
-}
 
 fn f64s(a: &Array) -> Vec<f64> {
     to_f32_vec(a).unwrap().into_iter().map(f64::from).collect()

@@ -2,6 +2,9 @@
 //! absurd sizes, zero-size quantized weights, C API array shapes whose byte size overflows. (The hang under
 //! repeated bad indices is tests/fused_ops.rs `bad_indices_never_wedge_the_stream`.)
 
+mod common;
+
+use common::ffi::last_error;
 use mlx_sys as sys;
 use zmlx::mlx_rs::{Array, Dtype};
 use zmlx::models::{self, qwen3_moe};
@@ -77,12 +80,6 @@ fn zero_size_quantized_weights_are_errors() {
         .unwrap();
     let e = quantized_matmul(&x, &empty, true).unwrap_err();
     assert!(e.to_string().contains("zero dimension"), "{e}");
-}
-
-fn last_error() -> String {
-    unsafe { std::ffi::CStr::from_ptr(sys::mlx_last_error()) }
-        .to_string_lossy()
-        .into_owned()
 }
 
 #[test]

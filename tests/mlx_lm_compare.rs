@@ -7,11 +7,11 @@
 //! Needs a Python with mlx-lm (`ZMLX_PYTHON`, default `python3`). Without it the test prints why and
 //! passes, unless `ZMLX_REQUIRE_MLX_LM=1` (set by CI), where a missing mlx-lm fails it.
 
-mod common_util;
+mod common;
 
 use std::process::Command;
 
-use common_util::{max_diff, TempDir};
+use common::{max_diff, TempDir};
 use zmlx::checkpoint::Tensors;
 use zmlx::mlx_rs::Array;
 use zmlx::models::synthetic::{gpt_oss_quant, qwen3_quant, with_quant};

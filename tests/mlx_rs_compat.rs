@@ -1,9 +1,11 @@
 //! mlx-rs 0.33 (unmodified, from crates.io) running on our mlx-sys through `[patch.crates-io]`:
 //! arrays, operations, autodiff, compilation, safetensors I/O, and errors surfacing as `Exception`s.
 
-use std::collections::HashMap;
-use std::path::PathBuf;
+mod common;
 
+use std::collections::HashMap;
+
+use common::{assert_close, TempDir};
 use mlx_rs::error::Exception;
 use mlx_rs::transforms::compile::compile;
 use mlx_rs::transforms::{grad, value_and_grad};
@@ -13,37 +15,6 @@ use mlx_rs::{Array, Dtype};
 fn values(a: &Array) -> Vec<f32> {
     let dense = a.contiguous().expect("contiguous copy");
     dense.to_vec_exact::<f32>().expect("a float32 array")
-}
-
-fn assert_close(got: &[f32], want: &[f64], tol: f64) {
-    assert_eq!(got.len(), want.len(), "length: got {got:?}, want {want:?}");
-    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-        assert!(
-            (f64::from(g) - w).abs() <= tol * (1.0 + w.abs()),
-            "element {i}: got {g}, want {w}"
-        );
-    }
-}
-
-/// A fresh folder under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        let dir = std::env::temp_dir().join(format!("zmlx-{tag}-{}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("create temp dir");
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 #[test]

@@ -1,16 +1,14 @@
 //! MoE building blocks: routers, SwitchGlu's sorted (prefill) path vs per-token path, and the reference
 //! path against a float64 computation.
 
+mod common;
+
+use common::randn;
 use zmlx::array::{to_f32_vec, to_u32_vec};
 use zmlx::mlx_rs::{Array, Dtype};
 use zmlx::moe::{Activation, ExpertWeight, MoePath, Router, RouterKind, SwitchGlu, SORT_THRESHOLD};
 use zmlx::nn::{Linear, Weight};
 use zmlx::quant::{quantize, QuantMode};
-
-fn randn(shape: &[i32], seed: u64, std: f32) -> Array {
-    let k = zmlx::mlx_rs::random::key(seed).unwrap();
-    zmlx::mlx_rs::random::normal::<f32>(shape, 0.0, std, &k).unwrap()
-}
 
 fn glu(e: i32, d: i32, i: i32, act: Activation, biases: bool) -> SwitchGlu {
     let q = |s: &[i32], seed| {

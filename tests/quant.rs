@@ -1,14 +1,12 @@
 //! quantize / dequantize / quantized_matmul / gather_qmm in every MLX mode, checked against float64 sums
 //! over the dequantized weights; QuantizedWeight validation.
 
+mod common;
+
+use common::randn;
 use zmlx::array::{to_f32_vec, to_u32_vec};
 use zmlx::mlx_rs::{Array, Dtype};
 use zmlx::quant::{dequantize, gather_qmm, quantize, quantized_matmul, QuantMode, QuantizedWeight};
-
-fn randn(shape: &[i32], seed: u64) -> Array {
-    let k = zmlx::mlx_rs::random::key(seed).unwrap();
-    zmlx::mlx_rs::random::normal::<f32>(shape, 0.0, 1.0, &k).unwrap()
-}
 
 /// (mode, group, bits) combinations MLX accepts, `None` = MLX's default for the mode.
 const CASES: &[(QuantMode, Option<i32>, Option<i32>)] = &[
@@ -25,7 +23,7 @@ const CASES: &[(QuantMode, Option<i32>, Option<i32>)] = &[
 fn every_mode_round_trips_and_gather_qmm_matches_float64() {
     let (e, n, k, t) = (4, 24, 256, 6);
     for (ci, &(mode, g, b)) in CASES.iter().enumerate() {
-        let w = randn(&[e, n, k], 100 + ci as u64);
+        let w = randn(&[e, n, k], 100 + ci as u64, 1.0);
         let q = quantize(&w, mode, g, b).unwrap_or_else(|err| panic!("{mode}: {err}"));
         assert_eq!(q.mode, mode);
         assert_eq!(q.in_dims(), k);
@@ -55,7 +53,7 @@ fn every_mode_round_trips_and_gather_qmm_matches_float64() {
             b
         );
 
-        let x = randn(&[t, 1, k], 200 + ci as u64);
+        let x = randn(&[t, 1, k], 200 + ci as u64, 1.0);
         let idx_v: Vec<u32> = (0..t as u32).map(|i| (i * 3 + 1) % e as u32).collect();
         let idx = Array::from_slice(&idx_v, &[t]);
         let out = gather_qmm(&x, &q, None, Some(&idx), true, false).unwrap();
@@ -98,7 +96,7 @@ fn every_mode_round_trips_and_gather_qmm_matches_float64() {
                 .map(|b| b.take_axis(Array::from_int(2), 0).unwrap()),
             ..q.clone()
         };
-        let x2 = randn(&[3, k], 300 + ci as u64);
+        let x2 = randn(&[3, k], 300 + ci as u64, 1.0);
         let qm = to_f32_vec(&quantized_matmul(&x2, &one, true).unwrap()).unwrap();
         let x3 = x2.reshape(&[3, 1, k]).unwrap();
         let two = Array::from_slice(&[2u32, 2, 2], &[3]);
@@ -125,11 +123,11 @@ fn modes_parse_and_bad_inputs_are_errors() {
     assert!(e.contains("unknown quantization mode 'int4'"), "{e}");
 
     // MLX rejects group sizes / bits a mode does not have: an error, not an abort.
-    let w = randn(&[8, 64], 1);
+    let w = randn(&[8, 64], 1, 1.0);
     assert!(quantize(&w, QuantMode::Mxfp4, Some(64), Some(4)).is_err());
     assert!(quantize(&w, QuantMode::Affine, Some(64), Some(7)).is_err());
     // A 1-d array or integer array is rejected up front.
-    assert!(quantize(&randn(&[64], 1), QuantMode::Affine, None, None).is_err());
+    assert!(quantize(&randn(&[64], 1, 1.0), QuantMode::Affine, None, None).is_err());
     let ints = Array::from_slice(&[1i32; 64], &[1, 64]);
     assert!(quantize(&ints, QuantMode::Affine, None, None).is_err());
 
@@ -173,9 +171,9 @@ fn modes_parse_and_bad_inputs_are_errors() {
     )
     .is_err());
     // gather_qmm with a mismatched input dim is an MLX error, not a crash.
-    let x = randn(&[2, 1, 32], 3);
+    let x = randn(&[2, 1, 32], 3, 1.0);
     let idx = Array::from_slice(&[0u32, 0], &[2]);
-    let q3 = quantize(&randn(&[2, 8, 64], 4), QuantMode::Affine, None, None).unwrap();
+    let q3 = quantize(&randn(&[2, 8, 64], 4, 1.0), QuantMode::Affine, None, None).unwrap();
     let e = gather_qmm(&x, &q3, None, Some(&idx), true, false).unwrap_err();
     assert!(e.to_string().starts_with("MLX:"), "{e}");
     // Indices are uint32 expert ids.

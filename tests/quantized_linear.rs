@@ -3,8 +3,9 @@
 //! the model-level fused path (float32 activations through attention, dense MLP, router, experts and a tied
 //! quantized embedding used as lm_head) against the float32 oracle.
 
-mod common_util;
+mod common;
 
+use common::randn;
 use zmlx::array::to_f32_vec;
 use zmlx::fused::quantized_linear;
 use zmlx::generate::random_tokens;
@@ -15,11 +16,6 @@ use zmlx::moe::MoePath;
 use zmlx::quant::{
     dequantize, dequantize_f32, quantize, quantized_matmul, QuantMode, QuantizedWeight,
 };
-
-fn randn(shape: &[i32], std: f32, seed: u64) -> Array {
-    let k = zmlx::mlx_rs::random::key(seed).unwrap();
-    zmlx::mlx_rs::random::normal::<f32>(shape, 0.0, std, &k).unwrap()
-}
 
 /// Exact weights `[N, K]` as float64: affine from the integer codes (dequantized with scale 1 and bias 0,
 /// exact in float32) times the stored scales plus the stored biases; fp modes from MLX's float32
@@ -61,13 +57,13 @@ fn half_ulp(dt: Dtype) -> f64 {
 
 #[test]
 fn dequantize_f32_is_exact_where_mlx_rounds_to_the_scales_dtype() {
-    common_util::use_test_device();
+    common::use_test_device();
     for (dt, bits, group) in [
         (Dtype::Bfloat16, 4, 64),
         (Dtype::Float16, 8, 32),
         (Dtype::Float32, 4, 64),
     ] {
-        let w = randn(&[48, 256], 0.3, 7).as_dtype(dt).unwrap();
+        let w = randn(&[48, 256], 7, 0.3).as_dtype(dt).unwrap();
         let q = quantize(&w, QuantMode::Affine, Some(group), Some(bits)).unwrap();
         assert_eq!(q.scales.dtype(), dt);
         let exact = exact_weights(&q);
@@ -90,7 +86,7 @@ fn dequantize_f32_is_exact_where_mlx_rounds_to_the_scales_dtype() {
 
 #[test]
 fn quantized_linear_accumulates_in_float32_for_every_mode_and_shape() {
-    common_util::use_test_device();
+    common::use_test_device();
     let (n, k) = (40, 256);
     let modes: &[(QuantMode, Option<i32>, Option<i32>)] = &[
         (QuantMode::Affine, Some(64), Some(4)),
@@ -103,14 +99,14 @@ fn quantized_linear_accumulates_in_float32_for_every_mode_and_shape() {
     let shapes: &[&[i32]] = &[&[1, 1, k], &[2, 3, k], &[1, 300, k]];
     for (mi, &(mode, g, b)) in modes.iter().enumerate() {
         for dt in [Dtype::Bfloat16, Dtype::Float16, Dtype::Float32] {
-            let w = randn(&[n, k], 0.2, 10 + mi as u64).as_dtype(dt).unwrap();
+            let w = randn(&[n, k], 10 + mi as u64, 0.2).as_dtype(dt).unwrap();
             let q = quantize(&w, mode, g, b).unwrap();
             let wx = exact_weights(&q);
             for (si, shape) in shapes.iter().enumerate() {
                 for with_bias in [false, true] {
                     let what = format!("{mode} {dt:?} x{shape:?} bias {with_bias}");
-                    let x = randn(shape, 1.0, 50 + si as u64).as_dtype(dt).unwrap();
-                    let bias = with_bias.then(|| randn(&[n], 0.5, 90).as_dtype(dt).unwrap());
+                    let x = randn(shape, 50 + si as u64, 1.0).as_dtype(dt).unwrap();
+                    let bias = with_bias.then(|| randn(&[n], 90, 0.5).as_dtype(dt).unwrap());
                     let y = quantized_linear(&x, &q, bias.as_ref()).unwrap();
                     // Drop-in for mlx-lm's `quantized_matmul (+ bias)`: same shape and dtype.
                     let mut yr = quantized_matmul(&x, &q, true).unwrap();
@@ -161,28 +157,28 @@ fn quantized_linear_accumulates_in_float32_for_every_mode_and_shape() {
 
 #[test]
 fn quantized_linear_rejects_bad_inputs() {
-    common_util::use_test_device();
+    common::use_test_device();
     let q = quantize(
-        &randn(&[16, 64], 0.2, 1),
+        &randn(&[16, 64], 1, 0.2),
         QuantMode::Affine,
         Some(64),
         Some(4),
     )
     .unwrap();
-    let x = randn(&[1, 2, 64], 1.0, 2);
+    let x = randn(&[1, 2, 64], 2, 1.0);
     assert!(quantized_linear(&x, &q, None).is_ok());
     // Wrong input dimension.
-    assert!(quantized_linear(&randn(&[1, 2, 32], 1.0, 3), &q, None).is_err());
+    assert!(quantized_linear(&randn(&[1, 2, 32], 3, 1.0), &q, None).is_err());
     // Integer input.
     let xi = Array::from_slice(&[1i32; 64], &[1, 64]);
     assert!(quantized_linear(&xi, &q, None).is_err());
     // Bias of the wrong length or type.
-    assert!(quantized_linear(&x, &q, Some(&randn(&[15], 1.0, 4))).is_err());
+    assert!(quantized_linear(&x, &q, Some(&randn(&[15], 4, 1.0))).is_err());
     let bi = Array::from_slice(&[1i32; 16], &[16]);
     assert!(quantized_linear(&x, &q, Some(&bi)).is_err());
     // A stack of experts is not one linear layer.
     let stack = quantize(
-        &randn(&[2, 16, 64], 0.2, 5),
+        &randn(&[2, 16, 64], 5, 0.2),
         QuantMode::Affine,
         Some(64),
         Some(4),
@@ -193,7 +189,7 @@ fn quantized_linear_rejects_bad_inputs() {
 
 #[test]
 fn fused_model_path_runs_float32_activations_close_to_the_oracle() {
-    common_util::use_test_device();
+    common::use_test_device();
     // Qwen3-like bf16 4-bit with a dense MLP layer and tied (quantized) embeddings, so that every kind of
     // quantized linear layer runs: attention, router, experts, dense MLP and the embedding as lm_head.
     let mut c = qwen3_moe::config_json(128, 2, 4, 2, 32, 8, 2, 64, 512, "bfloat16");

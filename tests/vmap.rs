@@ -2,16 +2,18 @@
 //! `mlx.core.vmap` does): add_rms_norm maps (its composed graph has vmap rules everywhere) and gives the
 //! unmapped op's result; the MoE ops fail with their own tag, since MLX's gather_qmm has no vmap rule.
 
+mod common;
+
 use std::os::raw::{c_int, c_void};
 
 use zmlx::array::to_f32_vec;
 use zmlx::fused::{add_rms_norm, gather_qmm_combine};
-use zmlx::mlx_rs::{ops, random, Array};
+use zmlx::mlx_rs::{ops, Array};
 use zmlx::quant::{quantize, QuantMode};
 use zmlx::sys;
 
 fn randn(shape: &[i32], seed: u64) -> Array {
-    random::normal::<f32>(shape, 0.0, 1.0, &random::key(seed).unwrap()).unwrap()
+    common::randn(shape, seed, 1.0)
 }
 
 /// What the closure computes on its inputs.

@@ -1,151 +1,54 @@
-//! Helpers shared by the C API tests (raw FFI to our mlx-sys).
+//! Helpers shared by the integration tests (each test file includes them with `mod common;`).
 #![allow(dead_code)]
 
-use std::ffi::{c_int, CStr, CString};
-use std::path::PathBuf;
+use zmlx::mlx_rs::Array;
 
-use mlx_sys as sys;
+/// Owning wrappers and helpers over the raw C API; one copy, kept with mlx-sys's tests.
+#[path = "../../mlx-sys/tests/common/mod.rs"]
+pub mod ffi;
 
-pub fn last_error() -> String {
-    unsafe { CStr::from_ptr(sys::mlx_last_error()) }
-        .to_string_lossy()
-        .into_owned()
+#[allow(unused_imports)] // each test file uses some of them
+pub use ffi::{assert_close, TempDir};
+
+/// Whether the tests run on the GPU: `ZMLX_TEST_DEVICE=gpu` (a CUDA build runs the fused CUDA kernels
+/// there); the CPU otherwise.
+pub fn on_test_gpu() -> bool {
+    std::env::var("ZMLX_TEST_DEVICE").is_ok_and(|d| d == "gpu")
 }
 
-pub fn check(rc: i32, what: &str) {
-    assert_eq!(rc, 0, "{what} failed: {}", last_error());
+/// Makes the test device (see [`on_test_gpu`]) MLX's default.
+pub fn use_test_device() {
+    let kind = if on_test_gpu() {
+        zmlx::runtime::DeviceKind::Gpu
+    } else {
+        zmlx::runtime::DeviceKind::Cpu
+    };
+    zmlx::runtime::use_device(kind).expect("the test device is available");
 }
 
-pub fn stream() -> sys::mlx_stream {
-    unsafe { sys::mlx_default_cpu_stream_new() }
-}
-
-/// Owned array handle.
-pub struct Arr(pub sys::mlx_array);
-
-impl Drop for Arr {
-    fn drop(&mut self) {
-        unsafe { sys::mlx_array_free(self.0) };
-    }
-}
-
-impl Arr {
-    pub fn empty() -> Arr {
-        Arr(unsafe { sys::mlx_array_new() })
-    }
-    pub fn f32(data: &[f32], shape: &[i32]) -> Arr {
-        let a = unsafe {
-            sys::mlx_array_new_data(
-                data.as_ptr().cast(),
-                shape.as_ptr(),
-                shape.len() as i32,
-                sys::mlx_dtype__MLX_FLOAT32,
-            )
-        };
-        assert!(!a.ctx.is_null(), "{}", last_error());
-        Arr(a)
-    }
-    /// Elements in row-major order, as float32.
-    pub fn values(&self) -> Vec<f32> {
-        unsafe {
-            let s = stream();
-            let mut f = Arr::empty();
-            check(
-                sys::mlx_astype(&mut f.0, self.0, sys::mlx_dtype__MLX_FLOAT32, s),
-                "astype",
-            );
-            let mut c = Arr::empty();
-            check(sys::mlx_contiguous(&mut c.0, f.0, false, s), "contiguous");
-            sys::mlx_stream_free(s);
-            check(sys::mlx_array_eval(c.0), "eval");
-            let p = sys::mlx_array_data_float32(c.0);
-            assert!(!p.is_null(), "{}", last_error());
-            std::slice::from_raw_parts(p, sys::mlx_array_size(c.0)).to_vec()
-        }
+/// The test device's default stream, for raw C API calls.
+pub fn test_stream() -> ffi::Stream {
+    if on_test_gpu() {
+        ffi::Stream::gpu()
+    } else {
+        ffi::Stream::cpu()
     }
 }
 
-/// Owned vector-of-arrays handle.
-pub struct Vec_(pub sys::mlx_vector_array);
-
-impl Drop for Vec_ {
-    fn drop(&mut self) {
-        unsafe { sys::mlx_vector_array_free(self.0) };
-    }
+/// Normal random numbers (mean 0, standard deviation `std`) from MLX's generator with key `seed`.
+pub fn randn(shape: &[i32], seed: u64, std: f32) -> Array {
+    let k = zmlx::mlx_rs::random::key(seed).expect("random key");
+    zmlx::mlx_rs::random::normal::<f32>(shape, 0.0, std, &k).expect("random normal")
 }
 
-impl Vec_ {
-    pub fn of(arrays: &[&Arr]) -> Vec_ {
-        let raw: Vec<sys::mlx_array> = arrays.iter().map(|a| a.0).collect();
-        Vec_(unsafe { sys::mlx_vector_array_new_data(raw.as_ptr(), raw.len()) })
+/// Max |a - b| and max |b|.
+pub fn max_diff(a: &[f32], b: &[f32]) -> (f64, f64) {
+    assert_eq!(a.len(), b.len(), "length mismatch");
+    let mut d = 0f64;
+    let mut s = 0f64;
+    for (x, y) in a.iter().zip(b) {
+        d = d.max((*x as f64 - *y as f64).abs());
+        s = s.max((*y as f64).abs());
     }
-    pub fn new() -> Vec_ {
-        Vec_(unsafe { sys::mlx_vector_array_new() })
-    }
-    pub fn get(&self, i: usize) -> Arr {
-        let mut a = Arr::empty();
-        check(
-            unsafe { sys::mlx_vector_array_get(&mut a.0, self.0, i) },
-            "vector get",
-        );
-        a
-    }
-    pub fn len(&self) -> usize {
-        unsafe { sys::mlx_vector_array_size(self.0) }
-    }
-}
-
-pub fn assert_close(got: &[f32], want: &[f64], tol: f64) {
-    assert_eq!(got.len(), want.len(), "got {got:?}, want {want:?}");
-    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-        assert!(
-            (f64::from(g) - w).abs() <= tol * (1.0 + w.abs()),
-            "element {i}: got {g}, want {w}"
-        );
-    }
-}
-
-pub fn temp_path(name: &str) -> PathBuf {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    std::env::temp_dir().join(format!("zmlx-capi-{}-{nanos}-{name}", std::process::id()))
-}
-
-pub fn cstr(s: &str) -> CString {
-    CString::new(s).expect("no NUL")
-}
-
-/// A one-input closure callback: res = x * x.
-pub unsafe extern "C" fn square_unary(res: *mut sys::mlx_array, x: sys::mlx_array) -> c_int {
-    let s = sys::mlx_default_cpu_stream_new();
-    let rc = sys::mlx_square(res, x, s);
-    sys::mlx_stream_free(s);
-    rc
-}
-
-/// A kwargs closure callback: out = [args[0] + kwargs["bias"]].
-pub unsafe extern "C" fn kwargs_cb(
-    res: *mut sys::mlx_vector_array,
-    args: sys::mlx_vector_array,
-    kwargs: sys::mlx_map_string_to_array,
-) -> c_int {
-    // out = [args[0] + kwargs["bias"]]
-    let mut x = sys::mlx_array_new();
-    let mut b = sys::mlx_array_new();
-    let key = b"bias\0";
-    if sys::mlx_vector_array_get(&mut x, args, 0) != 0
-        || sys::mlx_map_string_to_array_get(&mut b, kwargs, key.as_ptr().cast()) != 0
-    {
-        return 1;
-    }
-    let mut y = sys::mlx_array_new();
-    let s = sys::mlx_default_cpu_stream_new();
-    let rc = sys::mlx_add(&mut y, x, b, s) | sys::mlx_vector_array_set_value(res, y);
-    for a in [x, b, y] {
-        sys::mlx_array_free(a);
-    }
-    sys::mlx_stream_free(s);
-    rc
+    (d, s)
 }

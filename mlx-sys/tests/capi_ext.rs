@@ -97,7 +97,7 @@ fn closure_payload_lives_until_the_last_copy() {
             "a copy still holds it"
         );
 
-        let x = Arr::f32(&[1.0, -2.0], &[2]);
+        let x = f32s(&[1.0, -2.0], &[2]);
         let input = Vec_::of(&[&x]);
         let mut out = Vec_::new();
         check(
@@ -126,7 +126,7 @@ fn closure_payload_lives_until_the_last_copy() {
 fn failing_callbacks_fail_transforms() {
     unsafe {
         let cls = sys::mlx_closure_new_func(Some(failing_cb));
-        let x = Arr::f32(&[1.0, 2.0], &[2]);
+        let x = f32s(&[1.0, 2.0], &[2]);
         let primals = Vec_::of(&[&x]);
         let (mut outs, mut vjps) = (Vec_::new(), Vec_::new());
         assert_ne!(
@@ -153,7 +153,7 @@ fn failing_callbacks_fail_transforms() {
 
         // The replacing style of callback works through a transform: d/dx sum(2x)... via jvp.
         let cls = sys::mlx_closure_new_func(Some(double_cb));
-        let t = Arr::f32(&[1.0, 1.0], &[2]);
+        let t = f32s(&[1.0, 1.0], &[2]);
         let tangents = Vec_::of(&[&t]);
         check(
             sys::mlx_jvp(&mut outs.0, &mut vjps.0, cls, primals.0, tangents.0),
@@ -223,8 +223,8 @@ fn custom_functions_and_other_closure_kinds() {
             ),
             "custom_function",
         );
-        let x = Arr::f32(&[1.0, 2.0, 3.0], &[3]);
-        let ones = Arr::f32(&[1.0, 1.0, 1.0], &[3]);
+        let x = f32s(&[1.0, 2.0, 3.0], &[3]);
+        let ones = f32s(&[1.0, 1.0, 1.0], &[3]);
         let (primals, cot) = (Vec_::of(&[&x]), Vec_::of(&[&ones]));
         let (mut outs, mut grads) = (Vec_::new(), Vec_::new());
         check(
@@ -295,7 +295,7 @@ fn compile_and_its_cache() {
         let f = sys::mlx_closure_new_func(Some(double_cb));
         let mut compiled = sys::mlx_closure_new();
         check(sys::mlx_compile(&mut compiled, f, false), "compile");
-        let x = Arr::f32(&[1.5, -1.0], &[2]);
+        let x = f32s(&[1.5, -1.0], &[2]);
         let input = Vec_::of(&[&x]);
         let mut out = Vec_::new();
         check(
@@ -418,7 +418,7 @@ fn custom_readers_and_writers() {
     IO_FREES.store(0, Ordering::SeqCst);
     unsafe {
         let s = stream();
-        let a = Arr::f32(&[1.0, 2.5, -3.0, 4.0], &[2, 2]);
+        let a = f32s(&[1.0, 2.5, -3.0, 4.0], &[2, 2]);
 
         // .npy through a writer, then back through a reader.
         let file = Box::into_raw(Box::<MemFile>::default()) as *mut c_void;
@@ -519,8 +519,8 @@ fn gguf_objects() {
     unsafe {
         let s = stream();
         let g = sys::mlx_io_gguf_new();
-        let w = Arr::f32(&[1.0, 2.0, 3.0, 4.0], &[2, 2]);
-        let m = Arr::f32(&[0.5], &[1]);
+        let w = f32s(&[1.0, 2.0, 3.0, 4.0], &[2, 2]);
+        let m = f32s(&[0.5], &[1]);
         check(
             sys::mlx_io_gguf_set_array(g, c"w".as_ptr(), w.0),
             "set array",
@@ -619,7 +619,7 @@ extern "C" {
 fn graph_printing() {
     unsafe {
         let s = stream();
-        let a = Arr::f32(&[1.0, 2.0], &[2]);
+        let a = f32s(&[1.0, 2.0], &[2]);
         let mut b = Arr::empty();
         check(sys::mlx_exp(&mut b.0, a.0, s), "exp");
         let namer = sys::mlx_node_namer_new();
@@ -669,7 +669,7 @@ fn distributed_singleton_group() {
         );
         assert_eq!(sys::mlx_distributed_group_size(group), 1);
         assert_eq!(sys::mlx_distributed_group_rank(group), 0);
-        let x = Arr::f32(&[1.0, 2.0], &[2]);
+        let x = f32s(&[1.0, 2.0], &[2]);
         let s = stream();
         let mut y = Arr::empty();
         check(
@@ -737,7 +737,7 @@ fn backend_stubs_of_a_cpu_build() {
             sys::mlx_fast_metal_kernel_config_add_template_arg_int(cfg, c"N".as_ptr(), 1),
             "template",
         );
-        let a = Arr::f32(&[1.0], &[1]);
+        let a = f32s(&[1.0], &[1]);
         let ins = Vec_::of(&[&a]);
         let mut outs = Vec_::new();
         let s = stream();
@@ -771,7 +771,7 @@ fn generated_ops_fft_linalg_random() {
     unsafe {
         let s = stream();
         // irfft(rfft(x)) == x
-        let x = Arr::f32(&[1.0, -2.0, 0.5, 3.0], &[4]);
+        let x = f32s(&[1.0, -2.0, 0.5, 3.0], &[4]);
         let mut f = Arr::empty();
         check(
             sys::mlx_fft_rfft(
@@ -804,7 +804,7 @@ fn generated_ops_fft_linalg_random() {
         );
 
         // inv(A) @ A == I, and both halves of qr come back
-        let a = Arr::f32(&[4.0, 1.0, 2.0, 3.0], &[2, 2]);
+        let a = f32s(&[4.0, 1.0, 2.0, 3.0], &[2, 2]);
         let mut inv = Arr::empty();
         check(sys::mlx_linalg_inv(&mut inv.0, a.0, s), "inv");
         let mut prod = Arr::empty();
@@ -825,7 +825,7 @@ fn generated_ops_fft_linalg_random() {
         // the same key gives the same numbers
         let (mut k, mut u1, mut u2) = (Arr::empty(), Arr::empty(), Arr::empty());
         check(sys::mlx_random_key(&mut k.0, 1234), "key");
-        let (lo, hi) = (Arr::f32(&[0.0], &[]), Arr::f32(&[1.0], &[]));
+        let (lo, hi) = (f32s(&[0.0], &[]), f32s(&[1.0], &[]));
         let shape = [8];
         for u in [&mut u1, &mut u2] {
             check(
@@ -856,7 +856,7 @@ fn generated_ops_fft_linalg_random() {
 fn null_result_pointers_are_errors() {
     unsafe {
         let s = stream();
-        let a = Arr::f32(&[1.0], &[1]);
+        let a = f32s(&[1.0], &[1]);
         assert_ne!(sys::mlx_add(std::ptr::null_mut(), a.0, a.0, s), 0);
         assert!(last_error().contains("null"), "{}", last_error());
         assert_ne!(

@@ -12,8 +12,8 @@ fn export_import_and_kwargs() {
     unsafe {
         // A kwargs closure, applied directly and exported/imported.
         let f = sys::mlx_closure_kwargs_new_func(Some(kwargs_cb));
-        let x = Arr::f32(&[1.0, 2.0], &[2]);
-        let bias = Arr::f32(&[0.5, 0.25], &[2]);
+        let x = f32s(&[1.0, 2.0], &[2]);
+        let bias = f32s(&[0.5, 0.25], &[2]);
         let args = Vec_::of(&[&x]);
         let kwargs = sys::mlx_map_string_to_array_new();
         check(

@@ -6,71 +6,8 @@ use std::ffi::{CStr, CString};
 
 use mlx_sys as sys;
 
-/// Owned array handle, freed on drop.
-struct Arr(sys::mlx_array);
-
-impl Drop for Arr {
-    fn drop(&mut self) {
-        unsafe { sys::mlx_array_free(self.0) };
-    }
-}
-
-fn last_error() -> String {
-    unsafe { CStr::from_ptr(sys::mlx_last_error()) }
-        .to_string_lossy()
-        .into_owned()
-}
-
-fn check(rc: i32, what: &str) {
-    assert_eq!(rc, 0, "{what} failed: {}", last_error());
-}
-
-fn cpu() -> sys::mlx_stream {
-    unsafe { sys::mlx_default_cpu_stream_new() }
-}
-
-fn from_f32(data: &[f32], shape: &[i32]) -> Arr {
-    let a = unsafe {
-        sys::mlx_array_new_data(
-            data.as_ptr().cast(),
-            shape.as_ptr(),
-            shape.len() as i32,
-            sys::mlx_dtype__MLX_FLOAT32,
-        )
-    };
-    assert!(!a.ctx.is_null(), "mlx_array_new_data: {}", last_error());
-    Arr(a)
-}
-
-fn from_u32(data: &[u32], shape: &[i32]) -> Arr {
-    let a = unsafe {
-        sys::mlx_array_new_data(
-            data.as_ptr().cast(),
-            shape.as_ptr(),
-            shape.len() as i32,
-            sys::mlx_dtype__MLX_UINT32,
-        )
-    };
-    assert!(!a.ctx.is_null(), "mlx_array_new_data: {}", last_error());
-    Arr(a)
-}
-
-fn to_f32(a: &Arr) -> Vec<f32> {
-    unsafe {
-        check(sys::mlx_array_eval(a.0), "eval");
-        let n = sys::mlx_array_size(a.0);
-        let p = sys::mlx_array_data_float32(a.0);
-        assert!(!p.is_null(), "data_float32: {}", last_error());
-        std::slice::from_raw_parts(p, n).to_vec()
-    }
-}
-
-fn shape_of(a: &Arr) -> Vec<i32> {
-    unsafe {
-        let n = sys::mlx_array_ndim(a.0);
-        std::slice::from_raw_parts(sys::mlx_array_shape(a.0), n).to_vec()
-    }
-}
+mod common;
+use common::*;
 
 /// Deterministic pseudo-random floats in [-1, 1) (xorshift; a fresh seed per call site).
 fn random(n: usize, seed: u64) -> Vec<f32> {
@@ -102,7 +39,7 @@ fn quantize_gather_qmm_matches_float64() {
         .map(|i| ((seed as usize + 7 * i) % e) as u32)
         .collect();
 
-    let s = cpu();
+    let s = stream();
     let mode = CString::new("affine").unwrap();
     let group = sys::mlx_optional_int {
         value: 64,
@@ -116,9 +53,9 @@ fn quantize_gather_qmm_matches_float64() {
         ctx: std::ptr::null_mut(),
     };
 
-    let xa = from_f32(&x, &[t as i32, 1, k as i32]);
-    let wa = from_f32(&w, &[e as i32, n as i32, k as i32]);
-    let ia = from_u32(&idx, &[t as i32]);
+    let xa = f32s(&x, &[t as i32, 1, k as i32]);
+    let wa = f32s(&w, &[e as i32, n as i32, k as i32]);
+    let ia = u32s(&idx, &[t as i32]);
 
     unsafe {
         let mut parts = sys::mlx_vector_array_new();
@@ -136,7 +73,7 @@ fn quantize_gather_qmm_matches_float64() {
         sys::mlx_vector_array_free(parts);
         assert_eq!(shape_of(&wq), vec![e as i32, n as i32, (k * 4 / 32) as i32]);
 
-        let mut deq = Arr(sys::mlx_array_new());
+        let mut deq = Arr::empty();
         let f32_ = sys::mlx_optional_dtype {
             value: sys::mlx_dtype__MLX_FLOAT32,
             has_value: true,
@@ -156,9 +93,9 @@ fn quantize_gather_qmm_matches_float64() {
             ),
             "dequantize",
         );
-        let wd = to_f32(&deq);
+        let wd = deq.values();
 
-        let mut out = Arr(sys::mlx_array_new());
+        let mut out = Arr::empty();
         check(
             sys::mlx_gather_qmm(
                 &mut out.0,
@@ -178,7 +115,7 @@ fn quantize_gather_qmm_matches_float64() {
             "gather_qmm",
         );
         assert_eq!(shape_of(&out), vec![t as i32, 1, n as i32]);
-        let got = to_f32(&out);
+        let got = out.values();
 
         let mut max_err = 0f64;
         let mut max_ref = 0f64;
@@ -217,10 +154,10 @@ fn quantize_gather_qmm_matches_float64() {
 #[test]
 fn errors_return_status_and_message() {
     unsafe {
-        let s = cpu();
-        let a = from_f32(&[1.0, 2.0, 3.0], &[3]);
-        let b = from_f32(&[1.0, 2.0], &[2]);
-        let mut out = Arr(sys::mlx_array_new());
+        let s = stream();
+        let a = f32s(&[1.0, 2.0, 3.0], &[3]);
+        let b = f32s(&[1.0, 2.0], &[2]);
+        let mut out = Arr::empty();
         // Shapes [3] and [2] do not broadcast: an error, not an exit.
         let rc = sys::mlx_add(&mut out.0, a.0, b.0, s);
         assert_ne!(rc, 0);
@@ -272,13 +209,13 @@ fn version_and_half_types() {
         assert!(v.starts_with(sys::MLX_VERSION), "libmlx reports {v}");
 
         // float16 / bfloat16 accessors work on x86_64 too.
-        let a = from_f32(&[1.5], &[1]);
-        let cpu = cpu();
+        let a = f32s(&[1.5], &[1]);
+        let cpu = stream();
         for (dt, bits) in [
             (sys::mlx_dtype__MLX_FLOAT16, 0x3e00u16),
             (sys::mlx_dtype__MLX_BFLOAT16, 0x3fc0u16),
         ] {
-            let mut h = Arr(sys::mlx_array_new());
+            let mut h = Arr::empty();
             check(sys::mlx_astype(&mut h.0, a.0, dt, cpu), "astype");
             check(sys::mlx_array_eval(h.0), "eval");
             if dt == sys::mlx_dtype__MLX_FLOAT16 {
