@@ -4,8 +4,8 @@
 // their index, score and activation arrays to the primitive as the caller gave them (any integer
 // index dtype, any strides, shapes that broadcast to the batch shape), instead of adding graph
 // nodes (arange for a default index, astype, broadcast, contiguous copies, reshapes) that MLX would
-// schedule one task each: on the 2-vCPU machine MLX's evaluation costs ~2 us per extra node, and a
-// layer had 21 of them for 2 primitives. Resolving them here is a few loops over B indices.
+// schedule one task each (each costs MLX a dispatch, which was a measurable part of a decode layer:
+// BENCHMARKS.md). Resolving them here is a few loops over B indices.
 #pragma once
 
 #include <mlx/array.h>

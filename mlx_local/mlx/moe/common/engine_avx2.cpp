@@ -52,12 +52,11 @@ namespace mlx::core::moe {
 namespace {
 
 // Up to this many rows per expert use the direct path (in chunks of up to 4 rows); more use the
-// tile path (weights dequantized once per call into float32 and reused by all rows). Measured on
-// the 2-vCPU Zen 4 dev machine, 4-bit: direct ~18 G weight-rows/s at 1 row and ~30 at 2-4 rows;
-// tile ~24 at 5 rows, ~34 from 16 rows; direct with 5-8 rows (two chunks) ~22.
+// tile path (weights dequantized once per call into float32 and reused by all rows): past one chunk
+// of rows the direct path decodes every weight twice and the tile's one decode wins (BENCHMARKS.md).
 constexpr int64_t kDirectMaxRows = 4;
 // float32 activations (exact dequantization): up to this many rows per expert dequantize in
-// registers, more use the tile path (measured: 1.5x for 1 row, 1.2x for 2, slower from 3).
+// registers, more use the tile path (where the two cross over: BENCHMARKS.md).
 constexpr int64_t kExactDirectMaxRows = 2;
 // Weight rows per dequantized tile, and the K chunk of the tile micro kernel (floats).
 constexpr int64_t kTileRows = 16;

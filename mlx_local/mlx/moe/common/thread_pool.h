@@ -6,9 +6,8 @@
 // the first one is rethrown by `parallel_for` on the calling thread, so nothing escapes a worker.
 // Idle workers spin for a while (MLX_MOE_SPIN_US microseconds, default 2000) before sleeping, and so
 // does the caller waiting for them: the kernels of a decode step (a few hundred microseconds of other
-// ops apart) then do not pay a thread wake-up each. Measured on the 2-vCPU Zen 4 machine: a sleeping
-// worker took ~10 us on average to join a kernel after 200 us of spinning, ~1 us after 2000 us, and
-// the Qwen3 layer benchmark (T=1) was ~5% faster with the longer spin.
+// ops apart) then do not pay a thread wake-up each (a sleeping worker joins a kernel an order of
+// magnitude later than a spinning one: BENCHMARKS.md).
 //
 // Scheduling: the pieces are split into one contiguous range per thread; a thread runs its own range
 // front to back and, when it is done, takes pieces from the back of the range with most left. The
