@@ -34,6 +34,28 @@ enum BenchCommand {
     Model(ModelArgs),
     /// add_rms_norm (residual add + RMS norm, one pass) vs MLX's add then fast::rms_norm.
     Norm(NormArgs),
+    /// The backward pass through one MoE layer: forward and forward + vjp (w.r.t. x and the scores),
+    /// fused path (its derivative is the composed path's) vs MLX's composed path.
+    Grad(GradArgs),
+}
+
+#[derive(Args, Debug)]
+struct GradArgs {
+    /// The layer: one of the benchmark's layers.
+    #[arg(long, default_value = "qwen3", value_parser = layer_choice())]
+    layer: String,
+    /// Tokens per call, comma-separated.
+    #[arg(long, value_delimiter = ',', value_parser = at_least_one, default_value = "1,16,64")]
+    tokens: Vec<usize>,
+    /// Seconds of timed calls per token count.
+    #[arg(long, default_value_t = 2.0, value_parser = positive_secs)]
+    budget: f64,
+    /// The most calls per path and token count.
+    #[arg(long, default_value_t = 200, value_parser = at_least_one)]
+    iters: usize,
+    /// Seed of the weights and inputs.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
 }
 
 #[derive(Args, Debug)]
@@ -114,7 +136,47 @@ pub fn run(a: BenchArgs) -> Result<()> {
         BenchCommand::Layer(a) => run_layer(&a),
         BenchCommand::Model(a) => run_model(&a),
         BenchCommand::Norm(a) => run_norm(&a),
+        BenchCommand::Grad(a) => run_grad(&a),
     }
+}
+
+fn run_grad(a: &GradArgs) -> Result<()> {
+    report::header()?;
+    for spec in layer::layer_specs()
+        .into_iter()
+        .filter(|s| a.layer == "all" || a.layer == s.name)
+    {
+        println!("== {}: {}", spec.name, spec.about);
+        // Two copies (weights alternate between calls), no minimum size: the backward is compute-bound.
+        let layer = BenchLayer::build(&spec, a.seed, 2, 0.0, |_, _| {})?;
+        println!(
+            "  {:>5} | {:>12} {:>14} {:>9} | {:>12} {:>14} {:>9} | {:>13}",
+            "T",
+            "fused fwd ms",
+            "fused fwd+vjp",
+            "vjp/fwd",
+            "MLX fwd ms",
+            "MLX fwd+vjp",
+            "vjp/fwd",
+            "fused vs MLX"
+        );
+        for &t in &a.tokens {
+            let [[ff, fg], [mf, mg]] = layer.time_grad(t, a.seed ^ t as u64, a.budget, a.iters)?;
+            println!(
+                "  {:>5} | {:>12.3} {:>14.3} {:>8.2}x | {:>12.3} {:>14.3} {:>8.2}x | {:>12.2}x",
+                t,
+                ff * 1e3,
+                fg * 1e3,
+                fg / ff,
+                mf * 1e3,
+                mg * 1e3,
+                mg / mf,
+                mg / fg
+            );
+        }
+    }
+    println!("  (fwd+vjp: one evaluation of the layer and its vector-Jacobian product w.r.t. x and the scores; the fused path's vjp is the composed path's, so its backward costs MLX's)");
+    Ok(())
 }
 
 fn run_norm(a: &NormArgs) -> Result<()> {

@@ -447,6 +447,78 @@ impl BenchLayer {
         Ok(if scale > 0.0 { err / scale } else { err })
     }
 
+    /// The gradient of `sum(c * layer(x))` with respect to x and the scores on `tokens` tokens, both paths,
+    /// alternating, on the next copy of the weights per call: median seconds of (forward, forward + vjp)
+    /// per path as `[[fused fwd, fused fwd+vjp], [MLX fwd, MLX fwd+vjp]]`.
+    pub fn time_grad(
+        &self,
+        tokens: usize,
+        seed: u64,
+        budget_s: f64,
+        max_iters: usize,
+    ) -> Result<[[f64; 2]; 2]> {
+        use mlx_rs::transforms;
+        let spec = &self.spec;
+        let t = tokens as i32;
+        let key = mlx_rs::random::key(seed)?;
+        let x =
+            mlx_rs::random::normal::<f32>(&[t, spec.d], 0.0, 1.0, &key)?.as_dtype(spec.dtype)?;
+        let idx: Vec<u32> = (0..tokens * spec.k as usize)
+            .map(|j| {
+                ((j % spec.k as usize) * spec.e as usize / spec.k as usize + j / spec.k as usize)
+                    as u32
+                    % spec.e as u32
+            })
+            .collect();
+        let indices = Array::from_slice(&idx, &[t, spec.k]);
+        let scores = mlx_rs::ops::softmax_axis(
+            mlx_rs::random::normal::<f32>(&[t, spec.k], 0.0, 1.0, &key)?,
+            -1,
+            None,
+        )?
+        .as_dtype(spec.dtype)?;
+        let c =
+            mlx_rs::random::normal::<f32>(&[t, spec.d], 0.0, 1.0, &key)?.as_dtype(spec.dtype)?;
+        transforms::eval([&x, &indices, &scores, &c])?;
+        let mut times = [[Vec::new(), Vec::new()], [Vec::new(), Vec::new()]];
+        let start = std::time::Instant::now();
+        let mut n = 0usize;
+        let mut call = 0usize;
+        while n <= max_iters && (n < 2 || start.elapsed().as_secs_f64() < budget_s) {
+            for (p, path) in [MoePath::Fused, MoePath::Reference].into_iter().enumerate() {
+                for with_grad in [false, true] {
+                    let layer = &self.copies[call % self.copies.len()];
+                    call += 1;
+                    let t0 = std::time::Instant::now();
+                    if with_grad {
+                        let f = |a: &[Array]| -> std::result::Result<Vec<Array>, mlx_rs::error::Exception> {
+                            layer
+                                .forward_combined(&a[0], &indices, &a[1], path)
+                                .map(|y| vec![y])
+                                .map_err(|e| mlx_rs::error::Exception::custom(e.to_string()))
+                        };
+                        let (_, g) = transforms::fallible_vjp(
+                            f,
+                            &[x.clone(), scores.clone()],
+                            std::slice::from_ref(&c),
+                        )?;
+                        transforms::eval(g.iter())?;
+                    } else {
+                        layer
+                            .forward_combined(&x, &indices, &scores, path)?
+                            .eval()?;
+                    }
+                    if n > 0 {
+                        times[p][with_grad as usize].push(t0.elapsed().as_secs_f64());
+                    }
+                }
+            }
+            n += 1;
+        }
+        let [[a, b], [c2, d]] = times;
+        Ok([[median(a), median(b)], [median(c2), median(d)]])
+    }
+
     /// Copies of the weights.
     pub fn copies(&self) -> usize {
         self.copies.len()
