@@ -20,8 +20,10 @@ namespace mlx::core {
 
 namespace {
 
-// Elements per piece of parallel work, at least (a row is never split).
-constexpr int64_t kPieceElems = 16384;
+// Elements per piece of parallel work, at least (a row is never split): a piece is tens of
+// microseconds of work, so handing pieces to the pool's threads (which may have to be woken, or be
+// descheduled on a busy machine) pays off only for large inputs; smaller ones run on the calling thread.
+constexpr int64_t kPieceElems = int64_t{1} << 17;
 
 // Element offsets of an input viewed as rows of D elements, for any layout.
 struct RowView {
