@@ -11,7 +11,8 @@ fn main() -> ExitCode {
             // One readable line.
             let msg: Vec<String> = e.chain().map(|c| c.to_string()).collect();
             eprintln!("error: {}", msg.join(": ").replace('\n', " "));
-            ExitCode::FAILURE
+            e.downcast_ref::<cli::Exit>()
+                .map_or(ExitCode::FAILURE, |x| ExitCode::from(x.code))
         }
     }
 }

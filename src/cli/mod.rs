@@ -3,8 +3,10 @@
 
 mod bench;
 mod demo;
+mod dist_selftest;
 mod generate;
 mod info;
+mod launch;
 mod membw;
 mod presets;
 mod report;
@@ -55,6 +57,11 @@ enum Command {
     Synth(synth::SynthArgs),
     /// List the synthetic presets.
     Presets,
+    /// Run a zmlx command as N ranks of a distributed group (local processes, or the hosts of a host file).
+    Launch(launch::LaunchArgs),
+    /// Check every collective against the single-process computation (run it under `zmlx launch`).
+    #[command(hide = true)]
+    DistSelftest(dist_selftest::SelftestArgs),
 }
 
 pub fn run() -> Result<()> {
@@ -68,8 +75,25 @@ pub fn run() -> Result<()> {
         Some(Command::Info) => info::run(),
         Some(Command::Synth(a)) => synth::run(a),
         Some(Command::Presets) => presets::run(),
+        Some(Command::Launch(a)) => launch::run(a),
+        Some(Command::DistSelftest(a)) => dist_selftest::run(a),
     }
 }
+
+/// A failure that ends zmlx with a given exit status (a launched rank's, a timeout's) instead of 1.
+#[derive(Debug)]
+pub struct Exit {
+    pub code: u8,
+    pub msg: String,
+}
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.msg)
+    }
+}
+
+impl std::error::Error for Exit {}
 
 /// `--device`: the names MLX's devices go by.
 fn device_kind() -> impl TypedValueParser<Value = DeviceKind> {
