@@ -84,10 +84,85 @@ mx.add + mx.fast.rms_norm over dtypes, shapes, layouts and with gradients.
         cpu_primitives=[("AddRMSNorm", True)],
         exported=["AddRMSNorm"],
     ),
+    Patch(
+        slug="gather_qmm_swiglu",
+        subject="Add gather_qmm_swiglu: fused gate/up projections and activation of a quantized MoE",
+        body="""\
+In a quantized Mixture-of-Experts layer the experts' gate and up projections are two
+gather_qmm calls on the same input and indices, followed by silu(g) * u: two
+[tokens, k, N] intermediates written and read back, and each selected expert's
+weights decoded twice per call. gather_qmm_swiglu computes
+act(gather_qmm(x, gate_w, ...), gather_qmm(x, up_w, ...)) in one primitive.
+
+Arguments and layouts are exactly gather_qmm's (lhs/rhs indices, transpose,
+group_size, bits, mode) for both projections; every quantization mode MLX has
+(affine 2/3/4/5/6/8-bit with groups 32/64/128, mxfp4, nvfp4, mxfp8); float32,
+float16 and bfloat16 activations; the output dtype is gather_qmm's. Activations:
+"swiglu" and "gpt_oss" (clamped, with alpha and limit), with optional per-expert
+additive biases before the activation.
+
+CPU streams run a fused kernel that groups rows by expert (each expert's weights
+are decoded once per call), accumulates in float32 and rounds once, spreading
+work over a thread pool, with AVX2 / AVX-512 paths chosen at run time. Indices are
+bounds-checked (an out-of-range index fails evaluation; MLX's gather_qmm does not
+check). Other devices build the composed graph. vjp / jvp (with respect to x and
+the additive biases) and vmap are those of the composed graph; the quantized
+weights and the indices are constants, as in gather_qmm.
+
+mlx/backend/cuda/fused/gpu.h declares the CUDA entry points of the fused ops; this
+patch adds the build without fused CUDA kernels (no_cuda.cpp).
+
+Python: mlx.core.gather_qmm_swiglu, tested against two mx.gather_qmm calls and a
+float64 oracle for every mode, three dtypes and both activations.
+""",
+        headers=["mlx/fused/gather_qmm_swiglu.h"],
+        cpu_primitives=[("GatherQMMSwiGLU", False)],
+    ),
+    Patch(
+        slug="gather_qmm_combine",
+        subject="Add gather_qmm_combine and fused_quantized_linear",
+        body="""\
+The down projection of a quantized MoE layer is a gather_qmm to [tokens, k, 1, D]
+followed by a multiply with the router scores and a sum over k. gather_qmm_combine
+fuses the three: sum_j scores[..., j] * (gather_qmm(h, w, rhs_indices)[..., j, :, :]
++ bias[rhs_indices[..., j]]), accumulated in float32 over the experts and rounded
+once, without the [tokens, k, D] intermediate.
+
+Same arguments, modes and dtypes as gather_qmm; the result dtype promotes the
+projection's with the scores' (and the bias's). fused_quantized_linear is the
+same kernel with one expert and score 1: a quantized linear layer accumulated in
+float32 (attention and router projections of the same models); on other devices
+it is quantized_matmul (+ bias).
+
+CPU streams run the fused kernel; other devices the composed graph. vjp / jvp
+(with respect to h, scores and bias) and vmap are those of the composed graph.
+
+Python: mlx.core.gather_qmm_combine and mlx.core.fused_quantized_linear, tested
+against gather_qmm / quantized_matmul and a float64 oracle for every mode.
+""",
+        headers=["mlx/fused/gather_qmm_combine.h"],
+        cpu_primitives=[("GatherQMMCombine", False)],
+    ),
+    Patch(
+        slug="switch_glu_combine",
+        subject="Add switch_glu_combine: a quantized MoE expert block as one op",
+        body="""\
+switch_glu_combine(x, gate, up, down, indices, scores) is mlx-lm's SwitchGLU layer
+with the score-weighted sum over the experts:
+gather_qmm_combine(gather_qmm_swiglu(x[..., None, None, :], gate, up, indices),
+down, indices, scores)[..., 0, :], with the arguments of both validated up front.
+It adds no primitive: on every device it is the two fused ops (a backend with a
+one-launch kernel for the whole block can take it here).
+
+Python: mlx.core.switch_glu_combine, tested to equal the two fused ops exactly and
+the graph of MLX's own ops within tolerance.
+""",
+        headers=["mlx/fused/switch_glu.h"],
+    ),
 ]
 
-# Overlay / authored file -> in-tree path, per patch. Source paths starting with "mlx/" are under mlx_local/,
-# the others under upstream/. Device-independent code goes to mlx/fused/ (compiled in every build), the CPU
+# Overlay / authored file -> in-tree path, per patch. Source paths starting with "upstream/" are authored files
+# of this repository (bindings' tests, stubs), the others overlay files under mlx_local/. Device-independent code goes to mlx/fused/ (compiled in every build), the CPU
 # kernels and their engines to mlx/backend/cpu/fused/ (compiled with MLX_BUILD_CPU).
 FILES = [
     # 1: add_rms_norm, and the shared helpers it needs.
@@ -103,10 +178,42 @@ FILES = [
     (1, "mlx/moe/common/kernel_macros.h", "mlx/fused/common/kernel_macros.h"),
     (1, "mlx/moe/common/thread_pool.h", "mlx/backend/cpu/fused/thread_pool.h"),
     (1, "mlx/moe/common/thread_pool.cpp", "mlx/backend/cpu/fused/thread_pool.cpp"),
-    (1, "python/tests/test_fused_add_rms_norm.py", "python/tests/test_fused_add_rms_norm.py"),
+    (1, "upstream/python/tests/test_fused_add_rms_norm.py", "python/tests/test_fused_add_rms_norm.py"),
+    # 2: gather_qmm_swiglu, the MoE ops' shared validation and input handling, the CPU engines, the CUDA
+    # entry points' declarations and their stub for builds without the fused CUDA kernels.
+    (2, "mlx/moe/gather_qmm_swiglu/gather_qmm_swiglu.h", "mlx/fused/gather_qmm_swiglu.h"),
+    (2, "mlx/moe/gather_qmm_swiglu/gather_qmm_swiglu.cpp", "mlx/fused/gather_qmm_swiglu.cpp"),
+    (2, "mlx/moe/gather_qmm_swiglu/cpu.cpp", "mlx/backend/cpu/fused/gather_qmm_swiglu.cpp"),
+    (2, "mlx/moe/common/batch_inputs.h", "mlx/fused/common/batch_inputs.h"),
+    (2, "mlx/moe/common/batch_inputs.cpp", "mlx/fused/common/batch_inputs.cpp"),
+    (2, "mlx/moe/common/checked_indices.h", "mlx/fused/common/checked_indices.h"),
+    (2, "mlx/moe/common/checked_indices.cpp", "mlx/fused/common/checked_indices.cpp"),
+    (2, "mlx/moe/common/validate.h", "mlx/fused/common/validate.h"),
+    (2, "mlx/moe/common/validate.cpp", "mlx/fused/common/validate.cpp"),
+    (2, "mlx/moe/common/routing.h", "mlx/backend/cpu/fused/routing.h"),
+    (2, "mlx/moe/common/routing.cpp", "mlx/backend/cpu/fused/routing.cpp"),
+    (2, "mlx/moe/common/simd.h", "mlx/backend/cpu/fused/simd.h"),
+    (2, "mlx/moe/common/simd.cpp", "mlx/backend/cpu/fused/simd.cpp"),
+    (2, "mlx/moe/common/engine.h", "mlx/backend/cpu/fused/engine.h"),
+    (2, "mlx/moe/common/engine.cpp", "mlx/backend/cpu/fused/engine.cpp"),
+    (2, "mlx/moe/common/engine_avx2.cpp", "mlx/backend/cpu/fused/engine_avx2.cpp"),
+    (2, "mlx/moe/common/engine_avx512.cpp", "mlx/backend/cpu/fused/engine_avx512.cpp"),
+    (2, "mlx/backend/cuda/moe/gpu.h", "mlx/backend/cuda/fused/gpu.h"),
+    (2, "upstream/mlx/backend/cuda/fused/no_cuda.cpp", "mlx/backend/cuda/fused/no_cuda.cpp"),
+    (2, "upstream/python/tests/test_fused_gather_qmm_swiglu.py", "python/tests/test_fused_gather_qmm_swiglu.py"),
+    # 3: gather_qmm_combine and fused_quantized_linear.
+    (3, "mlx/moe/gather_qmm_combine/gather_qmm_combine.h", "mlx/fused/gather_qmm_combine.h"),
+    (3, "mlx/moe/gather_qmm_combine/gather_qmm_combine.cpp", "mlx/fused/gather_qmm_combine.cpp"),
+    (3, "mlx/moe/gather_qmm_combine/cpu.cpp", "mlx/backend/cpu/fused/gather_qmm_combine.cpp"),
+    (3, "upstream/python/tests/test_fused_gather_qmm_combine.py", "python/tests/test_fused_gather_qmm_combine.py"),
+    # 4: switch_glu_combine (an op over the two primitives).
+    (4, "mlx/moe/switch_glu/switch_glu.h", "mlx/fused/switch_glu.h"),
+    (4, "mlx/moe/switch_glu/switch_glu.cpp", "mlx/fused/switch_glu.cpp"),
+    (4, "upstream/python/tests/test_fused_switch_glu_combine.py", "python/tests/test_fused_switch_glu_combine.py"),
 ]
 
-# Registration in MLX's own files: (patch, file, the line after which the text goes, text).
+# Registration in MLX's own files: (patch, file, the line after which the text goes, text); an anchor
+# starting with "<" puts the text before that line.
 INSERTS = [
     (1, "mlx/CMakeLists.txt", "add_subdirectory(${CMAKE_CURRENT_SOURCE_DIR}/io)",
      "add_subdirectory(${CMAKE_CURRENT_SOURCE_DIR}/fused)\n"),
@@ -116,6 +223,13 @@ INSERTS = [
     (1, "python/src/mlx.cpp", "void init_fast(nb::module_&);", "void init_fused(nb::module_&);\n"),
     (1, "python/src/mlx.cpp", "  init_fast(m);", "  init_fused(m);\n"),
     (1, "docs/src/python/ops.rst", "   add", "   add_rms_norm\n"),
+    # Until a patch adds the fused CUDA kernels, every build takes the stub.
+    (2, "mlx/CMakeLists.txt", "add_subdirectory(${CMAKE_CURRENT_SOURCE_DIR}/io)",
+     "target_sources(mlx PRIVATE ${CMAKE_CURRENT_SOURCE_DIR}/backend/cuda/fused/no_cuda.cpp)\n"),
+    (2, "docs/src/python/ops.rst", "<   greater", "   gather_qmm_swiglu\n"),
+    (3, "docs/src/python/ops.rst", "   gather_qmm", "   gather_qmm_combine\n"),
+    (3, "docs/src/python/ops.rst", "   full_like", "   fused_quantized_linear\n"),
+    (4, "docs/src/python/ops.rst", "   swapaxes", "   switch_glu_combine\n"),
 ]
 
 # Per-patch registration derived from Patch fields: (file, anchor line, text for one item).
@@ -125,7 +239,7 @@ HEADER_INCLUDES = [
     ("mlx/export.cpp", '#include "mlx/fast_primitives.h"', lambda p: p.exported),
     ("mlx/backend/no_cpu/primitives.cpp", '#include "mlx/fast_primitives.h"', lambda p: p.cpu_primitives),
 ]
-NO_CPU_ANCHOR = ("mlx/backend/no_cpu/primitives.cpp", "NO_CPU(GatherQMM)")
+NO_CPU_FILE = "mlx/backend/no_cpu/primitives.cpp"
 EXPORT_ANCHOR = ("mlx/export.cpp", "      SERIALIZE_PRIMITIVE(CustomKernel)};")
 
 BINDINGS_HEAD = """\
@@ -156,12 +270,12 @@ def fail(msg):
 
 
 def source_path(src):
-    return REPO / "mlx_local" / src if src.startswith("mlx/") else UPSTREAM / src
+    return REPO / src if src.startswith("upstream/") else REPO / "mlx_local" / src
 
 
 def rewrite_includes(text, src):
     """Overlay C++ in its in-tree form: local includes through the FILES table, MLX headers in quotes."""
-    table = {s: d for _, s, d in FILES if s.startswith("mlx/")}
+    table = {s: d for _, s, d in FILES if not s.startswith("upstream/")}
 
     def sub(m):
         inc = m.group(2)
@@ -179,7 +293,7 @@ def file_content(src):
     if not path.is_file():
         fail(f"missing {path}")
     text = path.read_text()
-    if src.startswith("mlx/") and path.suffix in (".h", ".cpp", ".cuh"):
+    if not src.startswith("upstream/") and path.suffix in (".h", ".cpp", ".cuh"):
         text = rewrite_includes(text, src)
     return text
 
@@ -209,71 +323,87 @@ def generated_files(n):
     return out
 
 
-def inserts_upto(n):
-    """(file, anchor) -> stacked text, for patches 1..n."""
+def no_cpu_anchor(base_dir, name):
+    """The NO_CPU line of the base stubs after which `name` goes in alphabetical order."""
+    path = NO_CPU_FILE
+    lines = (base_dir / path).read_text().split("\n")
+    stubs = [(re.match(r"NO_CPU(?:_MULTI)?\((\w+)\)$", l), l) for l in lines]
+    before = [l for m, l in stubs if m and m.group(1) < name]
+    if not before:
+        fail(f"{path}: no NO_CPU line sorts before {name}")
+    return before[-1]
+
+
+def inserts_upto(base_dir, n):
+    """(file, anchor, text, keep sorted) for patches 1..n."""
     ins = []
     for p, f, anchor, text in INSERTS:
         if p <= n:
-            ins.append((f, anchor, text))
+            ins.append((f, anchor, text, False))
     for p in PATCHES[:n]:
         for f, anchor, wanted in HEADER_INCLUDES:
             if wanted(p):
-                ins.append((f, anchor, "".join(f'#include "{h}"\n' for h in p.headers)))
-        ins.append((*NO_CPU_ANCHOR, "".join(
-            f"NO_CPU{'_MULTI' if multi else ''}({name})\n" for name, multi in p.cpu_primitives)))
+                ins += [(f, anchor, f'#include "{h}"\n', True) for h in p.headers]
+        for name, multi in p.cpu_primitives:
+            stub = f"NO_CPU{'_MULTI' if multi else ''}({name})\n"
+            ins.append((NO_CPU_FILE, no_cpu_anchor(base_dir, name), stub, True))
         # After the last entry of the factory: the closing "};" moves to the new last entry.
         for name in p.exported:
-            ins.append((*EXPORT_ANCHOR, name))
+            ins.append((*EXPORT_ANCHOR, name, False))
     return ins
 
 
 def apply_inserts(base, path, ins):
-    text = base
-    lines = text.split("\n")
+    lines = base.split("\n")
     stacked = {}
     order = []
-    for f, anchor, t in ins:
+    for f, anchor, t, keep_sorted in ins:
         if f != path or not t:
             continue
         if anchor not in stacked:
-            stacked[anchor] = []
+            stacked[anchor] = ([], keep_sorted)
             order.append(anchor)
-        stacked[anchor].append(t)
+        stacked[anchor][0].append(t)
     for anchor in order:
+        texts, keep_sorted = stacked[anchor]
         if anchor == EXPORT_ANCHOR[1]:
             idx = [i for i, l in enumerate(lines) if l == anchor]
             if len(idx) != 1:
                 fail(f"{path}: the line {anchor!r} occurs {len(idx)} times (want 1)")
-            i = idx[0]
             new = ["      SERIALIZE_PRIMITIVE(CustomKernel),"]
-            names = stacked[anchor]
-            new += [f"      SERIALIZE_PRIMITIVE({nm})," for nm in names[:-1]]
-            new.append(f"      SERIALIZE_PRIMITIVE({names[-1]})}};")
-            lines[i:i + 1] = new
+            new += [f"      SERIALIZE_PRIMITIVE({nm})," for nm in texts[:-1]]
+            new.append(f"      SERIALIZE_PRIMITIVE({texts[-1]})}};")
+            lines[idx[0]:idx[0] + 1] = new
             continue
-        add = "".join(stacked[anchor]).rstrip("\n").split("\n")
+        add = "".join(texts).rstrip("\n").split("\n")
+        if keep_sorted:
+            add.sort()
         if anchor is None:
             if lines and lines[-1] == "":
                 lines[-1:] = add + [""]
             else:
                 lines += add
             continue
-        idx = [i for i, l in enumerate(lines) if l == anchor]
+        before = anchor.startswith("<")
+        line = anchor[1:] if before else anchor
+        idx = [i for i, l in enumerate(lines) if l == line]
         if len(idx) != 1:
-            fail(f"{path}: the line {anchor!r} occurs {len(idx)} times (want 1)")
-        lines[idx[0] + 1:idx[0] + 1] = add
+            fail(f"{path}: the line {line!r} occurs {len(idx)} times (want 1)")
+        at = idx[0] if before else idx[0] + 1
+        lines[at:at] = add
     return "\n".join(lines)
 
 
 def tree_state(base_dir, n):
-    """{in-tree path: content} of every path the series touches, after patches 1..n."""
+    """{in-tree path: content} of every path the series touches, after patches 1..n; base_dir is the
+    unmodified MLX tree."""
     state = {}
     for p, src, dst in FILES:
         if p <= n:
             state[dst] = file_content(src)
     state.update(generated_files(n))
-    ins = inserts_upto(n)
-    for f in sorted({f for f, _, t in ins if t}):
+    ins = inserts_upto(base_dir, n)
+    for f in sorted({f for f, _, t, _ in ins if t}):
         base = (base_dir / f).read_text()
         state[f] = apply_inserts(base, f, ins)
     return state
@@ -330,8 +460,11 @@ def base_tree(src, tmp):
 
 def generate(src, out, tmp):
     tree = base_tree(src, tmp)
+    # The registration inserts apply to the base files, kept aside from the tree the commits are made in.
+    base = tmp / "base"
+    shutil.copytree(tree, base, ignore=shutil.ignore_patterns(".git"))
     for n in range(1, len(PATCHES) + 1):
-        for path, text in tree_state(tree, n).items():
+        for path, text in tree_state(base, n).items():
             f = tree / path
             f.parent.mkdir(parents=True, exist_ok=True)
             f.write_text(text)

@@ -4,6 +4,7 @@
 // score-weighted sum over the k experts each token picked.
 #pragma once
 
+#include <mlx/api.h>
 #include <mlx/array.h>
 #include <mlx/primitives.h>
 #include <mlx/utils.h>
@@ -42,7 +43,7 @@ namespace mlx::core {
  * and rhs_indices are constants (asking for their derivative is an error naming the input); vmap is
  * the reference's. On CUDA streams the fused kernel's node has no derivative.
  */
-array gather_qmm_combine(
+MLX_API array gather_qmm_combine(
     const array& h,
     const array& w,
     const array& scales,
@@ -61,7 +62,7 @@ array gather_qmm_combine(
  * scores (MLX's dtype promotion) and sum over the k axis, with the same validation; user indices
  * are bounds-checked first.
  */
-array gather_qmm_combine_reference(
+MLX_API array gather_qmm_combine_reference(
     const array& h,
     const array& w,
     const array& scales,
@@ -89,7 +90,7 @@ array gather_qmm_combine_reference(
  * with one expert, the same float32 contract (MLX's CUDA quantized_matmul is not known to keep it
  * for float32 activations against half-precision scales). Other GPUs: quantized_matmul (+ bias).
  */
-array fused_quantized_linear(
+MLX_API array fused_quantized_linear(
     const array& x,
     const array& w,
     const array& scales,

@@ -4,6 +4,7 @@
 // gated activation, fused into one primitive.
 #pragma once
 
+#include <mlx/api.h>
 #include <mlx/array.h>
 #include <mlx/primitives.h>
 #include <mlx/utils.h>
@@ -59,7 +60,7 @@ namespace mlx::core {
  * with that op's message). On CUDA streams the fused kernel's node has no derivative: differentiate
  * through gather_qmm_swiglu_reference there.
  */
-array gather_qmm_swiglu(
+MLX_API array gather_qmm_swiglu(
     const array& x,
     const array& gate_w,
     const array& gate_scales,
@@ -87,7 +88,7 @@ array gather_qmm_swiglu(
  * indices go through a bounds check first (MLX's gather_qmm does not check them). Used by tests
  * and benchmarks as "MLX's composed path".
  */
-array gather_qmm_swiglu_reference(
+MLX_API array gather_qmm_swiglu_reference(
     const array& x,
     const array& gate_w,
     const array& gate_scales,
