@@ -327,6 +327,8 @@ def no_cpu_anchor(base_dir, name):
     """The NO_CPU line of the base stubs after which `name` goes in alphabetical order."""
     path = NO_CPU_FILE
     lines = (base_dir / path).read_text().split("\n")
+    # Only the stubs of mlx::core itself (those of fast:: and distributed:: follow in nested namespaces).
+    lines = lines[:lines.index("namespace fast {")]
     stubs = [(re.match(r"NO_CPU(?:_MULTI)?\((\w+)\)$", l), l) for l in lines]
     before = [l for m, l in stubs if m and m.group(1) < name]
     if not before:
