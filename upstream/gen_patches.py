@@ -52,8 +52,10 @@ class Patch:
     # Primitives whose eval_cpu lives under mlx/backend/cpu/ (a no_cpu build gets a stub) and whether they have
     # several outputs (NO_CPU_MULTI).
     cpu_primitives: list = field(default_factory=list)
-    # Primitives with a state() that MLX's export serializes.
+    # Primitives with a state() that MLX's export serializes (the arguments of SERIALIZE_PRIMITIVE), and the
+    # headers export.cpp needs for them beyond `headers`.
     exported: list = field(default_factory=list)
+    export_headers: list = field(default_factory=list)
 
 
 PATCHES = [
@@ -117,6 +119,8 @@ float64 oracle for every mode, three dtypes and both activations.
 """,
         headers=["mlx/fused/gather_qmm_swiglu.h"],
         cpu_primitives=[("GatherQMMSwiGLU", False)],
+        exported=["GatherQMMSwiGLU", 'moe::CheckedIndices, "CheckedIndices"'],
+        export_headers=["mlx/fused/common/checked_indices.h"],
     ),
     Patch(
         slug="gather_qmm_combine",
@@ -142,6 +146,7 @@ against gather_qmm / quantized_matmul and a float64 oracle for every mode.
 """,
         headers=["mlx/fused/gather_qmm_combine.h"],
         cpu_primitives=[("GatherQMMCombine", False)],
+        exported=["GatherQMMCombine"],
     ),
     Patch(
         slug="switch_glu_combine",
@@ -345,7 +350,8 @@ def inserts_upto(base_dir, n):
     for p in PATCHES[:n]:
         for f, anchor, wanted in HEADER_INCLUDES:
             if wanted(p):
-                ins += [(f, anchor, f'#include "{h}"\n', True) for h in p.headers]
+                hs = p.headers + (p.export_headers if f == "mlx/export.cpp" else [])
+                ins += [(f, anchor, f'#include "{h}"\n', True) for h in hs]
         for name, multi in p.cpu_primitives:
             stub = f"NO_CPU{'_MULTI' if multi else ''}({name})\n"
             ins.append((NO_CPU_FILE, no_cpu_anchor(base_dir, name), stub, True))

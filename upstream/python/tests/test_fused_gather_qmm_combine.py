@@ -109,6 +109,27 @@ class TestFusedGatherQMMCombine(mlx_tests.MLXTestCase):
         for a, b in zip(got, want):
             self.assertTrue(mx.allclose(a, b, atol=1e-4, rtol=1e-4))
 
+    def test_export(self):
+        import os
+        import tempfile
+
+        w = self.weights("affine", 32, 8, mx.float16)
+        h = mx.random.normal((3, 2, 1, self.K)).astype(mx.float16)
+        idx = mx.array([[0, 1], [2, 3], [1, 1]])
+        scores = mx.random.uniform(shape=(3, 2))
+        bias = mx.random.normal((self.E, self.N)).astype(mx.float16)
+
+        def fn(h, idx, scores):
+            return mx.gather_qmm_combine(
+                h, *w, idx, scores, group_size=32, bits=8, bias=bias
+            )
+
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "fn.mlxfn")
+            mx.export_function(path, fn, h, idx, scores)
+            got = mx.import_function(path)(h, idx, scores)[0]
+        self.assertTrue(mx.array_equal(got, fn(h, idx, scores)))
+
     def test_errors(self):
         w = self.weights("affine", 64, 4, mx.float32)
         h = mx.random.normal((1, 2, 1, self.K))

@@ -178,6 +178,26 @@ class TestFusedGatherQMMSwiGLU(mlx_tests.MLXTestCase):
         for a, b in zip(got, want):
             self.assertTrue(mx.allclose(a, b, atol=1e-4, rtol=1e-4))
 
+    def test_export(self):
+        import os
+        import tempfile
+
+        g = self.weights("mxfp4", 32, 4, mx.bfloat16)
+        u = self.weights("mxfp4", 32, 4, mx.bfloat16)
+        x = mx.random.normal((3, 1, 1, self.K)).astype(mx.bfloat16)
+        idx = mx.array([[0, 1], [2, 3], [1, 1]])
+
+        def fn(x, idx):
+            return mx.gather_qmm_swiglu(
+                x, *g, *u, rhs_indices=idx, mode="mxfp4", activation="gpt_oss"
+            )
+
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "fn.mlxfn")
+            mx.export_function(path, fn, x, idx)
+            got = mx.import_function(path)(x, idx)[0]
+        self.assertTrue(mx.array_equal(got, fn(x, idx)))
+
     def test_errors(self):
         g = self.weights("affine", 64, 4, mx.float32)
         x = mx.random.normal((1, 1, 1, self.K))

@@ -11,6 +11,7 @@
 
 #include <optional>
 #include <string>
+#include <tuple>
 
 #include "mlx/moe/common/quant_modes.h"
 
@@ -148,6 +149,15 @@ class GatherQMMCombine : public UnaryPrimitive {
  public:
   GatherQMMCombine(Stream stream, moe::CombineParams params)
       : UnaryPrimitive(stream), params_(params) {}
+  // From the values of state() (MLX's import).
+  GatherQMMCombine(
+      Stream stream,
+      QuantizationMode mode,
+      int group_size,
+      int bits,
+      bool transpose,
+      bool has_bias,
+      int64_t k);
 
   void eval_cpu(const std::vector<array>& inputs, array& out) override;
   void eval_gpu(const std::vector<array>& inputs, array& out) override;
@@ -169,6 +179,13 @@ class GatherQMMCombine : public UnaryPrimitive {
     return "GatherQMMCombine";
   }
   bool is_equivalent(const Primitive& other) const override;
+
+  // The parameters as plain values, for MLX's export.
+  auto state() const {
+    const moe::CombineParams& p = params_;
+    return std::make_tuple(
+        p.q.info->mode, p.q.group_size, p.q.bits, p.transpose, p.has_bias, p.k);
+  }
 
  private:
   moe::CombineParams params_;

@@ -11,6 +11,7 @@
 
 #include <optional>
 #include <string>
+#include <tuple>
 
 #include "mlx/moe/common/quant_modes.h"
 
@@ -171,6 +172,21 @@ class GatherQMMSwiGLU : public UnaryPrimitive {
  public:
   GatherQMMSwiGLU(Stream stream, moe::SwigluParams params)
       : UnaryPrimitive(stream), params_(params) {}
+  // From the values of state() (MLX's import).
+  GatherQMMSwiGLU(
+      Stream stream,
+      QuantizationMode mode,
+      int group_size,
+      int bits,
+      bool transpose,
+      moe::Activation activation,
+      float alpha,
+      float limit,
+      bool has_gate_bias,
+      bool has_up_bias,
+      bool has_lhs,
+      bool has_rhs,
+      bool sorted);
 
   void eval_cpu(const std::vector<array>& inputs, array& out) override;
   void eval_gpu(const std::vector<array>& inputs, array& out) override;
@@ -195,6 +211,24 @@ class GatherQMMSwiGLU : public UnaryPrimitive {
 
   const moe::SwigluParams& params() const {
     return params_;
+  }
+
+  // The parameters as plain values, for MLX's export.
+  auto state() const {
+    const moe::SwigluParams& p = params_;
+    return std::make_tuple(
+        p.q.info->mode,
+        p.q.group_size,
+        p.q.bits,
+        p.transpose,
+        p.activation,
+        p.alpha,
+        p.limit,
+        p.has_gate_bias,
+        p.has_up_bias,
+        p.has_lhs,
+        p.has_rhs,
+        p.sorted);
   }
 
  private:
