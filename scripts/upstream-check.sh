@@ -109,7 +109,9 @@ if [ $base = 0 ]; then
 fi
 py_status=0
 for t in "${py_tests[@]}"; do
-  if (cd "$work/src/python/tests" && PYTHONPATH="$work/src/python" python3 "$t" >"$work/logs/$t.log" 2>&1); then
+  # The module finds libmlx through LD_LIBRARY_PATH (a wheel carries it in mlx/lib).
+  if (cd "$work/src/python/tests" && PYTHONPATH="$work/src/python" LD_LIBRARY_PATH="$work/build" \
+    python3 "$t" >"$work/logs/$t.log" 2>&1); then
     echo "$t: $(tail -n 3 "$work/logs/$t.log" | tr '\n' ' ')"
   else
     py_status=1
