@@ -19,8 +19,9 @@ QUANTS = [
     ("mxfp8", 32, 8),
 ]
 
-# Half an ulp of the output dtype, relative to the largest output (the fused kernel rounds once).
-ROUNDING = {mx.float32: 0.0, mx.float16: 2.0**-12, mx.bfloat16: 2.0**-9}
+# Half an ulp of the output dtype (its unit roundoff), relative to the largest output: the fused
+# kernels round once.
+ROUNDING = {mx.float32: 0.0, mx.float16: 2.0**-11, mx.bfloat16: 2.0**-8}
 
 
 def quantize(w, mode, group_size, bits):
@@ -118,6 +119,9 @@ class TestFusedGatherQMMCombine(mlx_tests.MLXTestCase):
         idx = mx.array([[0, 1], [2, 3], [1, 1]])
         scores = mx.random.uniform(shape=(3, 2))
         bias = mx.random.normal((self.E, self.N)).astype(mx.float16)
+        # Loaded weights are evaluated; unevaluated ones would go through mx.contiguous, which
+        # MLX cannot export.
+        mx.eval(w, bias)
 
         def fn(h, idx, scores):
             return mx.gather_qmm_combine(

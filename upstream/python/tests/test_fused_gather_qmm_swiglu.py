@@ -19,8 +19,9 @@ QUANTS = [
     ("mxfp8", 32, 8),
 ]
 
-# Half an ulp of the output dtype, relative to the largest output (the fused kernel rounds once).
-ROUNDING = {mx.float32: 0.0, mx.float16: 2.0**-12, mx.bfloat16: 2.0**-9}
+# Half an ulp of the output dtype (its unit roundoff), relative to the largest output: the fused
+# kernels round once.
+ROUNDING = {mx.float32: 0.0, mx.float16: 2.0**-11, mx.bfloat16: 2.0**-8}
 
 
 def quantize(w, mode, group_size, bits):
@@ -186,6 +187,9 @@ class TestFusedGatherQMMSwiGLU(mlx_tests.MLXTestCase):
         u = self.weights("mxfp4", 32, 4, mx.bfloat16)
         x = mx.random.normal((3, 1, 1, self.K)).astype(mx.bfloat16)
         idx = mx.array([[0, 1], [2, 3], [1, 1]])
+        # Loaded weights are evaluated; unevaluated ones would go through mx.contiguous, which
+        # MLX cannot export.
+        mx.eval(g, u)
 
         def fn(x, idx):
             return mx.gather_qmm_swiglu(

@@ -70,8 +70,11 @@ class TestFusedSwitchGLUCombine(mlx_tests.MLXTestCase):
                         p = mx.gather_qmm(a, *down, rhs_indices=idx, **qq)
                         p = p + mx.expand_dims(down_bias[idx], -2)
                         ref = (p * scores[..., None, None]).sum(axis=1)[:, 0, :]
-                        tol = 1e-4 if dtype == mx.float32 else 3e-2
-                        self.assertTrue(mx.allclose(y, ref, atol=tol, rtol=tol))
+                        # The composed graph rounds g, u and each product to bfloat16; the
+                        # per-op tests bound the fused ops against a float64 oracle.
+                        y32, ref32 = y.astype(mx.float32), ref.astype(mx.float32)
+                        err = ((y32 - ref32).abs().max() / ref32.abs().max()).item()
+                        self.assertLessEqual(err, 1e-5 if dtype == mx.float32 else 5e-2)
 
     def test_errors(self):
         E, D, I = 2, 64, 64
