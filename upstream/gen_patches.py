@@ -4,6 +4,7 @@
     python3 upstream/gen_patches.py [--mlx-src DIR]                 # rewrite patches/
     python3 upstream/gen_patches.py [--mlx-src DIR] --check         # exit 1 if patches/ is stale
     python3 upstream/gen_patches.py [--mlx-src DIR] --apply-check   # git am the committed series on a fresh tree
+    python3 upstream/gen_patches.py --lint        # list this project's references left in the in-tree files
 
 `--mlx-src` is a folder holding `mlx-0.32.4.tar.gz` (the project's shared copy) or an MLX checkout at v0.32.4
 (a folder with `mlx/version.h`); default `$ZMLX_MLX_SRC`, else `../shared/mlx-src` next to the repository.
@@ -498,12 +499,33 @@ def apply_check(src, tmp):
     print(f"{len(series)} patches apply to MLX {'.'.join(map(str, MLX_VERSION))} with git am")
 
 
+# What an MLX reviewer cannot follow: references to this project, its files and its machines. The overlay's
+# comments are to lose them before submission (UPSTREAM_PLAN.md); --lint lists where they are.
+LINT = re.compile(r"BENCHMARKS\.md|zmlx|ZMLX_|mlx_local|\bcpu\.cpp\b|\bwheels?\b|Zen 4|2-vCPU")
+
+
+def lint():
+    hits = 0
+    for p, src, dst in FILES:
+        if src.startswith("upstream/"):
+            continue
+        for i, line in enumerate(file_content(src).split("\n"), 1):
+            if LINT.search(line) and not line.startswith("// Copyright"):
+                print(f"{dst}:{i}: {line.strip()}")
+                hits += 1
+    print(f"{hits} lines")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--mlx-src", help="folder with mlx-0.32.4.tar.gz, or an MLX v0.32.4 checkout")
     ap.add_argument("--check", action="store_true", help="exit 1 if patches/ differs from what would be written")
     ap.add_argument("--apply-check", action="store_true", help="apply the committed patches/ to a fresh tree")
+    ap.add_argument("--lint", action="store_true", help="list references to this project in the in-tree files")
     args = ap.parse_args()
+    if args.lint:
+        lint()
+        return
     src = mlx_src_dir(args.mlx_src)
     with tempfile.TemporaryDirectory(prefix="zmlx-patches-") as t:
         tmp = Path(t)
