@@ -12,6 +12,7 @@
 #include <mlx/primitives.h>
 
 #include <string>
+#include <tuple>
 
 namespace mlx::core::moe {
 
@@ -44,6 +45,11 @@ class CheckedIndices : public UnaryPrimitive {
   bool is_equivalent(const Primitive& other) const override;
   std::vector<Shape> output_shapes(const std::vector<array>& inputs) override {
     return {inputs[0].shape()};
+  }
+
+  // The constructor's arguments after the stream, for MLX's export / import.
+  auto state() const {
+    return std::make_tuple(limit_, what_, tag_);
   }
 
  private:

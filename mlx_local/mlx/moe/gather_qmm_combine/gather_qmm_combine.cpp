@@ -278,6 +278,21 @@ array fused_quantized_linear(
   return reshape(y, out_shape, stream);
 }
 
+GatherQMMCombine::GatherQMMCombine(
+    Stream stream,
+    QuantizationMode mode,
+    int group_size,
+    int bits,
+    bool transpose,
+    bool has_bias,
+    int64_t k)
+    : UnaryPrimitive(stream),
+      params_{
+          .q = {&moe::mode_info(mode), group_size, bits},
+          .transpose = transpose,
+          .has_bias = has_bias,
+          .k = k} {}
+
 void GatherQMMCombine::eval_gpu(const std::vector<array>&, array&) {
   throw std::runtime_error(
       "[gather_qmm_combine] the primitive runs on CPU streams only: on GPU streams the op builds a "

@@ -4,12 +4,14 @@
 // score-weighted sum over the k experts each token picked.
 #pragma once
 
+#include <mlx/api.h>
 #include <mlx/array.h>
 #include <mlx/primitives.h>
 #include <mlx/utils.h>
 
 #include <optional>
 #include <string>
+#include <tuple>
 
 #include "mlx/moe/common/quant_modes.h"
 
@@ -42,7 +44,7 @@ namespace mlx::core {
  * and rhs_indices are constants (asking for their derivative is an error naming the input); vmap is
  * the reference's. On CUDA streams the fused kernel's node has no derivative.
  */
-array gather_qmm_combine(
+MLX_API array gather_qmm_combine(
     const array& h,
     const array& w,
     const array& scales,
@@ -61,7 +63,7 @@ array gather_qmm_combine(
  * scores (MLX's dtype promotion) and sum over the k axis, with the same validation; user indices
  * are bounds-checked first.
  */
-array gather_qmm_combine_reference(
+MLX_API array gather_qmm_combine_reference(
     const array& h,
     const array& w,
     const array& scales,
@@ -89,7 +91,7 @@ array gather_qmm_combine_reference(
  * with one expert, the same float32 contract (MLX's CUDA quantized_matmul is not known to keep it
  * for float32 activations against half-precision scales). Other GPUs: quantized_matmul (+ bias).
  */
-array fused_quantized_linear(
+MLX_API array fused_quantized_linear(
     const array& x,
     const array& w,
     const array& scales,
@@ -147,6 +149,15 @@ class GatherQMMCombine : public UnaryPrimitive {
  public:
   GatherQMMCombine(Stream stream, moe::CombineParams params)
       : UnaryPrimitive(stream), params_(params) {}
+  // From the values of state() (MLX's import).
+  GatherQMMCombine(
+      Stream stream,
+      QuantizationMode mode,
+      int group_size,
+      int bits,
+      bool transpose,
+      bool has_bias,
+      int64_t k);
 
   void eval_cpu(const std::vector<array>& inputs, array& out) override;
   void eval_gpu(const std::vector<array>& inputs, array& out) override;
@@ -168,6 +179,13 @@ class GatherQMMCombine : public UnaryPrimitive {
     return "GatherQMMCombine";
   }
   bool is_equivalent(const Primitive& other) const override;
+
+  // The parameters as plain values, for MLX's export.
+  auto state() const {
+    const moe::CombineParams& p = params_;
+    return std::make_tuple(
+        p.q.info->mode, p.q.group_size, p.q.bits, p.transpose, p.has_bias, p.k);
+  }
 
  private:
   moe::CombineParams params_;

@@ -324,6 +324,33 @@ array gather_qmm_swiglu(
       std::move(inputs));
 }
 
+GatherQMMSwiGLU::GatherQMMSwiGLU(
+    Stream stream,
+    QuantizationMode mode,
+    int group_size,
+    int bits,
+    bool transpose,
+    moe::Activation activation,
+    float alpha,
+    float limit,
+    bool has_gate_bias,
+    bool has_up_bias,
+    bool has_lhs,
+    bool has_rhs,
+    bool sorted)
+    : UnaryPrimitive(stream),
+      params_{
+          .q = {&moe::mode_info(mode), group_size, bits},
+          .transpose = transpose,
+          .activation = activation,
+          .alpha = alpha,
+          .limit = limit,
+          .has_gate_bias = has_gate_bias,
+          .has_up_bias = has_up_bias,
+          .has_lhs = has_lhs,
+          .has_rhs = has_rhs,
+          .sorted = sorted} {}
+
 void GatherQMMSwiGLU::eval_gpu(const std::vector<array>&, array&) {
   throw std::runtime_error(
       "[gather_qmm_swiglu] the primitive runs on CPU streams only: on GPU streams the op builds a "

@@ -4,12 +4,14 @@
 // gated activation, fused into one primitive.
 #pragma once
 
+#include <mlx/api.h>
 #include <mlx/array.h>
 #include <mlx/primitives.h>
 #include <mlx/utils.h>
 
 #include <optional>
 #include <string>
+#include <tuple>
 
 #include "mlx/moe/common/quant_modes.h"
 
@@ -59,7 +61,7 @@ namespace mlx::core {
  * with that op's message). On CUDA streams the fused kernel's node has no derivative: differentiate
  * through gather_qmm_swiglu_reference there.
  */
-array gather_qmm_swiglu(
+MLX_API array gather_qmm_swiglu(
     const array& x,
     const array& gate_w,
     const array& gate_scales,
@@ -87,7 +89,7 @@ array gather_qmm_swiglu(
  * indices go through a bounds check first (MLX's gather_qmm does not check them). Used by tests
  * and benchmarks as "MLX's composed path".
  */
-array gather_qmm_swiglu_reference(
+MLX_API array gather_qmm_swiglu_reference(
     const array& x,
     const array& gate_w,
     const array& gate_scales,
@@ -170,6 +172,21 @@ class GatherQMMSwiGLU : public UnaryPrimitive {
  public:
   GatherQMMSwiGLU(Stream stream, moe::SwigluParams params)
       : UnaryPrimitive(stream), params_(params) {}
+  // From the values of state() (MLX's import).
+  GatherQMMSwiGLU(
+      Stream stream,
+      QuantizationMode mode,
+      int group_size,
+      int bits,
+      bool transpose,
+      moe::Activation activation,
+      float alpha,
+      float limit,
+      bool has_gate_bias,
+      bool has_up_bias,
+      bool has_lhs,
+      bool has_rhs,
+      bool sorted);
 
   void eval_cpu(const std::vector<array>& inputs, array& out) override;
   void eval_gpu(const std::vector<array>& inputs, array& out) override;
@@ -194,6 +211,24 @@ class GatherQMMSwiGLU : public UnaryPrimitive {
 
   const moe::SwigluParams& params() const {
     return params_;
+  }
+
+  // The parameters as plain values, for MLX's export.
+  auto state() const {
+    const moe::SwigluParams& p = params_;
+    return std::make_tuple(
+        p.q.info->mode,
+        p.q.group_size,
+        p.q.bits,
+        p.transpose,
+        p.activation,
+        p.alpha,
+        p.limit,
+        p.has_gate_bias,
+        p.has_up_bias,
+        p.has_lhs,
+        p.has_rhs,
+        p.sorted);
   }
 
  private:

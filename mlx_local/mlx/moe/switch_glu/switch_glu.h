@@ -4,6 +4,7 @@
 // op built from the two fused primitives.
 #pragma once
 
+#include <mlx/api.h>
 #include <mlx/array.h>
 #include <mlx/utils.h>
 
@@ -27,7 +28,7 @@ namespace mlx::core {
  * Every argument is validated as the two ops validate it. On CUDA streams the whole layer is one
  * kernel launch; elsewhere it is the two fused ops (on CPU streams their kernels).
  */
-array switch_glu_combine(
+MLX_API array switch_glu_combine(
     const array& x,
     const array& gate_w,
     const array& gate_scales,

@@ -4,6 +4,7 @@
 // one primitive with two outputs.
 #pragma once
 
+#include <mlx/api.h>
 #include <mlx/array.h>
 #include <mlx/primitives.h>
 #include <mlx/utils.h>
@@ -30,7 +31,7 @@ namespace mlx::core {
  * Transformations: vjp / jvp with respect to x, residual and weight, and vmap, are those of the
  * composed graph.
  */
-std::pair<array, array> add_rms_norm(
+MLX_API std::pair<array, array> add_rms_norm(
     const array& x,
     const array& residual,
     const std::optional<array>& weight,
@@ -38,7 +39,7 @@ std::pair<array, array> add_rms_norm(
     StreamOrDevice s = {});
 
 /** The same result from MLX's own ops: add, then fast::rms_norm, with the same validation. */
-std::pair<array, array> add_rms_norm_reference(
+MLX_API std::pair<array, array> add_rms_norm_reference(
     const array& x,
     const array& residual,
     const std::optional<array>& weight,
@@ -72,6 +73,11 @@ class AddRMSNorm : public Primitive {
   }
   bool is_equivalent(const Primitive& other) const override;
   std::vector<Shape> output_shapes(const std::vector<array>& inputs) override;
+
+  // The constructor's arguments after the stream, for MLX's export / import.
+  auto state() const {
+    return std::make_pair(eps_, has_weight_);
+  }
 
  private:
   float eps_;
