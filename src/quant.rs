@@ -50,6 +50,17 @@ impl QuantMode {
         }
     }
 
+    /// The `(group_size, bits)` MLX and mlx-lm take for the mode when they are not given (affine 64 / 4,
+    /// mxfp4 32 / 4, nvfp4 16 / 4, mxfp8 32 / 8).
+    pub fn default_group_size_bits(self) -> (i32, i32) {
+        match self {
+            QuantMode::Affine => (64, 4),
+            QuantMode::Mxfp4 => (32, 4),
+            QuantMode::Nvfp4 => (16, 4),
+            QuantMode::Mxfp8 => (32, 8),
+        }
+    }
+
     /// Whether the mode stores an additive bias per group (only `affine`).
     pub fn has_biases(self) -> bool {
         self == QuantMode::Affine

@@ -112,24 +112,27 @@ pub struct QuantConfig {
     pub overrides: HashMap<String, Option<LayerQuant>>,
 }
 
-fn parse_layer_quant(v: &Value, base: Option<LayerQuant>, what: &str) -> Result<LayerQuant> {
+/// One layer's parameters. The global block names all three (its `mode` defaults to affine). A
+/// per-module entry is what mlx-lm hands to that module's `to_quantized(**entry)`: a `mode` it leaves
+/// out is affine and a `group_size` / `bits` it leaves out is that mode's default, whatever the global
+/// block says (mlx-lm's gpt-oss writes `{"group_size": 64, "bits": 8}` for its routers in an mxfp4
+/// conversion, and means 8-bit affine).
+fn parse_layer_quant(v: &Value, global: bool, what: &str) -> Result<LayerQuant> {
     let f = Fields(v);
     let mode = match f.str_opt("mode")? {
         Some(m) => m.parse()?,
-        None => base.map_or(QuantMode::Affine, |b| b.mode),
+        None => QuantMode::Affine,
     };
-    let group_size = match f.i32_opt("group_size")? {
-        Some(g) => g,
-        None => base
-            .map(|b| b.group_size)
-            .ok_or_else(|| Error::config(format!("{what}: missing 'group_size'")))?,
+    let (default_group, default_bits) = mode.default_group_size_bits();
+    let required = |k: &str, d: i32| -> Result<i32> {
+        match f.i32_opt(k)? {
+            Some(x) => Ok(x),
+            None if global => Err(Error::config(format!("{what}: missing '{k}'"))),
+            None => Ok(d),
+        }
     };
-    let bits = match f.i32_opt("bits")? {
-        Some(b) => b,
-        None => base
-            .map(|b| b.bits)
-            .ok_or_else(|| Error::config(format!("{what}: missing 'bits'")))?,
-    };
+    let group_size = required("group_size", default_group)?;
+    let bits = required("bits", default_bits)?;
     if group_size <= 0 || !(1..=8).contains(&bits) {
         return Err(Error::config(format!(
             "{what}: group_size {group_size} / bits {bits} out of range"
@@ -148,18 +151,14 @@ impl QuantConfig {
         let obj = v
             .as_object()
             .ok_or_else(|| Error::config("'quantization' must be an object"))?;
-        let default = parse_layer_quant(v, None, "quantization")?;
+        let default = parse_layer_quant(v, true, "quantization")?;
         let mut overrides = HashMap::new();
         for (k, val) in obj {
             match val {
                 Value::Object(_) => {
                     overrides.insert(
                         k.clone(),
-                        Some(parse_layer_quant(
-                            val,
-                            Some(default),
-                            &format!("quantization.{k}"),
-                        )?),
+                        Some(parse_layer_quant(val, false, &format!("quantization.{k}"))?),
                     );
                 }
                 Value::Bool(false) => {
@@ -492,5 +491,52 @@ impl ModelConfig {
     /// Quantization of the module at `path` per the config (`None`: unquantized or no quantization).
     pub fn quant_for(&self, path: &str) -> Option<LayerQuant> {
         self.quant.as_ref().and_then(|q| q.for_path(path))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_module_entry_means_what_mlx_lm_passes_to_to_quantized() {
+        // mlx-lm's gpt-oss conversion to mxfp4: its quant_predicate keeps the routers at
+        // {"group_size": 64, "bits": 8}, which `to_quantized` takes as affine.
+        let q = QuantConfig::parse(&json!({
+            "group_size": 32, "bits": 4, "mode": "mxfp4",
+            "model.layers.0.mlp.router": {"group_size": 64, "bits": 8},
+            "model.layers.0.mlp.experts.up_proj": {"mode": "mxfp8"},
+            "model.layers.0.mlp.experts.gate_proj": {"bits": 8},
+            "model.embed_tokens": false,
+        }))
+        .unwrap();
+        let lq = |mode, group_size, bits| {
+            Some(LayerQuant {
+                mode,
+                group_size,
+                bits,
+            })
+        };
+        assert_eq!(
+            q.for_path("model.layers.1.mlp.router"),
+            lq(QuantMode::Mxfp4, 32, 4)
+        );
+        assert_eq!(
+            q.for_path("model.layers.0.mlp.router"),
+            lq(QuantMode::Affine, 64, 8)
+        );
+        // Left out: the mode's defaults, not the global block's.
+        let up = q.for_path("model.layers.0.mlp.experts.up_proj");
+        assert_eq!(up, lq(QuantMode::Mxfp8, 32, 8));
+        let gate = q.for_path("model.layers.0.mlp.experts.gate_proj");
+        assert_eq!(gate, lq(QuantMode::Affine, 64, 8));
+        assert_eq!(q.for_path("model.embed_tokens"), None);
+        // The global block must name its sizes.
+        let e = QuantConfig::parse(&json!({"bits": 4}))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("missing 'group_size'"), "{e}");
+        // Written back and read again, every entry means the same.
+        assert_eq!(QuantConfig::parse(&q.to_json()).unwrap(), q);
     }
 }

@@ -77,14 +77,14 @@ impl QuantRecipe {
     };
 
     /// The mlx-lm `quantization` block for `layers` MoE layers laid out as `layout` (an override names
-    /// its mode only where it differs from the default's).
+    /// its mode unless it is affine, which is what mlx-lm takes for an override without one).
     pub fn block(&self, layers: i32, layout: &Layout) -> Value {
         let d = self.default;
         let entry = |q: LayerQuant| {
             let mut m = Map::new();
             m.insert("group_size".into(), json!(q.group_size));
             m.insert("bits".into(), json!(q.bits));
-            if q.mode != d.mode {
+            if q.mode != QuantMode::Affine {
                 m.insert("mode".into(), json!(q.mode.name()));
             }
             Value::Object(m)
