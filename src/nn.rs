@@ -345,12 +345,33 @@ impl Rope {
     }
 }
 
-/// Key/value cache of one attention layer: keys and values `[B, H_kv, T, D]` appended per step.
+/// Key/value cache of one attention layer: keys and values `[B, H_kv, T, D]`. Without a window they are
+/// appended per step (mlx-lm's `KVCache`); with one, they are kept as mlx-lm's
+/// `RotatingKVCache(max_size=window)` keeps them, in the same order, since attention sums over the
+/// keys in the order they are stored.
 #[derive(Clone, Debug, Default)]
 pub struct KvCache {
     keys: Option<Array>,
     values: Option<Array>,
     offset: i32,
+    /// With a window: where the next single-token step writes (`RotatingKVCache._idx`); once the
+    /// window is full, steps overwrite the oldest entry in place, so the stored order is the temporal
+    /// order rotated by this index.
+    idx: i32,
+}
+
+/// `a` with `row` (`[B, H, 1, D]`) in place of its position `i` along axis 2.
+fn replace_position(a: &Array, i: i32, row: &Array) -> Result<Array> {
+    let t = a.shape()[2];
+    let mut parts = Vec::with_capacity(3);
+    if i > 0 {
+        parts.push(slice_axis(a, 2, 0, i)?);
+    }
+    parts.push(row.clone());
+    if i + 1 < t {
+        parts.push(slice_axis(a, 2, i + 1, t)?);
+    }
+    Ok(ops::concatenate(&parts, 2)?)
 }
 
 impl KvCache {
@@ -372,9 +393,10 @@ impl KvCache {
         Ok(())
     }
 
-    /// Appends `k`, `v` (`[B, H, L, D]`) and returns all keys and values. With `window`, only the last
-    /// `window + L - 1` positions are kept (enough for every new query to see `window` keys), as mlx-lm's
-    /// rotating cache does.
+    /// Appends `k`, `v` (`[B, H, L, D]`) and returns all keys and values. With `window`, as mlx-lm's
+    /// rotating cache: several positions at once are appended to the kept ones in temporal order, of
+    /// which only the last `window + L - 1` stay (enough for every new query to see `window` keys); a
+    /// single position is appended until `window` are kept, and then takes the place of the oldest.
     pub fn update_and_fetch(
         &mut self,
         k: &Array,
@@ -382,21 +404,65 @@ impl KvCache {
         window: Option<i32>,
     ) -> Result<(Array, Array)> {
         let l = k.shape()[2];
-        let (mut keys, mut values) = match (&self.keys, &self.values) {
-            (Some(pk), Some(pv)) => (
+        let (keys, values) = match (&self.keys, &self.values, window) {
+            (Some(pk), Some(pv), None) => (
                 ops::concatenate(&[pk, k], 2)?,
                 ops::concatenate(&[pv, v], 2)?,
             ),
-            _ => (k.clone(), v.clone()),
-        };
-        if let Some(w) = window {
-            let keep = w + l - 1;
-            let t = keys.shape()[2];
-            if t > keep {
-                keys = slice_axis(&keys, 2, t - keep, t)?;
-                values = slice_axis(&values, 2, t - keep, t)?;
+            (Some(pk), Some(pv), Some(w)) => {
+                let t = pk.shape()[2];
+                if l == 1 && t >= w {
+                    // `_update_in_place`: a window's worth, in temporal order after a multi-position
+                    // update (the oldest first) or rotated by `idx`; the new position replaces the
+                    // oldest.
+                    let (mut pk, mut pv) = (pk.clone(), pv.clone());
+                    if t > w {
+                        pk = slice_axis(&pk, 2, t - w, t)?;
+                        pv = slice_axis(&pv, 2, t - w, t)?;
+                        self.idx = w;
+                    }
+                    if self.idx >= w {
+                        self.idx = 0;
+                    }
+                    let keys = replace_position(&pk, self.idx, k)?;
+                    let values = replace_position(&pv, self.idx, v)?;
+                    self.idx += 1;
+                    (keys, values)
+                } else {
+                    // Fewer than a window kept (so in temporal order), or several positions
+                    // (`_update_concat`: back to temporal order, the last `window - 1` kept).
+                    let (mut pk, mut pv) = (pk.clone(), pv.clone());
+                    if self.idx < t {
+                        pk = ops::concatenate(
+                            &[
+                                slice_axis(&pk, 2, self.idx, t)?,
+                                slice_axis(&pk, 2, 0, self.idx)?,
+                            ],
+                            2,
+                        )?;
+                        pv = ops::concatenate(
+                            &[
+                                slice_axis(&pv, 2, self.idx, t)?,
+                                slice_axis(&pv, 2, 0, self.idx)?,
+                            ],
+                            2,
+                        )?;
+                    }
+                    if l > 1 && t > w - 1 {
+                        pk = slice_axis(&pk, 2, t - (w - 1), t)?;
+                        pv = slice_axis(&pv, 2, t - (w - 1), t)?;
+                    }
+                    let keys = ops::concatenate(&[&pk, k], 2)?;
+                    let values = ops::concatenate(&[&pv, v], 2)?;
+                    self.idx = keys.shape()[2];
+                    (keys, values)
+                }
             }
-        }
+            _ => {
+                self.idx = l;
+                (k.clone(), v.clone())
+            }
+        };
         self.offset += l;
         self.keys = Some(keys.clone());
         self.values = Some(values.clone());
@@ -538,5 +604,50 @@ impl Attention {
             },
             ..self.clone()
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The positions held by a cache whose keys are their positions, in stored order.
+    fn positions(keys: &Array) -> Vec<f32> {
+        crate::array::to_f32_vec(keys).unwrap()
+    }
+
+    #[test]
+    fn a_windowed_cache_keeps_mlx_lm_rotating_cache_order() {
+        // What mlx-lm's RotatingKVCache(max_size=4) returns for these update sizes, keys = positions.
+        let want: [(i32, &[f32]); 9] = [
+            (3, &[0., 1., 2.]),
+            (1, &[0., 1., 2., 3.]),
+            (1, &[4., 1., 2., 3.]),
+            (1, &[4., 5., 2., 3.]),
+            (2, &[3., 4., 5., 6., 7.]),
+            (1, &[8., 5., 6., 7.]),
+            (1, &[8., 9., 6., 7.]),
+            (5, &[7., 8., 9., 10., 11., 12., 13., 14.]),
+            (1, &[15., 12., 13., 14.]),
+        ];
+        let mut c = KvCache::new();
+        let mut pos = 0;
+        for (l, kept) in want {
+            let k = Array::from_iter((pos..pos + l).map(|p| p as f32), &[1, 1, l, 1]);
+            pos += l;
+            let (keys, values) = c.update_and_fetch(&k, &k, Some(4)).unwrap();
+            assert_eq!(positions(&keys), kept, "after {pos} positions");
+            assert_eq!(positions(&values), kept);
+            assert_eq!(c.offset(), pos);
+        }
+        // Without a window every position stays, in order.
+        let mut c = KvCache::new();
+        for l in [3, 1, 2] {
+            let k = Array::from_iter((0..l).map(|p| p as f32), &[1, 1, l, 1]);
+            c.update_and_fetch(&k, &k, None).unwrap();
+        }
+        let k = Array::from_slice(&[9f32], &[1, 1, 1, 1]);
+        let (keys, _) = c.update_and_fetch(&k, &k, None).unwrap();
+        assert_eq!(positions(&keys), [0., 1., 2., 0., 0., 1., 9.]);
     }
 }
