@@ -129,6 +129,7 @@ fn routers_pick_the_top_experts() {
         RouterKind::SoftmaxTopK { renormalize: true },
         RouterKind::SoftmaxTopK { renormalize: false },
         RouterKind::TopKSoftmax,
+        RouterKind::TopKSoftmaxNeg,
         RouterKind::SigmoidTopK {
             renormalize: true,
             scaling: 2.5,
@@ -179,7 +180,9 @@ fn routers_pick_the_top_experts() {
             }
             let sum: f32 = s.iter().sum();
             match kind {
-                RouterKind::SoftmaxTopK { renormalize: true } | RouterKind::TopKSoftmax => {
+                RouterKind::SoftmaxTopK { renormalize: true }
+                | RouterKind::TopKSoftmax
+                | RouterKind::TopKSoftmaxNeg => {
                     assert!((sum - 1.0).abs() < 1e-5, "{kind:?}: {sum}")
                 }
                 RouterKind::SigmoidTopK {

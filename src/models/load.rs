@@ -141,7 +141,8 @@ fn attention(
         n_heads: cfg.n_heads,
         n_kv_heads: cfg.n_kv_heads,
         head_dim: cfg.head_dim,
-        scale: 1.0 / (cfg.head_dim as f32).sqrt(),
+        // mlx-lm computes it in double precision (`head_dim**-0.5`) before MLX rounds it.
+        scale: (cfg.head_dim as f64).powf(-0.5) as f32,
         rope: rope.clone(),
         window: s.window,
     })

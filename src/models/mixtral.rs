@@ -25,7 +25,7 @@ pub(crate) const LAYOUT: Layout = Layout {
 
 /// The parameters of a Mixtral model.
 pub(crate) fn describe(c: &ModelConfig) -> ModelSpec {
-    decoder(c, &LAYOUT, RouterKind::TopKSoftmax)
+    decoder(c, &LAYOUT, RouterKind::TopKSoftmaxNeg)
 }
 
 pub(crate) fn parse_config(v: &Value) -> Result<ModelConfig> {

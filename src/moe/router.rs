@@ -15,10 +15,15 @@ pub enum RouterKind {
         /// Divide the k scores by their sum.
         renormalize: bool,
     },
-    /// top-k over the logits, then softmax over those k (gpt-oss, Mixtral).
+    /// top-k over the logits, then softmax over those k (gpt-oss).
     TopKSoftmax,
-    /// `sigmoid(logits)`; top-k chosen on `scores + correction_bias` (with optional group-limited
-    /// selection); weights are the sigmoid scores, optionally renormalised, times `scaling` (GLM-4 MoE).
+    /// [`RouterKind::TopKSoftmax`] with the k taken as mlx-lm's Mixtral takes them,
+    /// `argpartition(-logits, k - 1)[..., :k]`: the same experts, listed in another order, which is the
+    /// order in which the k weighted outputs are summed.
+    TopKSoftmaxNeg,
+    /// `sigmoid(logits)` in float32; top-k (taken as `argpartition(-s, k - 1)[..., :k]`) chosen on
+    /// `scores + correction_bias` (with optional group-limited selection); weights are the sigmoid
+    /// scores, optionally renormalised, times `scaling` (GLM-4 MoE, as mlx-lm's `group_expert_select`).
     /// Scores stay float32, as in mlx-lm.
     SigmoidTopK {
         /// Divide the k scores by their sum.
@@ -54,6 +59,14 @@ fn topk_indices(a: &Array, k: i32) -> Result<Array> {
     Ok(mlx_rs::stop_gradient(slice_axis(&part, -1, n - k, n)?)?)
 }
 
+/// Indices of the `k` largest entries along the last axis (unordered), as mlx-lm's Mixtral and GLM-4 MoE
+/// take them: `stop_gradient(argpartition(-a, k - 1)[..., :k])`. The set is [`topk_indices`]'s; the order
+/// is not.
+fn neg_topk_indices(a: &Array, k: i32) -> Result<Array> {
+    let part = ops::argpartition_axis(&ops::negative(a)?, k - 1, -1)?;
+    Ok(mlx_rs::stop_gradient(slice_axis(&part, -1, 0, k)?)?)
+}
+
 impl Router {
     /// Routes `x` (`[..., D]`) as mlx-lm does: returns `(indices [..., k] uint32, scores [..., k])`.
     pub fn route(&self, x: &Array) -> Result<(Array, Array)> {
@@ -82,8 +95,12 @@ impl Router {
                 }
                 (inds, scores)
             }
-            RouterKind::TopKSoftmax => {
-                let inds = topk_indices(&logits, k)?;
+            RouterKind::TopKSoftmax | RouterKind::TopKSoftmaxNeg => {
+                let inds = if self.kind == RouterKind::TopKSoftmax {
+                    topk_indices(&logits, k)?
+                } else {
+                    neg_topk_indices(&logits, k)?
+                };
                 let top = logits.take_along_axis(&inds, -1)?;
                 (inds, ops::softmax_axis(&top, -1, true)?)
             }
@@ -101,11 +118,11 @@ impl Router {
                 if *n_group > 1 {
                     sel = self.group_limit(&sel, *n_group, *topk_group)?;
                 }
-                let inds = topk_indices(&sel, k)?;
+                let inds = neg_topk_indices(&sel, k)?;
                 let mut scores = orig.take_along_axis(&inds, -1)?;
                 if *renormalize && k > 1 {
                     let sum = scores.sum_axis(-1, true)?;
-                    scores = ops::divide(&scores, ops::add(&sum, Array::from_f32(1e-20))?)?;
+                    scores = ops::divide(&scores, &sum)?;
                 }
                 scores = ops::multiply(&scores, Array::from_f32(*scaling))?;
                 (inds, scores)
