@@ -296,6 +296,30 @@ fn presets_parse_including_real_dims() {
     );
     let lq = g.quant_for("model.layers.3.mlp.experts.down_proj").unwrap();
     assert_eq!((lq.mode, lq.group_size, lq.bits), (QuantMode::Mxfp4, 32, 4));
+    let a = models::ModelConfig::from_json(&models::preset("glm-4.5-air").unwrap().config).unwrap();
+    assert_eq!(
+        (
+            a.hidden_size,
+            a.num_layers,
+            a.n_heads,
+            a.n_kv_heads,
+            a.num_experts,
+            a.top_k,
+            a.moe_intermediate
+        ),
+        (4096, 46, 96, 8, 128, 8, 1408)
+    );
+    assert_eq!(
+        (
+            a.intermediate,
+            a.shared_intermediate,
+            a.head_dim,
+            a.rope_dims
+        ),
+        (10944, Some(1408), 128, 64)
+    );
+    assert_eq!(a.sparse.iter().filter(|s| !**s).count(), 1);
+    assert_eq!(a.vocab_size, 151552);
     assert!(models::preset("nope").is_err());
 }
 

@@ -39,8 +39,13 @@ pub fn run() -> Result<()> {
         "fused MoE ops on GPU streams: {}",
         zmlx::fused::gpu_coverage()?
     );
+    let families: Vec<&str> = zmlx::models::Arch::ALL
+        .iter()
+        .map(|a| a.model_type())
+        .collect();
     println!(
-        "models: qwen3_moe, gpt_oss, mixtral; cargo features: {}",
+        "models: {}; cargo features: {}",
+        families.join(", "),
         if cfg!(feature = "cuda") {
             "cuda"
         } else {

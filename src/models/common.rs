@@ -50,7 +50,7 @@ pub struct Model {
 /// RoPE for a config (its family's parser decides the scaling: mlx-lm's gpt-oss goes through
 /// `initialize_rope`, the others use plain `nn.RoPE`).
 pub(crate) fn make_rope(cfg: &ModelConfig) -> Result<Rope> {
-    let dims = cfg.head_dim;
+    let dims = cfg.rope_dims;
     match cfg.rope_scaling.clone() {
         RopeScaling::Plain { scale } => Ok(Rope {
             dims,

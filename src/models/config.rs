@@ -8,6 +8,7 @@ use serde_json::{json, Map, Value};
 use super::preset::Dims;
 use super::schema::{Layout, ModelSpec};
 use crate::error::{Error, Result};
+use crate::moe::RouterKind;
 use crate::quant::QuantMode;
 
 /// Limits on a config's sizes (the largest published MoE models are far inside them): checked before
@@ -209,11 +210,13 @@ pub enum Arch {
     GptOss,
     /// `mixtral`.
     Mixtral,
+    /// `glm4_moe`.
+    Glm4Moe,
 }
 
 impl Arch {
     /// All architectures.
-    pub const ALL: [Arch; 3] = [Arch::Qwen3Moe, Arch::GptOss, Arch::Mixtral];
+    pub const ALL: [Arch; 4] = [Arch::Qwen3Moe, Arch::GptOss, Arch::Mixtral, Arch::Glm4Moe];
 
     /// The `model_type` string.
     pub fn model_type(self) -> &'static str {
@@ -221,6 +224,7 @@ impl Arch {
             Arch::Qwen3Moe => "qwen3_moe",
             Arch::GptOss => "gpt_oss",
             Arch::Mixtral => "mixtral",
+            Arch::Glm4Moe => "glm4_moe",
         }
     }
 
@@ -230,6 +234,7 @@ impl Arch {
             Arch::Qwen3Moe => "Qwen3-MoE",
             Arch::GptOss => "gpt-oss",
             Arch::Mixtral => "Mixtral",
+            Arch::Glm4Moe => "GLM-4-MoE",
         }
     }
 
@@ -239,15 +244,18 @@ impl Arch {
             Arch::Qwen3Moe => super::qwen3_moe::parse_config(v),
             Arch::GptOss => super::gpt_oss::parse_config(v),
             Arch::Mixtral => super::mixtral::parse_config(v),
+            Arch::Glm4Moe => super::glm4_moe::parse_config(v),
         }
     }
 
-    /// mlx-lm's key layout and module options for the family.
+    /// mlx-lm's key layout and module options for the family (a config may switch some options: see
+    /// [`ModelConfig::layout`]).
     pub fn layout(self) -> &'static Layout {
         match self {
             Arch::Qwen3Moe => &super::qwen3_moe::LAYOUT,
             Arch::GptOss => &super::gpt_oss::LAYOUT,
             Arch::Mixtral => &super::mixtral::LAYOUT,
+            Arch::Glm4Moe => &super::glm4_moe::LAYOUT,
         }
     }
 
@@ -257,6 +265,7 @@ impl Arch {
             Arch::Qwen3Moe => super::qwen3_moe::describe(cfg),
             Arch::GptOss => super::gpt_oss::describe(cfg),
             Arch::Mixtral => super::mixtral::describe(cfg),
+            Arch::Glm4Moe => super::glm4_moe::describe(cfg),
         }
     }
 
@@ -266,6 +275,7 @@ impl Arch {
             Arch::Qwen3Moe => super::qwen3_moe::config_for(d, dtype),
             Arch::GptOss => super::gpt_oss::config_for(d, dtype),
             Arch::Mixtral => super::mixtral::config_for(d, dtype),
+            Arch::Glm4Moe => super::glm4_moe::config_for(d, dtype),
         }
     }
 }
@@ -353,6 +363,9 @@ pub struct ModelConfig {
     pub n_kv_heads: i32,
     /// Head dimension.
     pub head_dim: i32,
+    /// Dimensions of each head that RoPE rotates (`head_dim`, fewer with glm4_moe's
+    /// `partial_rotary_factor`).
+    pub rope_dims: i32,
     /// Vocabulary size.
     pub vocab_size: i32,
     /// RMSNorm epsilon.
@@ -373,6 +386,13 @@ pub struct ModelConfig {
     pub intermediate: i32,
     /// Renormalise top-k router scores.
     pub norm_topk_prob: bool,
+    /// How the routers choose and weigh experts.
+    pub routing: RouterKind,
+    /// Hidden size of each MoE block's always-on shared experts (`None`: there are none).
+    pub shared_intermediate: Option<i32>,
+    /// The family's module layout as this config sets it ([`Arch::layout`], with glm4_moe's
+    /// `attention_bias` and `use_qk_norm` applied).
+    pub layout: Layout,
     /// Per layer: MoE (true) or dense MLP.
     pub sparse: Vec<bool>,
     /// Per layer: sliding-window attention.
@@ -474,6 +494,19 @@ impl ModelConfig {
         }
         if self.head_dim % 2 != 0 {
             return Err(Error::config("head_dim must be even"));
+        }
+        if self.rope_dims < 2 || self.rope_dims > self.head_dim || self.rope_dims % 2 != 0 {
+            return Err(Error::config(format!(
+                "RoPE would rotate {} of {} head dimensions (an even number from 2 to head_dim is needed)",
+                self.rope_dims, self.head_dim
+            )));
+        }
+        if let Some(s) = self.shared_intermediate {
+            if !(1..=MAX_DIM).contains(&s) {
+                return Err(Error::config(format!(
+                    "the shared experts' hidden size must be in 1..={MAX_DIM}, got {s}"
+                )));
+            }
         }
         if self.sliding.iter().any(|&s| s) && self.sliding_window.is_none_or(|w| w < 1) {
             return Err(Error::config(

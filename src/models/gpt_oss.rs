@@ -23,6 +23,9 @@ pub(crate) const LAYOUT: Layout = Layout {
     moe: "mlp",
     router: "router",
     router_bias: true,
+    router_quantized: true,
+    correction_bias: false,
+    shared_experts: "shared_experts",
     experts: "experts",
     expert_bias: true,
     activation: Activation::GPT_OSS,
@@ -30,7 +33,7 @@ pub(crate) const LAYOUT: Layout = Layout {
 
 /// The parameters of a gpt-oss model.
 pub(crate) fn describe(c: &ModelConfig) -> ModelSpec {
-    decoder(c, &LAYOUT, RouterKind::TopKSoftmax)
+    decoder(c, &c.layout, c.routing.clone())
 }
 
 pub(crate) fn parse_config(v: &Value) -> Result<ModelConfig> {
@@ -61,13 +64,15 @@ pub(crate) fn parse_config(v: &Value) -> Result<ModelConfig> {
         )));
     }
     let inter = f.pos("intermediate_size")?;
+    let head_dim = f.i32_opt("head_dim")?.unwrap_or(64);
     Ok(ModelConfig {
         arch: Arch::GptOss,
         hidden_size: hidden,
         num_layers: layers,
         n_heads: heads,
         n_kv_heads: f.pos("num_key_value_heads")?,
-        head_dim: f.i32_opt("head_dim")?.unwrap_or(64),
+        head_dim,
+        rope_dims: head_dim,
         vocab_size: f.pos("vocab_size")?,
         rms_norm_eps: f.f64_or("rms_norm_eps", 1e-5)? as f32,
         rope_theta: f.f64_or("rope_theta", 150000.0)? as f32,
@@ -78,6 +83,9 @@ pub(crate) fn parse_config(v: &Value) -> Result<ModelConfig> {
         moe_intermediate: inter,
         intermediate: inter,
         norm_topk_prob: false,
+        routing: RouterKind::TopKSoftmax,
+        shared_intermediate: None,
+        layout: LAYOUT,
         sparse: vec![true; layers as usize],
         sliding,
         sliding_window: Some(f.i32_opt("sliding_window")?.unwrap_or(DEFAULT_WINDOW)),

@@ -59,7 +59,7 @@ fn weight(t: &mut Tensors, p: &Param) -> Result<Weight> {
     }
     let q = match p.kind {
         Kind::Weight(q) => q,
-        Kind::Float => None,
+        Kind::Float | Kind::Float32 => None,
     }
     .ok_or_else(|| {
         Error::checkpoint(

@@ -18,6 +18,9 @@ pub(crate) const LAYOUT: Layout = Layout {
     moe: "block_sparse_moe",
     router: "gate",
     router_bias: false,
+    router_quantized: true,
+    correction_bias: false,
+    shared_experts: "shared_experts",
     experts: "switch_mlp",
     expert_bias: false,
     activation: Activation::Swiglu,
@@ -25,7 +28,7 @@ pub(crate) const LAYOUT: Layout = Layout {
 
 /// The parameters of a Mixtral model.
 pub(crate) fn describe(c: &ModelConfig) -> ModelSpec {
-    decoder(c, &LAYOUT, RouterKind::TopKSoftmaxNeg)
+    decoder(c, &c.layout, c.routing.clone())
 }
 
 pub(crate) fn parse_config(v: &Value) -> Result<ModelConfig> {
@@ -34,13 +37,15 @@ pub(crate) fn parse_config(v: &Value) -> Result<ModelConfig> {
     let hidden = f.pos("hidden_size")?;
     let heads = f.pos("num_attention_heads")?;
     let inter = f.pos("intermediate_size")?;
+    let head_dim = f.i32_opt("head_dim")?.unwrap_or(hidden / heads);
     Ok(ModelConfig {
         arch: Arch::Mixtral,
         hidden_size: hidden,
         num_layers: layers,
         n_heads: heads,
         n_kv_heads: f.i32_opt("num_key_value_heads")?.unwrap_or(heads),
-        head_dim: f.i32_opt("head_dim")?.unwrap_or(hidden / heads),
+        head_dim,
+        rope_dims: head_dim,
         vocab_size: f.pos("vocab_size")?,
         rms_norm_eps: f.f64_or("rms_norm_eps", 1e-5)? as f32,
         rope_theta: f.f64_or("rope_theta", 1e6)? as f32,
@@ -52,6 +57,9 @@ pub(crate) fn parse_config(v: &Value) -> Result<ModelConfig> {
         moe_intermediate: inter,
         intermediate: inter,
         norm_topk_prob: false,
+        routing: RouterKind::TopKSoftmaxNeg,
+        shared_intermediate: None,
+        layout: LAYOUT,
         sparse: vec![true; layers as usize],
         sliding: vec![false; layers as usize],
         sliding_window: None,

@@ -1,9 +1,11 @@
-//! Models: Qwen3-MoE, gpt-oss and Mixtral, loaded from mlx-lm checkpoints or built synthetically. Each
-//! family describes its parameters once ([`schema`], from its `Layout` and its config); the loader and
-//! the synthesizer both follow that description, and the presets are numbers ([`preset`](mod@preset)).
+//! Models: Qwen3-MoE, gpt-oss, Mixtral and GLM-4 MoE, loaded from mlx-lm checkpoints or built
+//! synthetically. Each family describes its parameters once ([`schema`], from its `Layout` and its
+//! config); the loader and the synthesizer both follow that description, and the presets are numbers
+//! ([`preset`](mod@preset)).
 
 pub mod common;
 pub mod config;
+pub mod glm4_moe;
 pub mod gpt_oss;
 mod load;
 pub mod mixtral;

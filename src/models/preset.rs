@@ -65,6 +65,13 @@ impl QuantRecipe {
         }
     }
 
+    /// 4-bit affine with groups of 64 everywhere mlx-lm quantizes (its default conversion).
+    pub const AFFINE_4: Self = QuantRecipe {
+        default: affine(4, 64),
+        router: None,
+        experts: None,
+    };
+
     /// mxfp4 experts, 8-bit affine elsewhere, as mlx-community's gpt-oss MXFP4-Q8 conversions.
     pub const MXFP4_Q8: Self = QuantRecipe {
         default: affine(8, 64),
@@ -152,6 +159,9 @@ struct Def {
     dims: Dims,
     dtype: Dtype,
     quant: QuantRecipe,
+    /// Integer fields of the published model's config that its family's `config_for` does not derive
+    /// from `dims`.
+    fields: &'static [(&'static str, i64)],
 }
 
 /// A small Qwen3-MoE.
@@ -168,7 +178,7 @@ const QWEN3_TINY: Dims = Dims {
     window: None,
 };
 
-const DEFS: [Def; 7] = [
+const DEFS: [Def; 9] = [
     Def {
         name: "qwen3-tiny",
         model: None,
@@ -176,6 +186,7 @@ const DEFS: [Def; 7] = [
         dims: QWEN3_TINY,
         dtype: Dtype::Bfloat16,
         quant: QuantRecipe::qwen3(4, 64),
+        fields: &[],
     },
     Def {
         name: "qwen3-mini",
@@ -195,6 +206,7 @@ const DEFS: [Def; 7] = [
         },
         dtype: Dtype::Bfloat16,
         quant: QuantRecipe::qwen3(4, 64),
+        fields: &[],
     },
     Def {
         name: "qwen3-tiny-q8-f16",
@@ -203,6 +215,7 @@ const DEFS: [Def; 7] = [
         dims: QWEN3_TINY,
         dtype: Dtype::Float16,
         quant: QuantRecipe::qwen3(8, 32),
+        fields: &[],
     },
     Def {
         name: "qwen3-tiny-f32",
@@ -211,6 +224,7 @@ const DEFS: [Def; 7] = [
         dims: QWEN3_TINY,
         dtype: Dtype::Float32,
         quant: QuantRecipe::qwen3(4, 64),
+        fields: &[],
     },
     Def {
         name: "gpt-oss-tiny",
@@ -230,6 +244,7 @@ const DEFS: [Def; 7] = [
         },
         dtype: Dtype::Bfloat16,
         quant: QuantRecipe::MXFP4_Q8,
+        fields: &[],
     },
     Def {
         name: "qwen3-30b-a3b",
@@ -249,6 +264,7 @@ const DEFS: [Def; 7] = [
         },
         dtype: Dtype::Bfloat16,
         quant: QuantRecipe::qwen3(4, 64),
+        fields: &[],
     },
     Def {
         name: "gpt-oss-20b",
@@ -268,16 +284,60 @@ const DEFS: [Def; 7] = [
         },
         dtype: Dtype::Bfloat16,
         quant: QuantRecipe::MXFP4_Q8,
+        fields: &[],
+    },
+    Def {
+        name: "glm4-tiny",
+        model: None,
+        arch: Arch::Glm4Moe,
+        dims: Dims {
+            hidden: 512,
+            layers: 4,
+            heads: 8,
+            kv_heads: 2,
+            head_dim: 64,
+            experts: 32,
+            top_k: 4,
+            expert_dim: 256,
+            vocab: 4096,
+            window: None,
+        },
+        dtype: Dtype::Bfloat16,
+        quant: QuantRecipe::AFFINE_4,
+        fields: &[],
+    },
+    Def {
+        name: "glm-4.5-air",
+        model: Some("GLM-4.5-Air"),
+        arch: Arch::Glm4Moe,
+        dims: Dims {
+            hidden: 4096,
+            layers: 46,
+            heads: 96,
+            kv_heads: 8,
+            head_dim: 128,
+            experts: 128,
+            top_k: 8,
+            expert_dim: 1408,
+            vocab: 151552,
+            window: None,
+        },
+        dtype: Dtype::Bfloat16,
+        quant: QuantRecipe::AFFINE_4,
+        fields: &[("intermediate_size", 10944)],
     },
 ];
 
 impl Def {
     fn preset(&self) -> Preset {
         let dtype = crate::array::dtype_name(self.dtype);
-        let config = with_quant(
+        let mut config = with_quant(
             self.arch.config_for(&self.dims, dtype),
             self.quant.block(self.dims.layers, self.arch.layout()),
         );
+        for (k, v) in self.fields {
+            config[*k] = json!(v);
+        }
         let d = &self.dims;
         let mut about = match self.model {
             Some(m) => format!("{m} dims: "),

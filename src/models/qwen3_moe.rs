@@ -19,6 +19,9 @@ pub(crate) const LAYOUT: Layout = Layout {
     moe: "mlp",
     router: "gate",
     router_bias: false,
+    router_quantized: true,
+    correction_bias: false,
+    shared_experts: "shared_experts",
     experts: "switch_mlp",
     expert_bias: false,
     activation: Activation::Swiglu,
@@ -26,10 +29,7 @@ pub(crate) const LAYOUT: Layout = Layout {
 
 /// The parameters of a Qwen3-MoE model.
 pub(crate) fn describe(c: &ModelConfig) -> ModelSpec {
-    let routing = RouterKind::SoftmaxTopK {
-        renormalize: c.norm_topk_prob,
-    };
-    decoder(c, &LAYOUT, routing)
+    decoder(c, &c.layout, c.routing.clone())
 }
 
 pub(crate) fn parse_config(v: &Value) -> Result<ModelConfig> {
@@ -43,13 +43,16 @@ pub(crate) fn parse_config(v: &Value) -> Result<ModelConfig> {
     let sparse = (0..layers)
         .map(|i| !mlp_only.contains(&i) && num_experts > 0 && (i + 1) % step == 0)
         .collect();
+    let head_dim = f.i32_opt("head_dim")?.unwrap_or(hidden / heads);
+    let norm_topk_prob = f.bool_or("norm_topk_prob", false)?;
     Ok(ModelConfig {
         arch: Arch::Qwen3Moe,
         hidden_size: hidden,
         num_layers: layers,
         n_heads: heads,
         n_kv_heads: f.i32_opt("num_key_value_heads")?.unwrap_or(heads),
-        head_dim: f.i32_opt("head_dim")?.unwrap_or(hidden / heads),
+        head_dim,
+        rope_dims: head_dim,
         vocab_size: f.pos("vocab_size")?,
         rms_norm_eps: f.f64_or("rms_norm_eps", 1e-6)? as f32,
         rope_theta: f.f64_or("rope_theta", 1e6)? as f32,
@@ -60,7 +63,12 @@ pub(crate) fn parse_config(v: &Value) -> Result<ModelConfig> {
         top_k: f.pos("num_experts_per_tok")?,
         moe_intermediate: f.pos("moe_intermediate_size")?,
         intermediate: f.i32_opt("intermediate_size")?.unwrap_or(0),
-        norm_topk_prob: f.bool_or("norm_topk_prob", false)?,
+        norm_topk_prob,
+        routing: RouterKind::SoftmaxTopK {
+            renormalize: norm_topk_prob,
+        },
+        shared_intermediate: None,
+        layout: LAYOUT,
         sparse,
         sliding: vec![false; layers as usize],
         sliding_window: None,

@@ -26,8 +26,12 @@ pub enum Kind {
     /// `{module}.scales`, as mlx-lm decides, and as a float array otherwise; the synthesizer quantizes it
     /// iff the config does.
     Weight(Option<LayerQuant>),
-    /// A float array: a norm weight, a bias, attention sinks, a router's correction bias.
+    /// A float array: a norm weight, a bias, attention sinks.
     Float,
+    /// A float array kept in float32 whatever the model's dtype (mlx-lm's `cast_predicate` leaves
+    /// GLM-4 MoE's router correction bias out of the conversion to the model's dtype). A checkpoint may
+    /// hold it in any float dtype.
+    Float32,
 }
 
 /// One tensor of the description.
@@ -71,6 +75,7 @@ impl Param {
                 n * bits / 8 + n / group * per_group
             }
             Kind::Weight(None) | Kind::Float => n * float,
+            Kind::Float32 => n * 4,
         }
     }
 }
@@ -247,6 +252,13 @@ pub struct Layout {
     pub router: &'static str,
     /// The router carries a bias.
     pub router_bias: bool,
+    /// The router is a linear layer that mlx-lm quantizes with the rest (GLM-4 MoE's `MoEGate` is a
+    /// bare matrix, which `nn.quantize` leaves in the float dtype).
+    pub router_quantized: bool,
+    /// The router has an `e_score_correction_bias` (float32).
+    pub correction_bias: bool,
+    /// The shared experts' module name under the MoE block (used where the config has some).
+    pub shared_experts: &'static str,
     /// The expert stack's module name under it.
     pub experts: &'static str,
     /// The experts carry biases.
@@ -368,20 +380,30 @@ impl Builder<'_> {
     fn moe(&self, i: i32, l: &Layout, routing: RouterKind) -> MoeSpec {
         let c = self.cfg;
         let (d, e) = (c.hidden_size, c.num_experts);
+        let router_path = l.router_path(i);
+        let mut router = self.linear(&router_path, &[], e, d, 2.0 * inv_sqrt(d), l.router_bias);
+        if !l.router_quantized {
+            router.weight.kind = Kind::Weight(None);
+        }
         MoeSpec {
-            router: self.linear(
-                &l.router_path(i),
-                &[],
-                e,
-                d,
-                2.0 * inv_sqrt(d),
-                l.router_bias,
-            ),
+            router,
             routing,
-            correction_bias: None,
+            correction_bias: l.correction_bias.then(|| Param {
+                name: format!("{router_path}.e_score_correction_bias"),
+                shape: vec![e],
+                kind: Kind::Float32,
+                init: Init::Normal(0.1),
+            }),
             experts: self.mlp(&l.experts_path(i), &[e], c.moe_intermediate, l.expert_bias),
             activation: l.activation,
-            shared: None,
+            shared: c.shared_intermediate.map(|n| {
+                self.mlp(
+                    &format!("{}.{}", l.moe_path(i), l.shared_experts),
+                    &[],
+                    n,
+                    false,
+                )
+            }),
         }
     }
 }
@@ -474,7 +496,9 @@ mod tests {
                 spec.params().iter().map(|p| p.name.as_str()).collect();
             assert_eq!(names.len(), spec.params().len(), "{arch:?}: a name twice");
             let m = round_trip(&cfg, &spec);
-            assert_eq!(m.num_moe_layers(), 2, "{arch:?}");
+            // GLM-4 MoE's first layer is dense (`first_k_dense_replace` 1).
+            let moe_layers = if arch == Arch::Glm4Moe { 1 } else { 2 };
+            assert_eq!(m.num_moe_layers(), moe_layers, "{arch:?}");
             let ids = mlx_rs::Array::from_slice(&[1u32, 2, 3], &[1, 3]);
             let y = m
                 .forward(&ids, &mut m.new_cache(), MoePath::Reference)

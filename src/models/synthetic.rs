@@ -56,7 +56,11 @@ pub fn synth_tensors_of(
         if one {
             a = mlx_rs::ops::add(&a, mlx_rs::Array::from_f32(1.0))?;
         }
-        let a = a.as_dtype(cfg.dtype)?;
+        let dtype = match p.kind {
+            Kind::Float32 => mlx_rs::Dtype::Float32,
+            _ => cfg.dtype,
+        };
+        let a = a.as_dtype(dtype)?;
         match p.kind {
             Kind::Weight(Some(q)) => {
                 let qw = quantize(&a, q.mode, Some(q.group_size), Some(q.bits))?;
@@ -68,7 +72,7 @@ pub fn synth_tensors_of(
                     t.insert(format!("{m}.biases"), b);
                 }
             }
-            Kind::Weight(None) | Kind::Float => {
+            Kind::Weight(None) | Kind::Float | Kind::Float32 => {
                 a.eval()?;
                 t.insert(p.name.clone(), a);
             }
