@@ -72,7 +72,12 @@ pub fn last_logits(logits: &Array) -> Result<Vec<f32>> {
 fn choose(logits: &Array, sampler: Sampler, step: usize) -> Result<u32> {
     match sampler {
         Sampler::Greedy => {
-            let v = last_logits(logits)?;
+            // mlx-lm takes the argmax of `logits - logsumexp(logits)` in the logits' dtype, where
+            // rounding can make two different logits equal (and the first of them wins).
+            let l = logits.shape()[1];
+            let last = slice_axis(logits, 1, l - 1, l)?;
+            let logprobs = ops::subtract(&last, ops::logsumexp_axis(&last, -1, true)?)?;
+            let v = to_f32_vec(&logprobs)?;
             argmax(&v)
                 .map(|i| i as u32)
                 .ok_or_else(|| Error::Numerical("logits are all NaN".into()))
@@ -107,8 +112,8 @@ pub fn check_tokens(model: &Model, tokens: &[u32]) -> Result<()> {
     Ok(())
 }
 
-/// Generates `max_tokens` tokens after `prompt` (prefilled in one forward pass). `on_token` sees each new
-/// token as it is produced.
+/// Generates `max_tokens` tokens after `prompt` (all but its last token prefilled in chunks of
+/// [`PREFILL_CHUNK`], as mlx-lm does). `on_token` sees each new token as it is produced.
 pub fn generate(
     model: &Model,
     prompt: &[u32],
@@ -166,7 +171,19 @@ pub fn generate_until(
         return Ok(out);
     }
     let t0 = Instant::now();
-    let logits = prefill(model, prompt, &mut cache, path)?;
+    // As mlx-lm's `generate_step`: the prompt but its last token fills the cache, and the last token is
+    // the first step.
+    let (&last, head) = prompt
+        .split_last()
+        .ok_or_else(|| Error::invalid("the prompt is empty"))?;
+    if !head.is_empty() {
+        // Only the cache is evaluated: the head's logits are never computed.
+        prefill(model, head, &mut cache, path)?;
+        for kv in &cache {
+            kv.eval()?;
+        }
+    }
+    let logits = model.forward(&Array::from_slice(&[last], &[1, 1]), &mut cache, path)?;
     let mut tok = choose(&logits, sampler, 0)?;
     out.prefill_secs = t0.elapsed().as_secs_f64();
     out.tokens.push(tok);
