@@ -1,19 +1,20 @@
 //! The fidelity verdict on synthetic configs (256 teacher-forced steps each).
 //!
 //! float32 configs (Qwen3-like 4-bit g64, gpt-oss-like mxfp4 with clamped activation and expert biases,
-//! Qwen3-like 8-bit g32): the verdict must PASS, which for float32 includes token identity at all steps.
+//! Qwen3-like 8-bit g32, GLM-4-MoE-like 4-bit g64 with float32 routing scores and a shared expert): the
+//! verdict must PASS, which for float32 includes token identity at all steps.
 //!
 //! The half-precision configs of the issue (Qwen3-like bf16 4-bit g64, gpt-oss-like bf16 mxfp4 with the
-//! clamped activation and expert biases, Qwen3-like 8-bit g32 float16): the verdict must PASS too. The
-//! fused path accumulates every quantized matmul in float32 and keeps its activations in float32, so its
-//! logits track the float32 oracle far more closely than the reference path's (MLX's half-precision
-//! `quantized_matmul` and activations, as mlx-lm); the MoE blocks alone, fed the same half-precision input
-//! and routing, must also be at least as accurate on the fused path.
+//! clamped activation and expert biases, Qwen3-like 8-bit g32 float16, GLM-4-MoE-like bf16 4-bit g64): the
+//! verdict must PASS too. The fused path accumulates every quantized matmul in float32 and keeps its
+//! activations in float32, so its logits track the float32 oracle far more closely than the reference
+//! path's (MLX's half-precision `quantized_matmul` and activations, as mlx-lm); the MoE blocks alone, fed
+//! the same half-precision input and routing, must also be at least as accurate on the fused path.
 
 use zmlx::fidelity::{moe_layer_errors, run};
 use zmlx::generate::random_tokens;
 use zmlx::models::synthetic::{gpt_oss_quant, qwen3_quant, with_quant};
-use zmlx::models::{self, gpt_oss, qwen3_moe};
+use zmlx::models::{self, gpt_oss, qwen3_moe, Arch, Dims, QuantRecipe};
 
 fn qwen3(dtype: &str, bits: i32, group: i32) -> serde_json::Value {
     let c = qwen3_moe::config_json(256, 2, 4, 2, 64, 16, 4, 128, 1024, dtype);
@@ -23,6 +24,27 @@ fn qwen3(dtype: &str, bits: i32, group: i32) -> serde_json::Value {
 fn gptoss(dtype: &str) -> serde_json::Value {
     let c = gpt_oss::config_json(256, 2, 4, 2, 64, 8, 4, 256, 1024, 32, dtype);
     with_quant(c, gpt_oss_quant(2))
+}
+
+fn glm4(dtype: &str) -> serde_json::Value {
+    // The first layer dense, one shared expert, 16 experts in 4 groups (2 kept), scores scaled by 2.5.
+    let d = Dims {
+        hidden: 256,
+        layers: 2,
+        heads: 4,
+        kv_heads: 2,
+        head_dim: 64,
+        experts: 16,
+        top_k: 4,
+        expert_dim: 128,
+        vocab: 1024,
+        window: None,
+    };
+    let mut c = Arch::Glm4Moe.config_for(&d, dtype);
+    c["n_group"] = 4.into();
+    c["topk_group"] = 2.into();
+    c["routed_scaling_factor"] = 2.5.into();
+    with_quant(c, QuantRecipe::AFFINE_4.block(2, Arch::Glm4Moe.layout()))
 }
 
 fn verdict(
@@ -56,6 +78,7 @@ fn float32_configs_pass_with_token_identity() {
         ("qwen3 f32 4-bit g64", qwen3("float32", 4, 64)),
         ("gpt-oss f32 mxfp4", gptoss("float32")),
         ("qwen3 f32 8-bit g32", qwen3("float32", 8, 32)),
+        ("glm4 f32 4-bit g64", glm4("float32")),
     ] {
         let (rep, layers) = verdict(name, cfg);
         assert!(rep.float32);
@@ -76,6 +99,7 @@ fn half_precision_configs_pass() {
         ("qwen3 bf16 4-bit g64", qwen3("bfloat16", 4, 64)),
         ("gpt-oss bf16 mxfp4", gptoss("bfloat16")),
         ("qwen3 f16 8-bit g32", qwen3("float16", 8, 32)),
+        ("glm4 bf16 4-bit g64", glm4("bfloat16")),
     ] {
         let (rep, layers) = verdict(name, cfg);
         assert!(!rep.float32);

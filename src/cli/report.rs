@@ -125,7 +125,7 @@ pub fn fidelity(rep: &Report) {
     }
     match rep.first_divergence {
         None => println!(
-            "  greedy tokens fused vs reference: identical where the margin exceeds both errors ({} flip(s) within error)",
+            "  greedy tokens fused vs reference: identical where the margin exceeds twice the sum of both errors ({} flip(s) within error)",
             rep.explained_mismatches
         ),
         Some(p) => println!("  greedy tokens fused vs reference: first real divergence at position {p}"),
