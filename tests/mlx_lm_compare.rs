@@ -1,11 +1,15 @@
-//! Our Qwen3-MoE and gpt-oss against mlx-lm's own Python implementation on the same synthetic checkpoint:
-//! zmlx writes the checkpoint, `scripts/compare_mlx_lm.py` runs mlx-lm (pip `mlx-lm`, `mlx`/`mlx-cpu`
-//! 0.32.4) over a token sequence, and the logits must agree within the tolerance below, both for zmlx's
-//! one-pass forward (prefill, expert rows sorted as mlx-lm does) and for token-by-token decoding with the KV
-//! cache (teacher-forced).
+//! Our models against mlx-lm's own Python implementation.
 //!
-//! Needs a Python with mlx-lm (`ZMLX_PYTHON`, default `python3`). Without it the test prints why and
-//! passes, unless `ZMLX_REQUIRE_MLX_LM=1` (set by CI), where a missing mlx-lm fails it.
+//! Logits: zmlx writes a synthetic Qwen3-MoE, gpt-oss or GLM-4 MoE checkpoint, `scripts/compare_mlx_lm.py`
+//! runs mlx-lm (pip `mlx-lm`, `mlx`/`mlx-cpu` 0.32.4) over a token sequence, and the logits must agree
+//! within the tolerance below, both for zmlx's one-pass forward (prefill, expert rows sorted as mlx-lm
+//! does) and for token-by-token decoding with the KV cache (teacher-forced).
+//!
+//! Tokens: `scripts/mlx_lm_greedy.py` writes checkpoints with mlx-lm's own model classes, quantization and
+//! saving, and greedy-decodes them with mlx-lm; zmlx's reference path must decode exactly the same tokens.
+//!
+//! Needs a Python with mlx-lm (`ZMLX_PYTHON`, default `python3`). Without it the tests print why and
+//! pass, unless `ZMLX_REQUIRE_MLX_LM=1` (set by CI), where a missing mlx-lm fails them.
 
 mod common;
 
@@ -13,9 +17,10 @@ use std::process::Command;
 
 use common::{max_diff, TempDir};
 use zmlx::checkpoint::Tensors;
+use zmlx::generate::Sampler;
 use zmlx::mlx_rs::Array;
 use zmlx::models::synthetic::{gpt_oss_quant, qwen3_quant, with_quant};
-use zmlx::models::{self, gpt_oss, qwen3_moe, Model};
+use zmlx::models::{self, gpt_oss, qwen3_moe, Arch, Dims, Model, QuantRecipe};
 use zmlx::moe::MoePath;
 
 /// Logits may differ from mlx-lm's by at most this fraction of the largest |logit| (both sides compute in
@@ -133,4 +138,107 @@ fn gpt_oss_matches_mlx_lm() {
         "original_max_position_embeddings": 4096, "truncate": false
     });
     compare("gpt-oss", with_quant(c, gpt_oss_quant(2)), 40);
+}
+
+#[test]
+fn glm4_moe_matches_mlx_lm() {
+    // 3 layers (the first dense), D 256, 16 experts top-4 in 4 groups of which 2 are kept, scores
+    // scaled by 2.5, q/k norms, q/k/v biases, half-rotary heads, one shared expert; bf16, 4-bit affine
+    // g64 (the gate stays bf16, its correction bias float32): the one-pass forward sorts 24 x 4 rows.
+    let d = Dims {
+        hidden: 256,
+        layers: 3,
+        heads: 4,
+        kv_heads: 2,
+        head_dim: 64,
+        experts: 16,
+        top_k: 4,
+        expert_dim: 128,
+        vocab: 1024,
+        window: None,
+    };
+    let mut c = Arch::Glm4Moe.config_for(&d, "bfloat16");
+    c["n_group"] = 4.into();
+    c["topk_group"] = 2.into();
+    c["routed_scaling_factor"] = 2.5.into();
+    c["use_qk_norm"] = true.into();
+    let q = QuantRecipe::AFFINE_4.block(d.layers, Arch::Glm4Moe.layout());
+    compare("glm4-moe", with_quant(c, q), 24);
+}
+
+/// Greedy tokens decoded after the prompt: mlx-lm's, from `scripts/mlx_lm_greedy.py`, and zmlx's reference
+/// path on each checkpoint that script wrote with mlx-lm's own classes (`nn.quantize`, `save_model`).
+const GREEDY_STEPS: usize = 40;
+
+/// Each family in each mode mlx-lm quantizes it in on the CPU (unquantized MoE experts would need
+/// bfloat16 `gather_mm`, which MLX's CPU backend lacks).
+const GREEDY_CASES: [&str; 8] = [
+    "qwen3_moe:affine",
+    "qwen3_moe:mxfp4",
+    "gpt_oss:affine",
+    "gpt_oss:mxfp4",
+    "mixtral:affine",
+    "mixtral:mxfp4",
+    "glm4_moe:affine",
+    "glm4_moe:mxfp4",
+];
+
+#[test]
+fn reference_path_decodes_the_tokens_mlx_lm_decodes() {
+    let Some(py) = python() else { return };
+    let dir = TempDir::new("mlx-lm-greedy");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/mlx_lm_greedy.py");
+    let st = Command::new(&py)
+        .arg(script)
+        .arg(&dir.0)
+        .arg(GREEDY_STEPS.to_string())
+        .args(GREEDY_CASES)
+        .output()
+        .expect("run python");
+    assert!(
+        st.status.success(),
+        "mlx_lm_greedy.py failed: {}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    let text = std::fs::read_to_string(dir.0.join("tokens.json")).unwrap();
+    let cases: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let ids = |v: &serde_json::Value| -> Vec<u32> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t.as_u64().unwrap() as u32)
+            .collect()
+    };
+    let mut failures = vec![];
+    for case in GREEDY_CASES {
+        let c = &cases[case];
+        let want = ids(&c["tokens"]);
+        assert_eq!(want.len(), GREEDY_STEPS, "{case}");
+        let model = match models::load(std::path::Path::new(c["dir"].as_str().unwrap())) {
+            Ok(m) => m,
+            Err(e) => {
+                eprintln!("{case}: {e}");
+                failures.push(format!("{case}: {e}"));
+                continue;
+            }
+        };
+        let got = zmlx::generate::generate(
+            &model,
+            &ids(&c["prompt"]),
+            GREEDY_STEPS,
+            Sampler::Greedy,
+            MoePath::Reference,
+            &mut |_| {},
+        )
+        .unwrap()
+        .tokens;
+        let same = got.iter().zip(&want).take_while(|(a, b)| a == b).count();
+        eprintln!("{case}: {same}/{GREEDY_STEPS} tokens as mlx-lm's");
+        if got != want {
+            failures.push(format!(
+                "{case}: first difference at token {same}\n  zmlx   {got:?}\n  mlx-lm {want:?}"
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
