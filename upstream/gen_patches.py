@@ -168,8 +168,9 @@ the graph of MLX's own ops within tolerance.
 ]
 
 # Overlay / authored file -> in-tree path, per patch. Source paths starting with "upstream/" are authored files
-# of this repository (bindings' tests, stubs), the others overlay files under mlx_local/. Device-independent code goes to mlx/fused/ (compiled in every build), the CPU
-# kernels and their engines to mlx/backend/cpu/fused/ (compiled with MLX_BUILD_CPU).
+# of this repository (binding tests, stubs), the others overlay files under mlx_local/. Device-independent code
+# goes to mlx/fused/ (compiled in every build), the CPU kernels and their engines to mlx/backend/cpu/fused/
+# (compiled with MLX_BUILD_CPU).
 FILES = [
     # 1: add_rms_norm, and the shared helpers it needs.
     (1, "mlx/norm/add_rms_norm/add_rms_norm.h", "mlx/fused/add_rms_norm.h"),
@@ -218,6 +219,13 @@ FILES = [
     (4, "upstream/python/tests/test_fused_switch_glu_combine.py", "python/tests/test_fused_switch_glu_combine.py"),
 ]
 
+# Overlay files that are not part of the series, and why; every other file under mlx_local/ must be in FILES.
+NOT_IN_SERIES = {
+    "mlx/c/": "the C API of the fused ops: mlx-c's business, not MLX's",
+    "mlx/backend/cuda/moe/gpu.cpp": "the fused CUDA kernels: not in the series yet (UPSTREAM_PLAN.md, Left)",
+    "mlx/backend/cuda/moe/kernels.cuh": "the fused CUDA kernels: not in the series yet (UPSTREAM_PLAN.md, Left)",
+}
+
 # Registration in MLX's own files: (patch, file, the line after which the text goes, text); an anchor
 # starting with "<" puts the text before that line.
 INSERTS = [
@@ -238,8 +246,7 @@ INSERTS = [
     (4, "docs/src/python/ops.rst", "   swapaxes", "   switch_glu_combine\n"),
 ]
 
-# Per-patch registration derived from Patch fields: (file, anchor line, text for one item).
-# (file, anchor, which patches include their headers there)
+# Where each patch's headers are included: (file, anchor line, which patches).
 HEADER_INCLUDES = [
     ("mlx/mlx.h", '#include "mlx/fft.h"', lambda p: True),
     ("mlx/export.cpp", '#include "mlx/fast_primitives.h"', lambda p: p.exported),
@@ -403,6 +410,19 @@ def apply_inserts(base, path, ins):
     return "\n".join(lines)
 
 
+def check_coverage():
+    """Every overlay file is in FILES or NOT_IN_SERIES, and every FILES source exists."""
+    local = REPO / "mlx_local"
+    mapped = {src for _, src, _ in FILES}
+    for path in sorted(local.rglob("*")):
+        rel = path.relative_to(local).as_posix()
+        if path.is_file() and rel not in mapped and not any(rel.startswith(k) for k in NOT_IN_SERIES):
+            fail(f"mlx_local/{rel} is neither in FILES nor in NOT_IN_SERIES")
+    dsts = [d for _, _, d in FILES]
+    if len(set(dsts)) != len(dsts):
+        fail("two FILES entries have the same in-tree path")
+
+
 def tree_state(base_dir, n):
     """{in-tree path: content} of every path the series touches, after patches 1..n; base_dir is the
     unmodified MLX tree."""
@@ -468,6 +488,7 @@ def base_tree(src, tmp):
 
 
 def generate(src, out, tmp):
+    check_coverage()
     tree = base_tree(src, tmp)
     # The registration inserts apply to the base files, kept aside from the tree the commits are made in.
     base = tmp / "base"
