@@ -399,9 +399,9 @@ impl BenchLayer {
         zmlx::hugepages::promote(&arrays)
     }
 
-    /// max |fused - MLX composed| / max |MLX composed| of one call on `tokens` random tokens (NaN in
-    /// either output gives infinity): a check that the timed fused path computes the layer.
-    pub fn agreement(&self, tokens: usize, seed: u64) -> Result<f64> {
+    /// Fixed inputs of one call on `tokens` tokens from `seed`: x `[T, D]`, indices `[T, k]` (k distinct
+    /// experts spread over E) and softmax scores `[T, k]`.
+    fn fixed_inputs(&self, tokens: usize, seed: u64) -> Result<(Array, Array, Array)> {
         let spec = &self.spec;
         let t = tokens as i32;
         let key = mlx_rs::random::key(seed)?;
@@ -421,6 +421,13 @@ impl BenchLayer {
             None,
         )?
         .as_dtype(spec.dtype)?;
+        Ok((x, indices, scores))
+    }
+
+    /// max |fused - MLX composed| / max |MLX composed| of one call on `tokens` random tokens (NaN in
+    /// either output gives infinity): a check that the timed fused path computes the layer.
+    pub fn agreement(&self, tokens: usize, seed: u64) -> Result<f64> {
+        let (x, indices, scores) = self.fixed_inputs(tokens, seed)?;
         let layer = &self.copies[0];
         let f = zmlx::array::to_f32_vec(&layer.forward_combined(
             &x,
@@ -458,27 +465,9 @@ impl BenchLayer {
         max_iters: usize,
     ) -> Result<[[f64; 2]; 2]> {
         use mlx_rs::transforms;
-        let spec = &self.spec;
-        let t = tokens as i32;
-        let key = mlx_rs::random::key(seed)?;
-        let x =
-            mlx_rs::random::normal::<f32>(&[t, spec.d], 0.0, 1.0, &key)?.as_dtype(spec.dtype)?;
-        let idx: Vec<u32> = (0..tokens * spec.k as usize)
-            .map(|j| {
-                ((j % spec.k as usize) * spec.e as usize / spec.k as usize + j / spec.k as usize)
-                    as u32
-                    % spec.e as u32
-            })
-            .collect();
-        let indices = Array::from_slice(&idx, &[t, spec.k]);
-        let scores = mlx_rs::ops::softmax_axis(
-            mlx_rs::random::normal::<f32>(&[t, spec.k], 0.0, 1.0, &key)?,
-            -1,
-            None,
-        )?
-        .as_dtype(spec.dtype)?;
-        let c =
-            mlx_rs::random::normal::<f32>(&[t, spec.d], 0.0, 1.0, &key)?.as_dtype(spec.dtype)?;
+        let (x, indices, scores) = self.fixed_inputs(tokens, seed)?;
+        // The cotangent: x's values (drawn with x's key before), any fixed array serves.
+        let c = x.clone();
         transforms::eval([&x, &indices, &scores, &c])?;
         let mut times = [[Vec::new(), Vec::new()], [Vec::new(), Vec::new()]];
         let start = std::time::Instant::now();

@@ -7,6 +7,8 @@ use std::time::Instant;
 use anyhow::Result;
 use zmlx::mlx_rs::{random, transforms, Array, Dtype};
 
+use super::median;
+
 /// Residual steps per evaluation in the chained mode.
 pub const CHAIN: usize = 8;
 
@@ -33,11 +35,6 @@ impl NormRow {
         };
         4.0 * self.tokens as f64 * self.d as f64 * size
     }
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
 type NormFn = fn(&Array, &Array, Option<&Array>, f32) -> zmlx::Result<(Array, Array)>;
