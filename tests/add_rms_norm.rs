@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::f64s;
+
 use zmlx::array::to_f32_vec;
 use zmlx::fused::{add_rms_norm, add_rms_norm_reference};
 use zmlx::mlx_rs::ops::indexing::{IndexOp, IntoStrideBy};
@@ -13,10 +15,6 @@ use zmlx::mlx_rs::{ops, transforms, Array, Dtype};
 /// Normal samples around `mean`.
 fn randn(shape: &[i32], seed: u64, mean: f32, std: f32) -> Array {
     ops::add(common::randn(shape, seed, std), Array::from_f32(mean)).unwrap()
-}
-
-fn f64s(a: &Array) -> Vec<f64> {
-    to_f32_vec(a).unwrap().into_iter().map(f64::from).collect()
 }
 
 /// Unit roundoff of a dtype.

@@ -7,18 +7,13 @@
 
 mod common;
 
-use common::randn;
-use zmlx::array::to_f32_vec;
+use common::{f64s, randn};
 use zmlx::fused::{
     gather_qmm_combine, gather_qmm_combine_reference, gather_qmm_swiglu,
     gather_qmm_swiglu_reference, Activation, SwigluArgs,
 };
 use zmlx::mlx_rs::{ops, transforms, Array, Dtype};
 use zmlx::quant::{quantize, QuantMode, QuantizedWeight};
-
-fn f64s(a: &Array) -> Vec<f64> {
-    to_f32_vec(a).unwrap().into_iter().map(f64::from).collect()
-}
 
 fn dot(a: &Array, b: &Array) -> f64 {
     f64s(a).iter().zip(f64s(b)).map(|(x, y)| x * y).sum()

@@ -4,6 +4,8 @@
 
 mod common;
 
+use common::ffi::last_error;
+
 use std::os::raw::{c_int, c_void};
 
 use zmlx::array::to_f32_vec;
@@ -103,16 +105,6 @@ fn vmap(body: Body, inputs: &[&Array], in_axes: &[c_int]) -> Result<Array, Strin
         sys::mlx_closure_free(cls);
         result
     }
-}
-
-fn last_error() -> String {
-    let p = unsafe { sys::mlx_last_error() };
-    if p.is_null() {
-        return String::new();
-    }
-    unsafe { std::ffi::CStr::from_ptr(p) }
-        .to_string_lossy()
-        .into_owned()
 }
 
 #[test]

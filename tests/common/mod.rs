@@ -52,3 +52,12 @@ pub fn max_diff(a: &[f32], b: &[f32]) -> (f64, f64) {
     }
     (d, s)
 }
+
+/// The values of an array as float64.
+pub fn f64s(a: &Array) -> Vec<f64> {
+    zmlx::array::to_f32_vec(a)
+        .expect("read the array")
+        .into_iter()
+        .map(f64::from)
+        .collect()
+}
