@@ -225,6 +225,14 @@ fn errors() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+    // The error path many times in a row, then a good call: no state left behind.
+    for _ in 0..500 {
+        for (_, x, r, w, eps, _) in &cases {
+            assert!(add_rms_norm(x, r, w.as_ref(), *eps).is_err());
+        }
+    }
+    let (_, y) = add_rms_norm(&x, &x, Some(&w), 1e-5).unwrap();
+    assert!(to_f32_vec(&y).unwrap().iter().all(|v| v.is_finite()));
 }
 
 /// sum(c_h * h + c_y * y) and its gradient with respect to (x, residual, weight), on either path.
