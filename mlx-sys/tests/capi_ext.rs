@@ -449,6 +449,13 @@ fn custom_readers_and_writers() {
         check(sys::mlx_io_reader_free(r), "free reader");
         assert_close(&b.values(), &[1.0, 2.5, -3.0, 4.0], 0.0);
         drop(b);
+        // The CPU stream's worker drops its copy of the finished task (which holds the
+        // reader) on its own thread, possibly just after `values()` returned.
+        check(sys::mlx_synchronize(s), "synchronize");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while IO_FREES.load(Ordering::SeqCst) < 2 && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
         assert_eq!(
             IO_FREES.load(Ordering::SeqCst),
             2,
