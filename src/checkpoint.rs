@@ -1,11 +1,13 @@
 //! mlx-lm checkpoint directories: `config.json` + `*.safetensors` (key names as mlx-lm writes them).
-//! Reading goes through the `safetensors` crate into MLX arrays; writing produces files mlx-lm loads.
+//! Reading parses each file's header with the `safetensors` crate, then reads each tensor's bytes (or only
+//! some of its rows, for a rank of expert parallelism) into an MLX array; writing produces files mlx-lm loads.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use mlx_rs::{Array, Dtype};
-use safetensors::tensor::{Dtype as StDtype, TensorView};
+use safetensors::tensor::{Dtype as StDtype, Metadata, TensorInfo, TensorView};
 
 use crate::error::{Error, Result};
 
@@ -16,7 +18,17 @@ pub struct Tensors {
     used: HashSet<String>,
     /// Where they came from (for error messages).
     pub origin: PathBuf,
+    bytes_read: u64,
+    bytes_stored: u64,
 }
+
+/// Which rows of a checkpoint tensor to read, given its name and shape: `Ok(None)` all of it,
+/// `Ok(Some((lo, hi)))` rows `[lo, hi)` of its first axis (the tensor then has `hi - lo` there), an error
+/// to refuse the checkpoint.
+pub type RowSelect<'a> = &'a dyn Fn(&str, &[usize]) -> Result<Option<(usize, usize)>>;
+
+/// The `safetensors` crate's limit on a header.
+const MAX_HEADER_BYTES: u64 = 100_000_000;
 
 fn st_to_mlx(d: StDtype) -> Option<Dtype> {
     Some(match d {
@@ -93,6 +105,12 @@ impl Tensors {
 
     /// Loads every `*.safetensors` file of `dir`.
     pub fn load_dir(dir: &Path) -> Result<Self> {
+        Self::load_dir_rows(dir, &|_, _| Ok(None))
+    }
+
+    /// Loads every `*.safetensors` file of `dir`, reading of each tensor only the rows (along its first
+    /// axis) that `rows` asks for (see [`RowSelect`]).
+    pub fn load_dir_rows(dir: &Path, rows: RowSelect<'_>) -> Result<Self> {
         let rd = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
         let mut files: Vec<PathBuf> = rd
             .filter_map(|e| e.ok().map(|e| e.path()))
@@ -104,41 +122,93 @@ impl Tensors {
         }
         let mut t = Tensors::new(dir);
         for f in &files {
-            t.load_file(f)?;
+            t.load_file_rows(f, rows)?;
         }
         Ok(t)
     }
 
     /// Adds the tensors of one safetensors file.
     pub fn load_file(&mut self, path: &Path) -> Result<()> {
-        let buf = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        let st = safetensors::SafeTensors::deserialize(&buf)
-            .map_err(|e| Error::checkpoint(path, format!("not a valid safetensors file: {e}")))?;
-        for (name, view) in st.tensors() {
-            let dtype = st_to_mlx(view.dtype()).ok_or_else(|| {
+        self.load_file_rows(path, &|_, _| Ok(None))
+    }
+
+    /// Adds the tensors of one safetensors file, each read whole or, where `rows` says, only a range of
+    /// its rows along the first axis. The header is read first and checked as the `safetensors` crate
+    /// checks it (offsets contiguous, sizes matching shapes and dtypes, the data filling the file); then
+    /// only the bytes of the wanted rows are read from the file.
+    pub fn load_file_rows(&mut self, path: &Path, rows: RowSelect<'_>) -> Result<()> {
+        let invalid =
+            |msg: String| Error::checkpoint(path, format!("not a valid safetensors file: {msg}"));
+        let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        let file_len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+        let mut len8 = [0u8; 8];
+        if file_len < 8 {
+            return Err(invalid(format!("{file_len} bytes, shorter than a header")));
+        }
+        file.read_exact(&mut len8).map_err(|e| Error::io(path, e))?;
+        let header_len = u64::from_le_bytes(len8);
+        if header_len > MAX_HEADER_BYTES || 8 + header_len > file_len {
+            return Err(invalid(format!(
+                "header of {header_len} bytes in a file of {file_len}"
+            )));
+        }
+        let mut header = vec![0u8; header_len as usize];
+        file.read_exact(&mut header)
+            .map_err(|e| Error::io(path, e))?;
+        self.bytes_read += 8 + header_len;
+        let meta: Metadata = serde_json::from_slice(&header).map_err(|e| invalid(e.to_string()))?;
+        let data_start = 8 + header_len;
+        if data_start + meta.data_len() as u64 != file_len {
+            return Err(invalid(format!(
+                "the header describes {} bytes of data but the file holds {}",
+                meta.data_len(),
+                file_len - data_start
+            )));
+        }
+        let mut infos: Vec<(String, &TensorInfo)> = meta.tensors().into_iter().collect();
+        infos.sort_by_key(|(_, i)| i.data_offsets);
+        for (name, info) in infos {
+            let dtype = st_to_mlx(info.dtype).ok_or_else(|| {
                 Error::checkpoint(
                     path,
-                    format!("tensor {name}: unsupported dtype {:?}", view.dtype()),
+                    format!("tensor {name}: unsupported dtype {:?}", info.dtype),
                 )
             })?;
-            let shape: Vec<i32> = view
-                .shape()
+            let mut shape: Vec<i32> = info
+                .shape
                 .iter()
                 .map(|&d| i32::try_from(d))
                 .collect::<std::result::Result<_, _>>()
                 .map_err(|_| {
                     Error::checkpoint(path, format!("tensor {name}: dimension too large"))
                 })?;
-            let data = view.data();
-            let want: usize =
-                (view.shape().iter().product::<usize>() * view.dtype().bitsize()).div_ceil(8);
-            if data.len() != want {
-                return Err(Error::checkpoint(
-                    path,
-                    format!("tensor {name}: truncated data"),
-                ));
-            }
-            // SAFETY: `data` holds exactly prod(shape) elements of `dtype`; MLX copies it.
+            let (start, end) = info.data_offsets;
+            self.bytes_stored += (end - start) as u64;
+            let (offset, len) = match rows(&name, &info.shape)? {
+                None => (start, end - start),
+                Some((lo, hi)) => {
+                    let n = info.shape.first().copied().unwrap_or(0);
+                    if lo >= hi || hi > n {
+                        return Err(Error::checkpoint(
+                            path,
+                            format!(
+                                "tensor {name} has shape {:?}: rows [{lo}, {hi}) of its first axis do not exist",
+                                info.shape
+                            ),
+                        ));
+                    }
+                    let row_bytes = (end - start) / n;
+                    shape[0] = (hi - lo) as i32;
+                    (start + lo * row_bytes, (hi - lo) * row_bytes)
+                }
+            };
+            let mut data = vec![0u8; len];
+            file.seek(SeekFrom::Start(data_start + offset as u64))
+                .and_then(|_| file.read_exact(&mut data))
+                .map_err(|e| Error::io(path, e))?;
+            self.bytes_read += len as u64;
+            // SAFETY: `data` holds exactly prod(shape) elements of `dtype` (the header's sizes are checked
+            // against shapes and dtypes; a row range takes whole rows); MLX copies it.
             let arr = unsafe { Array::from_raw_data(data.as_ptr().cast(), &shape, dtype) };
             if self.map.insert(name.clone(), arr).is_some() {
                 return Err(Error::checkpoint(
@@ -148,6 +218,16 @@ impl Tensors {
             }
         }
         Ok(())
+    }
+
+    /// Bytes read from checkpoint files so far (headers included).
+    pub fn bytes_read(&self) -> u64 {
+        self.bytes_read
+    }
+
+    /// Bytes of tensor data the files read so far hold, whole.
+    pub fn bytes_stored(&self) -> u64 {
+        self.bytes_stored
     }
 
     /// Inserts (or replaces) a tensor.

@@ -149,6 +149,31 @@ pub fn generate_until(
     stop: &[u32],
     on_token: &mut dyn FnMut(u32),
 ) -> Result<Generation> {
+    generate_steps(
+        model,
+        prompt,
+        max_tokens,
+        sampler,
+        path,
+        stop,
+        &mut |tok, _| {
+            on_token(tok);
+            Ok(())
+        },
+    )
+}
+
+/// [`generate_until`] that shows `on_step` each new token with the logits `[1, 1, vocab]` it was chosen
+/// from; an error from `on_step` ends the generation with that error.
+pub fn generate_steps(
+    model: &Model,
+    prompt: &[u32],
+    max_tokens: usize,
+    sampler: Sampler,
+    path: MoePath,
+    stop: &[u32],
+    on_step: &mut dyn FnMut(u32, &Array) -> Result<()>,
+) -> Result<Generation> {
     if prompt.is_empty() {
         return Err(Error::invalid("the prompt is empty"));
     }
@@ -187,7 +212,7 @@ pub fn generate_until(
     let mut tok = choose(&logits, sampler, 0)?;
     out.prefill_secs = t0.elapsed().as_secs_f64();
     out.tokens.push(tok);
-    on_token(tok);
+    on_step(tok, &logits)?;
     let t1 = Instant::now();
     for step in 1..max_tokens {
         if stop.contains(&tok) {
@@ -197,7 +222,7 @@ pub fn generate_until(
         let logits = model.forward(&ids, &mut cache, path)?;
         tok = choose(&logits, sampler, step)?;
         out.tokens.push(tok);
-        on_token(tok);
+        on_step(tok, &logits)?;
     }
     out.decode_secs = t1.elapsed().as_secs_f64();
     Ok(out)

@@ -203,7 +203,7 @@ fn run_norm(a: &NormArgs) -> Result<()> {
 
 fn run_model(a: &ModelArgs) -> Result<()> {
     report::header()?;
-    let l = load_source(&a.src)?;
+    let l = load_source(&a.src, None)?;
     report::model_line(&l.model, &l.name);
     let rows = model::moe_layers(&l.model, a.tokens, a.iters, a.src.seed)?;
     report::bench_table(&rows, a.tokens);

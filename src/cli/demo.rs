@@ -30,7 +30,7 @@ pub struct DemoArgs {
 pub fn run(a: &DemoArgs) -> Result<()> {
     let t0 = Instant::now();
     report::header()?;
-    let (model, _, _) = synth_model(&a.preset, 0)?;
+    let (model, _, _) = synth_model(&a.preset, 0, None)?;
     report::model_line(&model, &format!("synthetic {} (seed 0)", a.preset));
     let prompt = random_tokens(16, model.config.vocab_size, 1);
     let r = run_decode(
@@ -40,6 +40,7 @@ pub fn run(a: &DemoArgs) -> Result<()> {
         Sampler::Greedy,
         MoePath::Reference,
         &[],
+        &mut |_, _| Ok(()),
     )?;
     let f = run_decode(
         &model,
@@ -48,6 +49,7 @@ pub fn run(a: &DemoArgs) -> Result<()> {
         Sampler::Greedy,
         MoePath::Fused,
         &[],
+        &mut |_, _| Ok(()),
     )?;
     report::decode_table(prompt.len(), &r, &f);
 
@@ -55,7 +57,7 @@ pub fn run(a: &DemoArgs) -> Result<()> {
         model
     } else {
         drop(model);
-        let m = synth_model(&a.fidelity_preset, 0)?.0;
+        let m = synth_model(&a.fidelity_preset, 0, None)?.0;
         println!();
         println!(
             "fidelity check on the smaller preset '{}' (to fit the time budget):",

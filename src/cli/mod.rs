@@ -21,9 +21,10 @@ use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use zmlx::generate::{generate_until, Generation, Sampler};
+use zmlx::generate::{generate_steps, Generation, Sampler};
+use zmlx::mlx_rs::Array;
 use zmlx::models::{self, Model};
-use zmlx::moe::MoePath;
+use zmlx::moe::{ExpertParallel, MoePath};
 use zmlx::runtime::{self, DeviceKind};
 use zmlx::tokenizer::Tokenizer;
 
@@ -147,10 +148,12 @@ fn bar(len: u64, prefix: &str) -> ProgressBar {
     pb
 }
 
-/// A synthetic model from a preset, with a progress bar over its tensors.
+/// A synthetic model from a preset, with a progress bar over its tensors; with `ep`, this rank's share
+/// of the experts.
 fn synth_model(
     preset: &str,
     seed: u64,
+    ep: Option<&ExpertParallel>,
 ) -> Result<(Model, zmlx::checkpoint::Tensors, serde_json::Value)> {
     let config: serde_json::Value = if preset.ends_with(".json") {
         let text = std::fs::read_to_string(preset).with_context(|| format!("reading {preset}"))?;
@@ -160,10 +163,14 @@ fn synth_model(
     };
     let cfg = models::ModelConfig::from_json(&config)?;
     let pb = bar(models::synthetic::param_count(&cfg) as u64, "generating");
-    let (m, t) = models::synthesize(&config, seed, &mut |done, _, name| {
+    let mut progress = |done: usize, _: usize, name: &str| {
         pb.set_position(done as u64);
         pb.set_message(name.to_string());
-    })
+    };
+    let (m, t) = match ep {
+        None => models::synthesize(&config, seed, &mut progress),
+        Some(ep) => models::synthesize_parallel(&config, seed, ep, &mut progress),
+    }
     .with_context(|| format!("building synthetic model '{preset}'"))?;
     pb.finish_and_clear();
     m.eval()?;
@@ -176,13 +183,18 @@ struct Loaded {
     name: String,
 }
 
-fn load_source(src: &ModelSource) -> Result<Loaded> {
+/// The model `src` names; with `ep`, this rank's share of its experts (see
+/// [`zmlx::moe::parallel`]).
+fn load_source(src: &ModelSource, ep: Option<&ExpertParallel>) -> Result<Loaded> {
     match (&src.which.model, &src.which.synthetic) {
         (Some(dir), _) => {
             let pb = ProgressBar::new_spinner();
             pb.set_message(format!("loading {}", dir.display()));
             pb.enable_steady_tick(Duration::from_millis(120));
-            let model = models::load(dir)?;
+            let model = match ep {
+                None => models::load(dir)?,
+                Some(ep) => models::load_parallel(dir, ep)?,
+            };
             model.eval()?;
             pb.finish_and_clear();
             let tokenizer = Tokenizer::from_dir(dir)?;
@@ -193,7 +205,7 @@ fn load_source(src: &ModelSource) -> Result<Loaded> {
             })
         }
         (None, Some(p)) => {
-            let (model, _, _) = synth_model(p, src.seed)?;
+            let (model, _, _) = synth_model(p, src.seed, ep)?;
             Ok(Loaded {
                 model,
                 tokenizer: None,
@@ -205,7 +217,8 @@ fn load_source(src: &ModelSource) -> Result<Loaded> {
     }
 }
 
-/// Decodes `n` tokens on `path` with a progress bar showing tok/s.
+/// Decodes `n` tokens on `path` with a progress bar showing tok/s; `on_step` sees each token and its
+/// logits.
 fn run_decode(
     model: &Model,
     prompt: &[u32],
@@ -213,17 +226,19 @@ fn run_decode(
     sampler: Sampler,
     path: MoePath,
     stop: &[u32],
+    on_step: &mut dyn FnMut(u32, &Array) -> zmlx::Result<()>,
 ) -> Result<Generation> {
     let pb = bar(n as u64, &format!("{path}"));
     let t0 = Instant::now();
     let mut count = 0u64;
-    let g = generate_until(model, prompt, n, sampler, path, stop, &mut |_| {
+    let g = generate_steps(model, prompt, n, sampler, path, stop, &mut |tok, logits| {
         count += 1;
         pb.set_position(count);
         let s = t0.elapsed().as_secs_f64();
         if s > 0.0 {
             pb.set_message(format!("{:.1} tok/s", count as f64 / s));
         }
+        on_step(tok, logits)
     })?;
     pb.finish_and_clear();
     Ok(g)

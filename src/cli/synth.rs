@@ -23,7 +23,7 @@ pub struct SynthArgs {
 }
 
 pub fn run(a: SynthArgs) -> Result<()> {
-    let (_, t, cfg) = synth_model(&a.preset, a.seed)?;
+    let (_, t, cfg) = synth_model(&a.preset, a.seed, None)?;
     models::save(&a.out, &cfg, &t)?;
     println!("wrote {} tensors to {}", t.len(), a.out.display());
     Ok(())

@@ -29,7 +29,7 @@ pub struct ValidateArgs {
 
 pub fn run(a: ValidateArgs) -> Result<()> {
     report::header()?;
-    let l = load_source(&a.src)?;
+    let l = load_source(&a.src, None)?;
     report::model_line(&l.model, &l.name);
     let rep = validate_model(&l.model, a.steps, a.prompt_len)?;
     report::fidelity(&rep);

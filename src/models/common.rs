@@ -5,7 +5,7 @@ use mlx_rs::{Array, Dtype};
 
 use super::config::{ModelConfig, RopeScaling};
 use crate::error::{Error, Result};
-use crate::moe::{ExpertWeight, MoePath, SparseMoe};
+use crate::moe::{ExpertParallel, ExpertRange, ExpertWeight, MoePath, SparseMoe};
 use crate::nn::{Attention, Embedding, KvCache, Linear, Mlp, RmsNorm, Rope};
 
 /// The feed-forward part of a layer.
@@ -251,6 +251,51 @@ impl Model {
             l.weight.eval()?;
         }
         Ok(())
+    }
+
+    /// Makes every MoE layer hold `range` of its experts (its expert weights must be exactly those) and
+    /// add its partial sums over `ep`'s group.
+    pub(crate) fn share_experts(&mut self, range: ExpertRange, ep: &ExpertParallel) {
+        for l in &mut self.layers {
+            if let Ffn::Moe(m) = &mut l.ffn {
+                m.parallel = Some((range, ep.clone()));
+            }
+        }
+    }
+
+    /// Under expert parallelism, this rank's share of every MoE layer's experts and the group.
+    pub fn expert_shard(&self) -> Option<&(ExpertRange, ExpertParallel)> {
+        self.layers.iter().find_map(|l| match &l.ffn {
+            Ffn::Moe(m) => m.parallel.as_ref(),
+            Ffn::Dense(_) => None,
+        })
+    }
+
+    /// Bytes of the routed experts' arrays this process holds (weights, quantization scales and biases,
+    /// expert biases), over all MoE layers.
+    pub fn expert_bytes(&self) -> usize {
+        self.layers
+            .iter()
+            .filter_map(|l| match &l.ffn {
+                Ffn::Moe(m) => Some(&m.experts),
+                Ffn::Dense(_) => None,
+            })
+            .map(|e| {
+                let weights: usize = [&e.gate_proj, &e.up_proj, &e.down_proj]
+                    .into_iter()
+                    .map(|w| match w {
+                        ExpertWeight::Quantized(q) => q.nbytes(),
+                        ExpertWeight::Dense(a) => a.nbytes(),
+                    })
+                    .sum();
+                let biases: usize = [&e.gate_bias, &e.up_bias, &e.down_bias]
+                    .into_iter()
+                    .flatten()
+                    .map(Array::nbytes)
+                    .sum();
+                weights + biases
+            })
+            .sum()
     }
 
     /// Number of MoE layers.

@@ -177,6 +177,7 @@ fn moe(t: &mut Tensors, s: &MoeSpec, cfg: &ModelConfig) -> Result<SparseMoe> {
         },
         experts,
         shared: s.shared.as_ref().map(|m| mlp(t, m)).transpose()?,
+        parallel: None,
     })
 }
 

@@ -231,6 +231,50 @@ impl ModelSpec {
     pub fn nbytes(&self, dtype: Dtype) -> u64 {
         self.params().iter().map(|p| p.nbytes(dtype)).sum()
     }
+
+    fn expert_stacks(&self) -> impl Iterator<Item = &MlpSpec> {
+        self.layers.iter().filter_map(|l| match &l.ffn {
+            FfnSpec::Moe(m) => Some(&m.experts),
+            FfnSpec::Dense(_) => None,
+        })
+    }
+
+    /// The modules of the routed expert stacks (`{module}.weight`, its quantized parts and `{module}.bias`
+    /// all lead with the expert axis).
+    pub fn expert_modules(&self) -> Vec<&str> {
+        self.expert_stacks()
+            .flat_map(|m| [&m.gate, &m.up, &m.down])
+            .map(|l| l.weight.module())
+            .collect()
+    }
+
+    /// Bytes of the routed expert stacks (weights, their quantization parts, biases) in a checkpoint
+    /// whose float tensors have dtype `dtype`.
+    pub fn expert_nbytes(&self, dtype: Dtype) -> u64 {
+        self.expert_stacks()
+            .flat_map(|m| [&m.gate, &m.up, &m.down])
+            .flat_map(|l| std::iter::once(&l.weight).chain(&l.bias))
+            .map(|p| p.nbytes(dtype))
+            .sum()
+    }
+
+    /// The description of one rank's share under expert parallelism: every expert stack holding `count`
+    /// experts (the names stay: a rank's tensors are slices of the checkpoint's).
+    pub fn with_expert_count(&self, count: i32) -> ModelSpec {
+        let mut spec = self.clone();
+        for l in &mut spec.layers {
+            if let FfnSpec::Moe(m) = &mut l.ffn {
+                for lin in [&mut m.experts.gate, &mut m.experts.up, &mut m.experts.down] {
+                    for p in std::iter::once(&mut lin.weight).chain(lin.bias.as_mut()) {
+                        if let Some(e) = p.shape.first_mut() {
+                            *e = count;
+                        }
+                    }
+                }
+            }
+        }
+        spec
+    }
 }
 
 /// What tells one family's decoder apart: mlx-lm's module names and the options of its modules. Each
@@ -481,7 +525,7 @@ mod tests {
 
     /// Synthesizes `spec`'s tensors and loads them back: every tensor is taken, none is left over.
     fn round_trip(cfg: &ModelConfig, spec: &ModelSpec) -> Model {
-        let mut t = synthetic::synth_tensors_of(cfg, spec, 3, &mut |_, _, _| {}).unwrap();
+        let mut t = synthetic::synth_tensors_of(cfg, spec, 3, None, &mut |_, _, _| {}).unwrap();
         let m = Model::from_spec(cfg.clone(), spec, &mut t).unwrap();
         assert!(t.unused().is_empty(), "{:?}", t.unused());
         m

@@ -2,10 +2,13 @@
 //! ([`super::schema`]) names, quantized as mlx-lm's converter would (per the config's `quantization`
 //! block), under mlx-lm's key names — for any config, including the real models' dims.
 
+use std::collections::HashSet;
+
 use super::config::ModelConfig;
 use super::schema::{Init, Kind, ModelSpec};
 use crate::checkpoint::Tensors;
 use crate::error::Result;
+use crate::moe::ExpertRange;
 use crate::quant::quantize;
 
 pub use super::preset::{gpt_oss_quant, preset, presets, qwen3_quant, with_quant, Preset};
@@ -32,17 +35,21 @@ pub fn synth_tensors(
     seed: u64,
     progress: &mut dyn FnMut(usize, usize, &str),
 ) -> Result<Tensors> {
-    synth_tensors_of(cfg, &cfg.schema(), seed, progress)
+    synth_tensors_of(cfg, &cfg.schema(), seed, None, progress)
 }
 
 /// Random weights for the parameters `spec` describes, in `cfg`'s float dtype (a tensor's values
-/// depend only on `seed` and its name, shape, initialisation and quantization).
+/// depend only on `seed` and its name, shape, initialisation and quantization). With `experts`, the
+/// routed expert stacks keep only those experts: each is drawn whole (so its values are the single
+/// process's) and cut along the expert axis before quantization, which works per row.
 pub fn synth_tensors_of(
     cfg: &ModelConfig,
     spec: &ModelSpec,
     seed: u64,
+    experts: Option<ExpertRange>,
     progress: &mut dyn FnMut(usize, usize, &str),
 ) -> Result<Tensors> {
+    let modules: HashSet<&str> = spec.expert_modules().into_iter().collect();
     let ps = spec.params();
     let total = ps.len();
     let mut t = Tensors::new(format!("<synthetic seed {seed}>"));
@@ -60,7 +67,18 @@ pub fn synth_tensors_of(
             Kind::Float32 => mlx_rs::Dtype::Float32,
             _ => cfg.dtype,
         };
-        let a = a.as_dtype(dtype)?;
+        let mut a = a.as_dtype(dtype)?;
+        if let Some(r) = experts {
+            let stacked = p
+                .name
+                .rsplit_once('.')
+                .is_some_and(|(m, _)| modules.contains(m));
+            if stacked {
+                // A gather, not a slice: a slice would share (and keep alive) the whole stack's buffer.
+                let rows = mlx_rs::Array::from_iter(r.first..r.first + r.count, &[r.count]);
+                a = a.take_axis(&rows, 0)?;
+            }
+        }
         match p.kind {
             Kind::Weight(Some(q)) => {
                 let qw = quantize(&a, q.mode, Some(q.group_size), Some(q.bits))?;

@@ -95,6 +95,18 @@ struct Sorted {
     inv_order: Array,
 }
 
+/// The combine's scores go with the indices, one per routed slot.
+fn check_scores(indices: &Array, scores: &Array) -> Result<()> {
+    if scores.shape() != indices.shape() {
+        return Err(Error::invalid(format!(
+            "scores shape {:?} differs from indices shape {:?}",
+            scores.shape(),
+            indices.shape()
+        )));
+    }
+    Ok(())
+}
+
 fn gather_sort(x: &Array, indices: &Array) -> Result<Sorted> {
     let m = *indices.shape().last().unwrap_or(&1);
     let flat = indices.flatten(None, None)?;
@@ -220,13 +232,7 @@ impl SwitchGlu {
         scores: &Array,
         path: MoePath,
     ) -> Result<Array> {
-        if scores.shape() != indices.shape() {
-            return Err(Error::invalid(format!(
-                "scores shape {:?} differs from indices shape {:?}",
-                scores.shape(),
-                indices.shape()
-            )));
-        }
+        check_scores(indices, scores)?;
         match path {
             MoePath::Reference => {
                 let y = self.forward(x, indices)?;
@@ -235,6 +241,34 @@ impl SwitchGlu {
                 Ok(w.sum_axis(-2, false)?.as_dtype(dt)?)
             }
             MoePath::Fused => switch_glu_combined(self, x, indices, scores),
+        }
+    }
+
+    /// [`SwitchGlu::forward_combined`] before its final rounding: the score-weighted sum in float32 (each
+    /// expert output and its product with the score rounded as there), and the dtype
+    /// `forward_combined` rounds it to. Under expert parallelism the ranks add these float32 partial sums,
+    /// so the sum is rounded once, as in one process; only the order of its float32 additions differs.
+    /// The fused path's sum is float32 when `x` is (the fused model's activations are).
+    pub fn forward_combined_f32(
+        &self,
+        x: &Array,
+        indices: &Array,
+        scores: &Array,
+        path: MoePath,
+    ) -> Result<(Array, Dtype)> {
+        check_scores(indices, scores)?;
+        match path {
+            MoePath::Reference => {
+                let y = self.forward(x, indices)?;
+                let dt = y.dtype();
+                let w = ops::multiply(&y, scores.expand_dims(-1)?)?;
+                Ok((w.as_dtype(Dtype::Float32)?.sum_axis(-2, false)?, dt))
+            }
+            MoePath::Fused => {
+                let y = switch_glu_combined(self, x, indices, scores)?;
+                let dt = y.dtype();
+                Ok((y.as_dtype(Dtype::Float32)?, dt))
+            }
         }
     }
 
