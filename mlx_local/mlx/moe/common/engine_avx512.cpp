@@ -610,15 +610,15 @@ void int_dots_impl(
 //
 // The few-rows path above converts every 16-lane int32 vector of a chunk (one weight row x one
 // activation row) to float32 and multiplies it by its scales: one FMA per four VNNI instructions,
-// and on Zen 4 an FMA competes with VNNI for the same pipes (a measured op mix: VNNI alone 100%,
-// with one FMA per four 75%, with a shift, an int32 add and a cvt instead nearly 100%). Within a
+// and on Zen 4 an FMA competes with VNNI for the same pipes, while shifts, int32 adds, cvt and
+// in-lane shuffles nearly co-issue with it (op-mix measurements: BENCHMARKS.md). Within a
 // chunk the 16 lanes hold only 16 / L groups (L lanes each), so most of those multiplications are
 // redundant. The tile computes kTilePairs (weight row, activation row) pairs per chunk — W weight
 // rows x RT activation rows, the weights decoded once for the RT rows and each activation load
 // used for W rows — and first adds the L lanes of each group together in int32 with in-register
 // shuffles (a tree of merges, each taking two vectors to one), so that one cvt + mul + FMA serves
-// all pairs when L >= 8 (8 / L vectors otherwise). The sums stay exact in int32 (at most
-// 2^31 / (G * 255 * 32767) > 1 for G <= 128). The scale of each lane of a merged vector is
+// all pairs when L >= 8 (8 / L vectors otherwise). The sums stay exact in int32 (a group's sum is
+// at most G * 255 * 32767 < 2^31 for G <= 128). The scale of each lane of a merged vector is
 // (weight scale of its row and group) x (activation scale of its row and group): the weight scales
 // of 8 rows come from a per-superblock table through a permute, the activation scales from a
 // table laid out per chunk and lane once per call. Affine biases: bias x (activation group sum),
