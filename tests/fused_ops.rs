@@ -537,6 +537,22 @@ struct SwigluCase {
     expert_bias: bool,
 }
 
+/// Expert indices with uneven loads (the counts given, expert e repeated counts[e] times), in a random
+/// order: the tiled CPU path (several rows per expert) with one heavy expert, some light ones and
+/// some with a single row.
+fn uneven(rng: &mut Rng, counts: &[u32]) -> Vec<u32> {
+    let mut v: Vec<u32> = counts
+        .iter()
+        .enumerate()
+        .flat_map(|(e, &c)| std::iter::repeat_n(e as u32, c as usize))
+        .collect();
+    for i in (1..v.len()).rev() {
+        let j = rng.below(i as u32 + 1) as usize;
+        v.swap(i, j);
+    }
+    v
+}
+
 fn swiglu_cases(rng: &mut Rng) -> Vec<SwigluCase> {
     let base = SwigluCase {
         name: "",
@@ -608,6 +624,39 @@ fn swiglu_cases(rng: &mut Rng) -> Vec<SwigluCase> {
                 vals: (0..24).map(|_| rng.below(4)).collect(),
                 shape: vec![24],
             }),
+            ..base.clone()
+        },
+        // Prefill with uneven expert loads (17, 4, 6, 1, 3, 9 rows), unsorted; N = 44 is not a
+        // multiple of the tile's 8 weight rows and K = 3 groups not a multiple of its chunks.
+        SwigluCase {
+            name: "prefill-uneven",
+            xbatch: vec![40],
+            kmul: 3,
+            n: 44,
+            e: 6,
+            rhs: Some(Idx {
+                vals: uneven(rng, &[17, 4, 6, 1, 3, 9]),
+                shape: vec![40],
+            }),
+            ..base.clone()
+        },
+        // The same loads sorted, M = 2 rows per index (34, 8, 12, 2, 6, 18 rows per expert).
+        SwigluCase {
+            name: "prefill-uneven-sorted-m2",
+            xbatch: vec![40],
+            m: 2,
+            kmul: 5,
+            n: 27,
+            e: 6,
+            rhs: Some(Idx {
+                vals: {
+                    let mut v = uneven(rng, &[17, 4, 6, 1, 3, 9]);
+                    v.sort_unstable();
+                    v
+                },
+                shape: vec![40],
+            }),
+            sorted: true,
             ..base.clone()
         },
         // gpt-oss: K = 2880, per-expert biases, clamped activation; non-contiguous inputs.
@@ -1024,6 +1073,22 @@ fn combine_cases(rng: &mut Rng) -> Vec<CombineCase> {
             rhs: topk(rng, 12, 2, 3),
             scores_shape: vec![12, 2],
             scores_f32: true,
+            ..base.clone()
+        },
+        // Prefill with uneven expert loads and M = 2 (tile path with rows left over; N = 41).
+        CombineCase {
+            name: "prefill-uneven-m2",
+            hbatch: vec![16, 2],
+            m: 2,
+            kmul: 3,
+            n: 41,
+            e: 6,
+            rhs: Idx {
+                vals: uneven(rng, &[12, 2, 7, 1, 9, 1]),
+                shape: vec![16, 2],
+            },
+            scores_shape: vec![16, 2],
+            bias: true,
             ..base.clone()
         },
         // M > 1, per-expert bias, scores broadcast over the token axis.

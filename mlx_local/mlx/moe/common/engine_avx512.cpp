@@ -605,6 +605,528 @@ void int_dots_impl(
   }
 }
 
+// ------------------------------------------------------------------------------------------------
+// Tiled path (prefill: at least kTileMinRows activation rows for one expert).
+//
+// The few-rows path above converts every 16-lane int32 vector of a chunk (one weight row x one
+// activation row) to float32 and multiplies it by its scales: one FMA per four VNNI instructions,
+// and on Zen 4 an FMA competes with VNNI for the same pipes, while shifts, int32 adds, cvt and
+// in-lane shuffles nearly co-issue with it (op-mix measurements: BENCHMARKS.md). Within a
+// chunk the 16 lanes hold only 16 / L groups (L lanes each), so most of those multiplications are
+// redundant. The tile computes kTilePairs (weight row, activation row) pairs per chunk — W weight
+// rows x RT activation rows, the weights decoded once for the RT rows and each activation load
+// used for W rows — and first adds the L lanes of each group together in int32 with in-register
+// shuffles (a tree of merges, each taking two vectors to one), so that one cvt + mul + FMA serves
+// all pairs when L >= 8 (8 / L vectors otherwise). The sums stay exact in int32 (a group's sum is
+// at most G * 255 * 32767 < 2^31 for G <= 128). The scale of each lane of a merged vector is
+// (weight scale of its row and group) x (activation scale of its row and group): the weight scales
+// of 8 rows come from a per-superblock table through a permute, the activation scales from a
+// table laid out per chunk and lane once per call. Affine biases: bias x (activation group sum),
+// added in the same lanes (once per (pair, group)).
+//
+// Weights: superblocks of kTileRows rows (contiguous, a few KiB) stay in L1 while every activation
+// row block passes over them (blocks of 4 rows with W = 2, then 2 rows with W = 4, then 1 row with
+// W = 8), so each weight byte is read from memory once per call; the superblock two ahead is
+// prefetched during the first pass. Rows past the last whole superblock go to the few-rows path.
+constexpr int kTilePairs = 8;
+constexpr int kTileRows = 8;
+constexpr int64_t kTileAhead = 2; // superblocks ahead of the prefetch
+
+template <ElemFormat E, int BITS, int G>
+struct TileShape {
+  using F = Fmt<E, BITS>;
+  static constexpr int CE = F::CE;
+  static constexpr int EL = CE / 16; // elements per int32 lane
+  static constexpr int L = G / EL >= 16 ? 16 : G / EL; // lanes of one group in a chunk
+  static constexpr int Gc = 16 / L; // groups per chunk (1: a group spans CE or more elements)
+  static constexpr int LEV = L >= 8 ? 3 : (L >= 4 ? 2 : 1); // merge levels
+  static constexpr int O = kTilePairs >> LEV; // merged vectors per chunk
+  // Lanes of one group in the merged vectors are summed; the tile needs them to be >= 4 (and the
+  // weight scale table W * Gc <= 32 for W = 8).
+  static constexpr bool kOk = L >= 4;
+};
+
+// Two vectors to one: per 128-bit block [u0 + u1, u2 + u3, v0 + v1, v2 + v3] (adjacent lanes of
+// the same group).
+MOE_INLINE __m512i merge_in_block(__m512i u, __m512i v) {
+  const __m512 a = _mm512_shuffle_ps(_mm512_castsi512_ps(u), _mm512_castsi512_ps(v), 0x88);
+  const __m512 b = _mm512_shuffle_ps(_mm512_castsi512_ps(u), _mm512_castsi512_ps(v), 0xDD);
+  return _mm512_add_epi32(_mm512_castps_si512(a), _mm512_castps_si512(b));
+}
+
+// Two vectors to one by 128-bit blocks: [p0 + p1, p2 + p3, q0 + q1, q2 + q3].
+MOE_INLINE __m512i merge_blocks(__m512i p, __m512i q) {
+  return _mm512_add_epi32(_mm512_shuffle_i32x4(p, q, 0x88), _mm512_shuffle_i32x4(p, q, 0xDD));
+}
+
+// Where the lanes of the merged vectors come from: merged vector o, lane l holds sums of lanes of
+// pair pair[o][l], one of them being lane src[o][l] of that pair's chunk vector (all of the same
+// group, see merge_in_block / merge_blocks).
+struct TileMap {
+  int8_t pair[kTilePairs][16];
+  int8_t src[kTilePairs][16];
+};
+
+TileMap tile_map(int levels) {
+  TileMap m{};
+  int n = kTilePairs;
+  for (int p = 0; p < n; ++p) {
+    for (int l = 0; l < 16; ++l) {
+      m.pair[p][l] = static_cast<int8_t>(p);
+      m.src[p][l] = static_cast<int8_t>(l);
+    }
+  }
+  for (int lev = 0; lev < levels; ++lev) {
+    TileMap t{};
+    for (int o = 0; o < n / 2; ++o) {
+      for (int l = 0; l < 16; ++l) {
+        int from = 0;
+        int lane = 0;
+        if (lev < 2) {
+          const int b = l / 4;
+          const int k = l % 4;
+          from = 2 * o + k / 2;
+          lane = 4 * b + 2 * (k % 2);
+        } else {
+          const int b = l / 4;
+          const int k = l % 4;
+          from = 2 * o + b / 2;
+          lane = 8 * (b % 2) + k;
+        }
+        t.pair[o][l] = m.pair[from][lane];
+        t.src[o][l] = m.src[from][lane];
+      }
+    }
+    m = t;
+    n /= 2;
+  }
+  return m;
+}
+
+// Per-call tables of the tiled path (see tile_dots).
+struct TileTables {
+  const float* xsl; // [chunk][O][16]: activation scale of each merged lane
+  const float* gsl; // [chunk][O][16]: activation group sum of each merged lane (first lane of
+                    // its (pair, group) only; affine)
+};
+
+// W weight rows (from w0, row_bytes apart) x RT activation rows: out[w * RT + r].
+template <ElemFormat E, int BITS, int G, int W, int RT>
+MOE_INLINE void tile_run(
+    const uint8_t* w0,
+    int64_t row_bytes,
+    const int16_t* const* x,
+    const float* wt, // [chunk][kTileRows][Gc] weight scales of the superblock, from this tile's row
+    const float* bt, // the same for biases (affine)
+    const TileTables& tt,
+    const __m512i* widx, // [O] lane -> w * Gc + j
+    const int8_t (*pair)[16],
+    const uint8_t* pf, // prefetch W lines per chunk from here (nullptr: none)
+    __m512i lut,
+    float* out) {
+  using S = TileShape<E, BITS, G>;
+  using F = Fmt<E, BITS>;
+  constexpr int O = S::O;
+  constexpr int64_t wstride = kTileRows * S::Gc;
+  const int64_t full = row_bytes / kChunkBytes;
+  const int64_t chunks = (row_bytes + kChunkBytes - 1) / kChunkBytes;
+  __m512 acc[O];
+  MOE_UNROLL
+  for (int o = 0; o < O; ++o) {
+    acc[o] = _mm512_setzero_ps();
+  }
+  for (int64_t c = 0; c < chunks; ++c) {
+    if (pf != nullptr) {
+      MOE_UNROLL
+      for (int w = 0; w < W; ++w) {
+        _mm_prefetch(reinterpret_cast<const char*>(pf + (c * W + w) * kChunkBytes), _MM_HINT_T0);
+      }
+    }
+    __m512i v[W];
+    MOE_UNROLL
+    for (int w = 0; w < W; ++w) {
+      if (c < full) {
+        v[w] = _mm512_loadu_si512(w0 + w * row_bytes + c * kChunkBytes);
+      } else {
+        const __mmask64 mk = (~uint64_t{0}) >> (64 - (row_bytes - full * kChunkBytes));
+        v[w] = _mm512_maskz_loadu_epi8(mk, w0 + w * row_bytes + c * kChunkBytes);
+      }
+    }
+    __m512i t[kTilePairs];
+    if constexpr (F::kBytes) {
+      const __m512i lo4 = _mm512_set1_epi8(15);
+      __m512i qe[W];
+      __m512i qo[W];
+      MOE_UNROLL
+      for (int w = 0; w < W; ++w) {
+        qe[w] = _mm512_and_si512(v[w], lo4);
+        qo[w] = _mm512_and_si512(_mm512_srli_epi16(v[w], 4), lo4);
+      }
+      MOE_UNROLL
+      for (int r = 0; r < RT; ++r) {
+        const auto* xb = reinterpret_cast<const uint8_t*>(x[r] + c * F::CE);
+        const __m512i he = _mm512_loadu_si512(xb);
+        const __m512i ho = _mm512_loadu_si512(xb + 64);
+        const __m512i le = _mm512_loadu_si512(xb + 128);
+        const __m512i lo = _mm512_loadu_si512(xb + 192);
+        MOE_UNROLL
+        for (int w = 0; w < W; ++w) {
+          __m512i s = _mm512_dpbusd_epi32(_mm512_setzero_si512(), qe[w], he);
+          s = _mm512_dpbusd_epi32(s, qo[w], ho);
+          s = _mm512_slli_epi32(s, 8);
+          s = _mm512_dpbusd_epi32(s, le, qe[w]);
+          t[w * RT + r] = _mm512_dpbusd_epi32(s, lo, qo[w]);
+        }
+      }
+    } else {
+      MOE_UNROLL
+      for (int p = 0; p < kTilePairs; ++p) {
+        t[p] = _mm512_setzero_si512();
+      }
+      [&]<int... J>(std::integer_sequence<int, J...>) {
+        (
+            [&] {
+              __m512i q[W];
+              MOE_UNROLL
+              for (int w = 0; w < W; ++w) {
+                q[w] = take<E, BITS, J>(v[w], lut);
+              }
+              MOE_UNROLL
+              for (int r = 0; r < RT; ++r) {
+                const __m512i xv = _mm512_loadu_si512(x[r] + c * F::CE + J * 32);
+                MOE_UNROLL
+                for (int w = 0; w < W; ++w) {
+                  t[w * RT + r] = _mm512_dpwssd_epi32(t[w * RT + r], q[w], xv);
+                }
+              }
+            }(),
+            ...);
+      }(std::make_integer_sequence<int, F::P>{});
+    }
+    // Merge tree: level 1 and 2 within 128-bit blocks, level 3 across them.
+    MOE_UNROLL
+    for (int i = 0; i < 4; ++i) {
+      t[i] = merge_in_block(t[2 * i], t[2 * i + 1]);
+    }
+    if constexpr (S::LEV >= 2) {
+      MOE_UNROLL
+      for (int i = 0; i < 2; ++i) {
+        t[i] = merge_in_block(t[2 * i], t[2 * i + 1]);
+      }
+    }
+    if constexpr (S::LEV >= 3) {
+      t[0] = merge_blocks(t[0], t[1]);
+    }
+    const float* wc = wt + c * wstride;
+    MOE_UNROLL
+    for (int o = 0; o < O; ++o) {
+      __m512 ws;
+      if constexpr (W * S::Gc <= 16) {
+        ws = _mm512_permutexvar_ps(widx[o], _mm512_loadu_ps(wc));
+      } else {
+        ws = _mm512_permutex2var_ps(_mm512_loadu_ps(wc), widx[o], _mm512_loadu_ps(wc + 16));
+      }
+      const __m512 sc = _mm512_mul_ps(ws, _mm512_loadu_ps(tt.xsl + (c * O + o) * 16));
+      acc[o] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t[o]), sc, acc[o]);
+      if constexpr (E == ElemFormat::Int) {
+        const float* bc = bt + c * wstride;
+        __m512 bs;
+        if constexpr (W * S::Gc <= 16) {
+          bs = _mm512_permutexvar_ps(widx[o], _mm512_loadu_ps(bc));
+        } else {
+          bs = _mm512_permutex2var_ps(_mm512_loadu_ps(bc), widx[o], _mm512_loadu_ps(bc + 16));
+        }
+        acc[o] = _mm512_fmadd_ps(bs, _mm512_loadu_ps(tt.gsl + (c * O + o) * 16), acc[o]);
+      }
+    }
+  }
+  alignas(64) float lanes[O][16];
+  MOE_UNROLL
+  for (int o = 0; o < O; ++o) {
+    _mm512_store_ps(lanes[o], acc[o]);
+  }
+  float sum[kTilePairs] = {};
+  for (int o = 0; o < O; ++o) {
+    for (int l = 0; l < 16; ++l) {
+      sum[pair[o][l]] += lanes[o][l];
+    }
+  }
+  for (int p = 0; p < kTilePairs; ++p) {
+    out[p] = sum[p];
+  }
+}
+
+// Activation rows per block of the tiled path and its weight rows per tile (W * RT = kTilePairs).
+constexpr int kTileBlocks[3][2] = {{4, 2}, {2, 4}, {1, 8}};
+
+template <ElemFormat E, int BITS, int G>
+void tile_dots(
+    const QMat& m,
+    int64_t e,
+    int64_t n0,
+    int64_t nb,
+    const XPrep& p,
+    const int64_t* slots,
+    int64_t R,
+    float* y,
+    int64_t ldy) {
+  using S = TileShape<E, BITS, G>;
+  constexpr int O = S::O;
+  constexpr int Gc = S::Gc;
+  static const TileMap map = tile_map(S::LEV);
+  const int64_t ng = m.groups;
+  const int64_t chunks = (m.row_bytes + kChunkBytes - 1) / kChunkBytes;
+  const int64_t nb8 = nb / kTileRows * kTileRows;
+  // Group of merged lane (o, l) in chunk c: first group of the chunk + lane_group[o][l].
+  int lane_group[O][16];
+  for (int o = 0; o < O; ++o) {
+    for (int l = 0; l < 16; ++l) {
+      lane_group[o][l] = Gc == 1 ? 0 : (map.src[o][l] * S::EL) / G;
+    }
+  }
+  auto first_group = [&](int64_t c) { return (c * S::CE) / G; };
+  // Activation tables, one per row block (blocks of 4, then 2, then 1 rows).
+  const int64_t tab = chunks * O * 16;
+  float* xtab = detail::scratch(0, 2 * ((R + 3) / 4 + 2) * tab + 64);
+  struct Block {
+    int64_t r0;
+    int rt;
+    const float* xsl;
+    const float* gsl;
+  };
+  Block blocks[256 / 4 + 3];
+  int nblocks = 0;
+  {
+    int64_t r0 = 0;
+    float* at = xtab;
+    for (const auto& bw : kTileBlocks) {
+      const int rt = bw[0];
+      for (; r0 + rt <= R; r0 += rt) {
+        Block& b = blocks[nblocks++];
+        b.r0 = r0;
+        b.rt = rt;
+        float* xsl = at;
+        float* gsl = at + tab;
+        at += 2 * tab;
+        b.xsl = xsl;
+        b.gsl = gsl;
+        for (int64_t c = 0; c < chunks; ++c) {
+          const int64_t g0 = first_group(c);
+          // The bias term goes to the first lane of each (pair, group): a chunk's groups are new
+          // unless a group spans several chunks (Gc == 1), then only its first chunk counts.
+          const bool new_groups = Gc > 1 || c == 0 || g0 != first_group(c - 1);
+          bool seen[kTilePairs][Gc] = {};
+          for (int o = 0; o < O; ++o) {
+            for (int l = 0; l < 16; ++l) {
+              const int pr = map.pair[o][l];
+              const int r = pr % rt;
+              const int j = lane_group[o][l];
+              const int64_t g = g0 + j;
+              const int64_t slot = slots[r0 + r];
+              float xs = 0.0f;
+              float gs = 0.0f;
+              if (g < ng) {
+                xs = p.xscale_row(slot)[g];
+                if (new_groups && !seen[pr][j]) {
+                  seen[pr][j] = true;
+                  gs = p.gsum_row(slot)[g];
+                }
+              }
+              xsl[(c * O + o) * 16 + l] = xs;
+              gsl[(c * O + o) * 16 + l] = gs;
+            }
+          }
+        }
+      }
+    }
+  }
+  // Lane -> w * Gc + j permute indices, per tile shape.
+  __m512i widx[3][O];
+  for (int s = 0; s < 3; ++s) {
+    const int rt = kTileBlocks[s][0];
+    for (int o = 0; o < O; ++o) {
+      alignas(64) int32_t idx[16];
+      for (int l = 0; l < 16; ++l) {
+        idx[l] = (map.pair[o][l] / rt) * Gc + lane_group[o][l];
+      }
+      widx[s][o] = _mm512_load_si512(idx);
+    }
+  }
+  __m512i lut = _mm512_setzero_si512();
+  if constexpr (E == ElemFormat::E2M1) {
+    lut = _mm512_set_epi16(
+        -12, -8, -6, -4, -3, -2, -1, 0, 12, 8, 6, 4, 3, 2, 1, 0, //
+        -12, -8, -6, -4, -3, -2, -1, 0, 12, 8, 6, 4, 3, 2, 1, 0);
+  }
+  // Weight scale and bias tables of one superblock: [chunk][kTileRows][Gc] (+ 32 of padding for
+  // the permute loads).
+  const int64_t tchunks = std::max<int64_t>(chunks, (ng + 15) / 16 * 16 / Gc);
+  const int64_t wtab = tchunks * kTileRows * Gc + 32;
+  float* wt = detail::scratch(1, 2 * wtab + (ng + 16) * kTileRows);
+  float* bt = wt + wtab;
+  float* dec = bt + wtab; // [kTileRows][ng + 16] decoded scales (then biases)
+  std::fill_n(wt + wtab - 32, 32, 0.0f);
+  std::fill_n(bt + wtab - 32, 32, 0.0f);
+  const int64_t ngp = ng + 16;
+  const auto* sbase = static_cast<const uint8_t*>(m.scales);
+  const auto* bbase = static_cast<const uint8_t*>(m.biases);
+  const int64_t ssz = m.scale == ScaleFormat::Float ? size_of(m.scale_dtype) : 1;
+  const int64_t bsz = E == ElemFormat::Int ? size_of(m.bias_dtype) : 0;
+  // Table of chunk c: [row w][j] = scale (bias) of row w, group first_group(c) + j, zero past the
+  // row's groups. With two groups per chunk (the common case: 4-bit g64, 8-bit g32) this is an 8 x 8
+  // transpose of 64-bit (two-group) elements, 16 groups of the 8 rows at a time.
+  auto decode_table = [&](int64_t j0, const void* src, Dtype dt, ScaleFormat f, float mul, float* dst) {
+    int64_t off[kTileRows];
+    for (int w = 0; w < kTileRows; ++w) {
+      off[w] = m.scale_offset(e, n0 + j0 + w);
+    }
+    if constexpr (Gc == 2) {
+      for (int64_t g = 0; g < ng; g += 16) {
+        const __mmask16 mk = first_lanes(ng - g);
+        __m512i rw[kTileRows];
+        for (int w = 0; w < kTileRows; ++w) {
+          __m512 v = load16(src, dt, f, off[w] + g, mk);
+          if (mul != 1.0f) {
+            v = _mm512_mul_ps(v, _mm512_set1_ps(mul));
+          }
+          rw[w] = _mm512_castps_si512(v);
+        }
+        // rw[w] = [w:c0 .. w:c7] (64-bit) -> out[c] = [0:c .. 7:c].
+        __m512i t1[kTileRows];
+        for (int w = 0; w < kTileRows; w += 2) {
+          t1[w] = _mm512_unpacklo_epi64(rw[w], rw[w + 1]); // [w c0, w+1 c0, w c2, w+1 c2, ..]
+          t1[w + 1] = _mm512_unpackhi_epi64(rw[w], rw[w + 1]); // odd chunks
+        }
+        const __m512i lo = _mm512_set_epi64(13, 12, 5, 4, 9, 8, 1, 0);
+        const __m512i hi = _mm512_set_epi64(15, 14, 7, 6, 11, 10, 3, 2);
+        __m512i t2[kTileRows];
+        for (int h = 0; h < 2; ++h) {
+          // rows 4h .. 4h + 3: [c0 rows, c4 rows] and [c2, c6] (from even), [c1, c5], [c3, c7].
+          t2[4 * h + 0] = _mm512_permutex2var_epi64(t1[4 * h], lo, t1[4 * h + 2]);
+          t2[4 * h + 1] = _mm512_permutex2var_epi64(t1[4 * h], hi, t1[4 * h + 2]);
+          t2[4 * h + 2] = _mm512_permutex2var_epi64(t1[4 * h + 1], lo, t1[4 * h + 3]);
+          t2[4 * h + 3] = _mm512_permutex2var_epi64(t1[4 * h + 1], hi, t1[4 * h + 3]);
+        }
+        // t2[k] for k = 0..3 (rows 0-3) and t2[4 + k] (rows 4-7): chunk order c0/c4, c2/c6, c1/c5,
+        // c3/c7 in the low / high 256 bits.
+        const int first[4] = {0, 2, 1, 3};
+        const int64_t c0 = g / 2;
+        for (int k = 0; k < 4; ++k) {
+          const __m512i a = _mm512_shuffle_i64x2(t2[k], t2[4 + k], 0x44); // low halves
+          const __m512i b = _mm512_shuffle_i64x2(t2[k], t2[4 + k], 0xEE); // high halves
+          _mm512_storeu_si512(dst + (c0 + first[k]) * 16, a);
+          _mm512_storeu_si512(dst + (c0 + first[k] + 4) * 16, b);
+        }
+      }
+    } else {
+      for (int w = 0; w < kTileRows; ++w) {
+        for (int64_t g = 0; g < ng; g += 16) {
+          __m512 v = load16(src, dt, f, off[w] + g, first_lanes(ng - g));
+          if (mul != 1.0f) {
+            v = _mm512_mul_ps(v, _mm512_set1_ps(mul));
+          }
+          _mm512_storeu_ps(dec + w * ngp + g, v);
+        }
+      }
+      for (int64_t c = 0; c < chunks; ++c) {
+        const int64_t g0 = first_group(c);
+        for (int w = 0; w < kTileRows; ++w) {
+          for (int j = 0; j < Gc; ++j) {
+            const int64_t g = g0 + j;
+            dst[(c * kTileRows + w) * Gc + j] = g < ng ? dec[w * ngp + g] : 0.0f;
+          }
+        }
+      }
+    }
+  };
+  const int64_t sb_bytes = kTileRows * m.row_bytes;
+  const uint8_t* rows_end = m.row(e, m.rows);
+  float out[kTilePairs];
+  for (int64_t j0 = 0; j0 < nb8; j0 += kTileRows) {
+    // Scale and bias rows of the superblock kTileAhead ahead.
+    if (j0 + kTileAhead * kTileRows < nb8) {
+      const int64_t off = m.scale_offset(e, n0 + j0 + kTileAhead * kTileRows);
+      for (int64_t o = 0; o < kTileRows * ng * ssz; o += kChunkBytes) {
+        _mm_prefetch(reinterpret_cast<const char*>(sbase + off * ssz + o), _MM_HINT_T0);
+      }
+      for (int64_t o = 0; o < kTileRows * ng * bsz; o += kChunkBytes) {
+        _mm_prefetch(reinterpret_cast<const char*>(bbase + off * bsz + o), _MM_HINT_T0);
+      }
+    }
+    decode_table(j0, m.scales, m.scale_dtype, m.scale, E == ElemFormat::E2M1 ? 0.5f : 1.0f, wt);
+    if constexpr (E == ElemFormat::Int) {
+      decode_table(j0, m.biases, m.bias_dtype, ScaleFormat::Float, 1.0f, bt);
+    }
+    const uint8_t* wsb = m.row(e, n0 + j0);
+    const uint8_t* pf = wsb + kTileAhead * sb_bytes;
+    if (pf + sb_bytes > rows_end) {
+      pf = nullptr;
+    }
+    for (int bi = 0; bi < nblocks; ++bi) {
+      const Block& b = blocks[bi];
+      const TileTables tt{b.xsl, b.gsl};
+      const int16_t* x[4];
+      for (int r = 0; r < b.rt; ++r) {
+        x[r] = p.xq_row(slots[b.r0 + r]);
+      }
+      auto run = [&]<int W, int RT>(int s) {
+        for (int wo = 0; wo < kTileRows; wo += W) {
+          tile_run<E, BITS, G, W, RT>(
+              wsb + wo * m.row_bytes,
+              m.row_bytes,
+              x,
+              wt + wo * Gc,
+              bt + wo * Gc,
+              tt,
+              widx[s],
+              map.pair,
+              bi == 0 && pf != nullptr ? pf + wo * m.row_bytes : nullptr,
+              lut,
+              out);
+          for (int w = 0; w < W; ++w) {
+            for (int r = 0; r < RT; ++r) {
+              y[(b.r0 + r) * ldy + j0 + wo + w] = out[w * RT + r];
+            }
+          }
+        }
+      };
+      if (b.rt == 4) {
+        run.template operator()<2, 4>(0);
+      } else if (b.rt == 2) {
+        run.template operator()<4, 2>(1);
+      } else {
+        run.template operator()<8, 1>(2);
+      }
+    }
+  }
+  if (nb8 < nb) {
+    int_dots_impl<E, BITS, G>(m, e, n0 + nb8, nb - nb8, p, slots, R, y + nb8, ldy);
+  }
+}
+
+// Activation rows per expert from which the tiled path is used.
+constexpr int64_t kTileMinRows = 4;
+
+template <ElemFormat E, int BITS, int G>
+void int_dots(
+    const QMat& m,
+    int64_t e,
+    int64_t n0,
+    int64_t nb,
+    const XPrep& p,
+    const int64_t* slots,
+    int64_t R,
+    float* y,
+    int64_t ldy) {
+  if constexpr (TileShape<E, BITS, G>::kOk) {
+    if (R >= kTileMinRows && nb >= kTileRows && R <= 256) {
+      tile_dots<E, BITS, G>(m, e, n0, nb, p, slots, R, y, ldy);
+      return;
+    }
+  }
+  int_dots_impl<E, BITS, G>(m, e, n0, nb, p, slots, R, y, ldy);
+}
+
 using DotsFn = void (*)(
     const QMat&,
     int64_t,
@@ -620,13 +1142,13 @@ template <ElemFormat E, int BITS>
 DotsFn by_group(int group) {
   switch (group) {
     case 16:
-      return int_dots_impl<E, BITS, 16>;
+      return int_dots<E, BITS, 16>;
     case 32:
-      return int_dots_impl<E, BITS, 32>;
+      return int_dots<E, BITS, 32>;
     case 64:
-      return int_dots_impl<E, BITS, 64>;
+      return int_dots<E, BITS, 64>;
     case 128:
-      return int_dots_impl<E, BITS, 128>;
+      return int_dots<E, BITS, 128>;
     default:
       return nullptr;
   }
