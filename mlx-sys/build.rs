@@ -1,7 +1,9 @@
-//! Build script of `mlx-sys`: find the pinned official MLX binaries, compile our C API against them,
-//! link `libmlx` dynamically (with an rpath), and provide the Rust bindings.
+//! Build script of `mlx-sys`: find the pinned official MLX binaries (or, with `MLX_SOURCE_DIR`, build
+//! MLX from source with the workspace's `patches/`), compile our C API against them, link `libmlx`
+//! dynamically (with an rpath), and provide the Rust bindings.
 
 use std::env;
+use std::ffi::OsString;
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -11,9 +13,18 @@ mod pin;
 #[path = "build/dist.rs"]
 mod dist;
 
+#[path = "build/source.rs"]
+mod source;
+
 #[cfg(feature = "bindgen")]
 #[path = "build/bindings.rs"]
 mod bindings;
+
+/// An environment variable the build depends on: read it and tell cargo to rerun when it changes.
+fn env(name: &str) -> Option<OsString> {
+    println!("cargo:rerun-if-env-changed={name}");
+    env::var_os(name)
+}
 
 fn fail(msg: &str) -> ! {
     // One readable line, not a backtrace: cargo shows stderr of a failing build script.
@@ -57,25 +68,32 @@ fn loader_view(out: &Path, lib: &Path) -> PathBuf {
 }
 
 fn main() {
-    // Resolve before printing anything, so a failure shows cargo one clean line.
-    let (dist, backend) = dist::resolve().unwrap_or_else(|msg| fail(&msg));
-    for var in [
-        "MLX_DIR",
-        "MLX_SYS_CACHE",
-        "MLX_SYS_PYTHON",
-        "MLX_SYS_NO_PYTHON_MLX",
-        "XDG_CACHE_HOME",
-    ] {
-        println!("cargo:rerun-if-env-changed={var}");
-    }
-    println!("cargo:rerun-if-changed=build/dist.rs");
+    println!("cargo:rerun-if-changed=build");
     println!("cargo:rerun-if-changed=src/pin.rs");
     println!("cargo:rerun-if-changed=capi");
+    println!("cargo::rustc-check-cfg=cfg(mlx_from_source)");
 
     let out = PathBuf::from(env::var("OUT_DIR").unwrap_or_else(|_| fail("OUT_DIR is not set")));
     let manifest = PathBuf::from(
         env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| fail("CARGO_MANIFEST_DIR is not set")),
     );
+    let source_dir = env("MLX_SOURCE_DIR").filter(|v| !v.is_empty());
+    let (dist, backend) = match &source_dir {
+        None => dist::resolve().unwrap_or_else(|msg| fail(&msg)),
+        Some(dir) => {
+            if env("MLX_DIR").is_some() {
+                fail("MLX_DIR and MLX_SOURCE_DIR are both set: unset one (MLX_DIR links a prebuilt MLX, MLX_SOURCE_DIR builds the patched MLX from source)");
+            }
+            if env::var_os("CARGO_FEATURE_CUDA").is_some() {
+                fail("MLX_SOURCE_DIR builds MLX for CPU only: drop the `cuda` feature or unset MLX_SOURCE_DIR");
+            }
+            // The series is the workspace's (the zmlx repository's `patches/`), next to this crate.
+            let patches = manifest.join("../patches");
+            let patches = patches.canonicalize().unwrap_or(patches);
+            let dist = source::build(Path::new(dir), &patches).unwrap_or_else(|msg| fail(&msg));
+            (dist, dist::Backend::Cpu)
+        }
+    };
     let capi_include = manifest.join("capi/include");
     let capi_src = manifest.join("capi/src");
 
@@ -120,6 +138,12 @@ fn main() {
     println!("cargo:backend={}", backend.name());
     println!("cargo:rustc-env=MLX_SYS_BACKEND={}", backend.name());
     println!("cargo:rustc-env=MLX_SYS_ORIGIN={}", dist.origin);
+    if source_dir.is_some() {
+        // The patched MLX carries the fused primitives: dependents compile against them (their headers
+        // are under `include`) instead of compiling their own copies.
+        println!("cargo:fused_in_tree=1");
+        println!("cargo:rustc-cfg=mlx_from_source");
+    }
 
     #[cfg(feature = "bindgen")]
     bindings::generate(&capi_include, &out).unwrap_or_else(|msg| fail(&msg));

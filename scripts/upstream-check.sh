@@ -3,9 +3,12 @@
 # MLX for CPU offline (the recipe of the shared source's README), and run MLX's C++ tests, its
 # python/tests/test_quantized.py and the series' new Python tests.
 #
-#   scripts/upstream-check.sh [--base] [--work DIR] [--mlx-src DIR] [--jobs N]
+#   scripts/upstream-check.sh [--base] [--cargo] [--work DIR] [--mlx-src DIR] [--jobs N]
 #
 #   --base      build and test MLX without the series (the counts the patched build is compared with)
+#   --cargo     then also run this repository's `cargo test` in the from-source mode (MLX_SOURCE_DIR=the
+#               --mlx-src folder: mlx-sys builds the patched MLX itself, in $MLX_SYS_CACHE, default
+#               $WORK/mlx-sys-cache, with the same ccache); not with --base
 #   --work      where the tree, the build and the logs go (default: ${TMPDIR:-/tmp}/zmlx-upstream); the
 #               tree is unpacked at the same path every run, so a kept ccache directory is hit
 #   --mlx-src   the folder with mlx-0.32.4.tar.gz and gguf-tools-8fa6eb6.tar.gz (default: ../shared/mlx-src
@@ -19,12 +22,14 @@
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 base=0
+cargo_test=0
 work=${TMPDIR:-/tmp}/zmlx-upstream
 mlx_src=${ZMLX_MLX_SRC:-$repo/../shared/mlx-src}
 jobs=$(nproc)
 while [ $# -gt 0 ]; do
   case $1 in
     --base) base=1 ;;
+    --cargo) cargo_test=1 ;;
     --work) work=$2; shift ;;
     --mlx-src) mlx_src=$2; shift ;;
     --jobs) jobs=$2; shift ;;
@@ -32,7 +37,11 @@ while [ $# -gt 0 ]; do
   esac
   shift
 done
+if [ $base = 1 ] && [ $cargo_test = 1 ]; then
+  echo "--cargo tests the patched MLX: not with --base" >&2; exit 2
+fi
 work=$(mkdir -p "$work" && cd "$work" && pwd)
+mlx_src=$(cd "$mlx_src" 2>/dev/null && pwd || echo "$mlx_src")
 export CCACHE_DIR=${CCACHE_DIR:-$work/ccache}
 export CCACHE_BASEDIR=$work
 start=$(date +%s)
@@ -120,7 +129,22 @@ for t in "${py_tests[@]}"; do
   fi
 done
 
+cargo_status=0
+cargo_summary=
+if [ $cargo_test = 1 ]; then
+  phase "cargo test with MLX_SOURCE_DIR=$mlx_src"
+  if (cd "$repo" && MLX_SOURCE_DIR="$mlx_src" MLX_SYS_CACHE="${MLX_SYS_CACHE:-$work/mlx-sys-cache}" \
+    cargo test >"$work/logs/cargo-test.log" 2>&1); then
+    cargo_summary="; cargo test (from source): $(grep -E '^test result' "$work/logs/cargo-test.log" \
+      | awk '{p += $4; f += $6} END {print p " passed, " f " failed"}')"
+  else
+    cargo_status=1
+    cargo_summary="; cargo test (from source) FAILED"
+    tail -n 60 "$work/logs/cargo-test.log"
+  fi
+fi
+
 phase "done"
-echo "summary: ctest $((ctest_total - ctest_failed))/$ctest_total passed; python: ${py_tests[*]} $([ $py_status = 0 ] && echo OK || echo FAILED)"
+echo "summary: ctest $((ctest_total - ctest_failed))/$ctest_total passed; python: ${py_tests[*]} $([ $py_status = 0 ] && echo OK || echo FAILED)$cargo_summary"
 ccache -s 2>/dev/null | grep -E 'Hits|Misses|hit rate' || true
-[ $py_status = 0 ]
+[ $py_status = 0 ] && [ $cargo_status = 0 ]

@@ -69,6 +69,12 @@ fn cccl_include(nvcc: &Path) -> Vec<String> {
 
 #[test]
 fn cuda_kernels_compile_for_sm90() {
+    if mlx_sys::MLX_FROM_SOURCE {
+        // The series carries no CUDA kernels yet (UPSTREAM_PLAN.md, Left): the patched MLX has the
+        // no-kernel stub, whose check source is empty, and the overlay's kernels are not compiled.
+        eprintln!("cuda_kernels_compile_for_sm90: MLX built from source with patches/, which has no fused CUDA kernels yet; skipped");
+        return;
+    }
     let src = check_source();
     let kernels = src.matches("__global__ void custom_kernel_").count();
     assert!(

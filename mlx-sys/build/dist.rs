@@ -72,7 +72,7 @@ fn lib_name() -> &'static str {
 }
 
 /// Reads `MLX_VERSION_{MAJOR,MINOR,PATCH}` from `include/mlx/version.h`.
-fn header_version(include: &Path) -> Option<String> {
+pub fn header_version(include: &Path) -> Option<String> {
     let text = fs::read_to_string(include.join("mlx/version.h")).ok()?;
     let part = |name: &str| -> Option<String> {
         text.lines().find_map(|line| {
@@ -90,7 +90,7 @@ fn header_version(include: &Path) -> Option<String> {
 }
 
 /// Checks that `prefix` holds the headers and library of the pinned version.
-fn check_prefix(prefix: &Path, origin: &str) -> Result<Dist, String> {
+pub fn check_prefix(prefix: &Path, origin: &str) -> Result<Dist, String> {
     let pin = crate::pin::MLX_VERSION;
     let include = prefix.join("include");
     let lib = prefix.join("lib");
@@ -125,7 +125,9 @@ fn check_prefix(prefix: &Path, origin: &str) -> Result<Dist, String> {
 }
 
 fn python() -> String {
-    env::var("MLX_SYS_PYTHON").unwrap_or_else(|_| "python3".to_string())
+    crate::env("MLX_SYS_PYTHON")
+        .map(|v| v.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "python3".to_string())
 }
 
 /// The `mlx` package importable by python3, if its headers are of the pinned version.
@@ -153,14 +155,14 @@ fn from_python() -> Option<Dist> {
     }
 }
 
-fn cache_root() -> Result<PathBuf, String> {
-    if let Some(dir) = env::var_os("MLX_SYS_CACHE") {
+pub fn cache_root() -> Result<PathBuf, String> {
+    if let Some(dir) = crate::env("MLX_SYS_CACHE") {
         return Ok(PathBuf::from(dir));
     }
-    if let Some(dir) = env::var_os("XDG_CACHE_HOME") {
+    if let Some(dir) = crate::env("XDG_CACHE_HOME") {
         return Ok(PathBuf::from(dir).join("mlx-sys"));
     }
-    if let Some(home) = env::var_os("HOME") {
+    if let Some(home) = crate::env("HOME") {
         let home = PathBuf::from(home);
         if env::var("CARGO_CFG_TARGET_OS").as_deref() == Ok("macos") {
             return Ok(home.join("Library/Caches/mlx-sys"));
@@ -279,11 +281,11 @@ fn from_wheel(backend: Backend) -> Result<Dist, String> {
 /// Resolves the MLX distribution in the documented order.
 pub fn resolve() -> Result<(Dist, Backend), String> {
     let backend = Backend::from_target()?;
-    if let Some(dir) = env::var_os("MLX_DIR") {
+    if let Some(dir) = crate::env("MLX_DIR") {
         let dir = PathBuf::from(dir);
         return check_prefix(&dir, "MLX_DIR").map(|d| (d, backend));
     }
-    if backend != Backend::Cuda && env::var_os("MLX_SYS_NO_PYTHON_MLX").is_none() {
+    if backend != Backend::Cuda && crate::env("MLX_SYS_NO_PYTHON_MLX").is_none() {
         if let Some(d) = from_python() {
             return Ok((d, backend));
         }

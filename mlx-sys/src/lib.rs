@@ -17,3 +17,7 @@ pub use pin::MLX_VERSION;
 
 /// The backend of the linked MLX build: `"cpu"`, `"cuda"` or `"metal"`.
 pub const MLX_BACKEND: &str = env!("MLX_SYS_BACKEND");
+
+/// Whether the linked MLX was built from source with the workspace's patch series (`MLX_SOURCE_DIR`):
+/// then libmlx itself carries the fused primitives of `patches/`.
+pub const MLX_FROM_SOURCE: bool = cfg!(mlx_from_source);

@@ -7,25 +7,29 @@
 // kernels are used.
 #pragma once
 
+#include <mlx/api.h>
+
 #include <string_view>
 
 namespace mlx::core::moe {
 
 enum class SimdLevel { Portable, Avx2, Avx512 };
 
+// Exported (MLX_API) so that a C API over a shared libmlx can read and force the level.
+
 // The best level this machine supports.
-SimdLevel detected_simd();
+MLX_API SimdLevel detected_simd();
 
 // The level kernels use now: the one set with set_simd, else MLX_MOE_SIMD
 // ("portable", "avx2" or "avx512") if set and supported, else detected_simd().
-SimdLevel active_simd();
+MLX_API SimdLevel active_simd();
 
 // Forces a level; throws std::invalid_argument if the machine does not support it.
-void set_simd(SimdLevel level);
+MLX_API void set_simd(SimdLevel level);
 
-const char* simd_name(SimdLevel level);
+MLX_API const char* simd_name(SimdLevel level);
 
 // "auto" (the detected level), "portable", "avx2" or "avx512"; throws std::invalid_argument otherwise.
-SimdLevel simd_from_name(std::string_view name);
+MLX_API SimdLevel simd_from_name(std::string_view name);
 
 } // namespace mlx::core::moe

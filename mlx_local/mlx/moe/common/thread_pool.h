@@ -16,6 +16,8 @@
 // every other piece of a shared counter, which was measurably slower (BENCHMARKS.md).
 #pragma once
 
+#include <mlx/api.h>
+
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
@@ -27,17 +29,18 @@
 
 namespace mlx::core::moe {
 
+// The members marked MLX_API are exported so that a C API over a shared libmlx can size the pool.
 class ThreadPool {
  public:
   // The process-wide pool, started lazily with the default size: MLX_MOE_NUM_THREADS if set to a
   // positive integer, else the number of hardware threads.
-  static ThreadPool& instance();
+  MLX_API static ThreadPool& instance();
 
   // Threads that take part in parallel_for, the caller included.
-  int num_threads() const;
+  MLX_API int num_threads() const;
 
   // Changes the number of threads (1..256); waits for a running parallel_for to finish first.
-  void set_num_threads(int n);
+  MLX_API void set_num_threads(int n);
 
   // Runs fn(i) for every i in [0, n): each i once, in any order, on any of the threads. Returns when
   // all are done; rethrows the first exception. If the pool is busy (another MLX stream is inside

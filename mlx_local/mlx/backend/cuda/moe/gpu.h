@@ -6,6 +6,7 @@
 // these functions only choose the kernel variant and the launch grid.
 #pragma once
 
+#include <mlx/api.h>
 #include <mlx/array.h>
 #include <mlx/utils.h>
 
@@ -21,8 +22,11 @@ struct CombineParams;
 
 namespace gpu {
 
+// cuda_available, coverage and check_translation_unit are exported (MLX_API) for a C API over a
+// shared libmlx.
+
 // True when this MLX build's GPU is CUDA (the mlx-cuda wheel).
-bool cuda_available();
+MLX_API bool cuda_available();
 
 // Empty when the fused CUDA kernels run a projection of this layout (transpose = true, K a
 // multiple of 32; every mode of the table has a kernel); otherwise why not: the op then takes
@@ -111,13 +115,13 @@ std::optional<array> linear(
     Stream s);
 
 // One line for `zmlx info`: which configurations have a fused CUDA kernel.
-const char* coverage();
+MLX_API const char* coverage();
 
 // One CUDA translation unit holding, for a representative set of kernel variants (every mode,
 // activation dtype and flag), exactly the kernels MLX's NVRTC compiles at first use, behind a
 // stand-in for MLX's default device header: what the ahead-of-time compile check (nvcc, sm_90)
 // builds.
-std::string check_translation_unit();
+MLX_API std::string check_translation_unit();
 
 } // namespace gpu
 } // namespace mlx::core::moe
