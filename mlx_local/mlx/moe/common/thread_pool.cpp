@@ -48,13 +48,21 @@ inline void cpu_relax() {
 #endif
 }
 
-// Spins until pred() or spin_ns elapsed; returns pred().
+// Spins until pred() or spin_ns elapsed; returns pred(). Spinning only pays while this thread and
+// the one it waits for both own a core: after a short pure spin it yields between polls, and a gap
+// between two polls longer than any spin batch means the scheduler took the core away (more runnable
+// threads than cores), so it stops and lets the caller block instead of burning the waited-for
+// thread's time slices.
 template <class P>
 bool spin_until(P pred, int64_t spin_ns) {
   if (pred()) {
     return true;
   }
-  auto t0 = std::chrono::steady_clock::now();
+  constexpr int64_t kPureSpinNs = 20000;
+  constexpr int64_t kPreemptedNs = 200000;
+  using clock = std::chrono::steady_clock;
+  const auto t0 = clock::now();
+  auto last = t0;
   while (true) {
     for (int i = 0; i < 64; ++i) {
       cpu_relax();
@@ -62,10 +70,17 @@ bool spin_until(P pred, int64_t spin_ns) {
         return true;
       }
     }
-    auto dt = std::chrono::duration_cast<std::chrono::nanoseconds>(
-        std::chrono::steady_clock::now() - t0);
-    if (dt.count() >= spin_ns) {
+    const auto now = clock::now();
+    const int64_t gap =
+        std::chrono::duration_cast<std::chrono::nanoseconds>(now - last).count();
+    const int64_t dt =
+        std::chrono::duration_cast<std::chrono::nanoseconds>(now - t0).count();
+    last = now;
+    if (dt >= spin_ns || gap >= kPreemptedNs) {
       return pred();
+    }
+    if (dt >= kPureSpinNs) {
+      std::this_thread::yield();
     }
   }
 }
