@@ -3,7 +3,7 @@
 //! (loaded), and random fused-op arguments (shapes, dtypes, modes, indices in and out of range) on the CPU.
 //!
 //! `ZMLX_FUZZ_SECS` (default 3) is the time per harness; `ZMLX_FUZZ_SEED` replays a run (each harness
-//! prints its seed). A crash kills the test process, so CI sees it as a failure.
+//! prints the value that replays it). A crash kills the test process, so CI sees it as a failure.
 
 use std::time::{Duration, Instant};
 
@@ -38,7 +38,9 @@ fn budget() -> Duration {
     Duration::from_secs_f64(s.max(0.0))
 }
 
-fn seed(salt: u64) -> u64 {
+/// The harness's generator seed. The value to replay it with (`ZMLX_FUZZ_SEED`) goes straight to the
+/// process's stderr, past the test harness's output capture, so a run that dies of a signal still shows it.
+fn seed(name: &str, salt: u64) -> u64 {
     let s = std::env::var("ZMLX_FUZZ_SEED")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -48,6 +50,8 @@ fn seed(salt: u64) -> u64 {
                 .map(|d| d.as_nanos() as u64)
                 .unwrap_or(1)
         });
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{name}: ZMLX_FUZZ_SEED={s}");
     (s ^ salt) | 1
 }
 
@@ -88,8 +92,7 @@ fn mutate(c: &mut Value, r: &mut Rng) {
 
 #[test]
 fn fuzz_model_configs() {
-    let s = seed(0xc0f1);
-    eprintln!("fuzz_model_configs: seed {s}");
+    let s = seed("fuzz_model_configs", 0xc0f1);
     let mut r = Rng(s);
     let bases = [
         qwen3_moe::config_json(64, 2, 4, 2, 16, 4, 2, 32, 128, "bfloat16"),
@@ -118,8 +121,7 @@ fn fuzz_model_configs() {
 
 #[test]
 fn fuzz_checkpoint_files() {
-    let s = seed(0xc4ec);
-    eprintln!("fuzz_checkpoint_files: seed {s}");
+    let s = seed("fuzz_checkpoint_files", 0xc4ec);
     let mut r = Rng(s);
     let dir = std::env::temp_dir().join(format!("zmlx-fuzz-ckpt-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -161,8 +163,7 @@ fn fuzz_checkpoint_files() {
 #[test]
 fn fuzz_fused_op_arguments() {
     zmlx::runtime::use_device(zmlx::runtime::DeviceKind::Cpu).unwrap();
-    let s = seed(0xf05e);
-    eprintln!("fuzz_fused_op_arguments: seed {s}");
+    let s = seed("fuzz_fused_op_arguments", 0xf05e);
     let mut r = Rng(s);
     let modes = [
         (QuantMode::Affine, 64, 4),
