@@ -40,6 +40,21 @@ pub const ENV_HOSTFILE: &str = "MLX_HOSTFILE";
 /// The number of ranks (NCCL; checked against the ring's host file when set).
 pub const ENV_WORLD_SIZE: &str = "MLX_WORLD_SIZE";
 
+/// The exit status of a rank that failed only because a peer went away (`EX_TEMPFAIL`): `zmlx launch`
+/// reports another rank's failure, the cause, before one with this status.
+pub const PEER_LOST_EXIT_CODE: u8 = 75;
+
+/// The message MLX's ring backend fails pending collectives with when a peer's sockets close (MLX 0.32.4,
+/// `distributed/ring/ring.cpp`); MLX raises a plain `std::runtime_error`, so the message is all there is.
+const RING_PEER_LOST: &str = "[ring] connection to a peer was lost";
+
+impl Error {
+    /// Whether this is a collective that failed because a peer process went away (so the cause is elsewhere).
+    pub fn is_peer_lost(&self) -> bool {
+        matches!(self, Error::Mlx { msg, .. } if msg.contains(RING_PEER_LOST))
+    }
+}
+
 /// One of MLX's distributed backends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {

@@ -11,8 +11,15 @@ fn main() -> ExitCode {
             // One readable line.
             let msg: Vec<String> = e.chain().map(|c| c.to_string()).collect();
             eprintln!("error: {}", msg.join(": ").replace('\n', " "));
-            e.downcast_ref::<cli::Exit>()
-                .map_or(ExitCode::FAILURE, |x| ExitCode::from(x.code))
+            let peer_lost = e.chain().any(|c| {
+                c.downcast_ref::<zmlx::Error>()
+                    .is_some_and(|z| z.is_peer_lost())
+            });
+            match e.downcast_ref::<cli::Exit>() {
+                Some(x) => ExitCode::from(x.code),
+                None if peer_lost => ExitCode::from(zmlx::distributed::PEER_LOST_EXIT_CODE),
+                None => ExitCode::FAILURE,
+            }
         }
     }
 }

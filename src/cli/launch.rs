@@ -29,7 +29,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
-use zmlx::distributed::{write_ring_hostfile, ENV_HOSTFILE, ENV_RANK, ENV_WORLD_SIZE};
+use zmlx::distributed::{
+    write_ring_hostfile, ENV_HOSTFILE, ENV_RANK, ENV_WORLD_SIZE, PEER_LOST_EXIT_CODE,
+};
 
 use super::Exit;
 
@@ -37,6 +39,9 @@ use super::Exit;
 const DEFAULT_STARTING_PORT: u16 = 32323;
 /// How often the launcher looks at its ranks.
 const POLL: Duration = Duration::from_millis(20);
+/// How long a rank that lost a peer waits to be explained by the rank that went away (which may still be
+/// tearing down after closing its sockets).
+const PEER_LOST_GRACE: Duration = Duration::from_secs(5);
 
 #[derive(Args, Debug)]
 pub struct LaunchArgs {
@@ -547,22 +552,29 @@ fn forward(
 }
 
 /// Waits for every rank; on the first failure (or the timeout) kills the rest and fails with its status.
+/// A rank that failed only because it lost a peer ([`PEER_LOST_EXIT_CODE`]) is not the cause: the launcher
+/// waits up to [`PEER_LOST_GRACE`] for the rank that went away to exit, and reports that one.
 fn supervise(mut ranks: Vec<Rank>, timeout: Option<Duration>) -> Result<()> {
     let t0 = Instant::now();
-    let mut failed: Option<usize> = None;
+    // Failed ranks in the order they were seen, with when the first was seen.
+    let mut failures: Vec<usize> = Vec::new();
+    let mut first_failure: Option<Instant> = None;
     let mut timed_out = false;
     loop {
         for (i, rk) in ranks.iter_mut().enumerate() {
             if rk.status.is_none() {
                 if let Some(s) = rk.child.try_wait()? {
                     rk.status = Some(s);
-                    if !s.success() && failed.is_none() {
-                        failed = Some(i);
+                    if !s.success() {
+                        failures.push(i);
+                        first_failure.get_or_insert_with(Instant::now);
                     }
                 }
             }
         }
-        if failed.is_some() || ranks.iter().all(|r| r.status.is_some()) {
+        let cause_seen = failures.iter().any(|&i| !lost_a_peer(&ranks[i]));
+        let grace_over = first_failure.is_some_and(|t| t.elapsed() >= PEER_LOST_GRACE);
+        if cause_seen || grace_over || ranks.iter().all(|r| r.status.is_some()) {
             break;
         }
         if timeout.is_some_and(|t| t0.elapsed() >= t) {
@@ -571,12 +583,27 @@ fn supervise(mut ranks: Vec<Rank>, timeout: Option<Duration>) -> Result<()> {
         }
         std::thread::sleep(POLL);
     }
+    let failed = failures
+        .iter()
+        .copied()
+        .find(|&i| !lost_a_peer(&ranks[i]))
+        .or(failures.first().copied());
+    let lost: Vec<usize> = failures
+        .iter()
+        .filter(|&&i| Some(i) != failed && lost_a_peer(&ranks[i]))
+        .map(|&i| ranks[i].rank)
+        .collect();
     let stopped = stop(&mut ranks);
     let elapsed = t0.elapsed().as_secs_f64();
     let stopped_note = if stopped.is_empty() {
         String::new()
     } else {
         format!("; stopped rank(s) {}", join(&stopped))
+    };
+    let stopped_note = if lost.is_empty() {
+        stopped_note
+    } else {
+        format!("; rank(s) {} lost a peer{stopped_note}", join(&lost))
     };
     if let Some(i) = failed {
         let rk = &ranks[i];
@@ -634,6 +661,12 @@ fn stop(ranks: &mut [Rank]) -> Vec<usize> {
         }
     }
     killed
+}
+
+fn lost_a_peer(rk: &Rank) -> bool {
+    rk.status
+        .and_then(|s| s.code())
+        .is_some_and(|c| c == i32::from(PEER_LOST_EXIT_CODE))
 }
 
 fn describe(s: ExitStatus) -> String {
