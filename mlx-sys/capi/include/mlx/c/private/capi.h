@@ -16,6 +16,7 @@
 #include <memory>
 #include <optional>
 #include <cstring>
+#include <sstream>
 #include <string>
 #include <unordered_map>
 #include <utility>
@@ -211,6 +212,16 @@ inline std::optional<int> opt(mlx_optional_int v) {
   return v.has_value ? std::optional<int>(v.value) : std::nullopt;
 }
 
+// An optional quantization size (group_size, bits): positive when given. MLX 0.32.4 divides by these
+// before it validates them (quantize by group_size, quantized_matmul / gather_qmm / qqmm by bits), so
+// a zero would be SIGFPE instead of an error.
+inline std::optional<int> opt_size(mlx_optional_int v, const char* what) {
+  if (v.has_value && v.value <= 0) {
+    throw std::invalid_argument(std::string(what) + " must be positive, got " + std::to_string(v.value));
+  }
+  return opt(v);
+}
+
 inline std::optional<float> opt(mlx_optional_float v) {
   return v.has_value ? std::optional<float>(v.value) : std::nullopt;
 }
@@ -251,6 +262,36 @@ inline mx::Shape shape(const int* data, size_t n, const char* what = "shape") {
     throw std::invalid_argument(std::string("null ") + what + " with non-zero length");
   }
   return mx::Shape(data, data + n);
+}
+
+// The strides of a slice of `a` (or of a slice update of it): non-zero, and a stride whose magnitude
+// reaches its axis's size replaced by that size, which selects the same element or none. MLX 0.32.4
+// divides by the stride unchecked (a zero is SIGFPE) and computes the slice's length in int (a stride
+// near INT_MAX or INT_MIN overflows there and the slice comes out empty).
+inline mx::Shape slice_strides(const mx::array& a, mx::Shape strides, const char* tag) {
+  for (size_t i = 0; i < strides.size(); ++i) {
+    if (strides[i] == 0) {
+      throw std::invalid_argument(std::string("[") + tag + "] slice strides must be non-zero (axis " +
+                                  std::to_string(i) + ")");
+    }
+    if (i < a.ndim()) {
+      int n = std::max(a.shape(static_cast<int>(i)), 1);
+      strides[i] = std::clamp(strides[i], -n, n);
+    }
+  }
+  return strides;
+}
+
+// The index array of take_along_axis / put_along_axis / scatter_add_axis: of an integer dtype. MLX 0.32.4
+// accepts any dtype there and fails only while evaluating, inside the CPU back end, where an error can
+// leave the stream's count of tasks in flight wrong and a later evaluation waiting forever.
+inline const mx::array& integer_indices(const mx::array& idx, const char* tag) {
+  if (!mx::issubdtype(idx.dtype(), mx::integer)) {
+    std::ostringstream msg;
+    msg << "[" << tag << "] indices must have an integer dtype, got " << idx.dtype();
+    throw std::invalid_argument(msg.str());
+  }
+  return idx;
 }
 
 inline std::vector<int> ints(const int* data, size_t n, const char* what = "axes") {
@@ -314,6 +355,57 @@ inline void check_callback(int status, const char* what, unsigned long errors_be
   throw std::runtime_error(msg);
 }
 
+// The input of a reduction. MLX 0.32.4's CPU reduction of an empty array that is not row-contiguous
+// (a transposed one, reduced over its zero-length axis) plans its loops from uninitialised values and
+// can run for hours; a row-contiguous copy, which costs nothing for an array without elements, takes
+// the path that works.
+inline mx::array reduce_input(const mx::array& a) {
+  return a.size() == 0 ? mx::contiguous(a) : a;
+}
+
+// --- results ---------------------------------------------------------------------------------------
+
+// An op's result as MLX 0.32.4 made it, checked before a caller sees it: no negative dimension (its
+// reshape takes any negative size, not only -1, when the sizes' product matches) and an element and
+// byte count that fit in int64 (its shape products are unchecked size_t: a shape of 2^64 elements
+// wraps to an array of size 0 whose slices then read memory it does not have).
+inline void check_shape(const mx::array& a, const char* fn) {
+  int64_t n = 1;
+  for (auto d : a.shape()) {
+    if (d < 0 || __builtin_mul_overflow(n, static_cast<int64_t>(d), &n)) {
+      std::ostringstream msg;
+      msg << "[" << fn << "] the result's shape " << a.shape()
+          << (d < 0 ? " has a negative dimension" : " has more elements than int64 counts");
+      throw std::invalid_argument(msg.str());
+    }
+  }
+  int64_t bytes = 0;
+  if (__builtin_mul_overflow(n, static_cast<int64_t>(a.itemsize()), &bytes)) {
+    std::ostringstream msg;
+    msg << "[" << fn << "] the result's shape " << a.shape() << " has more bytes than int64 counts";
+    throw std::invalid_argument(msg.str());
+  }
+}
+
+inline mx::array checked(mx::array a, const char* fn) {
+  check_shape(a, fn);
+  return a;
+}
+
+inline std::vector<mx::array> checked(std::vector<mx::array> v, const char* fn) {
+  for (auto& a : v) {
+    check_shape(a, fn);
+  }
+  return v;
+}
+
+template <class A, class B>
+std::pair<A, B> checked(std::pair<A, B> p, const char* fn) {
+  check_shape(p.first, fn);
+  check_shape(p.second, fn);
+  return p;
+}
+
 // --- error guard ------------------------------------------------------------------------------------
 
 // Runs `f`; returns 0, or reports the exception and returns 1. Never lets an exception escape to C.
@@ -324,6 +416,8 @@ int guard(F&& f) noexcept {
     return 0;
   } catch (const std::exception& e) {
     report_error(e.what());
+  } catch (const char* msg) { // MLX 0.32.4's scatter throws a bare string literal
+    report_error(msg ? msg : "unknown C++ exception");
   } catch (...) {
     report_error("unknown C++ exception");
   }
@@ -337,6 +431,8 @@ R guard_value(R fallback, F&& f) noexcept {
     return f();
   } catch (const std::exception& e) {
     report_error(e.what());
+  } catch (const char* msg) {
+    report_error(msg ? msg : "unknown C++ exception");
   } catch (...) {
     report_error("unknown C++ exception");
   }
