@@ -24,6 +24,7 @@ A parameter is `[type] name`; the type defaults to `array`. Types and their C fo
     array      const mlx_array            -> get(x)          (must be a non-empty handle)
     array?     const mlx_array            -> opt(x)          (the empty handle means "absent")
     reduced    const mlx_array            -> reduce_input(get(x)): the input of a reduction (capi.h)
+    nonempty   const mlx_array            -> nonempty(get(x)): an array that must have elements (capi.h)
     arrays     const mlx_vector_array     -> get(x)
     int* / shape / int64*                 -> `const T* x, size_t x_num` as std::vector<int> / Shape / Strides
     int*?      like int*, a null pointer means "absent" (std::nullopt)
@@ -58,6 +59,7 @@ TYPES = {
     "array": (["const mlx_array {n}"], "mlxc::get({n})"),
     "array?": (["const mlx_array {n} /* may be null */"], "mlxc::opt({n})"),
     "reduced": (["const mlx_array {n}"], "mlxc::reduce_input(mlxc::get({n}))"),
+    "nonempty": (["const mlx_array {n}"], 'mlxc::nonempty(mlxc::get({n}), "{n}")'),
     "arrays": (["const mlx_vector_array {n}"], "mlxc::get({n})"),
     "int*": (["const int* {n}", "size_t {n}_num"], 'mlxc::ints({n}, {n}_num, "{n}")'),
     "int*?": (["const int* {n} /* may be null */", "size_t {n}_num"], "mlxc::opt_ints({n}, {n}_num)"),

@@ -2373,6 +2373,77 @@ fn regression_quantization_sizes_of_zero_are_errors() {
     }
 }
 
+/// Quantized matrix products with an operand without elements (an empty batch, N or K of 0): SIGFPE
+/// inside MLX's evaluation before (found by fuzz_capi_programs).
+#[test]
+fn regression_quantized_matmuls_of_empty_operands_are_errors() {
+    let s = Stream::cpu();
+    let w = weights(8, 64);
+    let mut v = unsafe { sys::mlx_vector_array_new() };
+    let g = oi(Some(64));
+    let b4 = oi(Some(4));
+    check(
+        unsafe { sys::mlx_quantize(&mut v, w.0, g, b4, c"affine".as_ptr(), none(), s.0) },
+        "quantize",
+    );
+    let part = |i| {
+        let mut a = Arr::empty();
+        check(
+            unsafe { sys::mlx_vector_array_get(&mut a.0, v, i) },
+            "vector get",
+        );
+        a
+    };
+    let (q, sc, b) = (part(0), part(1), part(2));
+    let empty_x = f32s(&[], &[0, 64]);
+    let empty_k = f32s(&[], &[2, 0]);
+    let empty_w = new_arr::<u32>(&[], &[0, 8], sys::mlx_dtype__MLX_UINT32);
+    for (x, w) in [(&empty_x, &q), (&empty_k, &q), (&weights(2, 64), &empty_w)] {
+        fails("has no elements", |r| unsafe {
+            sys::mlx_quantized_matmul(r, x.0, w.0, sc.0, b.0, true, g, b4, c"affine".as_ptr(), s.0)
+        });
+        fails("has no elements", |r| unsafe {
+            sys::mlx_gather_qmm(
+                r,
+                x.0,
+                w.0,
+                sc.0,
+                b.0,
+                none(),
+                none(),
+                true,
+                g,
+                b4,
+                c"affine".as_ptr(),
+                false,
+                s.0,
+            )
+        });
+    }
+    // A batch with rows still works.
+    let mut r = Arr::empty();
+    let x = weights(2, 64);
+    check(
+        unsafe {
+            sys::mlx_quantized_matmul(
+                &mut r.0,
+                x.0,
+                q.0,
+                sc.0,
+                b.0,
+                true,
+                g,
+                b4,
+                c"affine".as_ptr(),
+                s.0,
+            )
+        },
+        "quantized_matmul",
+    );
+    assert_eq!(r.values().len(), 16);
+    unsafe { sys::mlx_vector_array_free(v) };
+}
+
 /// Slice strides: zero was SIGFPE; a stride near INT_MAX overflowed MLX's length computation and gave
 /// an empty slice where numpy's semantics give one element.
 #[test]

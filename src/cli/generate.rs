@@ -59,7 +59,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     } else {
         Sampler::Greedy
     };
-    let stop = zmlx::generate::eos_tokens(&l.model);
+    let stop = zmlx::generate::eos_tokens(&l.model)?;
     let g = run_decode(&l.model, &prompt, a.max_tokens, sampler, a.path, &stop)?;
     println!("model: {}", l.name);
     println!("prompt: {:?}", prompt);

@@ -254,19 +254,20 @@ pub fn fuzz_budget() -> std::time::Duration {
     std::time::Duration::from_secs_f64(s.max(0.0))
 }
 
-/// A harness's run seed: `ZMLX_FUZZ_SEED` (to replay a run) or the clock, mixed with the harness's
-/// `salt` so that the harnesses of one run differ. Never 0 (xorshift's fixed point).
+/// A harness's run seed, which it prints: `ZMLX_FUZZ_SEED` (a printed seed, to replay that run) or the
+/// clock mixed with the harness's `salt`, so that the harnesses of one run differ. Never 0 (xorshift's
+/// fixed point).
 pub fn fuzz_seed(salt: u64) -> u64 {
     let s = std::env::var("ZMLX_FUZZ_SEED")
         .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(1)
-        });
-    (s ^ salt) | 1
+        .and_then(|v| v.parse().ok());
+    s.unwrap_or_else(|| {
+        let clock = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1);
+        clock ^ salt
+    }) | 1
 }
 
 /// The seed of case `i` of a run: each case has its own generator, so one case replays alone (the

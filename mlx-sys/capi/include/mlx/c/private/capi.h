@@ -363,6 +363,18 @@ inline mx::array reduce_input(const mx::array& a) {
   return a.size() == 0 ? mx::contiguous(a) : a;
 }
 
+// An operand of the quantized matmuls, which MLX 0.32.4 evaluates with a division by its sizes: one
+// without elements (an empty batch included) is SIGFPE there, so it is an error here.
+inline const mx::array& nonempty(const mx::array& a, const char* what) {
+  if (a.size() == 0) {
+    std::ostringstream msg;
+    msg << what << " has no elements (shape " << a.shape()
+        << "): MLX's quantized matrix products need non-empty operands";
+    throw std::invalid_argument(msg.str());
+  }
+  return a;
+}
+
 // --- results ---------------------------------------------------------------------------------------
 
 // An op's result as MLX 0.32.4 made it, checked before a caller sees it: no negative dimension (its
