@@ -564,3 +564,64 @@ fn non_finite_logits_are_errors() {
         }
     }
 }
+
+/// A missing path says "does not exist", and an OS error reaches the user once (the CLI printed
+/// "config.json: No such file or directory (os error 2): No such file or directory (os error 2)", and
+/// "not a directory" for a folder that does not exist).
+#[test]
+fn missing_paths_say_does_not_exist_once() {
+    let base = std::env::temp_dir().join(format!("zmlx-hardening-missing-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    std::fs::create_dir_all(base.join("empty")).unwrap();
+    // The library: the error and its sources, as the CLI prints them.
+    let chain = |e: &dyn std::error::Error| {
+        let mut parts = vec![e.to_string()];
+        let mut s = e.source();
+        while let Some(x) = s {
+            parts.push(x.to_string());
+            s = x.source();
+        }
+        parts.join(": ")
+    };
+    for (dir, want) in [
+        (base.join("nowhere"), "nowhere: does not exist"),
+        (base.join("empty"), "config.json: does not exist"),
+    ] {
+        let e = chain(&models::load(&dir).unwrap_err());
+        assert!(e.contains(want), "{e}");
+        assert_eq!(e.matches("exist").count(), 1, "{e}");
+        assert!(!e.contains("os error"), "{e}");
+    }
+    // The CLI.
+    let zmlx = env!("CARGO_BIN_EXE_zmlx");
+    let missing_json = base.join("missing.json");
+    for (args, want) in [
+        (
+            vec![
+                "generate",
+                "--model",
+                base.join("nowhere").to_str().unwrap(),
+            ],
+            "nowhere: does not exist",
+        ),
+        (
+            vec!["generate", "--model", base.join("empty").to_str().unwrap()],
+            "config.json: does not exist",
+        ),
+        (
+            vec!["generate", "--synthetic", missing_json.to_str().unwrap()],
+            "missing.json: does not exist",
+        ),
+    ] {
+        let out = std::process::Command::new(zmlx)
+            .args(&args)
+            .args(["--device", "cpu"])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?}");
+        assert!(err.contains(want), "{args:?}: {err}");
+        assert_eq!(err.matches("exist").count(), 1, "{args:?}: {err}");
+    }
+    let _ = std::fs::remove_dir_all(&base);
+}

@@ -29,6 +29,9 @@ use crate::error::{Error, Result};
 
 /// Loads an mlx-lm checkpoint directory (`config.json` + `*.safetensors`).
 pub fn load(dir: &Path) -> Result<Model> {
+    if !dir.exists() {
+        return Err(Error::checkpoint(dir, "does not exist"));
+    }
     if !dir.is_dir() {
         return Err(Error::checkpoint(dir, "not a directory"));
     }
