@@ -208,7 +208,7 @@ fn fuzz_model_configs() {
     let mut classes: BTreeMap<String, u64> = BTreeMap::new();
     let mut candidates = vec![];
     let t0 = Instant::now();
-    let (mut n, mut ok, mut built) = (0, 0, 0);
+    let (mut n, mut ok, mut built, mut refused) = (0, 0, 0, 0);
     while t0.elapsed() < fuzz_budget() || n < 20 {
         let mut c = r.pick(&bases).clone();
         mutate(&mut c, &mut r);
@@ -217,12 +217,29 @@ fn fuzz_model_configs() {
             Ok(cfg) => {
                 ok += 1;
                 check_accepted(&cfg, &c);
-                // Build some of the ones that stay small.
-                if r.below(4) == 0
-                    && zmlx::models::synthetic::param_count(&cfg) < 500_000
-                    && models::synthesize(&c, 1, &mut |_, _, _| {}).is_ok()
-                {
-                    built += 1;
+                // Build some of the ones that stay small (at most 2M weights); the ones that cannot
+                // fit in any memory must be refused before anything is allocated.
+                let spec = cfg.schema();
+                let elements = spec
+                    .params()
+                    .iter()
+                    .fold(0u64, |s, p| s.saturating_add(p.numel()));
+                if std::env::var("ZMLX_FUZZ_VERBOSE").is_ok() {
+                    // The last config printed before a crash is the one that crashed.
+                    eprintln!("building {c}");
+                }
+                if r.below(4) == 0 && elements < 2_000_000 {
+                    if models::synthesize(&c, 1, &mut |_, _, _| {}).is_ok() {
+                        built += 1;
+                    }
+                } else if spec.nbytes(cfg.dtype) > 1 << 42 {
+                    let e = models::synthesize(&c, 1, &mut |_, _, _| {}).err();
+                    assert!(
+                        e.as_ref().is_some_and(|e| e.to_string().contains("memory")),
+                        "a {} TB model was not refused: {e:?}: {c}",
+                        spec.nbytes(cfg.dtype) >> 40
+                    );
+                    refused += 1;
                 }
             }
             Err(e) => {
@@ -237,7 +254,7 @@ fn fuzz_model_configs() {
     }
     write_candidates("configs.jsonl", &candidates);
     eprintln!(
-        "fuzz_model_configs: {} from the corpus, {n} random configs: {ok} accepted, {built} built, {} rejected in {} error classes",
+        "fuzz_model_configs: {} from the corpus, {n} random configs: {ok} accepted ({built} built, {refused} refused as too large for memory), {} rejected in {} error classes",
         corpus.len(),
         n - ok,
         classes.len()

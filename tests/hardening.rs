@@ -461,6 +461,24 @@ fn config_products_are_checked() {
     assert!(e.contains("n_shared_experts"), "{e}");
 }
 
+/// A synthetic model that cannot fit in memory is refused before MLX allocates: MLX's CPU allocator
+/// hands out a null buffer when the OS refuses memory and its kernels write through it (a gpt-oss config
+/// with 44,051 experts crashed `synthesize` with SIGSEGV; found by fuzz_model_configs).
+#[test]
+fn synthetic_models_too_large_for_memory_are_errors() {
+    let mut c = models::preset("gpt-oss-tiny").unwrap().config;
+    c["num_local_experts"] = 65536.into();
+    c["intermediate_size"] = (1 << 20).into();
+    c["hidden_size"] = 16384.into();
+    let e = match models::synthesize(&c, 1, &mut |_, _, _| {}) {
+        Ok(_) => panic!("a model of 2^47 weights was built"),
+        Err(e) => e.to_string(),
+    };
+    if cfg!(target_os = "linux") {
+        assert!(e.contains("more than this machine's"), "{e}");
+    }
+}
+
 /// `[1, 1, V]` logits with the given values.
 fn logits(v: &[f32]) -> Array {
     Array::from_slice(v, &[1, 1, v.len() as i32])

@@ -10,7 +10,8 @@
 //! `ZMLX_FUZZ_SECS` (default 3) is the time spent on random programs after the corpus
 //! (`tests/fuzz-corpus/capi.seeds`: program seeds that reached distinct errors or once crashed) has
 //! replayed; `ZMLX_FUZZ_SEED` replays a run (its seed is printed), `ZMLX_FUZZ_CASE` runs one program.
-//! `ZMLX_FUZZ_NEW_CORPUS=1` prints the seed of the first program that reached each error class.
+//! `ZMLX_FUZZ_NEW_CORPUS=1` prints program seeds that together reach the error classes the corpus does
+//! not; `ZMLX_FUZZ_VERBOSE=1` prints each program's seed as it starts, `ZMLX_FUZZ_TRACE=1` each call.
 //!
 //! Not fuzzed, because the C API's contract leaves them to the caller as MLX and mlx-c do: index
 //! *values* of take/gather (MLX reads without a bounds check; the indices drawn here are in range),
@@ -1972,6 +1973,10 @@ fn slice_shadow(sh: &Shadow, start: &[i32], stop: &[i32], step: &[i32]) -> Optio
 }
 
 fn run_program(seed: u64, stats: &mut Stats) {
+    if std::env::var("ZMLX_FUZZ_VERBOSE").is_ok() {
+        // The last seed printed before a crash names the program that crashed.
+        eprintln!("program {seed}");
+    }
     let mut p = Program::new(seed, stats);
     let steps = 40 + p.r.below(200);
     for _ in 0..steps {
@@ -2442,6 +2447,96 @@ fn regression_quantized_matmuls_of_empty_operands_are_errors() {
     );
     assert_eq!(r.values().len(), 16);
     unsafe { sys::mlx_vector_array_free(v) };
+}
+
+/// The lower / upper triangle of an array without elements but with large other dimensions: MLX built
+/// the 2^36-element mask of the last two dimensions first and crashed (SIGSEGV after 10 GB).
+#[test]
+fn regression_triangles_of_empty_arrays() {
+    let s = Stream::cpu();
+    let shape = [0, 1 << 20, 1 << 16];
+    let mut z = Arr::empty();
+    check(
+        unsafe {
+            sys::mlx_zeros(
+                &mut z.0,
+                shape.as_ptr(),
+                3,
+                sys::mlx_dtype__MLX_FLOAT32,
+                s.0,
+            )
+        },
+        "zeros",
+    );
+    type Tri =
+        unsafe extern "C" fn(*mut sys::mlx_array, sys::mlx_array, c_int, sys::mlx_stream) -> c_int;
+    for (name, f) in [("tril", sys::mlx_tril as Tri), ("triu", sys::mlx_triu)] {
+        let mut r = Arr::empty();
+        check(unsafe { f(&mut r.0, z.0, 1, s.0) }, name);
+        check(unsafe { sys::mlx_array_eval(r.0) }, "eval");
+        assert_eq!(common::shape_of(&r), shape.to_vec(), "{name}");
+    }
+    // A triangle with elements is still computed.
+    let a = f32s(&[1., 2., 3., 4.], &[2, 2]);
+    let mut r = Arr::empty();
+    check(unsafe { sys::mlx_tril(&mut r.0, a.0, 0, s.0) }, "tril");
+    assert_eq!(r.values(), vec![1., 0., 3., 4.]);
+}
+
+/// Integer floor division and remainder by zero, and INT_MIN // -1: SIGFPE inside MLX's evaluation
+/// before (found by fuzz_capi_programs). numpy's values: x // 0 = x % 0 = 0, x // -1 = -x (wrapping),
+/// x % -1 = 0; other divisors as before (Python's floor semantics).
+#[test]
+fn regression_integer_division_by_zero() {
+    let s = Stream::cpu();
+    let a = i32s(&[7, -7, i32::MIN, 5, -9, 9], &[6]);
+    let b = i32s(&[0, 2, -1, -1, 4, -4], &[6]);
+    let read_i32 = |r: &Arr| -> Vec<i32> {
+        check(unsafe { sys::mlx_array_eval(r.0) }, "eval");
+        let p = unsafe { sys::mlx_array_data_int32(r.0) };
+        assert!(!p.is_null(), "{}", last_error());
+        unsafe { std::slice::from_raw_parts(p, 6) }.to_vec()
+    };
+    let want_q = vec![0, -4, i32::MIN, -5, -3, -3];
+    let want_r = vec![0, 1, 0, 0, 3, -3];
+    let mut q = Arr::empty();
+    check(
+        unsafe { sys::mlx_floor_divide(&mut q.0, a.0, b.0, s.0) },
+        "floor_divide",
+    );
+    assert_eq!(read_i32(&q), want_q);
+    let mut r = Arr::empty();
+    check(
+        unsafe { sys::mlx_remainder(&mut r.0, a.0, b.0, s.0) },
+        "remainder",
+    );
+    assert_eq!(read_i32(&r), want_r);
+    let mut v = unsafe { sys::mlx_vector_array_new() };
+    check(unsafe { sys::mlx_divmod(&mut v, a.0, b.0, s.0) }, "divmod");
+    for (i, want) in [(0, &want_q), (1, &want_r)] {
+        let mut x = Arr::empty();
+        check(unsafe { sys::mlx_vector_array_get(&mut x.0, v, i) }, "get");
+        assert_eq!(&read_i32(&x), want);
+    }
+    unsafe { sys::mlx_vector_array_free(v) };
+    // Unsigned, and a broadcast scalar zero.
+    let u = new_arr(&[5u8, 200, 0], &[3], sys::mlx_dtype__MLX_UINT8);
+    let z = new_arr(&[0u8], &[], sys::mlx_dtype__MLX_UINT8);
+    let mut r = Arr::empty();
+    check(
+        unsafe { sys::mlx_remainder(&mut r.0, u.0, z.0, s.0) },
+        "remainder",
+    );
+    assert_eq!(r.values(), vec![0.0, 0.0, 0.0]);
+    // Floats keep IEEE semantics.
+    let f = f32s(&[1.0, -1.0], &[2]);
+    let fz = f32s(&[0.0, 0.0], &[2]);
+    let mut r = Arr::empty();
+    check(
+        unsafe { sys::mlx_floor_divide(&mut r.0, f.0, fz.0, s.0) },
+        "floor_divide",
+    );
+    assert_eq!(r.values(), vec![f32::INFINITY, f32::NEG_INFINITY]);
 }
 
 /// Slice strides: zero was SIGFPE; a stride near INT_MAX overflowed MLX's length computation and gave

@@ -745,7 +745,7 @@ extern "C" int mlx_divmod(
     const mlx_array b,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mlxc::checked(mx::divmod(mlxc::get(a), mlxc::get(b), mlxc::stream(s)), "divmod"));
+    put(res, mlxc::checked(mlxc::divmod(mlxc::get(a), mlxc::get(b), mlxc::stream(s)), "divmod"));
   });
 }
 
@@ -862,7 +862,7 @@ extern "C" int mlx_floor_divide(
     const mlx_array b,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mlxc::checked(mx::floor_divide(mlxc::get(a), mlxc::get(b), mlxc::stream(s)), "floor_divide"));
+    put(res, mlxc::checked(mlxc::floor_divide(mlxc::get(a), mlxc::get(b), mlxc::stream(s)), "floor_divide"));
   });
 }
 
@@ -1702,7 +1702,7 @@ extern "C" int mlx_remainder(
     const mlx_array b,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mlxc::checked(mx::remainder(mlxc::get(a), mlxc::get(b), mlxc::stream(s)), "remainder"));
+    put(res, mlxc::checked(mlxc::remainder(mlxc::get(a), mlxc::get(b), mlxc::stream(s)), "remainder"));
   });
 }
 
@@ -2447,11 +2447,15 @@ extern "C" int mlx_tri(
 }
 
 extern "C" int mlx_tril(mlx_array* res, const mlx_array x, int k, const mlx_stream s) {
-  return guard([&] { put(res, mlxc::checked(mx::tril(mlxc::get(x), k, mlxc::stream(s)), "tril")); });
+  return guard([&] {
+    put(res, mlxc::checked(mlxc::triangle(mlxc::get(x), k, true, mlxc::stream(s)), "tril"));
+  });
 }
 
 extern "C" int mlx_triu(mlx_array* res, const mlx_array x, int k, const mlx_stream s) {
-  return guard([&] { put(res, mlxc::checked(mx::triu(mlxc::get(x), k, mlxc::stream(s)), "triu")); });
+  return guard([&] {
+    put(res, mlxc::checked(mlxc::triangle(mlxc::get(x), k, false, mlxc::stream(s)), "triu"));
+  });
 }
 
 extern "C" int mlx_trunc(mlx_array* res, const mlx_array a, const mlx_stream s) {

@@ -375,6 +375,65 @@ inline const mx::array& nonempty(const mx::array& a, const char* what) {
   return a;
 }
 
+// tril / triu. Of an array without elements: that array. MLX 0.32.4 builds the mask of the last two
+// dimensions whatever the others are, so the triangle of a [0, 2^20, 2^16] array (no elements) first
+// made a mask of 2^36 elements, and crashed.
+inline mx::array triangle(const mx::array& x, int k, bool lower, mx::StreamOrDevice s) {
+  if (x.ndim() >= 2 && x.size() == 0) {
+    return x;
+  }
+  return lower ? mx::tril(x, k, s) : mx::triu(x, k, s);
+}
+
+// Integer floor_divide / remainder / divmod. MLX 0.32.4 divides integers with the CPU's instruction,
+// which traps (SIGFPE) on a zero divisor and on INT_MIN / -1. As numpy: x // 0 and x % 0 are 0, and
+// for signed types x // -1 is -x (wrapping) and x % -1 is 0. Floating types go to MLX unchanged.
+inline std::pair<mx::array, mx::array> int_divmod(
+    const mx::array& a,
+    const mx::array& b,
+    bool want_quotient,
+    bool want_remainder,
+    mx::StreamOrDevice s) {
+  auto t = mx::promote_types(a.dtype(), b.dtype());
+  if (!mx::issubdtype(t, mx::integer)) {
+    return {
+        want_quotient ? mx::floor_divide(a, b, s) : mx::array(0),
+        want_remainder ? mx::remainder(a, b, s) : mx::array(0)};
+  }
+  auto x = mx::astype(a, t, s);
+  auto y = mx::astype(b, t, s);
+  auto zero = mx::array(0, t);
+  auto one = mx::array(1, t);
+  auto by_zero = mx::equal(y, zero, s);
+  auto by_minus_one = mx::issubdtype(t, mx::signedinteger) ? mx::equal(y, mx::array(-1, t), s)
+                                                          : mx::zeros_like(by_zero, s);
+  auto safe = mx::where(mx::logical_or(by_zero, by_minus_one, s), one, y, s);
+  mx::array q(0), r(0);
+  if (want_quotient) {
+    q = mx::where(by_zero, zero, mx::where(by_minus_one, mx::negative(x, s), mx::floor_divide(x, safe, s), s), s);
+  }
+  if (want_remainder) {
+    r = mx::where(mx::logical_or(by_zero, by_minus_one, s), zero, mx::remainder(x, safe, s), s);
+  }
+  return {q, r};
+}
+
+inline mx::array floor_divide(const mx::array& a, const mx::array& b, mx::StreamOrDevice s) {
+  return int_divmod(a, b, true, false, s).first;
+}
+
+inline mx::array remainder(const mx::array& a, const mx::array& b, mx::StreamOrDevice s) {
+  return int_divmod(a, b, false, true, s).second;
+}
+
+inline std::vector<mx::array> divmod(const mx::array& a, const mx::array& b, mx::StreamOrDevice s) {
+  if (!mx::issubdtype(mx::promote_types(a.dtype(), b.dtype()), mx::integer)) {
+    return mx::divmod(a, b, s);
+  }
+  auto [q, r] = int_divmod(a, b, true, true, s);
+  return {q, r};
+}
+
 // --- results ---------------------------------------------------------------------------------------
 
 // An op's result as MLX 0.32.4 made it, checked before a caller sees it: no negative dimension (its
