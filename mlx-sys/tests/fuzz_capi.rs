@@ -2463,8 +2463,9 @@ fn regression_quantized_matmuls_of_empty_operands_are_errors() {
     unsafe { sys::mlx_vector_array_free(v) };
 }
 
-/// The lower / upper triangle of an array without elements but with large other dimensions: MLX built
-/// the 2^36-element mask of the last two dimensions first and crashed (SIGSEGV after 10 GB).
+/// Triangles. Of an array without elements but with large other dimensions: MLX built the 2^36-element
+/// mask of the last two dimensions first and crashed (SIGSEGV after 10 GB); tri(0, 2^31 - 1) allocated
+/// 16 GB (a run of fuzz_capi_programs then ended in heap corruption). Both found by the harness.
 #[test]
 fn regression_triangles_of_empty_arrays() {
     let s = Stream::cpu();
@@ -2490,11 +2491,40 @@ fn regression_triangles_of_empty_arrays() {
         check(unsafe { sys::mlx_array_eval(r.0) }, "eval");
         assert_eq!(common::shape_of(&r), shape.to_vec(), "{name}");
     }
-    // A triangle with elements is still computed.
+    // A triangle with elements is still computed, and an offset past the matrix is all or nothing
+    // (it overflowed int inside MLX at the ends of int's range).
     let a = f32s(&[1., 2., 3., 4.], &[2, 2]);
+    for (k, lower, want) in [
+        (0, true, vec![1., 0., 3., 4.]),
+        (i32::MIN, true, vec![0.; 4]),
+        (i32::MAX, true, vec![1., 2., 3., 4.]),
+        (i32::MIN, false, vec![1., 2., 3., 4.]),
+        (i32::MAX, false, vec![0.; 4]),
+    ] {
+        let mut r = Arr::empty();
+        let f = if lower { sys::mlx_tril } else { sys::mlx_triu };
+        check(unsafe { f(&mut r.0, a.0, k, s.0) }, "tril/triu");
+        assert_eq!(r.values(), want, "k {k} lower {lower}");
+    }
+    // tri(0, 2^31 - 1) made two arange of n and m first: 16 GB for an empty result.
     let mut r = Arr::empty();
-    check(unsafe { sys::mlx_tril(&mut r.0, a.0, 0, s.0) }, "tril");
-    assert_eq!(r.values(), vec![1., 0., 3., 4.]);
+    let t0 = std::time::Instant::now();
+    check(
+        unsafe { sys::mlx_tri(&mut r.0, 0, i32::MAX, 0, sys::mlx_dtype__MLX_INT64, s.0) },
+        "tri",
+    );
+    check(unsafe { sys::mlx_array_eval(r.0) }, "eval");
+    assert_eq!(common::shape_of(&r), vec![0, i32::MAX]);
+    assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+    let mut r = Arr::empty();
+    check(
+        unsafe { sys::mlx_tri(&mut r.0, 2, 3, i32::MIN, sys::mlx_dtype__MLX_FLOAT32, s.0) },
+        "tri",
+    );
+    assert_eq!(r.values(), vec![0.; 6]);
+    fails("n and m must be non-negative", |r| unsafe {
+        sys::mlx_tri(r, -1, 3, 0, sys::mlx_dtype__MLX_FLOAT32, s.0)
+    });
 }
 
 /// Integer floor division and remainder by zero, and INT_MIN // -1: SIGFPE inside MLX's evaluation

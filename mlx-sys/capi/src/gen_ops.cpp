@@ -2442,7 +2442,7 @@ extern "C" int mlx_tri(
     mlx_dtype type,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mlxc::checked(mx::tri(n, m, k, mlxc::to_cpp(type), mlxc::stream(s)), "tri"));
+    put(res, mlxc::checked(mlxc::tri(n, m, k, mlxc::to_cpp(type), mlxc::stream(s)), "tri"));
   });
 }
 

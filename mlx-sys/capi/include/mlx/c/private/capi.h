@@ -375,12 +375,35 @@ inline const mx::array& nonempty(const mx::array& a, const char* what) {
   return a;
 }
 
+// The diagonal offset of an n x m triangle, clamped to [-n, m]: beyond those the triangle is all or
+// nothing, as at the bounds. MLX 0.32.4 negates k and subtracts 1 from it in int (overflows at the ends
+// of int's range).
+inline int triangle_offset(int k, int n, int m) {
+  return std::clamp(k, -n, m);
+}
+
+// tri(n, m, k): MLX 0.32.4 compares an arange of n with an arange of m whatever the other is, so the
+// empty tri(0, 2^31 - 1) first made two billion elements (16 GB).
+inline mx::array tri(int n, int m, int k, mx::Dtype t, mx::StreamOrDevice s) {
+  if (n < 0 || m < 0) {
+    throw std::invalid_argument(
+        "[tri] n and m must be non-negative, got " + std::to_string(n) + " and " + std::to_string(m));
+  }
+  if (n == 0 || m == 0) {
+    return mx::zeros({n, m}, t, s);
+  }
+  return mx::tri(n, m, triangle_offset(k, n, m), t, s);
+}
+
 // tril / triu. Of an array without elements: that array. MLX 0.32.4 builds the mask of the last two
 // dimensions whatever the others are, so the triangle of a [0, 2^20, 2^16] array (no elements) first
 // made a mask of 2^36 elements, and crashed.
 inline mx::array triangle(const mx::array& x, int k, bool lower, mx::StreamOrDevice s) {
   if (x.ndim() >= 2 && x.size() == 0) {
     return x;
+  }
+  if (x.ndim() >= 2) {
+    k = triangle_offset(k, x.shape(-2), x.shape(-1));
   }
   return lower ? mx::tril(x, k, s) : mx::triu(x, k, s);
 }
