@@ -11,7 +11,7 @@ export CXXFLAGS="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanit
 # The runtimes are named explicitly: the linker rustc drives (rust-lld) does not add them for -fsanitize.
 export RUSTFLAGS="-C link-arg=-fsanitize=address,undefined -C link-arg=-lasan -C link-arg=-lubsan"
 # package:test target; the C API's tests are mlx-sys's, the fused ops' zmlx's.
-tests=(mlx-sys:smoke mlx-sys:capi_ext mlx-sys:capi_export zmlx:fused_ops zmlx:hardening zmlx:quantized_linear zmlx:fuzz)
+tests=(mlx-sys:smoke mlx-sys:capi_ext mlx-sys:capi_export mlx-sys:fuzz_capi zmlx:fused_ops zmlx:hardening zmlx:quantized_linear zmlx:fuzz)
 args=()
 for pt in "${tests[@]}"; do args+=(-p "${pt%%:*}" --test "${pt#*:}"); done
 cargo test -q --release "${args[@]}" --no-run

@@ -156,7 +156,15 @@ impl Tensors {
         file.read_exact(&mut header)
             .map_err(|e| Error::io(path, e))?;
         self.bytes_read += 8 + header_len;
-        let meta: Metadata = serde_json::from_slice(&header).map_err(|e| invalid(e.to_string()))?;
+        let text = std::str::from_utf8(&header)
+            .map_err(|e| invalid(format!("invalid UTF-8 in header: {e}")))?;
+        let meta: Metadata = serde_json::from_str(text).map_err(|e| {
+            invalid(if e.is_syntax() || e.is_eof() {
+                format!("invalid JSON in header: {e}")
+            } else {
+                e.to_string()
+            })
+        })?;
         let data_start = 8 + header_len;
         if data_start + meta.data_len() as u64 != file_len {
             return Err(invalid(format!(

@@ -38,13 +38,14 @@ pub enum Error {
         /// What is wrong with it.
         msg: String,
     },
-    /// Reading or writing a file failed.
-    #[error("{}: {source}", path.display())]
+    /// Reading or writing a file failed. The OS error is part of the message, not a separate source,
+    /// so that it is printed once.
+    #[error("{}: {}", path.display(), io_message(err))]
     Io {
         /// The file concerned.
         path: PathBuf,
         /// The underlying error.
-        source: std::io::Error,
+        err: std::io::Error,
     },
     /// The tokenizer could not be loaded or used.
     #[error("tokenizer: {0}")]
@@ -53,6 +54,15 @@ pub enum Error {
 
 /// Result with [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// An OS error in words: a missing file "does not exist"; others as the OS says them.
+fn io_message(e: &std::io::Error) -> String {
+    if e.kind() == std::io::ErrorKind::NotFound {
+        "does not exist".to_string()
+    } else {
+        e.to_string()
+    }
+}
 
 fn at(location: &Option<&'static Location<'static>>) -> String {
     location.map_or(String::new(), |l| format!(" (at {l})"))
@@ -79,10 +89,11 @@ impl Error {
             msg: msg.into(),
         }
     }
-    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+    /// A failed file operation on `path`.
+    pub fn io(path: impl Into<PathBuf>, err: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),
-            source,
+            err,
         }
     }
 }

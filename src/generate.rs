@@ -69,28 +69,54 @@ pub fn last_logits(logits: &Array) -> Result<Vec<f32>> {
     to_f32_vec(&last)
 }
 
-fn choose(logits: &Array, sampler: Sampler, step: usize) -> Result<u32> {
+/// The next token from `[1, L, V]` logits (their last position): the argmax, as mlx-lm's greedy
+/// sampler takes it (of the log-probabilities in the logits' dtype), or a draw from
+/// `softmax(logits / temperature)`. Logits that are NaN or +infinity (activations that overflowed) give
+/// no token and are an error, as are logits that are all -infinity; a -infinity logit is a token that is
+/// never chosen.
+pub fn next_token(logits: &Array, sampler: Sampler, step: usize) -> Result<u32> {
+    let l = logits.shape()[1];
+    let last = slice_axis(logits, 1, l - 1, l)?;
+    let not_finite = || {
+        Error::Numerical(
+            "the logits are not finite (NaN or +infinity, or all -infinity): the activations overflowed"
+                .into(),
+        )
+    };
     match sampler {
         Sampler::Greedy => {
             // mlx-lm takes the argmax of `logits - logsumexp(logits)` in the logits' dtype, where
-            // rounding can make two different logits equal (and the first of them wins).
-            let l = logits.shape()[1];
-            let last = slice_axis(logits, 1, l - 1, l)?;
+            // rounding can make two different logits equal (and the first of them wins). A NaN or
+            // +infinity logit, or only -infinity ones, make every log-probability NaN.
             let logprobs = ops::subtract(&last, ops::logsumexp_axis(&last, -1, true)?)?;
             let v = to_f32_vec(&logprobs)?;
-            argmax(&v)
-                .map(|i| i as u32)
-                .ok_or_else(|| Error::Numerical("logits are all NaN".into()))
+            if v.iter().any(|x| x.is_nan()) {
+                return Err(not_finite());
+            }
+            argmax(&v).map(|i| i as u32).ok_or_else(not_finite)
         }
         Sampler::Temperature { temperature, seed } => {
             if temperature <= 0.0 || !temperature.is_finite() {
                 return Err(Error::invalid(format!(
-                    "temperature must be positive, got {temperature}"
+                    "temperature must be positive and finite, got {temperature}"
                 )));
             }
-            let l = logits.shape()[1];
-            let last = slice_axis(logits, 1, l - 1, l)?.as_dtype(Dtype::Float32)?;
-            let scaled = ops::multiply(&last, Array::from_f32(1.0 / temperature))?;
+            let last = last.as_dtype(Dtype::Float32)?;
+            let v = to_f32_vec(&last)?;
+            if v.iter().any(|x| x.is_nan() || *x == f32::INFINITY) {
+                return Err(not_finite());
+            }
+            let max = v
+                .iter()
+                .copied()
+                .filter(|x| x.is_finite())
+                .reduce(f32::max)
+                .ok_or_else(not_finite)?;
+            // softmax((logits - max) / t) is softmax(logits / t), without its overflow: every value is
+            // at most 0 and none is NaN, so a temperature near 0 gives the argmax and the largest float
+            // a near-uniform draw (logits * (1 / t), mlx-lm's form, is infinite or NaN below t ~ 1e-38).
+            let shifted = ops::subtract(&last, Array::from_f32(max))?;
+            let scaled = ops::divide(&shifted, Array::from_f32(temperature))?;
             let key = mlx_rs::random::key(seed.wrapping_add(step as u64))?;
             let t = mlx_rs::random::categorical(&scaled, -1, None, &key)?;
             let v = crate::array::to_u32_vec(&t)?;
@@ -126,17 +152,8 @@ pub fn generate(
 }
 
 /// The end-of-sequence token ids of a model's `config.json` (`eos_token_id`, a number or a list).
-pub fn eos_tokens(model: &Model) -> Vec<u32> {
-    match model.config.raw.get("eos_token_id") {
-        Some(serde_json::Value::Number(n)) => {
-            n.as_u64().map(|v| vec![v as u32]).unwrap_or_default()
-        }
-        Some(serde_json::Value::Array(a)) => a
-            .iter()
-            .filter_map(|v| v.as_u64().map(|v| v as u32))
-            .collect(),
-        _ => vec![],
-    }
+pub fn eos_tokens(model: &Model) -> Result<Vec<u32>> {
+    model.config.eos_token_ids()
 }
 
 /// [`generate`], stopping early after any token of `stop` (which is included in the output).
@@ -178,7 +195,7 @@ pub fn generate_steps(
         return Err(Error::invalid("the prompt is empty"));
     }
     check_tokens(model, prompt)?;
-    if let Some(max) = max_positions(model) {
+    if let Some(max) = max_positions(model)? {
         let need = prompt.len() as u64 + max_tokens as u64;
         if need > max {
             return Err(Error::invalid(format!(
@@ -209,7 +226,7 @@ pub fn generate_steps(
         }
     }
     let logits = model.forward(&Array::from_slice(&[last], &[1, 1]), &mut cache, path)?;
-    let mut tok = choose(&logits, sampler, 0)?;
+    let mut tok = next_token(&logits, sampler, 0)?;
     out.prefill_secs = t0.elapsed().as_secs_f64();
     out.tokens.push(tok);
     on_step(tok, &logits)?;
@@ -220,7 +237,7 @@ pub fn generate_steps(
         }
         let ids = Array::from_slice(&[tok], &[1, 1]);
         let logits = model.forward(&ids, &mut cache, path)?;
-        tok = choose(&logits, sampler, step)?;
+        tok = next_token(&logits, sampler, step)?;
         out.tokens.push(tok);
         on_step(tok, &logits)?;
     }
@@ -234,12 +251,8 @@ pub fn generate_steps(
 pub const PREFILL_CHUNK: usize = 2048;
 
 /// The model's `max_position_embeddings`, if its config gives one.
-pub fn max_positions(model: &Model) -> Option<u64> {
-    model
-        .config
-        .raw
-        .get("max_position_embeddings")
-        .and_then(|v| v.as_u64())
+pub fn max_positions(model: &Model) -> Result<Option<u64>> {
+    model.config.max_position_embeddings()
 }
 
 /// Runs `prompt` through the model in chunks of [`PREFILL_CHUNK`] tokens, filling `cache`, and returns

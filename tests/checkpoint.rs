@@ -260,6 +260,10 @@ fn unreadable_inputs_are_reported() {
     let e = models::load(&dir.0).unwrap_err().to_string();
     assert!(e.contains("not a valid safetensors file"), "{e}");
     let e = models::load(&dir.0.join("nope")).unwrap_err().to_string();
+    assert!(e.contains("does not exist"), "{e}");
+    let e = models::load(&dir.0.join("config.json"))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("not a directory"), "{e}");
 }
 

@@ -292,7 +292,7 @@ fn bad_host_files_and_sizes_fail_before_any_rank_starts() {
         ),
         (
             PathBuf::from("/nonexistent/hosts.json"),
-            "reading the host file",
+            "reading the host file: /nonexistent/hosts.json: does not exist",
         ),
     ];
     for (file, needle) in &cases {

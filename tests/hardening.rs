@@ -375,3 +375,271 @@ fn new_c_functions_reject_bad_arguments() {
         sys::mlx_stream_free(st);
     }
 }
+
+/// Float fields that are out of their domain, or leave float32's range when the model reads them as
+/// float32 (1e39 becomes infinity), and integer fields of the wrong sign, size or kind: errors that name
+/// the field, not a model that computes NaN or silently reads another value (an `eos_token_id` of
+/// 2^32 + 5 was token 5; a negative or fractional `max_position_embeddings` turned the check off; a
+/// `decoder_sparse_step` of 0, an error in mlx-lm, made every layer sparse).
+#[test]
+fn config_numbers_out_of_their_domain_are_errors() {
+    use serde_json::json;
+    let cases = [
+        ("rms_norm_eps", json!(-1e-6)),
+        ("rms_norm_eps", json!(1e39)),
+        ("rope_theta", json!(0)),
+        ("rope_theta", json!(-10000.0)),
+        ("rope_theta", json!(1e39)),
+        ("decoder_sparse_step", json!(0)),
+        ("max_position_embeddings", json!(-1)),
+        ("max_position_embeddings", json!(0)),
+        ("max_position_embeddings", json!(1.5)),
+        ("max_position_embeddings", json!("4096")),
+        ("eos_token_id", json!(-1)),
+        ("eos_token_id", json!((1u64 << 32) + 5)),
+        ("eos_token_id", json!([1, -2])),
+        ("eos_token_id", json!("2")),
+        ("eos_token_id", json!(2.5)),
+    ];
+    for (field, value) in cases {
+        let e = config_error(|c| c[field] = value.clone());
+        assert!(e.contains(field), "{field} = {value}: {e}");
+    }
+    // gpt-oss reads rope_scaling; GLM-4 routed_scaling_factor.
+    let gpt = models::preset("gpt-oss-tiny").unwrap().config;
+    let glm = models::preset("glm4-tiny").unwrap().config;
+    for (base, field, value) in [
+        (
+            &gpt,
+            "rope_scaling",
+            json!({"type": "linear", "factor": 1e-39}),
+        ),
+        (&glm, "routed_scaling_factor", json!(1e39)),
+    ] {
+        let mut c = base.clone();
+        c[field] = value.clone();
+        match models::ModelConfig::from_json(&c) {
+            Ok(_) => panic!("{field} = {value} accepted"),
+            Err(e) => assert!(e.to_string().contains(field), "{field} = {value}: {e}"),
+        }
+    }
+    // A negative decoder_sparse_step selects what its absolute value selects, as Python's modulo does
+    // in mlx-lm.
+    let sparse = |step: i64| {
+        let mut c = tiny_config();
+        c["num_hidden_layers"] = 6.into();
+        c["decoder_sparse_step"] = step.into();
+        models::ModelConfig::from_json(&c).unwrap().sparse
+    };
+    assert_eq!(sparse(-2), sparse(2));
+    assert_eq!(sparse(2), vec![false, true, false, true, false, true]);
+    assert_eq!(sparse(i64::from(i32::MIN)), vec![false; 6]);
+    // Edges that are in the domain stay accepted: eps 0, a list of ids, null fields.
+    for (field, value) in [
+        ("rms_norm_eps", json!(0.0)),
+        ("eos_token_id", json!([0, 1, 4294967295u64])),
+        ("eos_token_id", serde_json::Value::Null),
+        ("max_position_embeddings", serde_json::Value::Null),
+        ("max_position_embeddings", json!(1)),
+    ] {
+        let mut c = tiny_config();
+        c[field] = value.clone();
+        if let Err(e) = models::ModelConfig::from_json(&c) {
+            panic!("{field} = {value} rejected: {e}");
+        }
+    }
+}
+
+/// Sizes computed from other fields are checked products: GLM-4's shared experts' hidden size
+/// (n_shared_experts x moe_intermediate_size) overflowed i32, a panic in debug builds and a wrapped size
+/// in release builds (found by fuzz_model_configs).
+#[test]
+fn config_products_are_checked() {
+    let mut c = models::preset("glm4-tiny").unwrap().config;
+    c["n_shared_experts"] = i32::MAX.into();
+    let e = models::ModelConfig::from_json(&c).unwrap_err().to_string();
+    assert!(e.contains("n_shared_experts"), "{e}");
+}
+
+/// A synthetic model that cannot fit in memory is refused before MLX allocates: MLX's CPU allocator
+/// hands out a null buffer when the OS refuses memory and its kernels write through it (a gpt-oss config
+/// with 44,051 experts crashed `synthesize` with SIGSEGV; found by fuzz_model_configs).
+#[test]
+fn synthetic_models_too_large_for_memory_are_errors() {
+    let mut c = models::preset("gpt-oss-tiny").unwrap().config;
+    c["num_local_experts"] = 65536.into();
+    c["intermediate_size"] = (1 << 20).into();
+    c["hidden_size"] = 16384.into();
+    let e = match models::synthesize(&c, 1, &mut |_, _, _| {}) {
+        Ok(_) => panic!("a model of 2^47 weights was built"),
+        Err(e) => e.to_string(),
+    };
+    if cfg!(target_os = "linux") {
+        assert!(e.contains("more than this machine's"), "{e}");
+    }
+}
+
+/// `[1, 1, V]` logits with the given values.
+fn logits(v: &[f32]) -> Array {
+    Array::from_slice(v, &[1, 1, v.len() as i32])
+}
+
+/// Temperatures at the edges of the float range: a subnormal one is the greedy choice (logits / t
+/// overflowed to infinities and NaN before, and the draw was arbitrary), the largest float a near-uniform
+/// draw, and zero, negative, infinite and NaN ones are errors.
+#[test]
+fn sampling_temperatures_at_the_edges() {
+    use zmlx::generate::{next_token, Sampler};
+    let v: Vec<f32> = (0..64)
+        .map(|i| ((i * 37) % 64) as f32 * 0.25 - 8.0)
+        .collect();
+    let best = zmlx::generate::argmax(&v).unwrap() as u32;
+    let l = logits(&v);
+    for t in [f32::from_bits(1), 1e-30, f32::MIN_POSITIVE, 1e-6] {
+        for step in 0..20 {
+            let s = Sampler::Temperature {
+                temperature: t,
+                seed: 7,
+            };
+            assert_eq!(next_token(&l, s, step).unwrap(), best, "temperature {t:e}");
+        }
+    }
+    // The largest temperature: every token about equally likely.
+    let mut seen = std::collections::BTreeSet::new();
+    for step in 0..400 {
+        let s = Sampler::Temperature {
+            temperature: f32::MAX,
+            seed: 11,
+        };
+        seen.insert(next_token(&l, s, step).unwrap());
+    }
+    assert!(
+        seen.len() > 48,
+        "{} of 64 tokens drawn in 400 draws",
+        seen.len()
+    );
+    // A normal temperature draws in proportion to softmax(logits / t) (a chi-square bound at p ~ 1e-6).
+    let t = 2.0f32;
+    let small: Vec<f32> = vec![0.0, 1.0, 2.0, -1.0];
+    let p: Vec<f64> = {
+        let e: Vec<f64> = small
+            .iter()
+            .map(|&x| (f64::from(x) / f64::from(t)).exp())
+            .collect();
+        let z: f64 = e.iter().sum();
+        e.iter().map(|x| x / z).collect()
+    };
+    let n = 4000;
+    let mut counts = [0f64; 4];
+    for step in 0..n {
+        let s = Sampler::Temperature {
+            temperature: t,
+            seed: 3,
+        };
+        counts[next_token(&logits(&small), s, step).unwrap() as usize] += 1.0;
+    }
+    let chi2: f64 = (0..4)
+        .map(|i| (counts[i] - n as f64 * p[i]).powi(2) / (n as f64 * p[i]))
+        .sum();
+    assert!(chi2 < 30.0, "counts {counts:?} for p {p:?}: chi2 {chi2}");
+    for t in [0.0, -1.0, f32::INFINITY, f32::NAN] {
+        let s = Sampler::Temperature {
+            temperature: t,
+            seed: 1,
+        };
+        let e = next_token(&l, s, 0).unwrap_err().to_string();
+        assert!(e.contains("temperature"), "{t}: {e}");
+    }
+}
+
+/// Logits that are NaN or +infinity (activations that overflowed) give no token: an error for both
+/// samplers (greedy took the first finite logit when one was +infinity). -infinity is a token that can
+/// never be chosen.
+#[test]
+fn non_finite_logits_are_errors() {
+    use zmlx::generate::{next_token, Sampler};
+    let samplers = [
+        Sampler::Greedy,
+        Sampler::Temperature {
+            temperature: 0.7,
+            seed: 2,
+        },
+    ];
+    for s in samplers {
+        for bad in [
+            vec![0.5, f32::INFINITY, 1.0, 2.0],
+            vec![0.5, f32::NAN, 1.0, 2.0],
+            vec![f32::NEG_INFINITY; 4],
+        ] {
+            let e = next_token(&logits(&bad), s, 0).unwrap_err().to_string();
+            assert!(e.contains("not finite"), "{s:?} {bad:?}: {e}");
+        }
+        // Masked tokens are never chosen.
+        let masked = [f32::NEG_INFINITY, 3.0, f32::NEG_INFINITY, 2.5];
+        for step in 0..50 {
+            let tok = next_token(&logits(&masked), s, step).unwrap();
+            assert!(tok == 1 || tok == 3, "{s:?} chose masked token {tok}");
+        }
+    }
+}
+
+/// A missing path says "does not exist", and an OS error reaches the user once (the CLI printed
+/// "config.json: No such file or directory (os error 2): No such file or directory (os error 2)", and
+/// "not a directory" for a folder that does not exist).
+#[test]
+fn missing_paths_say_does_not_exist_once() {
+    let base = std::env::temp_dir().join(format!("zmlx-hardening-missing-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    std::fs::create_dir_all(base.join("empty")).unwrap();
+    // The library: the error and its sources, as the CLI prints them.
+    let chain = |e: &dyn std::error::Error| {
+        let mut parts = vec![e.to_string()];
+        let mut s = e.source();
+        while let Some(x) = s {
+            parts.push(x.to_string());
+            s = x.source();
+        }
+        parts.join(": ")
+    };
+    for (dir, want) in [
+        (base.join("nowhere"), "nowhere: does not exist"),
+        (base.join("empty"), "config.json: does not exist"),
+    ] {
+        let e = chain(&models::load(&dir).unwrap_err());
+        assert!(e.contains(want), "{e}");
+        assert_eq!(e.matches("exist").count(), 1, "{e}");
+        assert!(!e.contains("os error"), "{e}");
+    }
+    // The CLI.
+    let zmlx = env!("CARGO_BIN_EXE_zmlx");
+    let missing_json = base.join("missing.json");
+    for (args, want) in [
+        (
+            vec![
+                "generate",
+                "--model",
+                base.join("nowhere").to_str().unwrap(),
+            ],
+            "nowhere: does not exist",
+        ),
+        (
+            vec!["generate", "--model", base.join("empty").to_str().unwrap()],
+            "config.json: does not exist",
+        ),
+        (
+            vec!["generate", "--synthetic", missing_json.to_str().unwrap()],
+            "missing.json: does not exist",
+        ),
+    ] {
+        let out = std::process::Command::new(zmlx)
+            .args(&args)
+            .args(["--device", "cpu"])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?}");
+        assert!(err.contains(want), "{args:?}: {err}");
+        assert_eq!(err.matches("exist").count(), 1, "{args:?}: {err}");
+    }
+    let _ = std::fs::remove_dir_all(&base);
+}

@@ -23,12 +23,15 @@ A parameter is `[type] name`; the type defaults to `array`. Types and their C fo
 
     array      const mlx_array            -> get(x)          (must be a non-empty handle)
     array?     const mlx_array            -> opt(x)          (the empty handle means "absent")
+    reduced    const mlx_array            -> reduce_input(get(x)): the input of a reduction (capi.h)
+    nonempty   const mlx_array            -> nonempty(get(x)): an array that must have elements (capi.h)
     arrays     const mlx_vector_array     -> get(x)
     int* / shape / int64*                 -> `const T* x, size_t x_num` as std::vector<int> / Shape / Strides
     int*?      like int*, a null pointer means "absent" (std::nullopt)
     int float double bool size_t uint64_t -> passed through
     dtype      mlx_dtype                  -> to_cpp(x)
     int? float? dtype?  mlx_optional_*    -> opt(x)
+    size?      mlx_optional_int           -> opt_size(x): like int?, but a value must be positive
     str        const char*                -> std::string (null is an error)
     str=VALUE  const char*                -> std::string (null means VALUE)
     fft_norm   mlx_fft_norm               -> fft_norm(x)
@@ -55,6 +58,8 @@ SCALARS = {"int", "float", "double", "bool", "size_t", "uint64_t"}
 TYPES = {
     "array": (["const mlx_array {n}"], "mlxc::get({n})"),
     "array?": (["const mlx_array {n} /* may be null */"], "mlxc::opt({n})"),
+    "reduced": (["const mlx_array {n}"], "mlxc::reduce_input(mlxc::get({n}))"),
+    "nonempty": (["const mlx_array {n}"], 'mlxc::nonempty(mlxc::get({n}), "{n}")'),
     "arrays": (["const mlx_vector_array {n}"], "mlxc::get({n})"),
     "int*": (["const int* {n}", "size_t {n}_num"], 'mlxc::ints({n}, {n}_num, "{n}")'),
     "int*?": (["const int* {n} /* may be null */", "size_t {n}_num"], "mlxc::opt_ints({n}, {n}_num)"),
@@ -62,6 +67,7 @@ TYPES = {
     "int64*": (["const int64_t* {n}", "size_t {n}_num"], 'mlxc::strides({n}, {n}_num, "{n}")'),
     "dtype": (["mlx_dtype {n}"], "mlxc::to_cpp({n})"),
     "int?": (["mlx_optional_int {n}"], "mlxc::opt({n})"),
+    "size?": (["mlx_optional_int {n}"], 'mlxc::opt_size({n}, "{n}")'),
     "float?": (["mlx_optional_float {n}"], "mlxc::opt({n})"),
     "dtype?": (["mlx_optional_dtype {n}"], "mlxc::opt({n})"),
     "str": (["const char* {n}"], 'mlxc::str({n}, "{n}")'),
@@ -191,6 +197,10 @@ def cpp_call(spec, params, has_stream, call):
 def cpp_body(spec, fn):
     cname, params, result, has_stream, call = fn
     expr = cpp_call(spec, params, has_stream, call)
+    if result != "void" and not spec.local:
+        # mlx-sys's ops pass MLX's results through mlxc::checked (capi.h: shapes MLX 0.32.4 lets
+        # through unchecked). The fork's own ops validate their shapes themselves.
+        expr = f'mlxc::checked({expr}, "{cname[len(spec.prefix):]}")'
     if result == "void":
         body = f"{expr};"
     elif result == "array, array":

@@ -85,7 +85,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     } else {
         Sampler::Greedy
     };
-    let stop = zmlx::generate::eos_tokens(&l.model);
+    let stop = zmlx::generate::eos_tokens(&l.model)?;
     let fail_here = a.fail_rank == Some(rank);
     let mut logits: Vec<Vec<f32>> = Vec::new();
     let mut steps = 0usize;

@@ -229,7 +229,8 @@ fn plan(a: &LaunchArgs) -> Result<Plan> {
 /// Parses mlx.launch's host file; see the module documentation.
 fn read_hostfile(path: &Path) -> Result<HostFile> {
     let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading the host file {}", path.display()))?;
+        .map_err(|e| zmlx::Error::io(path, e))
+        .context("reading the host file")?;
     parse_hostfile(&text).with_context(|| format!("host file {}", path.display()))
 }
 

@@ -156,7 +156,7 @@ fn synth_model(
     ep: Option<&ExpertParallel>,
 ) -> Result<(Model, zmlx::checkpoint::Tensors, serde_json::Value)> {
     let config: serde_json::Value = if preset.ends_with(".json") {
-        let text = std::fs::read_to_string(preset).with_context(|| format!("reading {preset}"))?;
+        let text = std::fs::read_to_string(preset).map_err(|e| zmlx::Error::io(preset, e))?;
         serde_json::from_str(&text).with_context(|| format!("parsing {preset}"))?
     } else {
         models::preset(preset)?.config

@@ -19,6 +19,13 @@ pub const MAX_HEADS: i32 = 4096;
 pub const MAX_VOCAB: i32 = 1 << 24;
 pub const MAX_EXPERTS: i32 = 1 << 16;
 
+/// Where a float32 config field must lie (besides being finite).
+enum F32Domain {
+    Positive,
+    NonNegative,
+    Any,
+}
+
 /// Typed access to a JSON object with one-line errors.
 pub(crate) struct Fields<'a>(pub &'a Value);
 
@@ -56,6 +63,36 @@ impl Fields<'_> {
                 .as_f64()
                 .ok_or_else(|| Error::config(format!("field '{k}' must be a number, got {v}"))),
         }
+    }
+    /// A float field the model reads as float32: finite there (1e39 would be infinity) and in
+    /// `domain` (a negative epsilon or RoPE base would make NaN).
+    fn f32_in(&self, k: &str, d: f64, domain: F32Domain) -> Result<f32> {
+        let v = self.f64_or(k, d)?;
+        let x = v as f32;
+        let (ok, what) = match domain {
+            F32Domain::Positive => (x > 0.0, "positive and "),
+            F32Domain::NonNegative => (x >= 0.0, "non-negative and "),
+            F32Domain::Any => (true, ""),
+        };
+        if !x.is_finite() || !ok {
+            return Err(Error::config(format!(
+                "field '{k}' must be {what}within float32's range (magnitude at most {:e}), got {v}",
+                f32::MAX
+            )));
+        }
+        Ok(x)
+    }
+    /// A positive float32 field (`rope_theta`).
+    pub fn f32_pos(&self, k: &str, d: f64) -> Result<f32> {
+        self.f32_in(k, d, F32Domain::Positive)
+    }
+    /// A non-negative float32 field (`rms_norm_eps`).
+    pub fn f32_nonneg(&self, k: &str, d: f64) -> Result<f32> {
+        self.f32_in(k, d, F32Domain::NonNegative)
+    }
+    /// A float32 field of any sign (`routed_scaling_factor`).
+    pub fn f32_finite(&self, k: &str, d: f64) -> Result<f32> {
+        self.f32_in(k, d, F32Domain::Any)
     }
     pub fn bool_or(&self, k: &str, d: bool) -> Result<bool> {
         match self.get(k) {
@@ -320,12 +357,14 @@ impl RopeScaling {
             "default" => Ok(RopeScaling::Plain { scale: 1.0 }),
             "linear" => {
                 let factor = f.f64_or("factor", 0.0)?;
-                if factor <= 0.0 {
-                    return Err(Error::config("rope_scaling.factor must be positive"));
+                // The position scale 1 / factor is a float32: positive and finite.
+                let scale = (1.0 / factor) as f32;
+                if factor <= 0.0 || !scale.is_finite() || scale <= 0.0 {
+                    return Err(Error::config(format!(
+                        "rope_scaling.factor must be positive, with 1 / factor a positive float32, got {factor}"
+                    )));
                 }
-                Ok(RopeScaling::Plain {
-                    scale: (1.0 / factor) as f32,
-                })
+                Ok(RopeScaling::Plain { scale })
             }
             "yarn" => {
                 let factor = f.f64_or("factor", 0.0)?;
@@ -513,7 +552,42 @@ impl ModelConfig {
                 "sliding attention layers need a positive sliding_window",
             ));
         }
+        self.max_position_embeddings()?;
+        self.eos_token_ids()?;
         Ok(())
+    }
+
+    /// `max_position_embeddings`, if the config gives one (a positive integer).
+    pub fn max_position_embeddings(&self) -> Result<Option<u64>> {
+        match self.raw.get("max_position_embeddings") {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => match v.as_u64() {
+                Some(n) if n > 0 => Ok(Some(n)),
+                _ => Err(Error::config(format!(
+                    "field 'max_position_embeddings' must be a positive integer, got {v}"
+                ))),
+            },
+        }
+    }
+
+    /// The end-of-sequence token ids, `eos_token_id` (a number or a list; none when absent). Ids past
+    /// the vocabulary are kept: the model never produces them, as in mlx-lm.
+    pub fn eos_token_ids(&self) -> Result<Vec<u32>> {
+        let id = |v: &Value| {
+            v.as_u64()
+                .and_then(|x| u32::try_from(x).ok())
+                .ok_or_else(|| {
+                    Error::config(format!(
+                        "field 'eos_token_id' must hold token ids (integers in 0..={}), got {v}",
+                        u32::MAX
+                    ))
+                })
+        };
+        match self.raw.get("eos_token_id") {
+            None | Some(Value::Null) => Ok(vec![]),
+            Some(Value::Array(a)) => a.iter().map(id).collect(),
+            Some(v) => Ok(vec![id(v)?]),
+        }
     }
 
     /// The model's parameters, as its family describes them.

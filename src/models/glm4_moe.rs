@@ -96,9 +96,18 @@ pub(crate) fn parse_config(v: &Value) -> Result<ModelConfig> {
             )));
         }
     }
+    // The shared experts are one dense MLP of n_shared_experts x moe_intermediate_size.
+    let shared_intermediate = match shared {
+        None => None,
+        Some(n) => Some(moe_intermediate.checked_mul(n).ok_or_else(|| {
+            Error::config(format!(
+                "n_shared_experts {n} x moe_intermediate_size {moe_intermediate} overflows the shared experts' hidden size"
+            ))
+        })?),
+    };
     let top_k = f.pos("num_experts_per_tok")?;
     let norm_topk_prob = f.bool_or("norm_topk_prob", true)?;
-    let scaling = f.f64_or("routed_scaling_factor", 1.0)?;
+    let scaling = f.f32_finite("routed_scaling_factor", 1.0)?;
     Ok(ModelConfig {
         arch: Arch::Glm4Moe,
         hidden_size: hidden,
@@ -108,8 +117,8 @@ pub(crate) fn parse_config(v: &Value) -> Result<ModelConfig> {
         head_dim,
         rope_dims,
         vocab_size: f.pos("vocab_size")?,
-        rms_norm_eps: f.f64_or("rms_norm_eps", 1e-5)? as f32,
-        rope_theta: f.f64_or("rope_theta", 10000.0)? as f32,
+        rms_norm_eps: f.f32_nonneg("rms_norm_eps", 1e-5)?,
+        rope_theta: f.f32_pos("rope_theta", 10000.0)?,
         // mlx-lm's glm4_moe uses a plain `nn.RoPE`, whatever `rope_scaling` says.
         rope_scaling: RopeScaling::Plain { scale: 1.0 },
         // mlx-lm's glm4_moe always has its own `lm_head`.
@@ -122,11 +131,11 @@ pub(crate) fn parse_config(v: &Value) -> Result<ModelConfig> {
         norm_topk_prob,
         routing: RouterKind::SigmoidTopK {
             renormalize: norm_topk_prob,
-            scaling: scaling as f32,
+            scaling,
             n_group,
             topk_group,
         },
-        shared_intermediate: shared.map(|n| moe_intermediate * n),
+        shared_intermediate,
         layout: Layout {
             qkv_bias: f.bool_or("attention_bias", false)?,
             qk_norm: f.bool_or("use_qk_norm", false)?,

@@ -47,8 +47,8 @@ pub(crate) fn parse_config(v: &Value) -> Result<ModelConfig> {
         head_dim,
         rope_dims: head_dim,
         vocab_size: f.pos("vocab_size")?,
-        rms_norm_eps: f.f64_or("rms_norm_eps", 1e-5)? as f32,
-        rope_theta: f.f64_or("rope_theta", 1e6)? as f32,
+        rms_norm_eps: f.f32_nonneg("rms_norm_eps", 1e-5)?,
+        rope_theta: f.f32_pos("rope_theta", 1e6)?,
         // mlx-lm's mixtral uses a plain `nn.RoPE`, whatever `rope_scaling` says.
         rope_scaling: RopeScaling::Plain { scale: 1.0 },
         tie_word_embeddings: f.bool_or("tie_word_embeddings", false)?,

@@ -42,6 +42,9 @@ pub fn load_parallel(dir: &Path, ep: &ExpertParallel) -> Result<Model> {
 }
 
 fn load_with(dir: &Path, ep: Option<&ExpertParallel>) -> Result<Model> {
+    if !dir.exists() {
+        return Err(Error::checkpoint(dir, "does not exist"));
+    }
     if !dir.is_dir() {
         return Err(Error::checkpoint(dir, "not a directory"));
     }

@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 use super::config::{Arch, Fields, ModelConfig, RopeScaling};
 use super::preset::Dims;
 use super::schema::{decoder, Layout, ModelSpec};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::moe::{Activation, RouterKind};
 
 /// mlx-lm's key layout and module options for Qwen3-MoE.
@@ -38,10 +38,20 @@ pub(crate) fn parse_config(v: &Value) -> Result<ModelConfig> {
     let layers = f.pos("num_hidden_layers")?;
     let heads = f.pos("num_attention_heads")?;
     let num_experts = f.i32_opt("num_experts")?.unwrap_or(0);
-    let step = f.i32_opt("decoder_sparse_step")?.unwrap_or(1).max(1);
+    // mlx-lm tests `(i + 1) % decoder_sparse_step == 0`: zero is an error there, and a negative step
+    // selects the layers its absolute value selects (Python's modulo).
+    let step = match f.i32_opt("decoder_sparse_step")? {
+        None => 1,
+        Some(0) => {
+            return Err(Error::config(
+                "field 'decoder_sparse_step' must not be 0 (every layer index modulo 0)",
+            ))
+        }
+        Some(n) => i64::from(n.unsigned_abs()),
+    };
     let mlp_only = f.i32_list_or_empty("mlp_only_layers")?;
     let sparse = (0..layers)
-        .map(|i| !mlp_only.contains(&i) && num_experts > 0 && (i + 1) % step == 0)
+        .map(|i| !mlp_only.contains(&i) && num_experts > 0 && i64::from(i + 1) % step == 0)
         .collect();
     let head_dim = f.i32_opt("head_dim")?.unwrap_or(hidden / heads);
     let norm_topk_prob = f.bool_or("norm_topk_prob", false)?;
@@ -54,8 +64,8 @@ pub(crate) fn parse_config(v: &Value) -> Result<ModelConfig> {
         head_dim,
         rope_dims: head_dim,
         vocab_size: f.pos("vocab_size")?,
-        rms_norm_eps: f.f64_or("rms_norm_eps", 1e-6)? as f32,
-        rope_theta: f.f64_or("rope_theta", 1e6)? as f32,
+        rms_norm_eps: f.f32_nonneg("rms_norm_eps", 1e-6)?,
+        rope_theta: f.f32_pos("rope_theta", 1e6)?,
         // mlx-lm's qwen3_moe uses a plain `nn.RoPE`, whatever `rope_scaling` says.
         rope_scaling: RopeScaling::Plain { scale: 1.0 },
         tie_word_embeddings: f.bool_or("tie_word_embeddings", false)?,

@@ -53,12 +53,13 @@ impl Param {
         self.name.strip_suffix(".weight").unwrap_or(&self.name)
     }
 
-    /// Elements in its logical shape.
+    /// Elements in its logical shape (saturating: configs are validated field by field, and a product
+    /// of valid fields can still exceed u64).
     pub fn numel(&self) -> u64 {
         self.shape
             .iter()
             .map(|&d| u64::try_from(d).unwrap_or(0))
-            .product()
+            .fold(1u64, u64::saturating_mul)
     }
 
     /// Bytes it takes in a checkpoint whose float tensors have dtype `dtype`.
@@ -72,10 +73,10 @@ impl Param {
                 let per_group = if q.mode.has_biases() { 2 * float } else { 1 };
                 let group = u64::try_from(q.group_size).unwrap_or(1).max(1);
                 let bits = u64::try_from(q.bits).unwrap_or(0);
-                n * bits / 8 + n / group * per_group
+                (n.saturating_mul(bits) / 8).saturating_add((n / group).saturating_mul(per_group))
             }
-            Kind::Weight(None) | Kind::Float => n * float,
-            Kind::Float32 => n * 4,
+            Kind::Weight(None) | Kind::Float => n.saturating_mul(float),
+            Kind::Float32 => n.saturating_mul(4),
         }
     }
 }
@@ -229,7 +230,9 @@ impl ModelSpec {
 
     /// Bytes of a checkpoint of these parameters whose float tensors have dtype `dtype`.
     pub fn nbytes(&self, dtype: Dtype) -> u64 {
-        self.params().iter().map(|p| p.nbytes(dtype)).sum()
+        self.params()
+            .iter()
+            .fold(0u64, |s, p| s.saturating_add(p.nbytes(dtype)))
     }
 
     fn expert_stacks(&self) -> impl Iterator<Item = &MlpSpec> {

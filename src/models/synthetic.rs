@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use super::config::ModelConfig;
 use super::schema::{Init, Kind, ModelSpec};
 use crate::checkpoint::Tensors;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::moe::ExpertRange;
 use crate::quant::quantize;
 
@@ -26,6 +26,46 @@ fn name_seed(seed: u64, name: &str) -> u64 {
 /// Number of tensors [`synth_tensors`] generates for `cfg` (before quantization adds scales/biases).
 pub fn param_count(cfg: &ModelConfig) -> usize {
     cfg.schema().params().len()
+}
+
+/// This machine's memory in bytes (`MemTotal` of /proc/meminfo), where known.
+fn total_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kb: u64 = info
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))?
+        .trim()
+        .strip_suffix("kB")?
+        .trim()
+        .parse()
+        .ok()?;
+    kb.checked_mul(1024)
+}
+
+/// Refuses a model that cannot fit in memory: its weights in `cfg`'s dtype plus its largest tensor
+/// drawn in float32 before conversion and quantization. MLX 0.32.4's CPU allocator returns a null
+/// buffer when the OS refuses memory and its kernels write through it (SIGSEGV), so the check comes
+/// before MLX allocates anything.
+fn check_fits(cfg: &ModelConfig, spec: &ModelSpec) -> Result<()> {
+    let Some(mem) = total_memory() else {
+        return Ok(());
+    };
+    let weights = spec.nbytes(cfg.dtype);
+    let largest = spec.params().into_iter().max_by_key(|p| p.numel());
+    let draw = largest.map_or(0, |p| p.numel().saturating_mul(4));
+    let need = weights.saturating_add(draw);
+    if need > mem {
+        let gb = |b: u64| b as f64 / 1e9;
+        return Err(Error::invalid(format!(
+            "the synthetic model needs {:.1} GB ({:.1} GB of weights, {:.1} GB to draw its largest tensor '{}'), more than this machine's {:.1} GB of memory",
+            gb(need),
+            gb(weights),
+            gb(draw),
+            largest.map_or("", |p| p.name.as_str()),
+            gb(mem)
+        )));
+    }
+    Ok(())
 }
 
 /// Random weights for `cfg` from `seed`, quantized per the config, under mlx-lm's key names.
@@ -49,6 +89,7 @@ pub fn synth_tensors_of(
     experts: Option<ExpertRange>,
     progress: &mut dyn FnMut(usize, usize, &str),
 ) -> Result<Tensors> {
+    check_fits(cfg, spec)?;
     let modules: HashSet<&str> = spec.expert_modules().into_iter().collect();
     let ps = spec.params();
     let total = ps.len();

@@ -64,7 +64,7 @@ mx::Shape data_shape(const int* shape_p, int dim, mx::Dtype dt, size_t& bytes) {
   return shp;
 }
 
-mx::array from_bytes(const void* data, const int* shape_p, int dim, mlx_dtype dtype) {
+mx::array from_bytes(const void* data, const int* shape_p, int dim, const mlx_dtype& dtype) {
   auto dt = to_cpp(dtype);
   size_t bytes = 0;
   auto shp = data_shape(shape_p, dim, dt, bytes);
@@ -79,7 +79,7 @@ mx::array from_bytes(const void* data, const int* shape_p, int dim, mlx_dtype dt
 }
 
 // On failure the data stays the caller's (the deleter is not called).
-mx::array managed(void* data, const int* shape_p, int dim, mlx_dtype dtype, std::function<void(void*)> deleter) {
+mx::array managed(void* data, const int* shape_p, int dim, const mlx_dtype& dtype, std::function<void(void*)> deleter) {
   auto dt = to_cpp(dtype);
   size_t bytes = 0;
   auto shp = data_shape(shape_p, dim, dt, bytes);

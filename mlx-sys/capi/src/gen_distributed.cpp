@@ -10,7 +10,7 @@ extern "C" int mlx_distributed_all_gather(
     const mlx_distributed_group group /* may be null */,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mx::distributed::all_gather(mlxc::get(x), mlxc::group(group), mlxc::stream(s)));
+    put(res, mlxc::checked(mx::distributed::all_gather(mlxc::get(x), mlxc::group(group), mlxc::stream(s)), "all_gather"));
   });
 }
 
@@ -20,7 +20,7 @@ extern "C" int mlx_distributed_all_max(
     const mlx_distributed_group group /* may be null */,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mx::distributed::all_max(mlxc::get(x), mlxc::group(group), mlxc::stream(s)));
+    put(res, mlxc::checked(mx::distributed::all_max(mlxc::get(x), mlxc::group(group), mlxc::stream(s)), "all_max"));
   });
 }
 
@@ -30,7 +30,7 @@ extern "C" int mlx_distributed_all_min(
     const mlx_distributed_group group /* may be null */,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mx::distributed::all_min(mlxc::get(x), mlxc::group(group), mlxc::stream(s)));
+    put(res, mlxc::checked(mx::distributed::all_min(mlxc::get(x), mlxc::group(group), mlxc::stream(s)), "all_min"));
   });
 }
 
@@ -40,7 +40,7 @@ extern "C" int mlx_distributed_all_sum(
     const mlx_distributed_group group /* may be null */,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mx::distributed::all_sum(mlxc::get(x), mlxc::group(group), mlxc::stream(s)));
+    put(res, mlxc::checked(mx::distributed::all_sum(mlxc::get(x), mlxc::group(group), mlxc::stream(s)), "all_sum"));
   });
 }
 
@@ -53,7 +53,7 @@ extern "C" int mlx_distributed_recv(
     const mlx_distributed_group group /* may be null */,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mx::distributed::recv(mlxc::shape(shape, shape_num, "shape"), mlxc::to_cpp(dtype), src, mlxc::group(group), mlxc::stream(s)));
+    put(res, mlxc::checked(mx::distributed::recv(mlxc::shape(shape, shape_num, "shape"), mlxc::to_cpp(dtype), src, mlxc::group(group), mlxc::stream(s)), "recv"));
   });
 }
 
@@ -64,7 +64,7 @@ extern "C" int mlx_distributed_recv_like(
     const mlx_distributed_group group /* may be null */,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mx::distributed::recv_like(mlxc::get(x), src, mlxc::group(group), mlxc::stream(s)));
+    put(res, mlxc::checked(mx::distributed::recv_like(mlxc::get(x), src, mlxc::group(group), mlxc::stream(s)), "recv_like"));
   });
 }
 
@@ -75,7 +75,7 @@ extern "C" int mlx_distributed_send(
     const mlx_distributed_group group /* may be null */,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mx::distributed::send(mlxc::get(x), dst, mlxc::group(group), mlxc::stream(s)));
+    put(res, mlxc::checked(mx::distributed::send(mlxc::get(x), dst, mlxc::group(group), mlxc::stream(s)), "send"));
   });
 }
 
@@ -85,6 +85,6 @@ extern "C" int mlx_distributed_sum_scatter(
     const mlx_distributed_group group /* may be null */,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mx::distributed::sum_scatter(mlxc::get(x), mlxc::group(group), mlxc::stream(s)));
+    put(res, mlxc::checked(mx::distributed::sum_scatter(mlxc::get(x), mlxc::group(group), mlxc::stream(s)), "sum_scatter"));
   });
 }

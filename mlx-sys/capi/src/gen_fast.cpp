@@ -10,7 +10,7 @@ extern "C" int mlx_fast_cross_entropy(
     const mlx_array targets,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mx::fast::cross_entropy(mlxc::get(logits), mlxc::get(targets), mlxc::stream(s)));
+    put(res, mlxc::checked(mx::fast::cross_entropy(mlxc::get(logits), mlxc::get(targets), mlxc::stream(s)), "cross_entropy"));
   });
 }
 
@@ -22,7 +22,7 @@ extern "C" int mlx_fast_layer_norm(
     float eps,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mx::fast::layer_norm(mlxc::get(x), mlxc::opt(weight), mlxc::opt(bias), eps, mlxc::stream(s)));
+    put(res, mlxc::checked(mx::fast::layer_norm(mlxc::get(x), mlxc::opt(weight), mlxc::opt(bias), eps, mlxc::stream(s)), "layer_norm"));
   });
 }
 
@@ -32,7 +32,9 @@ extern "C" int mlx_fast_rms_norm(
     const mlx_array weight /* may be null */,
     float eps,
     const mlx_stream s) {
-  return guard([&] { put(res, mx::fast::rms_norm(mlxc::get(x), mlxc::opt(weight), eps, mlxc::stream(s))); });
+  return guard([&] {
+    put(res, mlxc::checked(mx::fast::rms_norm(mlxc::get(x), mlxc::opt(weight), eps, mlxc::stream(s)), "rms_norm"));
+  });
 }
 
 extern "C" int mlx_fast_rope(
@@ -46,7 +48,7 @@ extern "C" int mlx_fast_rope(
     const mlx_array freqs /* may be null */,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mx::fast::rope(mlxc::get(x), dims, traditional, mlxc::opt(base), scale, offset, mlxc::opt(freqs), mlxc::stream(s)));
+    put(res, mlxc::checked(mx::fast::rope(mlxc::get(x), dims, traditional, mlxc::opt(base), scale, offset, mlxc::opt(freqs), mlxc::stream(s)), "rope"));
   });
 }
 
@@ -61,7 +63,7 @@ extern "C" int mlx_fast_rope_dynamic(
     const mlx_array freqs /* may be null */,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mx::fast::rope(mlxc::get(x), dims, traditional, mlxc::opt(base), scale, mlxc::get(offset), mlxc::opt(freqs), mlxc::stream(s)));
+    put(res, mlxc::checked(mx::fast::rope(mlxc::get(x), dims, traditional, mlxc::opt(base), scale, mlxc::get(offset), mlxc::opt(freqs), mlxc::stream(s)), "rope_dynamic"));
   });
 }
 
@@ -77,6 +79,6 @@ extern "C" int mlx_fast_scaled_dot_product_attention(
     bool force_fused,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mx::fast::scaled_dot_product_attention(mlxc::get(queries), mlxc::get(keys), mlxc::get(values), scale, mlxc::str(mask_mode, "mask_mode"), mlxc::opt(mask_arr), mlxc::opt(sinks), force_fused, mlxc::stream(s)));
+    put(res, mlxc::checked(mx::fast::scaled_dot_product_attention(mlxc::get(queries), mlxc::get(keys), mlxc::get(values), scale, mlxc::str(mask_mode, "mask_mode"), mlxc::opt(mask_arr), mlxc::opt(sinks), force_fused, mlxc::stream(s)), "scaled_dot_product_attention"));
   });
 }

@@ -11,7 +11,9 @@ extern "C" int mlx_fft_fft(
     int axis,
     mlx_fft_norm norm,
     const mlx_stream s) {
-  return guard([&] { put(res, mx::fft::fft(mlxc::get(a), n, axis, mlxc::fft_norm(norm), mlxc::stream(s))); });
+  return guard([&] {
+    put(res, mlxc::checked(mx::fft::fft(mlxc::get(a), n, axis, mlxc::fft_norm(norm), mlxc::stream(s)), "fft"));
+  });
 }
 
 extern "C" int mlx_fft_fft2(
@@ -24,12 +26,12 @@ extern "C" int mlx_fft_fft2(
     mlx_fft_norm norm,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mx::fft::fft2(mlxc::get(a), mlxc::shape(n, n_num, "n"), mlxc::ints(axes, axes_num, "axes"), mlxc::fft_norm(norm), mlxc::stream(s)));
+    put(res, mlxc::checked(mx::fft::fft2(mlxc::get(a), mlxc::shape(n, n_num, "n"), mlxc::ints(axes, axes_num, "axes"), mlxc::fft_norm(norm), mlxc::stream(s)), "fft2"));
   });
 }
 
 extern "C" int mlx_fft_fftfreq(mlx_array* res, int n, double d, const mlx_stream s) {
-  return guard([&] { put(res, mx::fft::fftfreq(n, d, mlxc::stream(s))); });
+  return guard([&] { put(res, mlxc::checked(mx::fft::fftfreq(n, d, mlxc::stream(s)), "fftfreq")); });
 }
 
 extern "C" int mlx_fft_fftn(
@@ -42,7 +44,7 @@ extern "C" int mlx_fft_fftn(
     mlx_fft_norm norm,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mx::fft::fftn(mlxc::get(a), mlxc::shape(n, n_num, "n"), mlxc::ints(axes, axes_num, "axes"), mlxc::fft_norm(norm), mlxc::stream(s)));
+    put(res, mlxc::checked(mx::fft::fftn(mlxc::get(a), mlxc::shape(n, n_num, "n"), mlxc::ints(axes, axes_num, "axes"), mlxc::fft_norm(norm), mlxc::stream(s)), "fftn"));
   });
 }
 
@@ -53,7 +55,7 @@ extern "C" int mlx_fft_fftshift(
     size_t axes_num,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mx::fft::fftshift(mlxc::get(a), mlxc::ints(axes, axes_num, "axes"), mlxc::stream(s)));
+    put(res, mlxc::checked(mx::fft::fftshift(mlxc::get(a), mlxc::ints(axes, axes_num, "axes"), mlxc::stream(s)), "fftshift"));
   });
 }
 
@@ -65,7 +67,7 @@ extern "C" int mlx_fft_ifft(
     mlx_fft_norm norm,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mx::fft::ifft(mlxc::get(a), n, axis, mlxc::fft_norm(norm), mlxc::stream(s)));
+    put(res, mlxc::checked(mx::fft::ifft(mlxc::get(a), n, axis, mlxc::fft_norm(norm), mlxc::stream(s)), "ifft"));
   });
 }
 
@@ -79,7 +81,7 @@ extern "C" int mlx_fft_ifft2(
     mlx_fft_norm norm,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mx::fft::ifft2(mlxc::get(a), mlxc::shape(n, n_num, "n"), mlxc::ints(axes, axes_num, "axes"), mlxc::fft_norm(norm), mlxc::stream(s)));
+    put(res, mlxc::checked(mx::fft::ifft2(mlxc::get(a), mlxc::shape(n, n_num, "n"), mlxc::ints(axes, axes_num, "axes"), mlxc::fft_norm(norm), mlxc::stream(s)), "ifft2"));
   });
 }
 
@@ -93,7 +95,7 @@ extern "C" int mlx_fft_ifftn(
     mlx_fft_norm norm,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mx::fft::ifftn(mlxc::get(a), mlxc::shape(n, n_num, "n"), mlxc::ints(axes, axes_num, "axes"), mlxc::fft_norm(norm), mlxc::stream(s)));
+    put(res, mlxc::checked(mx::fft::ifftn(mlxc::get(a), mlxc::shape(n, n_num, "n"), mlxc::ints(axes, axes_num, "axes"), mlxc::fft_norm(norm), mlxc::stream(s)), "ifftn"));
   });
 }
 
@@ -104,7 +106,7 @@ extern "C" int mlx_fft_ifftshift(
     size_t axes_num,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mx::fft::ifftshift(mlxc::get(a), mlxc::ints(axes, axes_num, "axes"), mlxc::stream(s)));
+    put(res, mlxc::checked(mx::fft::ifftshift(mlxc::get(a), mlxc::ints(axes, axes_num, "axes"), mlxc::stream(s)), "ifftshift"));
   });
 }
 
@@ -116,7 +118,7 @@ extern "C" int mlx_fft_irfft(
     mlx_fft_norm norm,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mx::fft::irfft(mlxc::get(a), n, axis, mlxc::fft_norm(norm), mlxc::stream(s)));
+    put(res, mlxc::checked(mx::fft::irfft(mlxc::get(a), n, axis, mlxc::fft_norm(norm), mlxc::stream(s)), "irfft"));
   });
 }
 
@@ -130,7 +132,7 @@ extern "C" int mlx_fft_irfft2(
     mlx_fft_norm norm,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mx::fft::irfft2(mlxc::get(a), mlxc::shape(n, n_num, "n"), mlxc::ints(axes, axes_num, "axes"), mlxc::fft_norm(norm), mlxc::stream(s)));
+    put(res, mlxc::checked(mx::fft::irfft2(mlxc::get(a), mlxc::shape(n, n_num, "n"), mlxc::ints(axes, axes_num, "axes"), mlxc::fft_norm(norm), mlxc::stream(s)), "irfft2"));
   });
 }
 
@@ -144,7 +146,7 @@ extern "C" int mlx_fft_irfftn(
     mlx_fft_norm norm,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mx::fft::irfftn(mlxc::get(a), mlxc::shape(n, n_num, "n"), mlxc::ints(axes, axes_num, "axes"), mlxc::fft_norm(norm), mlxc::stream(s)));
+    put(res, mlxc::checked(mx::fft::irfftn(mlxc::get(a), mlxc::shape(n, n_num, "n"), mlxc::ints(axes, axes_num, "axes"), mlxc::fft_norm(norm), mlxc::stream(s)), "irfftn"));
   });
 }
 
@@ -156,7 +158,7 @@ extern "C" int mlx_fft_rfft(
     mlx_fft_norm norm,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mx::fft::rfft(mlxc::get(a), n, axis, mlxc::fft_norm(norm), mlxc::stream(s)));
+    put(res, mlxc::checked(mx::fft::rfft(mlxc::get(a), n, axis, mlxc::fft_norm(norm), mlxc::stream(s)), "rfft"));
   });
 }
 
@@ -170,12 +172,12 @@ extern "C" int mlx_fft_rfft2(
     mlx_fft_norm norm,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mx::fft::rfft2(mlxc::get(a), mlxc::shape(n, n_num, "n"), mlxc::ints(axes, axes_num, "axes"), mlxc::fft_norm(norm), mlxc::stream(s)));
+    put(res, mlxc::checked(mx::fft::rfft2(mlxc::get(a), mlxc::shape(n, n_num, "n"), mlxc::ints(axes, axes_num, "axes"), mlxc::fft_norm(norm), mlxc::stream(s)), "rfft2"));
   });
 }
 
 extern "C" int mlx_fft_rfftfreq(mlx_array* res, int n, double d, const mlx_stream s) {
-  return guard([&] { put(res, mx::fft::rfftfreq(n, d, mlxc::stream(s))); });
+  return guard([&] { put(res, mlxc::checked(mx::fft::rfftfreq(n, d, mlxc::stream(s)), "rfftfreq")); });
 }
 
 extern "C" int mlx_fft_rfftn(
@@ -188,6 +190,6 @@ extern "C" int mlx_fft_rfftn(
     mlx_fft_norm norm,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mx::fft::rfftn(mlxc::get(a), mlxc::shape(n, n_num, "n"), mlxc::ints(axes, axes_num, "axes"), mlxc::fft_norm(norm), mlxc::stream(s)));
+    put(res, mlxc::checked(mx::fft::rfftn(mlxc::get(a), mlxc::shape(n, n_num, "n"), mlxc::ints(axes, axes_num, "axes"), mlxc::fft_norm(norm), mlxc::stream(s)), "rfftn"));
   });
 }

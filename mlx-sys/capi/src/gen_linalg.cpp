@@ -9,7 +9,9 @@ extern "C" int mlx_linalg_cholesky(
     const mlx_array a,
     bool upper,
     const mlx_stream s) {
-  return guard([&] { put(res, mx::linalg::cholesky(mlxc::get(a), upper, mlxc::stream(s))); });
+  return guard([&] {
+    put(res, mlxc::checked(mx::linalg::cholesky(mlxc::get(a), upper, mlxc::stream(s)), "cholesky"));
+  });
 }
 
 extern "C" int mlx_linalg_cholesky_inv(
@@ -17,7 +19,9 @@ extern "C" int mlx_linalg_cholesky_inv(
     const mlx_array a,
     bool upper,
     const mlx_stream s) {
-  return guard([&] { put(res, mx::linalg::cholesky_inv(mlxc::get(a), upper, mlxc::stream(s))); });
+  return guard([&] {
+    put(res, mlxc::checked(mx::linalg::cholesky_inv(mlxc::get(a), upper, mlxc::stream(s)), "cholesky_inv"));
+  });
 }
 
 extern "C" int mlx_linalg_cross(
@@ -26,11 +30,13 @@ extern "C" int mlx_linalg_cross(
     const mlx_array b,
     int axis,
     const mlx_stream s) {
-  return guard([&] { put(res, mx::linalg::cross(mlxc::get(a), mlxc::get(b), axis, mlxc::stream(s))); });
+  return guard([&] {
+    put(res, mlxc::checked(mx::linalg::cross(mlxc::get(a), mlxc::get(b), axis, mlxc::stream(s)), "cross"));
+  });
 }
 
 extern "C" int mlx_linalg_det(mlx_array* res, const mlx_array a, const mlx_stream s) {
-  return guard([&] { put(res, mx::linalg::det(mlxc::get(a), mlxc::stream(s))); });
+  return guard([&] { put(res, mlxc::checked(mx::linalg::det(mlxc::get(a), mlxc::stream(s)), "det")); });
 }
 
 extern "C" int mlx_linalg_eig(
@@ -38,7 +44,7 @@ extern "C" int mlx_linalg_eig(
     mlx_array* res_1,
     const mlx_array a,
     const mlx_stream s) {
-  return put_pair(res_0, res_1, [&] { return mx::linalg::eig(mlxc::get(a), mlxc::stream(s)); });
+  return put_pair(res_0, res_1, [&] { return mlxc::checked(mx::linalg::eig(mlxc::get(a), mlxc::stream(s)), "eig"); });
 }
 
 extern "C" int mlx_linalg_eigh(
@@ -47,11 +53,13 @@ extern "C" int mlx_linalg_eigh(
     const mlx_array a,
     const char* UPLO,
     const mlx_stream s) {
-  return put_pair(res_0, res_1, [&] { return mx::linalg::eigh(mlxc::get(a), mlxc::str(UPLO, "UPLO"), mlxc::stream(s)); });
+  return put_pair(res_0, res_1, [&] { return mlxc::checked(mx::linalg::eigh(mlxc::get(a), mlxc::str(UPLO, "UPLO"), mlxc::stream(s)), "eigh"); });
 }
 
 extern "C" int mlx_linalg_eigvals(mlx_array* res, const mlx_array a, const mlx_stream s) {
-  return guard([&] { put(res, mx::linalg::eigvals(mlxc::get(a), mlxc::stream(s))); });
+  return guard([&] {
+    put(res, mlxc::checked(mx::linalg::eigvals(mlxc::get(a), mlxc::stream(s)), "eigvals"));
+  });
 }
 
 extern "C" int mlx_linalg_eigvalsh(
@@ -60,16 +68,16 @@ extern "C" int mlx_linalg_eigvalsh(
     const char* UPLO,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mx::linalg::eigvalsh(mlxc::get(a), mlxc::str(UPLO, "UPLO"), mlxc::stream(s)));
+    put(res, mlxc::checked(mx::linalg::eigvalsh(mlxc::get(a), mlxc::str(UPLO, "UPLO"), mlxc::stream(s)), "eigvalsh"));
   });
 }
 
 extern "C" int mlx_linalg_inv(mlx_array* res, const mlx_array a, const mlx_stream s) {
-  return guard([&] { put(res, mx::linalg::inv(mlxc::get(a), mlxc::stream(s))); });
+  return guard([&] { put(res, mlxc::checked(mx::linalg::inv(mlxc::get(a), mlxc::stream(s)), "inv")); });
 }
 
 extern "C" int mlx_linalg_lu(mlx_vector_array* res, const mlx_array a, const mlx_stream s) {
-  return guard([&] { put(res, mx::linalg::lu(mlxc::get(a), mlxc::stream(s))); });
+  return guard([&] { put(res, mlxc::checked(mx::linalg::lu(mlxc::get(a), mlxc::stream(s)), "lu")); });
 }
 
 extern "C" int mlx_linalg_lu_factor(
@@ -77,7 +85,7 @@ extern "C" int mlx_linalg_lu_factor(
     mlx_array* res_1,
     const mlx_array a,
     const mlx_stream s) {
-  return put_pair(res_0, res_1, [&] { return mx::linalg::lu_factor(mlxc::get(a), mlxc::stream(s)); });
+  return put_pair(res_0, res_1, [&] { return mlxc::checked(mx::linalg::lu_factor(mlxc::get(a), mlxc::stream(s)), "lu_factor"); });
 }
 
 extern "C" int mlx_linalg_norm(
@@ -89,7 +97,7 @@ extern "C" int mlx_linalg_norm(
     bool keepdims,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mx::linalg::norm(mlxc::get(a), ord, mlxc::opt_ints(axis, axis_num), keepdims, mlxc::stream(s)));
+    put(res, mlxc::checked(mx::linalg::norm(mlxc::reduce_input(mlxc::get(a)), ord, mlxc::opt_ints(axis, axis_num), keepdims, mlxc::stream(s)), "norm"));
   });
 }
 
@@ -102,7 +110,7 @@ extern "C" int mlx_linalg_norm_matrix(
     bool keepdims,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mx::linalg::norm(mlxc::get(a), mlxc::str(ord, "ord"), mlxc::opt_ints(axis, axis_num), keepdims, mlxc::stream(s)));
+    put(res, mlxc::checked(mx::linalg::norm(mlxc::reduce_input(mlxc::get(a)), mlxc::str(ord, "ord"), mlxc::opt_ints(axis, axis_num), keepdims, mlxc::stream(s)), "norm_matrix"));
   });
 }
 
@@ -114,12 +122,12 @@ extern "C" int mlx_linalg_norm_l2(
     bool keepdims,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mx::linalg::norm(mlxc::get(a), mlxc::opt_ints(axis, axis_num), keepdims, mlxc::stream(s)));
+    put(res, mlxc::checked(mx::linalg::norm(mlxc::reduce_input(mlxc::get(a)), mlxc::opt_ints(axis, axis_num), keepdims, mlxc::stream(s)), "norm_l2"));
   });
 }
 
 extern "C" int mlx_linalg_pinv(mlx_array* res, const mlx_array a, const mlx_stream s) {
-  return guard([&] { put(res, mx::linalg::pinv(mlxc::get(a), mlxc::stream(s))); });
+  return guard([&] { put(res, mlxc::checked(mx::linalg::pinv(mlxc::get(a), mlxc::stream(s)), "pinv")); });
 }
 
 extern "C" int mlx_linalg_qr(
@@ -127,7 +135,7 @@ extern "C" int mlx_linalg_qr(
     mlx_array* res_1,
     const mlx_array a,
     const mlx_stream s) {
-  return put_pair(res_0, res_1, [&] { return mx::linalg::qr(mlxc::get(a), mlxc::stream(s)); });
+  return put_pair(res_0, res_1, [&] { return mlxc::checked(mx::linalg::qr(mlxc::get(a), mlxc::stream(s)), "qr"); });
 }
 
 extern "C" int mlx_linalg_slogdet(
@@ -135,7 +143,7 @@ extern "C" int mlx_linalg_slogdet(
     mlx_array* res_1,
     const mlx_array a,
     const mlx_stream s) {
-  return put_pair(res_0, res_1, [&] { return mx::linalg::slogdet(mlxc::get(a), mlxc::stream(s)); });
+  return put_pair(res_0, res_1, [&] { return mlxc::checked(mx::linalg::slogdet(mlxc::get(a), mlxc::stream(s)), "slogdet"); });
 }
 
 extern "C" int mlx_linalg_solve(
@@ -143,7 +151,9 @@ extern "C" int mlx_linalg_solve(
     const mlx_array a,
     const mlx_array b,
     const mlx_stream s) {
-  return guard([&] { put(res, mx::linalg::solve(mlxc::get(a), mlxc::get(b), mlxc::stream(s))); });
+  return guard([&] {
+    put(res, mlxc::checked(mx::linalg::solve(mlxc::get(a), mlxc::get(b), mlxc::stream(s)), "solve"));
+  });
 }
 
 extern "C" int mlx_linalg_solve_triangular(
@@ -153,7 +163,7 @@ extern "C" int mlx_linalg_solve_triangular(
     bool upper,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mx::linalg::solve_triangular(mlxc::get(a), mlxc::get(b), upper, mlxc::stream(s)));
+    put(res, mlxc::checked(mx::linalg::solve_triangular(mlxc::get(a), mlxc::get(b), upper, mlxc::stream(s)), "solve_triangular"));
   });
 }
 
@@ -162,7 +172,9 @@ extern "C" int mlx_linalg_svd(
     const mlx_array a,
     bool compute_uv,
     const mlx_stream s) {
-  return guard([&] { put(res, mx::linalg::svd(mlxc::get(a), compute_uv, mlxc::stream(s))); });
+  return guard([&] {
+    put(res, mlxc::checked(mx::linalg::svd(mlxc::get(a), compute_uv, mlxc::stream(s)), "svd"));
+  });
 }
 
 extern "C" int mlx_linalg_tri_inv(
@@ -170,5 +182,7 @@ extern "C" int mlx_linalg_tri_inv(
     const mlx_array a,
     bool upper,
     const mlx_stream s) {
-  return guard([&] { put(res, mx::linalg::tri_inv(mlxc::get(a), upper, mlxc::stream(s))); });
+  return guard([&] {
+    put(res, mlxc::checked(mx::linalg::tri_inv(mlxc::get(a), upper, mlxc::stream(s)), "tri_inv"));
+  });
 }

@@ -5,7 +5,7 @@
 using namespace mlxc;
 
 extern "C" int mlx_abs(mlx_array* res, const mlx_array a, const mlx_stream s) {
-  return guard([&] { put(res, mx::abs(mlxc::get(a), mlxc::stream(s))); });
+  return guard([&] { put(res, mlxc::checked(mx::abs(mlxc::get(a), mlxc::stream(s)), "abs")); });
 }
 
 extern "C" int mlx_add(
@@ -13,7 +13,7 @@ extern "C" int mlx_add(
     const mlx_array a,
     const mlx_array b,
     const mlx_stream s) {
-  return guard([&] { put(res, mx::add(mlxc::get(a), mlxc::get(b), mlxc::stream(s))); });
+  return guard([&] { put(res, mlxc::checked(mx::add(mlxc::get(a), mlxc::get(b), mlxc::stream(s)), "add")); });
 }
 
 extern "C" int mlx_addmm(
@@ -25,7 +25,7 @@ extern "C" int mlx_addmm(
     float beta,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mx::addmm(mlxc::get(c), mlxc::get(a), mlxc::get(b), alpha, beta, mlxc::stream(s)));
+    put(res, mlxc::checked(mx::addmm(mlxc::get(c), mlxc::get(a), mlxc::get(b), alpha, beta, mlxc::stream(s)), "addmm"));
   });
 }
 
@@ -37,7 +37,7 @@ extern "C" int mlx_all_axes(
     bool keepdims,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mx::all(mlxc::get(a), mlxc::ints(axes, axes_num, "axes"), keepdims, mlxc::stream(s)));
+    put(res, mlxc::checked(mx::all(mlxc::reduce_input(mlxc::get(a)), mlxc::ints(axes, axes_num, "axes"), keepdims, mlxc::stream(s)), "all_axes"));
   });
 }
 
@@ -47,7 +47,9 @@ extern "C" int mlx_all_axis(
     int axis,
     bool keepdims,
     const mlx_stream s) {
-  return guard([&] { put(res, mx::all(mlxc::get(a), axis, keepdims, mlxc::stream(s))); });
+  return guard([&] {
+    put(res, mlxc::checked(mx::all(mlxc::reduce_input(mlxc::get(a)), axis, keepdims, mlxc::stream(s)), "all_axis"));
+  });
 }
 
 extern "C" int mlx_all(
@@ -55,7 +57,9 @@ extern "C" int mlx_all(
     const mlx_array a,
     bool keepdims,
     const mlx_stream s) {
-  return guard([&] { put(res, mx::all(mlxc::get(a), keepdims, mlxc::stream(s))); });
+  return guard([&] {
+    put(res, mlxc::checked(mx::all(mlxc::reduce_input(mlxc::get(a)), keepdims, mlxc::stream(s)), "all"));
+  });
 }
 
 extern "C" int mlx_allclose(
@@ -67,7 +71,7 @@ extern "C" int mlx_allclose(
     bool equal_nan,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mx::allclose(mlxc::get(a), mlxc::get(b), rtol, atol, equal_nan, mlxc::stream(s)));
+    put(res, mlxc::checked(mx::allclose(mlxc::reduce_input(mlxc::get(a)), mlxc::reduce_input(mlxc::get(b)), rtol, atol, equal_nan, mlxc::stream(s)), "allclose"));
   });
 }
 
@@ -79,7 +83,7 @@ extern "C" int mlx_any_axes(
     bool keepdims,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mx::any(mlxc::get(a), mlxc::ints(axes, axes_num, "axes"), keepdims, mlxc::stream(s)));
+    put(res, mlxc::checked(mx::any(mlxc::reduce_input(mlxc::get(a)), mlxc::ints(axes, axes_num, "axes"), keepdims, mlxc::stream(s)), "any_axes"));
   });
 }
 
@@ -89,7 +93,9 @@ extern "C" int mlx_any_axis(
     int axis,
     bool keepdims,
     const mlx_stream s) {
-  return guard([&] { put(res, mx::any(mlxc::get(a), axis, keepdims, mlxc::stream(s))); });
+  return guard([&] {
+    put(res, mlxc::checked(mx::any(mlxc::reduce_input(mlxc::get(a)), axis, keepdims, mlxc::stream(s)), "any_axis"));
+  });
 }
 
 extern "C" int mlx_any(
@@ -97,7 +103,9 @@ extern "C" int mlx_any(
     const mlx_array a,
     bool keepdims,
     const mlx_stream s) {
-  return guard([&] { put(res, mx::any(mlxc::get(a), keepdims, mlxc::stream(s))); });
+  return guard([&] {
+    put(res, mlxc::checked(mx::any(mlxc::reduce_input(mlxc::get(a)), keepdims, mlxc::stream(s)), "any"));
+  });
 }
 
 extern "C" int mlx_arange(
@@ -107,27 +115,29 @@ extern "C" int mlx_arange(
     double step,
     mlx_dtype dtype,
     const mlx_stream s) {
-  return guard([&] { put(res, mx::arange(start, stop, step, mlxc::to_cpp(dtype), mlxc::stream(s))); });
+  return guard([&] {
+    put(res, mlxc::checked(mx::arange(start, stop, step, mlxc::to_cpp(dtype), mlxc::stream(s)), "arange"));
+  });
 }
 
 extern "C" int mlx_arccos(mlx_array* res, const mlx_array a, const mlx_stream s) {
-  return guard([&] { put(res, mx::arccos(mlxc::get(a), mlxc::stream(s))); });
+  return guard([&] { put(res, mlxc::checked(mx::arccos(mlxc::get(a), mlxc::stream(s)), "arccos")); });
 }
 
 extern "C" int mlx_arccosh(mlx_array* res, const mlx_array a, const mlx_stream s) {
-  return guard([&] { put(res, mx::arccosh(mlxc::get(a), mlxc::stream(s))); });
+  return guard([&] { put(res, mlxc::checked(mx::arccosh(mlxc::get(a), mlxc::stream(s)), "arccosh")); });
 }
 
 extern "C" int mlx_arcsin(mlx_array* res, const mlx_array a, const mlx_stream s) {
-  return guard([&] { put(res, mx::arcsin(mlxc::get(a), mlxc::stream(s))); });
+  return guard([&] { put(res, mlxc::checked(mx::arcsin(mlxc::get(a), mlxc::stream(s)), "arcsin")); });
 }
 
 extern "C" int mlx_arcsinh(mlx_array* res, const mlx_array a, const mlx_stream s) {
-  return guard([&] { put(res, mx::arcsinh(mlxc::get(a), mlxc::stream(s))); });
+  return guard([&] { put(res, mlxc::checked(mx::arcsinh(mlxc::get(a), mlxc::stream(s)), "arcsinh")); });
 }
 
 extern "C" int mlx_arctan(mlx_array* res, const mlx_array a, const mlx_stream s) {
-  return guard([&] { put(res, mx::arctan(mlxc::get(a), mlxc::stream(s))); });
+  return guard([&] { put(res, mlxc::checked(mx::arctan(mlxc::get(a), mlxc::stream(s)), "arctan")); });
 }
 
 extern "C" int mlx_arctan2(
@@ -135,11 +145,13 @@ extern "C" int mlx_arctan2(
     const mlx_array a,
     const mlx_array b,
     const mlx_stream s) {
-  return guard([&] { put(res, mx::arctan2(mlxc::get(a), mlxc::get(b), mlxc::stream(s))); });
+  return guard([&] {
+    put(res, mlxc::checked(mx::arctan2(mlxc::get(a), mlxc::get(b), mlxc::stream(s)), "arctan2"));
+  });
 }
 
 extern "C" int mlx_arctanh(mlx_array* res, const mlx_array a, const mlx_stream s) {
-  return guard([&] { put(res, mx::arctanh(mlxc::get(a), mlxc::stream(s))); });
+  return guard([&] { put(res, mlxc::checked(mx::arctanh(mlxc::get(a), mlxc::stream(s)), "arctanh")); });
 }
 
 extern "C" int mlx_argmax_axis(
@@ -148,7 +160,9 @@ extern "C" int mlx_argmax_axis(
     int axis,
     bool keepdims,
     const mlx_stream s) {
-  return guard([&] { put(res, mx::argmax(mlxc::get(a), axis, keepdims, mlxc::stream(s))); });
+  return guard([&] {
+    put(res, mlxc::checked(mx::argmax(mlxc::reduce_input(mlxc::get(a)), axis, keepdims, mlxc::stream(s)), "argmax_axis"));
+  });
 }
 
 extern "C" int mlx_argmax(
@@ -156,7 +170,9 @@ extern "C" int mlx_argmax(
     const mlx_array a,
     bool keepdims,
     const mlx_stream s) {
-  return guard([&] { put(res, mx::argmax(mlxc::get(a), keepdims, mlxc::stream(s))); });
+  return guard([&] {
+    put(res, mlxc::checked(mx::argmax(mlxc::reduce_input(mlxc::get(a)), keepdims, mlxc::stream(s)), "argmax"));
+  });
 }
 
 extern "C" int mlx_argmin_axis(
@@ -165,7 +181,9 @@ extern "C" int mlx_argmin_axis(
     int axis,
     bool keepdims,
     const mlx_stream s) {
-  return guard([&] { put(res, mx::argmin(mlxc::get(a), axis, keepdims, mlxc::stream(s))); });
+  return guard([&] {
+    put(res, mlxc::checked(mx::argmin(mlxc::reduce_input(mlxc::get(a)), axis, keepdims, mlxc::stream(s)), "argmin_axis"));
+  });
 }
 
 extern "C" int mlx_argmin(
@@ -173,7 +191,9 @@ extern "C" int mlx_argmin(
     const mlx_array a,
     bool keepdims,
     const mlx_stream s) {
-  return guard([&] { put(res, mx::argmin(mlxc::get(a), keepdims, mlxc::stream(s))); });
+  return guard([&] {
+    put(res, mlxc::checked(mx::argmin(mlxc::reduce_input(mlxc::get(a)), keepdims, mlxc::stream(s)), "argmin"));
+  });
 }
 
 extern "C" int mlx_argpartition_axis(
@@ -182,7 +202,9 @@ extern "C" int mlx_argpartition_axis(
     int kth,
     int axis,
     const mlx_stream s) {
-  return guard([&] { put(res, mx::argpartition(mlxc::get(a), kth, axis, mlxc::stream(s))); });
+  return guard([&] {
+    put(res, mlxc::checked(mx::argpartition(mlxc::get(a), kth, axis, mlxc::stream(s)), "argpartition_axis"));
+  });
 }
 
 extern "C" int mlx_argpartition(
@@ -190,7 +212,9 @@ extern "C" int mlx_argpartition(
     const mlx_array a,
     int kth,
     const mlx_stream s) {
-  return guard([&] { put(res, mx::argpartition(mlxc::get(a), kth, mlxc::stream(s))); });
+  return guard([&] {
+    put(res, mlxc::checked(mx::argpartition(mlxc::get(a), kth, mlxc::stream(s)), "argpartition"));
+  });
 }
 
 extern "C" int mlx_argsort_axis(
@@ -198,11 +222,13 @@ extern "C" int mlx_argsort_axis(
     const mlx_array a,
     int axis,
     const mlx_stream s) {
-  return guard([&] { put(res, mx::argsort(mlxc::get(a), axis, mlxc::stream(s))); });
+  return guard([&] {
+    put(res, mlxc::checked(mx::argsort(mlxc::get(a), axis, mlxc::stream(s)), "argsort_axis"));
+  });
 }
 
 extern "C" int mlx_argsort(mlx_array* res, const mlx_array a, const mlx_stream s) {
-  return guard([&] { put(res, mx::argsort(mlxc::get(a), mlxc::stream(s))); });
+  return guard([&] { put(res, mlxc::checked(mx::argsort(mlxc::get(a), mlxc::stream(s)), "argsort")); });
 }
 
 extern "C" int mlx_array_equal(
@@ -211,7 +237,9 @@ extern "C" int mlx_array_equal(
     const mlx_array b,
     bool equal_nan,
     const mlx_stream s) {
-  return guard([&] { put(res, mx::array_equal(mlxc::get(a), mlxc::get(b), equal_nan, mlxc::stream(s))); });
+  return guard([&] {
+    put(res, mlxc::checked(mx::array_equal(mlxc::reduce_input(mlxc::get(a)), mlxc::reduce_input(mlxc::get(b)), equal_nan, mlxc::stream(s)), "array_equal"));
+  });
 }
 
 extern "C" int mlx_as_strided(
@@ -224,7 +252,7 @@ extern "C" int mlx_as_strided(
     size_t offset,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mx::as_strided(mlxc::get(a), mlxc::shape(shape, shape_num, "shape"), mlxc::strides(strides, strides_num, "strides"), offset, mlxc::stream(s)));
+    put(res, mlxc::checked(mx::as_strided(mlxc::get(a), mlxc::shape(shape, shape_num, "shape"), mlxc::strides(strides, strides_num, "strides"), offset, mlxc::stream(s)), "as_strided"));
   });
 }
 
@@ -233,23 +261,25 @@ extern "C" int mlx_astype(
     const mlx_array a,
     mlx_dtype dtype,
     const mlx_stream s) {
-  return guard([&] { put(res, mx::astype(mlxc::get(a), mlxc::to_cpp(dtype), mlxc::stream(s))); });
+  return guard([&] {
+    put(res, mlxc::checked(mx::astype(mlxc::get(a), mlxc::to_cpp(dtype), mlxc::stream(s)), "astype"));
+  });
 }
 
 extern "C" int mlx_atleast_1d(mlx_array* res, const mlx_array a, const mlx_stream s) {
-  return guard([&] { put(res, mx::atleast_1d(mlxc::get(a), mlxc::stream(s))); });
+  return guard([&] { put(res, mlxc::checked(mx::atleast_1d(mlxc::get(a), mlxc::stream(s)), "atleast_1d")); });
 }
 
 extern "C" int mlx_atleast_2d(mlx_array* res, const mlx_array a, const mlx_stream s) {
-  return guard([&] { put(res, mx::atleast_2d(mlxc::get(a), mlxc::stream(s))); });
+  return guard([&] { put(res, mlxc::checked(mx::atleast_2d(mlxc::get(a), mlxc::stream(s)), "atleast_2d")); });
 }
 
 extern "C" int mlx_atleast_3d(mlx_array* res, const mlx_array a, const mlx_stream s) {
-  return guard([&] { put(res, mx::atleast_3d(mlxc::get(a), mlxc::stream(s))); });
+  return guard([&] { put(res, mlxc::checked(mx::atleast_3d(mlxc::get(a), mlxc::stream(s)), "atleast_3d")); });
 }
 
 extern "C" int mlx_bartlett(mlx_array* res, int M, const mlx_stream s) {
-  return guard([&] { put(res, mx::bartlett(M, mlxc::stream(s))); });
+  return guard([&] { put(res, mlxc::checked(mx::bartlett(M, mlxc::stream(s)), "bartlett")); });
 }
 
 extern "C" int mlx_bitwise_and(
@@ -257,11 +287,15 @@ extern "C" int mlx_bitwise_and(
     const mlx_array a,
     const mlx_array b,
     const mlx_stream s) {
-  return guard([&] { put(res, mx::bitwise_and(mlxc::get(a), mlxc::get(b), mlxc::stream(s))); });
+  return guard([&] {
+    put(res, mlxc::checked(mx::bitwise_and(mlxc::get(a), mlxc::get(b), mlxc::stream(s)), "bitwise_and"));
+  });
 }
 
 extern "C" int mlx_bitwise_invert(mlx_array* res, const mlx_array a, const mlx_stream s) {
-  return guard([&] { put(res, mx::bitwise_invert(mlxc::get(a), mlxc::stream(s))); });
+  return guard([&] {
+    put(res, mlxc::checked(mx::bitwise_invert(mlxc::get(a), mlxc::stream(s)), "bitwise_invert"));
+  });
 }
 
 extern "C" int mlx_bitwise_or(
@@ -269,7 +303,9 @@ extern "C" int mlx_bitwise_or(
     const mlx_array a,
     const mlx_array b,
     const mlx_stream s) {
-  return guard([&] { put(res, mx::bitwise_or(mlxc::get(a), mlxc::get(b), mlxc::stream(s))); });
+  return guard([&] {
+    put(res, mlxc::checked(mx::bitwise_or(mlxc::get(a), mlxc::get(b), mlxc::stream(s)), "bitwise_or"));
+  });
 }
 
 extern "C" int mlx_bitwise_xor(
@@ -277,11 +313,13 @@ extern "C" int mlx_bitwise_xor(
     const mlx_array a,
     const mlx_array b,
     const mlx_stream s) {
-  return guard([&] { put(res, mx::bitwise_xor(mlxc::get(a), mlxc::get(b), mlxc::stream(s))); });
+  return guard([&] {
+    put(res, mlxc::checked(mx::bitwise_xor(mlxc::get(a), mlxc::get(b), mlxc::stream(s)), "bitwise_xor"));
+  });
 }
 
 extern "C" int mlx_blackman(mlx_array* res, int M, const mlx_stream s) {
-  return guard([&] { put(res, mx::blackman(M, mlxc::stream(s))); });
+  return guard([&] { put(res, mlxc::checked(mx::blackman(M, mlxc::stream(s)), "blackman")); });
 }
 
 extern "C" int mlx_block_masked_mm(
@@ -294,7 +332,7 @@ extern "C" int mlx_block_masked_mm(
     const mlx_array mask_rhs /* may be null */,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mx::block_masked_mm(mlxc::get(a), mlxc::get(b), block_size, mlxc::opt(mask_out), mlxc::opt(mask_lhs), mlxc::opt(mask_rhs), mlxc::stream(s)));
+    put(res, mlxc::checked(mx::block_masked_mm(mlxc::get(a), mlxc::get(b), block_size, mlxc::opt(mask_out), mlxc::opt(mask_lhs), mlxc::opt(mask_rhs), mlxc::stream(s)), "block_masked_mm"));
   });
 }
 
@@ -302,7 +340,9 @@ extern "C" int mlx_broadcast_arrays(
     mlx_vector_array* res,
     const mlx_vector_array inputs,
     const mlx_stream s) {
-  return guard([&] { put(res, mx::broadcast_arrays(mlxc::get(inputs), mlxc::stream(s))); });
+  return guard([&] {
+    put(res, mlxc::checked(mx::broadcast_arrays(mlxc::get(inputs), mlxc::stream(s)), "broadcast_arrays"));
+  });
 }
 
 extern "C" int mlx_broadcast_to(
@@ -312,12 +352,12 @@ extern "C" int mlx_broadcast_to(
     size_t shape_num,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mx::broadcast_to(mlxc::get(a), mlxc::shape(shape, shape_num, "shape"), mlxc::stream(s)));
+    put(res, mlxc::checked(mx::broadcast_to(mlxc::get(a), mlxc::shape(shape, shape_num, "shape"), mlxc::stream(s)), "broadcast_to"));
   });
 }
 
 extern "C" int mlx_ceil(mlx_array* res, const mlx_array a, const mlx_stream s) {
-  return guard([&] { put(res, mx::ceil(mlxc::get(a), mlxc::stream(s))); });
+  return guard([&] { put(res, mlxc::checked(mx::ceil(mlxc::get(a), mlxc::stream(s)), "ceil")); });
 }
 
 extern "C" int mlx_clip(
@@ -327,7 +367,7 @@ extern "C" int mlx_clip(
     const mlx_array a_max /* may be null */,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mx::clip(mlxc::get(a), mlxc::opt(a_min), mlxc::opt(a_max), mlxc::stream(s)));
+    put(res, mlxc::checked(mx::clip(mlxc::get(a), mlxc::opt(a_min), mlxc::opt(a_max), mlxc::stream(s)), "clip"));
   });
 }
 
@@ -336,18 +376,22 @@ extern "C" int mlx_concatenate_axis(
     const mlx_vector_array arrays,
     int axis,
     const mlx_stream s) {
-  return guard([&] { put(res, mx::concatenate(mlxc::get(arrays), axis, mlxc::stream(s))); });
+  return guard([&] {
+    put(res, mlxc::checked(mx::concatenate(mlxc::get(arrays), axis, mlxc::stream(s)), "concatenate_axis"));
+  });
 }
 
 extern "C" int mlx_concatenate(
     mlx_array* res,
     const mlx_vector_array arrays,
     const mlx_stream s) {
-  return guard([&] { put(res, mx::concatenate(mlxc::get(arrays), mlxc::stream(s))); });
+  return guard([&] {
+    put(res, mlxc::checked(mx::concatenate(mlxc::get(arrays), mlxc::stream(s)), "concatenate"));
+  });
 }
 
 extern "C" int mlx_conjugate(mlx_array* res, const mlx_array a, const mlx_stream s) {
-  return guard([&] { put(res, mx::conjugate(mlxc::get(a), mlxc::stream(s))); });
+  return guard([&] { put(res, mlxc::checked(mx::conjugate(mlxc::get(a), mlxc::stream(s)), "conjugate")); });
 }
 
 extern "C" int mlx_contiguous(
@@ -355,7 +399,9 @@ extern "C" int mlx_contiguous(
     const mlx_array a,
     bool allow_col_major,
     const mlx_stream s) {
-  return guard([&] { put(res, mx::contiguous(mlxc::get(a), allow_col_major, mlxc::stream(s))); });
+  return guard([&] {
+    put(res, mlxc::checked(mx::contiguous(mlxc::get(a), allow_col_major, mlxc::stream(s)), "contiguous"));
+  });
 }
 
 extern "C" int mlx_conv1d(
@@ -368,7 +414,7 @@ extern "C" int mlx_conv1d(
     int groups,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mx::conv1d(mlxc::get(input), mlxc::get(weight), stride, padding, dilation, groups, mlxc::stream(s)));
+    put(res, mlxc::checked(mx::conv1d(mlxc::get(input), mlxc::get(weight), stride, padding, dilation, groups, mlxc::stream(s)), "conv1d"));
   });
 }
 
@@ -385,7 +431,7 @@ extern "C" int mlx_conv2d(
     int groups,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mx::conv2d(mlxc::get(input), mlxc::get(weight), {stride_0, stride_1}, {padding_0, padding_1}, {dilation_0, dilation_1}, groups, mlxc::stream(s)));
+    put(res, mlxc::checked(mx::conv2d(mlxc::get(input), mlxc::get(weight), {stride_0, stride_1}, {padding_0, padding_1}, {dilation_0, dilation_1}, groups, mlxc::stream(s)), "conv2d"));
   });
 }
 
@@ -405,7 +451,7 @@ extern "C" int mlx_conv3d(
     int groups,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mx::conv3d(mlxc::get(input), mlxc::get(weight), {stride_0, stride_1, stride_2}, {padding_0, padding_1, padding_2}, {dilation_0, dilation_1, dilation_2}, groups, mlxc::stream(s)));
+    put(res, mlxc::checked(mx::conv3d(mlxc::get(input), mlxc::get(weight), {stride_0, stride_1, stride_2}, {padding_0, padding_1, padding_2}, {dilation_0, dilation_1, dilation_2}, groups, mlxc::stream(s)), "conv3d"));
   });
 }
 
@@ -427,7 +473,7 @@ extern "C" int mlx_conv_general(
     bool flip,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mx::conv_general(mlxc::get(input), mlxc::get(weight), mlxc::ints(stride, stride_num, "stride"), mlxc::ints(padding_lo, padding_lo_num, "padding_lo"), mlxc::ints(padding_hi, padding_hi_num, "padding_hi"), mlxc::ints(kernel_dilation, kernel_dilation_num, "kernel_dilation"), mlxc::ints(input_dilation, input_dilation_num, "input_dilation"), groups, flip, mlxc::stream(s)));
+    put(res, mlxc::checked(mx::conv_general(mlxc::get(input), mlxc::get(weight), mlxc::ints(stride, stride_num, "stride"), mlxc::ints(padding_lo, padding_lo_num, "padding_lo"), mlxc::ints(padding_hi, padding_hi_num, "padding_hi"), mlxc::ints(kernel_dilation, kernel_dilation_num, "kernel_dilation"), mlxc::ints(input_dilation, input_dilation_num, "input_dilation"), groups, flip, mlxc::stream(s)), "conv_general"));
   });
 }
 
@@ -442,7 +488,7 @@ extern "C" int mlx_conv_transpose1d(
     int groups,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mx::conv_transpose1d(mlxc::get(input), mlxc::get(weight), stride, padding, dilation, output_padding, groups, mlxc::stream(s)));
+    put(res, mlxc::checked(mx::conv_transpose1d(mlxc::get(input), mlxc::get(weight), stride, padding, dilation, output_padding, groups, mlxc::stream(s)), "conv_transpose1d"));
   });
 }
 
@@ -461,7 +507,7 @@ extern "C" int mlx_conv_transpose2d(
     int groups,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mx::conv_transpose2d(mlxc::get(input), mlxc::get(weight), {stride_0, stride_1}, {padding_0, padding_1}, {dilation_0, dilation_1}, {output_padding_0, output_padding_1}, groups, mlxc::stream(s)));
+    put(res, mlxc::checked(mx::conv_transpose2d(mlxc::get(input), mlxc::get(weight), {stride_0, stride_1}, {padding_0, padding_1}, {dilation_0, dilation_1}, {output_padding_0, output_padding_1}, groups, mlxc::stream(s)), "conv_transpose2d"));
   });
 }
 
@@ -484,20 +530,20 @@ extern "C" int mlx_conv_transpose3d(
     int groups,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mx::conv_transpose3d(mlxc::get(input), mlxc::get(weight), {stride_0, stride_1, stride_2}, {padding_0, padding_1, padding_2}, {dilation_0, dilation_1, dilation_2}, {output_padding_0, output_padding_1, output_padding_2}, groups, mlxc::stream(s)));
+    put(res, mlxc::checked(mx::conv_transpose3d(mlxc::get(input), mlxc::get(weight), {stride_0, stride_1, stride_2}, {padding_0, padding_1, padding_2}, {dilation_0, dilation_1, dilation_2}, {output_padding_0, output_padding_1, output_padding_2}, groups, mlxc::stream(s)), "conv_transpose3d"));
   });
 }
 
 extern "C" int mlx_copy(mlx_array* res, const mlx_array a, const mlx_stream s) {
-  return guard([&] { put(res, mx::copy(mlxc::get(a), mlxc::stream(s))); });
+  return guard([&] { put(res, mlxc::checked(mx::copy(mlxc::get(a), mlxc::stream(s)), "copy")); });
 }
 
 extern "C" int mlx_cos(mlx_array* res, const mlx_array a, const mlx_stream s) {
-  return guard([&] { put(res, mx::cos(mlxc::get(a), mlxc::stream(s))); });
+  return guard([&] { put(res, mlxc::checked(mx::cos(mlxc::get(a), mlxc::stream(s)), "cos")); });
 }
 
 extern "C" int mlx_cosh(mlx_array* res, const mlx_array a, const mlx_stream s) {
-  return guard([&] { put(res, mx::cosh(mlxc::get(a), mlxc::stream(s))); });
+  return guard([&] { put(res, mlxc::checked(mx::cosh(mlxc::get(a), mlxc::stream(s)), "cosh")); });
 }
 
 extern "C" int mlx_count_nonzero_axis(
@@ -506,7 +552,9 @@ extern "C" int mlx_count_nonzero_axis(
     int axis,
     bool keepdims,
     const mlx_stream s) {
-  return guard([&] { put(res, mx::count_nonzero(mlxc::get(a), axis, keepdims, mlxc::stream(s))); });
+  return guard([&] {
+    put(res, mlxc::checked(mx::count_nonzero(mlxc::reduce_input(mlxc::get(a)), axis, keepdims, mlxc::stream(s)), "count_nonzero_axis"));
+  });
 }
 
 extern "C" int mlx_count_nonzero_axes(
@@ -517,7 +565,7 @@ extern "C" int mlx_count_nonzero_axes(
     bool keepdims,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mx::count_nonzero(mlxc::get(a), mlxc::ints(axes, axes_num, "axes"), keepdims, mlxc::stream(s)));
+    put(res, mlxc::checked(mx::count_nonzero(mlxc::reduce_input(mlxc::get(a)), mlxc::ints(axes, axes_num, "axes"), keepdims, mlxc::stream(s)), "count_nonzero_axes"));
   });
 }
 
@@ -526,7 +574,9 @@ extern "C" int mlx_count_nonzero(
     const mlx_array a,
     bool keepdims,
     const mlx_stream s) {
-  return guard([&] { put(res, mx::count_nonzero(mlxc::get(a), keepdims, mlxc::stream(s))); });
+  return guard([&] {
+    put(res, mlxc::checked(mx::count_nonzero(mlxc::reduce_input(mlxc::get(a)), keepdims, mlxc::stream(s)), "count_nonzero"));
+  });
 }
 
 extern "C" int mlx_cummax_axis(
@@ -536,7 +586,9 @@ extern "C" int mlx_cummax_axis(
     bool reverse,
     bool inclusive,
     const mlx_stream s) {
-  return guard([&] { put(res, mx::cummax(mlxc::get(a), axis, reverse, inclusive, mlxc::stream(s))); });
+  return guard([&] {
+    put(res, mlxc::checked(mx::cummax(mlxc::get(a), axis, reverse, inclusive, mlxc::stream(s)), "cummax_axis"));
+  });
 }
 
 extern "C" int mlx_cummax(
@@ -545,7 +597,9 @@ extern "C" int mlx_cummax(
     bool reverse,
     bool inclusive,
     const mlx_stream s) {
-  return guard([&] { put(res, mx::cummax(mlxc::get(a), reverse, inclusive, mlxc::stream(s))); });
+  return guard([&] {
+    put(res, mlxc::checked(mx::cummax(mlxc::get(a), reverse, inclusive, mlxc::stream(s)), "cummax"));
+  });
 }
 
 extern "C" int mlx_cummin_axis(
@@ -555,7 +609,9 @@ extern "C" int mlx_cummin_axis(
     bool reverse,
     bool inclusive,
     const mlx_stream s) {
-  return guard([&] { put(res, mx::cummin(mlxc::get(a), axis, reverse, inclusive, mlxc::stream(s))); });
+  return guard([&] {
+    put(res, mlxc::checked(mx::cummin(mlxc::get(a), axis, reverse, inclusive, mlxc::stream(s)), "cummin_axis"));
+  });
 }
 
 extern "C" int mlx_cummin(
@@ -564,7 +620,9 @@ extern "C" int mlx_cummin(
     bool reverse,
     bool inclusive,
     const mlx_stream s) {
-  return guard([&] { put(res, mx::cummin(mlxc::get(a), reverse, inclusive, mlxc::stream(s))); });
+  return guard([&] {
+    put(res, mlxc::checked(mx::cummin(mlxc::get(a), reverse, inclusive, mlxc::stream(s)), "cummin"));
+  });
 }
 
 extern "C" int mlx_cumprod_axis(
@@ -576,7 +634,7 @@ extern "C" int mlx_cumprod_axis(
     mlx_optional_dtype dtype,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mx::cumprod(mlxc::get(a), axis, reverse, inclusive, mlxc::opt(dtype), mlxc::stream(s)));
+    put(res, mlxc::checked(mx::cumprod(mlxc::get(a), axis, reverse, inclusive, mlxc::opt(dtype), mlxc::stream(s)), "cumprod_axis"));
   });
 }
 
@@ -588,7 +646,7 @@ extern "C" int mlx_cumprod(
     mlx_optional_dtype dtype,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mx::cumprod(mlxc::get(a), reverse, inclusive, mlxc::opt(dtype), mlxc::stream(s)));
+    put(res, mlxc::checked(mx::cumprod(mlxc::get(a), reverse, inclusive, mlxc::opt(dtype), mlxc::stream(s)), "cumprod"));
   });
 }
 
@@ -601,7 +659,7 @@ extern "C" int mlx_cumsum_axis(
     mlx_optional_dtype dtype,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mx::cumsum(mlxc::get(a), axis, reverse, inclusive, mlxc::opt(dtype), mlxc::stream(s)));
+    put(res, mlxc::checked(mx::cumsum(mlxc::get(a), axis, reverse, inclusive, mlxc::opt(dtype), mlxc::stream(s)), "cumsum_axis"));
   });
 }
 
@@ -613,19 +671,21 @@ extern "C" int mlx_cumsum(
     mlx_optional_dtype dtype,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mx::cumsum(mlxc::get(a), reverse, inclusive, mlxc::opt(dtype), mlxc::stream(s)));
+    put(res, mlxc::checked(mx::cumsum(mlxc::get(a), reverse, inclusive, mlxc::opt(dtype), mlxc::stream(s)), "cumsum"));
   });
 }
 
 extern "C" int mlx_degrees(mlx_array* res, const mlx_array a, const mlx_stream s) {
-  return guard([&] { put(res, mx::degrees(mlxc::get(a), mlxc::stream(s))); });
+  return guard([&] { put(res, mlxc::checked(mx::degrees(mlxc::get(a), mlxc::stream(s)), "degrees")); });
 }
 
 extern "C" int mlx_depends(
     mlx_vector_array* res,
     const mlx_vector_array inputs,
     const mlx_vector_array dependencies) {
-  return guard([&] { put(res, mx::depends(mlxc::get(inputs), mlxc::get(dependencies))); });
+  return guard([&] {
+    put(res, mlxc::checked(mx::depends(mlxc::get(inputs), mlxc::get(dependencies)), "depends"));
+  });
 }
 
 extern "C" int mlx_dequantize(
@@ -640,12 +700,12 @@ extern "C" int mlx_dequantize(
     mlx_optional_dtype dtype,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mx::dequantize(mlxc::get(w), mlxc::get(scales), mlxc::opt(biases), mlxc::opt(group_size), mlxc::opt(bits), mlxc::str(mode, "mode"), mlxc::opt(global_scale), mlxc::opt(dtype), mlxc::stream(s)));
+    put(res, mlxc::checked(mx::dequantize(mlxc::get(w), mlxc::get(scales), mlxc::opt(biases), mlxc::opt_size(group_size, "group_size"), mlxc::opt_size(bits, "bits"), mlxc::str(mode, "mode"), mlxc::opt(global_scale), mlxc::opt(dtype), mlxc::stream(s)), "dequantize"));
   });
 }
 
 extern "C" int mlx_diag(mlx_array* res, const mlx_array a, int k, const mlx_stream s) {
-  return guard([&] { put(res, mx::diag(mlxc::get(a), k, mlxc::stream(s))); });
+  return guard([&] { put(res, mlxc::checked(mx::diag(mlxc::get(a), k, mlxc::stream(s)), "diag")); });
 }
 
 extern "C" int mlx_diagonal(
@@ -655,7 +715,9 @@ extern "C" int mlx_diagonal(
     int axis1,
     int axis2,
     const mlx_stream s) {
-  return guard([&] { put(res, mx::diagonal(mlxc::get(a), offset, axis1, axis2, mlxc::stream(s))); });
+  return guard([&] {
+    put(res, mlxc::checked(mx::diagonal(mlxc::get(a), offset, axis1, axis2, mlxc::stream(s)), "diagonal"));
+  });
 }
 
 extern "C" int mlx_diff(
@@ -664,7 +726,7 @@ extern "C" int mlx_diff(
     int n,
     int axis,
     const mlx_stream s) {
-  return guard([&] { put(res, mx::diff(mlxc::get(a), n, axis, mlxc::stream(s))); });
+  return guard([&] { put(res, mlxc::checked(mx::diff(mlxc::get(a), n, axis, mlxc::stream(s)), "diff")); });
 }
 
 extern "C" int mlx_divide(
@@ -672,7 +734,9 @@ extern "C" int mlx_divide(
     const mlx_array a,
     const mlx_array b,
     const mlx_stream s) {
-  return guard([&] { put(res, mx::divide(mlxc::get(a), mlxc::get(b), mlxc::stream(s))); });
+  return guard([&] {
+    put(res, mlxc::checked(mx::divide(mlxc::get(a), mlxc::get(b), mlxc::stream(s)), "divide"));
+  });
 }
 
 extern "C" int mlx_divmod(
@@ -680,7 +744,9 @@ extern "C" int mlx_divmod(
     const mlx_array a,
     const mlx_array b,
     const mlx_stream s) {
-  return guard([&] { put(res, mx::divmod(mlxc::get(a), mlxc::get(b), mlxc::stream(s))); });
+  return guard([&] {
+    put(res, mlxc::checked(mlxc::divmod(mlxc::get(a), mlxc::get(b), mlxc::stream(s)), "divmod"));
+  });
 }
 
 extern "C" int mlx_einsum(
@@ -689,7 +755,7 @@ extern "C" int mlx_einsum(
     const mlx_vector_array operands,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mx::einsum(mlxc::str(subscripts, "subscripts"), mlxc::get(operands), mlxc::stream(s)));
+    put(res, mlxc::checked(mx::einsum(mlxc::str(subscripts, "subscripts"), mlxc::get(operands), mlxc::stream(s)), "einsum"));
   });
 }
 
@@ -698,19 +764,21 @@ extern "C" int mlx_equal(
     const mlx_array a,
     const mlx_array b,
     const mlx_stream s) {
-  return guard([&] { put(res, mx::equal(mlxc::get(a), mlxc::get(b), mlxc::stream(s))); });
+  return guard([&] {
+    put(res, mlxc::checked(mx::equal(mlxc::get(a), mlxc::get(b), mlxc::stream(s)), "equal"));
+  });
 }
 
 extern "C" int mlx_erf(mlx_array* res, const mlx_array a, const mlx_stream s) {
-  return guard([&] { put(res, mx::erf(mlxc::get(a), mlxc::stream(s))); });
+  return guard([&] { put(res, mlxc::checked(mx::erf(mlxc::get(a), mlxc::stream(s)), "erf")); });
 }
 
 extern "C" int mlx_erfinv(mlx_array* res, const mlx_array a, const mlx_stream s) {
-  return guard([&] { put(res, mx::erfinv(mlxc::get(a), mlxc::stream(s))); });
+  return guard([&] { put(res, mlxc::checked(mx::erfinv(mlxc::get(a), mlxc::stream(s)), "erfinv")); });
 }
 
 extern "C" int mlx_exp(mlx_array* res, const mlx_array a, const mlx_stream s) {
-  return guard([&] { put(res, mx::exp(mlxc::get(a), mlxc::stream(s))); });
+  return guard([&] { put(res, mlxc::checked(mx::exp(mlxc::get(a), mlxc::stream(s)), "exp")); });
 }
 
 extern "C" int mlx_expand_dims_axes(
@@ -720,7 +788,7 @@ extern "C" int mlx_expand_dims_axes(
     size_t axes_num,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mx::expand_dims(mlxc::get(a), mlxc::ints(axes, axes_num, "axes"), mlxc::stream(s)));
+    put(res, mlxc::checked(mx::expand_dims(mlxc::get(a), mlxc::ints(axes, axes_num, "axes"), mlxc::stream(s)), "expand_dims_axes"));
   });
 }
 
@@ -729,11 +797,13 @@ extern "C" int mlx_expand_dims(
     const mlx_array a,
     int axis,
     const mlx_stream s) {
-  return guard([&] { put(res, mx::expand_dims(mlxc::get(a), axis, mlxc::stream(s))); });
+  return guard([&] {
+    put(res, mlxc::checked(mx::expand_dims(mlxc::get(a), axis, mlxc::stream(s)), "expand_dims"));
+  });
 }
 
 extern "C" int mlx_expm1(mlx_array* res, const mlx_array a, const mlx_stream s) {
-  return guard([&] { put(res, mx::expm1(mlxc::get(a), mlxc::stream(s))); });
+  return guard([&] { put(res, mlxc::checked(mx::expm1(mlxc::get(a), mlxc::stream(s)), "expm1")); });
 }
 
 extern "C" int mlx_eye(
@@ -743,7 +813,9 @@ extern "C" int mlx_eye(
     int k,
     mlx_dtype dtype,
     const mlx_stream s) {
-  return guard([&] { put(res, mx::eye(n, m, k, mlxc::to_cpp(dtype), mlxc::stream(s))); });
+  return guard([&] {
+    put(res, mlxc::checked(mx::eye(n, m, k, mlxc::to_cpp(dtype), mlxc::stream(s)), "eye"));
+  });
 }
 
 extern "C" int mlx_flatten(
@@ -752,7 +824,9 @@ extern "C" int mlx_flatten(
     int start_axis,
     int end_axis,
     const mlx_stream s) {
-  return guard([&] { put(res, mx::flatten(mlxc::get(a), start_axis, end_axis, mlxc::stream(s))); });
+  return guard([&] {
+    put(res, mlxc::checked(mx::flatten(mlxc::get(a), start_axis, end_axis, mlxc::stream(s)), "flatten"));
+  });
 }
 
 extern "C" int mlx_flip_axes(
@@ -762,7 +836,7 @@ extern "C" int mlx_flip_axes(
     size_t axes_num,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mx::flip(mlxc::get(a), mlxc::ints(axes, axes_num, "axes"), mlxc::stream(s)));
+    put(res, mlxc::checked(mx::flip(mlxc::get(a), mlxc::ints(axes, axes_num, "axes"), mlxc::stream(s)), "flip_axes"));
   });
 }
 
@@ -771,15 +845,15 @@ extern "C" int mlx_flip_axis(
     const mlx_array a,
     int axis,
     const mlx_stream s) {
-  return guard([&] { put(res, mx::flip(mlxc::get(a), axis, mlxc::stream(s))); });
+  return guard([&] { put(res, mlxc::checked(mx::flip(mlxc::get(a), axis, mlxc::stream(s)), "flip_axis")); });
 }
 
 extern "C" int mlx_flip(mlx_array* res, const mlx_array a, const mlx_stream s) {
-  return guard([&] { put(res, mx::flip(mlxc::get(a), mlxc::stream(s))); });
+  return guard([&] { put(res, mlxc::checked(mx::flip(mlxc::get(a), mlxc::stream(s)), "flip")); });
 }
 
 extern "C" int mlx_floor(mlx_array* res, const mlx_array a, const mlx_stream s) {
-  return guard([&] { put(res, mx::floor(mlxc::get(a), mlxc::stream(s))); });
+  return guard([&] { put(res, mlxc::checked(mx::floor(mlxc::get(a), mlxc::stream(s)), "floor")); });
 }
 
 extern "C" int mlx_floor_divide(
@@ -787,7 +861,9 @@ extern "C" int mlx_floor_divide(
     const mlx_array a,
     const mlx_array b,
     const mlx_stream s) {
-  return guard([&] { put(res, mx::floor_divide(mlxc::get(a), mlxc::get(b), mlxc::stream(s))); });
+  return guard([&] {
+    put(res, mlxc::checked(mlxc::floor_divide(mlxc::get(a), mlxc::get(b), mlxc::stream(s)), "floor_divide"));
+  });
 }
 
 extern "C" int mlx_from_fp8(
@@ -795,7 +871,9 @@ extern "C" int mlx_from_fp8(
     const mlx_array x,
     mlx_dtype dtype,
     const mlx_stream s) {
-  return guard([&] { put(res, mx::from_fp8(mlxc::get(x), mlxc::to_cpp(dtype), mlxc::stream(s))); });
+  return guard([&] {
+    put(res, mlxc::checked(mx::from_fp8(mlxc::get(x), mlxc::to_cpp(dtype), mlxc::stream(s)), "from_fp8"));
+  });
 }
 
 extern "C" int mlx_full(
@@ -806,7 +884,7 @@ extern "C" int mlx_full(
     mlx_dtype dtype,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mx::full(mlxc::shape(shape, shape_num, "shape"), mlxc::get(vals), mlxc::to_cpp(dtype), mlxc::stream(s)));
+    put(res, mlxc::checked(mx::full(mlxc::shape(shape, shape_num, "shape"), mlxc::get(vals), mlxc::to_cpp(dtype), mlxc::stream(s)), "full"));
   });
 }
 
@@ -817,7 +895,7 @@ extern "C" int mlx_full_like(
     mlx_dtype dtype,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mx::full_like(mlxc::get(a), mlxc::get(vals), mlxc::to_cpp(dtype), mlxc::stream(s)));
+    put(res, mlxc::checked(mx::full_like(mlxc::get(a), mlxc::get(vals), mlxc::to_cpp(dtype), mlxc::stream(s)), "full_like"));
   });
 }
 
@@ -831,7 +909,7 @@ extern "C" int mlx_gather(
     size_t slice_sizes_num,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mx::gather(mlxc::get(a), mlxc::get(indices), mlxc::ints(axes, axes_num, "axes"), mlxc::shape(slice_sizes, slice_sizes_num, "slice_sizes"), mlxc::stream(s)));
+    put(res, mlxc::checked(mx::gather(mlxc::get(a), mlxc::get(indices), mlxc::ints(axes, axes_num, "axes"), mlxc::shape(slice_sizes, slice_sizes_num, "slice_sizes"), mlxc::stream(s)), "gather"));
   });
 }
 
@@ -844,7 +922,7 @@ extern "C" int mlx_gather_single(
     size_t slice_sizes_num,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mx::gather(mlxc::get(a), mlxc::get(indices), axis, mlxc::shape(slice_sizes, slice_sizes_num, "slice_sizes"), mlxc::stream(s)));
+    put(res, mlxc::checked(mx::gather(mlxc::get(a), mlxc::get(indices), axis, mlxc::shape(slice_sizes, slice_sizes_num, "slice_sizes"), mlxc::stream(s)), "gather_single"));
   });
 }
 
@@ -857,7 +935,7 @@ extern "C" int mlx_gather_mm(
     bool sorted_indices,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mx::gather_mm(mlxc::get(a), mlxc::get(b), mlxc::opt(lhs_indices), mlxc::opt(rhs_indices), sorted_indices, mlxc::stream(s)));
+    put(res, mlxc::checked(mx::gather_mm(mlxc::get(a), mlxc::get(b), mlxc::opt(lhs_indices), mlxc::opt(rhs_indices), sorted_indices, mlxc::stream(s)), "gather_mm"));
   });
 }
 
@@ -876,7 +954,7 @@ extern "C" int mlx_gather_qmm(
     bool sorted_indices,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mx::gather_qmm(mlxc::get(x), mlxc::get(w), mlxc::get(scales), mlxc::opt(biases), mlxc::opt(lhs_indices), mlxc::opt(rhs_indices), transpose, mlxc::opt(group_size), mlxc::opt(bits), mlxc::str(mode, "mode"), std::nullopt, sorted_indices, mlxc::stream(s)));
+    put(res, mlxc::checked(mx::gather_qmm(mlxc::nonempty(mlxc::get(x), "x"), mlxc::nonempty(mlxc::get(w), "w"), mlxc::get(scales), mlxc::opt(biases), mlxc::opt(lhs_indices), mlxc::opt(rhs_indices), transpose, mlxc::opt_size(group_size, "group_size"), mlxc::opt_size(bits, "bits"), mlxc::str(mode, "mode"), std::nullopt, sorted_indices, mlxc::stream(s)), "gather_qmm"));
   });
 }
 
@@ -895,7 +973,7 @@ extern "C" int mlx_gather_qqmm(
     bool sorted_indices,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mx::gather_qqmm(mlxc::get(x), mlxc::get(w), mlxc::opt(scales_w), mlxc::opt(lhs_indices), mlxc::opt(rhs_indices), mlxc::opt(group_size), mlxc::opt(bits), mlxc::str(mode, "mode"), mlxc::opt(global_scale_x), mlxc::opt(global_scale_w), sorted_indices, mlxc::stream(s)));
+    put(res, mlxc::checked(mx::gather_qqmm(mlxc::nonempty(mlxc::get(x), "x"), mlxc::nonempty(mlxc::get(w), "w"), mlxc::opt(scales_w), mlxc::opt(lhs_indices), mlxc::opt(rhs_indices), mlxc::opt_size(group_size, "group_size"), mlxc::opt_size(bits, "bits"), mlxc::str(mode, "mode"), mlxc::opt(global_scale_x), mlxc::opt(global_scale_w), sorted_indices, mlxc::stream(s)), "gather_qqmm"));
   });
 }
 
@@ -904,7 +982,9 @@ extern "C" int mlx_greater(
     const mlx_array a,
     const mlx_array b,
     const mlx_stream s) {
-  return guard([&] { put(res, mx::greater(mlxc::get(a), mlxc::get(b), mlxc::stream(s))); });
+  return guard([&] {
+    put(res, mlxc::checked(mx::greater(mlxc::get(a), mlxc::get(b), mlxc::stream(s)), "greater"));
+  });
 }
 
 extern "C" int mlx_greater_equal(
@@ -912,7 +992,9 @@ extern "C" int mlx_greater_equal(
     const mlx_array a,
     const mlx_array b,
     const mlx_stream s) {
-  return guard([&] { put(res, mx::greater_equal(mlxc::get(a), mlxc::get(b), mlxc::stream(s))); });
+  return guard([&] {
+    put(res, mlxc::checked(mx::greater_equal(mlxc::get(a), mlxc::get(b), mlxc::stream(s)), "greater_equal"));
+  });
 }
 
 extern "C" int mlx_hadamard_transform(
@@ -920,23 +1002,27 @@ extern "C" int mlx_hadamard_transform(
     const mlx_array a,
     mlx_optional_float scale,
     const mlx_stream s) {
-  return guard([&] { put(res, mx::hadamard_transform(mlxc::get(a), mlxc::opt(scale), mlxc::stream(s))); });
+  return guard([&] {
+    put(res, mlxc::checked(mx::hadamard_transform(mlxc::get(a), mlxc::opt(scale), mlxc::stream(s)), "hadamard_transform"));
+  });
 }
 
 extern "C" int mlx_hamming(mlx_array* res, int M, const mlx_stream s) {
-  return guard([&] { put(res, mx::hamming(M, mlxc::stream(s))); });
+  return guard([&] { put(res, mlxc::checked(mx::hamming(M, mlxc::stream(s)), "hamming")); });
 }
 
 extern "C" int mlx_hanning(mlx_array* res, int M, const mlx_stream s) {
-  return guard([&] { put(res, mx::hanning(M, mlxc::stream(s))); });
+  return guard([&] { put(res, mlxc::checked(mx::hanning(M, mlxc::stream(s)), "hanning")); });
 }
 
 extern "C" int mlx_identity(mlx_array* res, int n, mlx_dtype dtype, const mlx_stream s) {
-  return guard([&] { put(res, mx::identity(n, mlxc::to_cpp(dtype), mlxc::stream(s))); });
+  return guard([&] {
+    put(res, mlxc::checked(mx::identity(n, mlxc::to_cpp(dtype), mlxc::stream(s)), "identity"));
+  });
 }
 
 extern "C" int mlx_imag(mlx_array* res, const mlx_array a, const mlx_stream s) {
-  return guard([&] { put(res, mx::imag(mlxc::get(a), mlxc::stream(s))); });
+  return guard([&] { put(res, mlxc::checked(mx::imag(mlxc::get(a), mlxc::stream(s)), "imag")); });
 }
 
 extern "C" int mlx_inner(
@@ -944,7 +1030,9 @@ extern "C" int mlx_inner(
     const mlx_array a,
     const mlx_array b,
     const mlx_stream s) {
-  return guard([&] { put(res, mx::inner(mlxc::get(a), mlxc::get(b), mlxc::stream(s))); });
+  return guard([&] {
+    put(res, mlxc::checked(mx::inner(mlxc::get(a), mlxc::get(b), mlxc::stream(s)), "inner"));
+  });
 }
 
 extern "C" int mlx_isclose(
@@ -956,28 +1044,28 @@ extern "C" int mlx_isclose(
     bool equal_nan,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mx::isclose(mlxc::get(a), mlxc::get(b), rtol, atol, equal_nan, mlxc::stream(s)));
+    put(res, mlxc::checked(mx::isclose(mlxc::get(a), mlxc::get(b), rtol, atol, equal_nan, mlxc::stream(s)), "isclose"));
   });
 }
 
 extern "C" int mlx_isfinite(mlx_array* res, const mlx_array a, const mlx_stream s) {
-  return guard([&] { put(res, mx::isfinite(mlxc::get(a), mlxc::stream(s))); });
+  return guard([&] { put(res, mlxc::checked(mx::isfinite(mlxc::get(a), mlxc::stream(s)), "isfinite")); });
 }
 
 extern "C" int mlx_isinf(mlx_array* res, const mlx_array a, const mlx_stream s) {
-  return guard([&] { put(res, mx::isinf(mlxc::get(a), mlxc::stream(s))); });
+  return guard([&] { put(res, mlxc::checked(mx::isinf(mlxc::get(a), mlxc::stream(s)), "isinf")); });
 }
 
 extern "C" int mlx_isnan(mlx_array* res, const mlx_array a, const mlx_stream s) {
-  return guard([&] { put(res, mx::isnan(mlxc::get(a), mlxc::stream(s))); });
+  return guard([&] { put(res, mlxc::checked(mx::isnan(mlxc::get(a), mlxc::stream(s)), "isnan")); });
 }
 
 extern "C" int mlx_isneginf(mlx_array* res, const mlx_array a, const mlx_stream s) {
-  return guard([&] { put(res, mx::isneginf(mlxc::get(a), mlxc::stream(s))); });
+  return guard([&] { put(res, mlxc::checked(mx::isneginf(mlxc::get(a), mlxc::stream(s)), "isneginf")); });
 }
 
 extern "C" int mlx_isposinf(mlx_array* res, const mlx_array a, const mlx_stream s) {
-  return guard([&] { put(res, mx::isposinf(mlxc::get(a), mlxc::stream(s))); });
+  return guard([&] { put(res, mlxc::checked(mx::isposinf(mlxc::get(a), mlxc::stream(s)), "isposinf")); });
 }
 
 extern "C" int mlx_kron(
@@ -985,7 +1073,9 @@ extern "C" int mlx_kron(
     const mlx_array a,
     const mlx_array b,
     const mlx_stream s) {
-  return guard([&] { put(res, mx::kron(mlxc::get(a), mlxc::get(b), mlxc::stream(s))); });
+  return guard([&] {
+    put(res, mlxc::checked(mx::kron(mlxc::get(a), mlxc::get(b), mlxc::stream(s)), "kron"));
+  });
 }
 
 extern "C" int mlx_left_shift(
@@ -993,7 +1083,9 @@ extern "C" int mlx_left_shift(
     const mlx_array a,
     const mlx_array b,
     const mlx_stream s) {
-  return guard([&] { put(res, mx::left_shift(mlxc::get(a), mlxc::get(b), mlxc::stream(s))); });
+  return guard([&] {
+    put(res, mlxc::checked(mx::left_shift(mlxc::get(a), mlxc::get(b), mlxc::stream(s)), "left_shift"));
+  });
 }
 
 extern "C" int mlx_less(
@@ -1001,7 +1093,9 @@ extern "C" int mlx_less(
     const mlx_array a,
     const mlx_array b,
     const mlx_stream s) {
-  return guard([&] { put(res, mx::less(mlxc::get(a), mlxc::get(b), mlxc::stream(s))); });
+  return guard([&] {
+    put(res, mlxc::checked(mx::less(mlxc::get(a), mlxc::get(b), mlxc::stream(s)), "less"));
+  });
 }
 
 extern "C" int mlx_less_equal(
@@ -1009,7 +1103,9 @@ extern "C" int mlx_less_equal(
     const mlx_array a,
     const mlx_array b,
     const mlx_stream s) {
-  return guard([&] { put(res, mx::less_equal(mlxc::get(a), mlxc::get(b), mlxc::stream(s))); });
+  return guard([&] {
+    put(res, mlxc::checked(mx::less_equal(mlxc::get(a), mlxc::get(b), mlxc::stream(s)), "less_equal"));
+  });
 }
 
 extern "C" int mlx_linspace_endpoint(
@@ -1021,7 +1117,7 @@ extern "C" int mlx_linspace_endpoint(
     mlx_dtype dtype,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mx::linspace(start, stop, num, endpoint, mlxc::to_cpp(dtype), mlxc::stream(s)));
+    put(res, mlxc::checked(mx::linspace(start, stop, num, endpoint, mlxc::to_cpp(dtype), mlxc::stream(s)), "linspace_endpoint"));
   });
 }
 
@@ -1032,23 +1128,25 @@ extern "C" int mlx_linspace(
     int num,
     mlx_dtype dtype,
     const mlx_stream s) {
-  return guard([&] { put(res, mx::linspace(start, stop, num, true, mlxc::to_cpp(dtype), mlxc::stream(s))); });
+  return guard([&] {
+    put(res, mlxc::checked(mx::linspace(start, stop, num, true, mlxc::to_cpp(dtype), mlxc::stream(s)), "linspace"));
+  });
 }
 
 extern "C" int mlx_log(mlx_array* res, const mlx_array a, const mlx_stream s) {
-  return guard([&] { put(res, mx::log(mlxc::get(a), mlxc::stream(s))); });
+  return guard([&] { put(res, mlxc::checked(mx::log(mlxc::get(a), mlxc::stream(s)), "log")); });
 }
 
 extern "C" int mlx_log10(mlx_array* res, const mlx_array a, const mlx_stream s) {
-  return guard([&] { put(res, mx::log10(mlxc::get(a), mlxc::stream(s))); });
+  return guard([&] { put(res, mlxc::checked(mx::log10(mlxc::get(a), mlxc::stream(s)), "log10")); });
 }
 
 extern "C" int mlx_log1p(mlx_array* res, const mlx_array a, const mlx_stream s) {
-  return guard([&] { put(res, mx::log1p(mlxc::get(a), mlxc::stream(s))); });
+  return guard([&] { put(res, mlxc::checked(mx::log1p(mlxc::get(a), mlxc::stream(s)), "log1p")); });
 }
 
 extern "C" int mlx_log2(mlx_array* res, const mlx_array a, const mlx_stream s) {
-  return guard([&] { put(res, mx::log2(mlxc::get(a), mlxc::stream(s))); });
+  return guard([&] { put(res, mlxc::checked(mx::log2(mlxc::get(a), mlxc::stream(s)), "log2")); });
 }
 
 extern "C" int mlx_logaddexp(
@@ -1056,7 +1154,9 @@ extern "C" int mlx_logaddexp(
     const mlx_array a,
     const mlx_array b,
     const mlx_stream s) {
-  return guard([&] { put(res, mx::logaddexp(mlxc::get(a), mlxc::get(b), mlxc::stream(s))); });
+  return guard([&] {
+    put(res, mlxc::checked(mx::logaddexp(mlxc::get(a), mlxc::get(b), mlxc::stream(s)), "logaddexp"));
+  });
 }
 
 extern "C" int mlx_logcumsumexp_axis(
@@ -1066,7 +1166,9 @@ extern "C" int mlx_logcumsumexp_axis(
     bool reverse,
     bool inclusive,
     const mlx_stream s) {
-  return guard([&] { put(res, mx::logcumsumexp(mlxc::get(a), axis, reverse, inclusive, mlxc::stream(s))); });
+  return guard([&] {
+    put(res, mlxc::checked(mx::logcumsumexp(mlxc::get(a), axis, reverse, inclusive, mlxc::stream(s)), "logcumsumexp_axis"));
+  });
 }
 
 extern "C" int mlx_logcumsumexp(
@@ -1075,7 +1177,9 @@ extern "C" int mlx_logcumsumexp(
     bool reverse,
     bool inclusive,
     const mlx_stream s) {
-  return guard([&] { put(res, mx::logcumsumexp(mlxc::get(a), reverse, inclusive, mlxc::stream(s))); });
+  return guard([&] {
+    put(res, mlxc::checked(mx::logcumsumexp(mlxc::get(a), reverse, inclusive, mlxc::stream(s)), "logcumsumexp"));
+  });
 }
 
 extern "C" int mlx_logical_and(
@@ -1083,11 +1187,15 @@ extern "C" int mlx_logical_and(
     const mlx_array a,
     const mlx_array b,
     const mlx_stream s) {
-  return guard([&] { put(res, mx::logical_and(mlxc::get(a), mlxc::get(b), mlxc::stream(s))); });
+  return guard([&] {
+    put(res, mlxc::checked(mx::logical_and(mlxc::get(a), mlxc::get(b), mlxc::stream(s)), "logical_and"));
+  });
 }
 
 extern "C" int mlx_logical_not(mlx_array* res, const mlx_array a, const mlx_stream s) {
-  return guard([&] { put(res, mx::logical_not(mlxc::get(a), mlxc::stream(s))); });
+  return guard([&] {
+    put(res, mlxc::checked(mx::logical_not(mlxc::get(a), mlxc::stream(s)), "logical_not"));
+  });
 }
 
 extern "C" int mlx_logical_or(
@@ -1095,7 +1203,9 @@ extern "C" int mlx_logical_or(
     const mlx_array a,
     const mlx_array b,
     const mlx_stream s) {
-  return guard([&] { put(res, mx::logical_or(mlxc::get(a), mlxc::get(b), mlxc::stream(s))); });
+  return guard([&] {
+    put(res, mlxc::checked(mx::logical_or(mlxc::get(a), mlxc::get(b), mlxc::stream(s)), "logical_or"));
+  });
 }
 
 extern "C" int mlx_logical_xor(
@@ -1103,7 +1213,9 @@ extern "C" int mlx_logical_xor(
     const mlx_array a,
     const mlx_array b,
     const mlx_stream s) {
-  return guard([&] { put(res, mx::logical_xor(mlxc::get(a), mlxc::get(b), mlxc::stream(s))); });
+  return guard([&] {
+    put(res, mlxc::checked(mx::logical_xor(mlxc::get(a), mlxc::get(b), mlxc::stream(s)), "logical_xor"));
+  });
 }
 
 extern "C" int mlx_logsumexp_axes(
@@ -1114,7 +1226,7 @@ extern "C" int mlx_logsumexp_axes(
     bool keepdims,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mx::logsumexp(mlxc::get(a), mlxc::ints(axes, axes_num, "axes"), keepdims, mlxc::stream(s)));
+    put(res, mlxc::checked(mx::logsumexp(mlxc::reduce_input(mlxc::get(a)), mlxc::ints(axes, axes_num, "axes"), keepdims, mlxc::stream(s)), "logsumexp_axes"));
   });
 }
 
@@ -1124,7 +1236,9 @@ extern "C" int mlx_logsumexp_axis(
     int axis,
     bool keepdims,
     const mlx_stream s) {
-  return guard([&] { put(res, mx::logsumexp(mlxc::get(a), axis, keepdims, mlxc::stream(s))); });
+  return guard([&] {
+    put(res, mlxc::checked(mx::logsumexp(mlxc::reduce_input(mlxc::get(a)), axis, keepdims, mlxc::stream(s)), "logsumexp_axis"));
+  });
 }
 
 extern "C" int mlx_logsumexp(
@@ -1132,7 +1246,9 @@ extern "C" int mlx_logsumexp(
     const mlx_array a,
     bool keepdims,
     const mlx_stream s) {
-  return guard([&] { put(res, mx::logsumexp(mlxc::get(a), keepdims, mlxc::stream(s))); });
+  return guard([&] {
+    put(res, mlxc::checked(mx::logsumexp(mlxc::reduce_input(mlxc::get(a)), keepdims, mlxc::stream(s)), "logsumexp"));
+  });
 }
 
 extern "C" int mlx_masked_scatter(
@@ -1142,7 +1258,7 @@ extern "C" int mlx_masked_scatter(
     const mlx_array src,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mx::masked_scatter(mlxc::get(a), mlxc::get(mask), mlxc::get(src), mlxc::stream(s)));
+    put(res, mlxc::checked(mx::masked_scatter(mlxc::get(a), mlxc::get(mask), mlxc::get(src), mlxc::stream(s)), "masked_scatter"));
   });
 }
 
@@ -1151,7 +1267,9 @@ extern "C" int mlx_matmul(
     const mlx_array a,
     const mlx_array b,
     const mlx_stream s) {
-  return guard([&] { put(res, mx::matmul(mlxc::get(a), mlxc::get(b), mlxc::stream(s))); });
+  return guard([&] {
+    put(res, mlxc::checked(mx::matmul(mlxc::get(a), mlxc::get(b), mlxc::stream(s)), "matmul"));
+  });
 }
 
 extern "C" int mlx_max_axes(
@@ -1162,7 +1280,7 @@ extern "C" int mlx_max_axes(
     bool keepdims,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mx::max(mlxc::get(a), mlxc::ints(axes, axes_num, "axes"), keepdims, mlxc::stream(s)));
+    put(res, mlxc::checked(mx::max(mlxc::reduce_input(mlxc::get(a)), mlxc::ints(axes, axes_num, "axes"), keepdims, mlxc::stream(s)), "max_axes"));
   });
 }
 
@@ -1172,7 +1290,9 @@ extern "C" int mlx_max_axis(
     int axis,
     bool keepdims,
     const mlx_stream s) {
-  return guard([&] { put(res, mx::max(mlxc::get(a), axis, keepdims, mlxc::stream(s))); });
+  return guard([&] {
+    put(res, mlxc::checked(mx::max(mlxc::reduce_input(mlxc::get(a)), axis, keepdims, mlxc::stream(s)), "max_axis"));
+  });
 }
 
 extern "C" int mlx_max(
@@ -1180,7 +1300,9 @@ extern "C" int mlx_max(
     const mlx_array a,
     bool keepdims,
     const mlx_stream s) {
-  return guard([&] { put(res, mx::max(mlxc::get(a), keepdims, mlxc::stream(s))); });
+  return guard([&] {
+    put(res, mlxc::checked(mx::max(mlxc::reduce_input(mlxc::get(a)), keepdims, mlxc::stream(s)), "max"));
+  });
 }
 
 extern "C" int mlx_maximum(
@@ -1188,7 +1310,9 @@ extern "C" int mlx_maximum(
     const mlx_array a,
     const mlx_array b,
     const mlx_stream s) {
-  return guard([&] { put(res, mx::maximum(mlxc::get(a), mlxc::get(b), mlxc::stream(s))); });
+  return guard([&] {
+    put(res, mlxc::checked(mx::maximum(mlxc::get(a), mlxc::get(b), mlxc::stream(s)), "maximum"));
+  });
 }
 
 extern "C" int mlx_mean_axes(
@@ -1199,7 +1323,7 @@ extern "C" int mlx_mean_axes(
     bool keepdims,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mx::mean(mlxc::get(a), mlxc::ints(axes, axes_num, "axes"), keepdims, mlxc::stream(s)));
+    put(res, mlxc::checked(mx::mean(mlxc::reduce_input(mlxc::get(a)), mlxc::ints(axes, axes_num, "axes"), keepdims, mlxc::stream(s)), "mean_axes"));
   });
 }
 
@@ -1209,7 +1333,9 @@ extern "C" int mlx_mean_axis(
     int axis,
     bool keepdims,
     const mlx_stream s) {
-  return guard([&] { put(res, mx::mean(mlxc::get(a), axis, keepdims, mlxc::stream(s))); });
+  return guard([&] {
+    put(res, mlxc::checked(mx::mean(mlxc::reduce_input(mlxc::get(a)), axis, keepdims, mlxc::stream(s)), "mean_axis"));
+  });
 }
 
 extern "C" int mlx_mean(
@@ -1217,7 +1343,9 @@ extern "C" int mlx_mean(
     const mlx_array a,
     bool keepdims,
     const mlx_stream s) {
-  return guard([&] { put(res, mx::mean(mlxc::get(a), keepdims, mlxc::stream(s))); });
+  return guard([&] {
+    put(res, mlxc::checked(mx::mean(mlxc::reduce_input(mlxc::get(a)), keepdims, mlxc::stream(s)), "mean"));
+  });
 }
 
 extern "C" int mlx_median_axes(
@@ -1228,7 +1356,7 @@ extern "C" int mlx_median_axes(
     bool keepdims,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mx::median(mlxc::get(a), mlxc::ints(axes, axes_num, "axes"), keepdims, mlxc::stream(s)));
+    put(res, mlxc::checked(mx::median(mlxc::reduce_input(mlxc::get(a)), mlxc::ints(axes, axes_num, "axes"), keepdims, mlxc::stream(s)), "median_axes"));
   });
 }
 
@@ -1238,7 +1366,9 @@ extern "C" int mlx_median_axis(
     int axis,
     bool keepdims,
     const mlx_stream s) {
-  return guard([&] { put(res, mx::median(mlxc::get(a), axis, keepdims, mlxc::stream(s))); });
+  return guard([&] {
+    put(res, mlxc::checked(mx::median(mlxc::reduce_input(mlxc::get(a)), axis, keepdims, mlxc::stream(s)), "median_axis"));
+  });
 }
 
 extern "C" int mlx_median(
@@ -1246,7 +1376,9 @@ extern "C" int mlx_median(
     const mlx_array a,
     bool keepdims,
     const mlx_stream s) {
-  return guard([&] { put(res, mx::median(mlxc::get(a), keepdims, mlxc::stream(s))); });
+  return guard([&] {
+    put(res, mlxc::checked(mx::median(mlxc::reduce_input(mlxc::get(a)), keepdims, mlxc::stream(s)), "median"));
+  });
 }
 
 extern "C" int mlx_meshgrid(
@@ -1256,7 +1388,7 @@ extern "C" int mlx_meshgrid(
     const char* indexing,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mx::meshgrid(mlxc::get(arrays), sparse, mlxc::str(indexing, "indexing"), mlxc::stream(s)));
+    put(res, mlxc::checked(mx::meshgrid(mlxc::get(arrays), sparse, mlxc::str(indexing, "indexing"), mlxc::stream(s)), "meshgrid"));
   });
 }
 
@@ -1268,7 +1400,7 @@ extern "C" int mlx_min_axes(
     bool keepdims,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mx::min(mlxc::get(a), mlxc::ints(axes, axes_num, "axes"), keepdims, mlxc::stream(s)));
+    put(res, mlxc::checked(mx::min(mlxc::reduce_input(mlxc::get(a)), mlxc::ints(axes, axes_num, "axes"), keepdims, mlxc::stream(s)), "min_axes"));
   });
 }
 
@@ -1278,7 +1410,9 @@ extern "C" int mlx_min_axis(
     int axis,
     bool keepdims,
     const mlx_stream s) {
-  return guard([&] { put(res, mx::min(mlxc::get(a), axis, keepdims, mlxc::stream(s))); });
+  return guard([&] {
+    put(res, mlxc::checked(mx::min(mlxc::reduce_input(mlxc::get(a)), axis, keepdims, mlxc::stream(s)), "min_axis"));
+  });
 }
 
 extern "C" int mlx_min(
@@ -1286,7 +1420,9 @@ extern "C" int mlx_min(
     const mlx_array a,
     bool keepdims,
     const mlx_stream s) {
-  return guard([&] { put(res, mx::min(mlxc::get(a), keepdims, mlxc::stream(s))); });
+  return guard([&] {
+    put(res, mlxc::checked(mx::min(mlxc::reduce_input(mlxc::get(a)), keepdims, mlxc::stream(s)), "min"));
+  });
 }
 
 extern "C" int mlx_minimum(
@@ -1294,7 +1430,9 @@ extern "C" int mlx_minimum(
     const mlx_array a,
     const mlx_array b,
     const mlx_stream s) {
-  return guard([&] { put(res, mx::minimum(mlxc::get(a), mlxc::get(b), mlxc::stream(s))); });
+  return guard([&] {
+    put(res, mlxc::checked(mx::minimum(mlxc::get(a), mlxc::get(b), mlxc::stream(s)), "minimum"));
+  });
 }
 
 extern "C" int mlx_moveaxis(
@@ -1303,7 +1441,9 @@ extern "C" int mlx_moveaxis(
     int source,
     int destination,
     const mlx_stream s) {
-  return guard([&] { put(res, mx::moveaxis(mlxc::get(a), source, destination, mlxc::stream(s))); });
+  return guard([&] {
+    put(res, mlxc::checked(mx::moveaxis(mlxc::get(a), source, destination, mlxc::stream(s)), "moveaxis"));
+  });
 }
 
 extern "C" int mlx_multiply(
@@ -1311,7 +1451,9 @@ extern "C" int mlx_multiply(
     const mlx_array a,
     const mlx_array b,
     const mlx_stream s) {
-  return guard([&] { put(res, mx::multiply(mlxc::get(a), mlxc::get(b), mlxc::stream(s))); });
+  return guard([&] {
+    put(res, mlxc::checked(mx::multiply(mlxc::get(a), mlxc::get(b), mlxc::stream(s)), "multiply"));
+  });
 }
 
 extern "C" int mlx_nan_to_num(
@@ -1322,12 +1464,12 @@ extern "C" int mlx_nan_to_num(
     mlx_optional_float neginf,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mx::nan_to_num(mlxc::get(a), nan, mlxc::opt(posinf), mlxc::opt(neginf), mlxc::stream(s)));
+    put(res, mlxc::checked(mx::nan_to_num(mlxc::get(a), nan, mlxc::opt(posinf), mlxc::opt(neginf), mlxc::stream(s)), "nan_to_num"));
   });
 }
 
 extern "C" int mlx_negative(mlx_array* res, const mlx_array a, const mlx_stream s) {
-  return guard([&] { put(res, mx::negative(mlxc::get(a), mlxc::stream(s))); });
+  return guard([&] { put(res, mlxc::checked(mx::negative(mlxc::get(a), mlxc::stream(s)), "negative")); });
 }
 
 extern "C" int mlx_not_equal(
@@ -1335,7 +1477,9 @@ extern "C" int mlx_not_equal(
     const mlx_array a,
     const mlx_array b,
     const mlx_stream s) {
-  return guard([&] { put(res, mx::not_equal(mlxc::get(a), mlxc::get(b), mlxc::stream(s))); });
+  return guard([&] {
+    put(res, mlxc::checked(mx::not_equal(mlxc::get(a), mlxc::get(b), mlxc::stream(s)), "not_equal"));
+  });
 }
 
 extern "C" int mlx_number_of_elements(
@@ -1347,7 +1491,7 @@ extern "C" int mlx_number_of_elements(
     mlx_dtype dtype,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mx::number_of_elements(mlxc::get(a), mlxc::ints(axes, axes_num, "axes"), inverted, mlxc::to_cpp(dtype), mlxc::stream(s)));
+    put(res, mlxc::checked(mx::number_of_elements(mlxc::get(a), mlxc::ints(axes, axes_num, "axes"), inverted, mlxc::to_cpp(dtype), mlxc::stream(s)), "number_of_elements"));
   });
 }
 
@@ -1358,7 +1502,7 @@ extern "C" int mlx_ones(
     mlx_dtype dtype,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mx::ones(mlxc::shape(shape, shape_num, "shape"), mlxc::to_cpp(dtype), mlxc::stream(s)));
+    put(res, mlxc::checked(mx::ones(mlxc::shape(shape, shape_num, "shape"), mlxc::to_cpp(dtype), mlxc::stream(s)), "ones"));
   });
 }
 
@@ -1367,11 +1511,13 @@ extern "C" int mlx_ones_like_dtype(
     const mlx_array a,
     mlx_dtype dtype,
     const mlx_stream s) {
-  return guard([&] { put(res, mx::ones_like(mlxc::get(a), mlxc::to_cpp(dtype), mlxc::stream(s))); });
+  return guard([&] {
+    put(res, mlxc::checked(mx::ones_like(mlxc::get(a), mlxc::to_cpp(dtype), mlxc::stream(s)), "ones_like_dtype"));
+  });
 }
 
 extern "C" int mlx_ones_like(mlx_array* res, const mlx_array a, const mlx_stream s) {
-  return guard([&] { put(res, mx::ones_like(mlxc::get(a), mlxc::stream(s))); });
+  return guard([&] { put(res, mlxc::checked(mx::ones_like(mlxc::get(a), mlxc::stream(s)), "ones_like")); });
 }
 
 extern "C" int mlx_outer(
@@ -1379,7 +1525,9 @@ extern "C" int mlx_outer(
     const mlx_array a,
     const mlx_array b,
     const mlx_stream s) {
-  return guard([&] { put(res, mx::outer(mlxc::get(a), mlxc::get(b), mlxc::stream(s))); });
+  return guard([&] {
+    put(res, mlxc::checked(mx::outer(mlxc::get(a), mlxc::get(b), mlxc::stream(s)), "outer"));
+  });
 }
 
 extern "C" int mlx_pad(
@@ -1395,7 +1543,7 @@ extern "C" int mlx_pad(
     const char* mode,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mx::pad(mlxc::get(a), mlxc::ints(axes, axes_num, "axes"), mlxc::shape(low_pad_size, low_pad_size_num, "low_pad_size"), mlxc::shape(high_pad_size, high_pad_size_num, "high_pad_size"), mlxc::get(pad_value), mlxc::str(mode, "mode"), mlxc::stream(s)));
+    put(res, mlxc::checked(mx::pad(mlxc::get(a), mlxc::ints(axes, axes_num, "axes"), mlxc::shape(low_pad_size, low_pad_size_num, "low_pad_size"), mlxc::shape(high_pad_size, high_pad_size_num, "high_pad_size"), mlxc::get(pad_value), mlxc::str(mode, "mode"), mlxc::stream(s)), "pad"));
   });
 }
 
@@ -1407,7 +1555,7 @@ extern "C" int mlx_pad_symmetric(
     const char* mode,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mx::pad(mlxc::get(a), pad_width, mlxc::get(pad_value), mlxc::str(mode, "mode"), mlxc::stream(s)));
+    put(res, mlxc::checked(mx::pad(mlxc::get(a), pad_width, mlxc::get(pad_value), mlxc::str(mode, "mode"), mlxc::stream(s)), "pad_symmetric"));
   });
 }
 
@@ -1417,7 +1565,9 @@ extern "C" int mlx_partition_axis(
     int kth,
     int axis,
     const mlx_stream s) {
-  return guard([&] { put(res, mx::partition(mlxc::get(a), kth, axis, mlxc::stream(s))); });
+  return guard([&] {
+    put(res, mlxc::checked(mx::partition(mlxc::get(a), kth, axis, mlxc::stream(s)), "partition_axis"));
+  });
 }
 
 extern "C" int mlx_partition(
@@ -1425,11 +1575,13 @@ extern "C" int mlx_partition(
     const mlx_array a,
     int kth,
     const mlx_stream s) {
-  return guard([&] { put(res, mx::partition(mlxc::get(a), kth, mlxc::stream(s))); });
+  return guard([&] {
+    put(res, mlxc::checked(mx::partition(mlxc::get(a), kth, mlxc::stream(s)), "partition"));
+  });
 }
 
 extern "C" int mlx_positive(mlx_array* res, const mlx_array a, const mlx_stream s) {
-  return guard([&] { put(res, mx::positive(mlxc::get(a), mlxc::stream(s))); });
+  return guard([&] { put(res, mlxc::checked(mx::positive(mlxc::get(a), mlxc::stream(s)), "positive")); });
 }
 
 extern "C" int mlx_power(
@@ -1437,7 +1589,9 @@ extern "C" int mlx_power(
     const mlx_array a,
     const mlx_array b,
     const mlx_stream s) {
-  return guard([&] { put(res, mx::power(mlxc::get(a), mlxc::get(b), mlxc::stream(s))); });
+  return guard([&] {
+    put(res, mlxc::checked(mx::power(mlxc::get(a), mlxc::get(b), mlxc::stream(s)), "power"));
+  });
 }
 
 extern "C" int mlx_prod_axes(
@@ -1448,7 +1602,7 @@ extern "C" int mlx_prod_axes(
     bool keepdims,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mx::prod(mlxc::get(a), mlxc::ints(axes, axes_num, "axes"), keepdims, mlxc::stream(s)));
+    put(res, mlxc::checked(mx::prod(mlxc::reduce_input(mlxc::get(a)), mlxc::ints(axes, axes_num, "axes"), keepdims, mlxc::stream(s)), "prod_axes"));
   });
 }
 
@@ -1458,7 +1612,9 @@ extern "C" int mlx_prod_axis(
     int axis,
     bool keepdims,
     const mlx_stream s) {
-  return guard([&] { put(res, mx::prod(mlxc::get(a), axis, keepdims, mlxc::stream(s))); });
+  return guard([&] {
+    put(res, mlxc::checked(mx::prod(mlxc::reduce_input(mlxc::get(a)), axis, keepdims, mlxc::stream(s)), "prod_axis"));
+  });
 }
 
 extern "C" int mlx_prod(
@@ -1466,7 +1622,9 @@ extern "C" int mlx_prod(
     const mlx_array a,
     bool keepdims,
     const mlx_stream s) {
-  return guard([&] { put(res, mx::prod(mlxc::get(a), keepdims, mlxc::stream(s))); });
+  return guard([&] {
+    put(res, mlxc::checked(mx::prod(mlxc::reduce_input(mlxc::get(a)), keepdims, mlxc::stream(s)), "prod"));
+  });
 }
 
 extern "C" int mlx_put_along_axis(
@@ -1477,7 +1635,7 @@ extern "C" int mlx_put_along_axis(
     int axis,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mx::put_along_axis(mlxc::get(a), mlxc::get(indices), mlxc::get(values), axis, mlxc::stream(s)));
+    put(res, mlxc::checked(mx::put_along_axis(mlxc::get(a), mlxc::integer_indices(mlxc::get(indices), "put_along_axis"), mlxc::get(values), axis, mlxc::stream(s)), "put_along_axis"));
   });
 }
 
@@ -1493,7 +1651,7 @@ extern "C" int mlx_qqmm(
     const mlx_array global_scale_w /* may be null */,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mx::qqmm(mlxc::get(x), mlxc::get(w), mlxc::opt(w_scales), mlxc::opt(group_size), mlxc::opt(bits), mlxc::str(mode, "mode"), mlxc::opt(global_scale_x), mlxc::opt(global_scale_w), mlxc::stream(s)));
+    put(res, mlxc::checked(mx::qqmm(mlxc::nonempty(mlxc::get(x), "x"), mlxc::nonempty(mlxc::get(w), "w"), mlxc::opt(w_scales), mlxc::opt_size(group_size, "group_size"), mlxc::opt_size(bits, "bits"), mlxc::str(mode, "mode"), mlxc::opt(global_scale_x), mlxc::opt(global_scale_w), mlxc::stream(s)), "qqmm"));
   });
 }
 
@@ -1506,7 +1664,7 @@ extern "C" int mlx_quantize(
     const mlx_array global_scale /* may be null */,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mx::quantize(mlxc::get(w), mlxc::opt(group_size), mlxc::opt(bits), mlxc::str(mode, "mode"), mlxc::opt(global_scale), mlxc::stream(s)));
+    put(res, mlxc::checked(mx::quantize(mlxc::get(w), mlxc::opt_size(group_size, "group_size"), mlxc::opt_size(bits, "bits"), mlxc::str(mode, "mode"), mlxc::opt(global_scale), mlxc::stream(s)), "quantize"));
   });
 }
 
@@ -1522,20 +1680,20 @@ extern "C" int mlx_quantized_matmul(
     const char* mode,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mx::quantized_matmul(mlxc::get(x), mlxc::get(w), mlxc::get(scales), mlxc::opt(biases), transpose, mlxc::opt(group_size), mlxc::opt(bits), mlxc::str(mode, "mode"), mlxc::stream(s)));
+    put(res, mlxc::checked(mx::quantized_matmul(mlxc::nonempty(mlxc::get(x), "x"), mlxc::nonempty(mlxc::get(w), "w"), mlxc::get(scales), mlxc::opt(biases), transpose, mlxc::opt_size(group_size, "group_size"), mlxc::opt_size(bits, "bits"), mlxc::str(mode, "mode"), mlxc::stream(s)), "quantized_matmul"));
   });
 }
 
 extern "C" int mlx_radians(mlx_array* res, const mlx_array a, const mlx_stream s) {
-  return guard([&] { put(res, mx::radians(mlxc::get(a), mlxc::stream(s))); });
+  return guard([&] { put(res, mlxc::checked(mx::radians(mlxc::get(a), mlxc::stream(s)), "radians")); });
 }
 
 extern "C" int mlx_real(mlx_array* res, const mlx_array a, const mlx_stream s) {
-  return guard([&] { put(res, mx::real(mlxc::get(a), mlxc::stream(s))); });
+  return guard([&] { put(res, mlxc::checked(mx::real(mlxc::get(a), mlxc::stream(s)), "real")); });
 }
 
 extern "C" int mlx_reciprocal(mlx_array* res, const mlx_array a, const mlx_stream s) {
-  return guard([&] { put(res, mx::reciprocal(mlxc::get(a), mlxc::stream(s))); });
+  return guard([&] { put(res, mlxc::checked(mx::reciprocal(mlxc::get(a), mlxc::stream(s)), "reciprocal")); });
 }
 
 extern "C" int mlx_remainder(
@@ -1543,7 +1701,9 @@ extern "C" int mlx_remainder(
     const mlx_array a,
     const mlx_array b,
     const mlx_stream s) {
-  return guard([&] { put(res, mx::remainder(mlxc::get(a), mlxc::get(b), mlxc::stream(s))); });
+  return guard([&] {
+    put(res, mlxc::checked(mlxc::remainder(mlxc::get(a), mlxc::get(b), mlxc::stream(s)), "remainder"));
+  });
 }
 
 extern "C" int mlx_repeat_axis(
@@ -1552,7 +1712,9 @@ extern "C" int mlx_repeat_axis(
     int repeats,
     int axis,
     const mlx_stream s) {
-  return guard([&] { put(res, mx::repeat(mlxc::get(arr), repeats, axis, mlxc::stream(s))); });
+  return guard([&] {
+    put(res, mlxc::checked(mx::repeat(mlxc::get(arr), repeats, axis, mlxc::stream(s)), "repeat_axis"));
+  });
 }
 
 extern "C" int mlx_repeat(
@@ -1560,7 +1722,9 @@ extern "C" int mlx_repeat(
     const mlx_array arr,
     int repeats,
     const mlx_stream s) {
-  return guard([&] { put(res, mx::repeat(mlxc::get(arr), repeats, mlxc::stream(s))); });
+  return guard([&] {
+    put(res, mlxc::checked(mx::repeat(mlxc::get(arr), repeats, mlxc::stream(s)), "repeat"));
+  });
 }
 
 extern "C" int mlx_reshape(
@@ -1570,7 +1734,7 @@ extern "C" int mlx_reshape(
     size_t shape_num,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mx::reshape(mlxc::get(a), mlxc::shape(shape, shape_num, "shape"), mlxc::stream(s)));
+    put(res, mlxc::checked(mx::reshape(mlxc::get(a), mlxc::shape(shape, shape_num, "shape"), mlxc::stream(s)), "reshape"));
   });
 }
 
@@ -1579,7 +1743,9 @@ extern "C" int mlx_right_shift(
     const mlx_array a,
     const mlx_array b,
     const mlx_stream s) {
-  return guard([&] { put(res, mx::right_shift(mlxc::get(a), mlxc::get(b), mlxc::stream(s))); });
+  return guard([&] {
+    put(res, mlxc::checked(mx::right_shift(mlxc::get(a), mlxc::get(b), mlxc::stream(s)), "right_shift"));
+  });
 }
 
 extern "C" int mlx_roll_axis(
@@ -1590,7 +1756,7 @@ extern "C" int mlx_roll_axis(
     int axis,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mx::roll(mlxc::get(a), mlxc::shape(shift, shift_num, "shift"), axis, mlxc::stream(s)));
+    put(res, mlxc::checked(mx::roll(mlxc::get(a), mlxc::shape(shift, shift_num, "shift"), axis, mlxc::stream(s)), "roll_axis"));
   });
 }
 
@@ -1603,7 +1769,7 @@ extern "C" int mlx_roll_axes(
     size_t axes_num,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mx::roll(mlxc::get(a), mlxc::shape(shift, shift_num, "shift"), mlxc::ints(axes, axes_num, "axes"), mlxc::stream(s)));
+    put(res, mlxc::checked(mx::roll(mlxc::get(a), mlxc::shape(shift, shift_num, "shift"), mlxc::ints(axes, axes_num, "axes"), mlxc::stream(s)), "roll_axes"));
   });
 }
 
@@ -1614,7 +1780,7 @@ extern "C" int mlx_roll(
     size_t shift_num,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mx::roll(mlxc::get(a), mlxc::shape(shift, shift_num, "shift"), mlxc::stream(s)));
+    put(res, mlxc::checked(mx::roll(mlxc::get(a), mlxc::shape(shift, shift_num, "shift"), mlxc::stream(s)), "roll"));
   });
 }
 
@@ -1623,11 +1789,11 @@ extern "C" int mlx_round(
     const mlx_array a,
     int decimals,
     const mlx_stream s) {
-  return guard([&] { put(res, mx::round(mlxc::get(a), decimals, mlxc::stream(s))); });
+  return guard([&] { put(res, mlxc::checked(mx::round(mlxc::get(a), decimals, mlxc::stream(s)), "round")); });
 }
 
 extern "C" int mlx_rsqrt(mlx_array* res, const mlx_array a, const mlx_stream s) {
-  return guard([&] { put(res, mx::rsqrt(mlxc::get(a), mlxc::stream(s))); });
+  return guard([&] { put(res, mlxc::checked(mx::rsqrt(mlxc::get(a), mlxc::stream(s)), "rsqrt")); });
 }
 
 extern "C" int mlx_scatter(
@@ -1639,7 +1805,7 @@ extern "C" int mlx_scatter(
     size_t axes_num,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mx::scatter(mlxc::get(a), mlxc::get(indices), mlxc::get(updates), mlxc::ints(axes, axes_num, "axes"), mlxc::stream(s)));
+    put(res, mlxc::checked(mx::scatter(mlxc::get(a), mlxc::get(indices), mlxc::get(updates), mlxc::ints(axes, axes_num, "axes"), mlxc::stream(s)), "scatter"));
   });
 }
 
@@ -1651,7 +1817,7 @@ extern "C" int mlx_scatter_single(
     int axis,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mx::scatter(mlxc::get(a), mlxc::get(indices), mlxc::get(updates), axis, mlxc::stream(s)));
+    put(res, mlxc::checked(mx::scatter(mlxc::get(a), mlxc::get(indices), mlxc::get(updates), axis, mlxc::stream(s)), "scatter_single"));
   });
 }
 
@@ -1664,7 +1830,7 @@ extern "C" int mlx_scatter_add(
     size_t axes_num,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mx::scatter_add(mlxc::get(a), mlxc::get(indices), mlxc::get(updates), mlxc::ints(axes, axes_num, "axes"), mlxc::stream(s)));
+    put(res, mlxc::checked(mx::scatter_add(mlxc::get(a), mlxc::get(indices), mlxc::get(updates), mlxc::ints(axes, axes_num, "axes"), mlxc::stream(s)), "scatter_add"));
   });
 }
 
@@ -1676,7 +1842,7 @@ extern "C" int mlx_scatter_add_single(
     int axis,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mx::scatter_add(mlxc::get(a), mlxc::get(indices), mlxc::get(updates), axis, mlxc::stream(s)));
+    put(res, mlxc::checked(mx::scatter_add(mlxc::get(a), mlxc::get(indices), mlxc::get(updates), axis, mlxc::stream(s)), "scatter_add_single"));
   });
 }
 
@@ -1688,7 +1854,7 @@ extern "C" int mlx_scatter_add_axis(
     int axis,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mx::scatter_add_axis(mlxc::get(a), mlxc::get(indices), mlxc::get(values), axis, mlxc::stream(s)));
+    put(res, mlxc::checked(mx::scatter_add_axis(mlxc::get(a), mlxc::integer_indices(mlxc::get(indices), "scatter_add_axis"), mlxc::get(values), axis, mlxc::stream(s)), "scatter_add_axis"));
   });
 }
 
@@ -1701,7 +1867,7 @@ extern "C" int mlx_scatter_max(
     size_t axes_num,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mx::scatter_max(mlxc::get(a), mlxc::get(indices), mlxc::get(updates), mlxc::ints(axes, axes_num, "axes"), mlxc::stream(s)));
+    put(res, mlxc::checked(mx::scatter_max(mlxc::get(a), mlxc::get(indices), mlxc::get(updates), mlxc::ints(axes, axes_num, "axes"), mlxc::stream(s)), "scatter_max"));
   });
 }
 
@@ -1713,7 +1879,7 @@ extern "C" int mlx_scatter_max_single(
     int axis,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mx::scatter_max(mlxc::get(a), mlxc::get(indices), mlxc::get(updates), axis, mlxc::stream(s)));
+    put(res, mlxc::checked(mx::scatter_max(mlxc::get(a), mlxc::get(indices), mlxc::get(updates), axis, mlxc::stream(s)), "scatter_max_single"));
   });
 }
 
@@ -1726,7 +1892,7 @@ extern "C" int mlx_scatter_min(
     size_t axes_num,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mx::scatter_min(mlxc::get(a), mlxc::get(indices), mlxc::get(updates), mlxc::ints(axes, axes_num, "axes"), mlxc::stream(s)));
+    put(res, mlxc::checked(mx::scatter_min(mlxc::get(a), mlxc::get(indices), mlxc::get(updates), mlxc::ints(axes, axes_num, "axes"), mlxc::stream(s)), "scatter_min"));
   });
 }
 
@@ -1738,7 +1904,7 @@ extern "C" int mlx_scatter_min_single(
     int axis,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mx::scatter_min(mlxc::get(a), mlxc::get(indices), mlxc::get(updates), axis, mlxc::stream(s)));
+    put(res, mlxc::checked(mx::scatter_min(mlxc::get(a), mlxc::get(indices), mlxc::get(updates), axis, mlxc::stream(s)), "scatter_min_single"));
   });
 }
 
@@ -1751,7 +1917,7 @@ extern "C" int mlx_scatter_prod(
     size_t axes_num,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mx::scatter_prod(mlxc::get(a), mlxc::get(indices), mlxc::get(updates), mlxc::ints(axes, axes_num, "axes"), mlxc::stream(s)));
+    put(res, mlxc::checked(mx::scatter_prod(mlxc::get(a), mlxc::get(indices), mlxc::get(updates), mlxc::ints(axes, axes_num, "axes"), mlxc::stream(s)), "scatter_prod"));
   });
 }
 
@@ -1763,7 +1929,7 @@ extern "C" int mlx_scatter_prod_single(
     int axis,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mx::scatter_prod(mlxc::get(a), mlxc::get(indices), mlxc::get(updates), axis, mlxc::stream(s)));
+    put(res, mlxc::checked(mx::scatter_prod(mlxc::get(a), mlxc::get(indices), mlxc::get(updates), axis, mlxc::stream(s)), "scatter_prod_single"));
   });
 }
 
@@ -1774,7 +1940,7 @@ extern "C" int mlx_searchsorted(
     const char* side,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mx::searchsorted(mlxc::get(sorted_sequence), mlxc::get(values), mlxc::str(side, "side"), mlxc::stream(s)));
+    put(res, mlxc::checked(mx::searchsorted(mlxc::get(sorted_sequence), mlxc::get(values), mlxc::str(side, "side"), mlxc::stream(s)), "searchsorted"));
   });
 }
 
@@ -1785,24 +1951,24 @@ extern "C" int mlx_segmented_mm(
     const mlx_array segments,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mx::segmented_mm(mlxc::get(a), mlxc::get(b), mlxc::get(segments), mlxc::stream(s)));
+    put(res, mlxc::checked(mx::segmented_mm(mlxc::get(a), mlxc::get(b), mlxc::get(segments), mlxc::stream(s)), "segmented_mm"));
   });
 }
 
 extern "C" int mlx_sigmoid(mlx_array* res, const mlx_array a, const mlx_stream s) {
-  return guard([&] { put(res, mx::sigmoid(mlxc::get(a), mlxc::stream(s))); });
+  return guard([&] { put(res, mlxc::checked(mx::sigmoid(mlxc::get(a), mlxc::stream(s)), "sigmoid")); });
 }
 
 extern "C" int mlx_sign(mlx_array* res, const mlx_array a, const mlx_stream s) {
-  return guard([&] { put(res, mx::sign(mlxc::get(a), mlxc::stream(s))); });
+  return guard([&] { put(res, mlxc::checked(mx::sign(mlxc::get(a), mlxc::stream(s)), "sign")); });
 }
 
 extern "C" int mlx_sin(mlx_array* res, const mlx_array a, const mlx_stream s) {
-  return guard([&] { put(res, mx::sin(mlxc::get(a), mlxc::stream(s))); });
+  return guard([&] { put(res, mlxc::checked(mx::sin(mlxc::get(a), mlxc::stream(s)), "sin")); });
 }
 
 extern "C" int mlx_sinh(mlx_array* res, const mlx_array a, const mlx_stream s) {
-  return guard([&] { put(res, mx::sinh(mlxc::get(a), mlxc::stream(s))); });
+  return guard([&] { put(res, mlxc::checked(mx::sinh(mlxc::get(a), mlxc::stream(s)), "sinh")); });
 }
 
 extern "C" int mlx_slice(
@@ -1816,7 +1982,7 @@ extern "C" int mlx_slice(
     size_t strides_num,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mx::slice(mlxc::get(a), mlxc::shape(start, start_num, "start"), mlxc::shape(stop, stop_num, "stop"), mlxc::shape(strides, strides_num, "strides"), mlxc::stream(s)));
+    put(res, mlxc::checked(mx::slice(mlxc::get(a), mlxc::shape(start, start_num, "start"), mlxc::shape(stop, stop_num, "stop"), mlxc::slice_strides(mlxc::get(a), mlxc::shape(strides, strides_num, "strides"), "slice"), mlxc::stream(s)), "slice"));
   });
 }
 
@@ -1830,7 +1996,7 @@ extern "C" int mlx_slice_dynamic(
     size_t slice_size_num,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mx::slice(mlxc::get(a), mlxc::get(start), mlxc::ints(axes, axes_num, "axes"), mlxc::shape(slice_size, slice_size_num, "slice_size"), mlxc::stream(s)));
+    put(res, mlxc::checked(mx::slice(mlxc::get(a), mlxc::get(start), mlxc::ints(axes, axes_num, "axes"), mlxc::shape(slice_size, slice_size_num, "slice_size"), mlxc::stream(s)), "slice_dynamic"));
   });
 }
 
@@ -1846,7 +2012,7 @@ extern "C" int mlx_slice_update(
     size_t strides_num,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mx::slice_update(mlxc::get(src), mlxc::get(update), mlxc::shape(start, start_num, "start"), mlxc::shape(stop, stop_num, "stop"), mlxc::shape(strides, strides_num, "strides"), mlxc::stream(s)));
+    put(res, mlxc::checked(mx::slice_update(mlxc::get(src), mlxc::get(update), mlxc::shape(start, start_num, "start"), mlxc::shape(stop, stop_num, "stop"), mlxc::slice_strides(mlxc::get(src), mlxc::shape(strides, strides_num, "strides"), "slice_update"), mlxc::stream(s)), "slice_update"));
   });
 }
 
@@ -1859,7 +2025,7 @@ extern "C" int mlx_slice_update_dynamic(
     size_t axes_num,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mx::slice_update(mlxc::get(src), mlxc::get(update), mlxc::get(start), mlxc::ints(axes, axes_num, "axes"), mlxc::stream(s)));
+    put(res, mlxc::checked(mx::slice_update(mlxc::get(src), mlxc::get(update), mlxc::get(start), mlxc::ints(axes, axes_num, "axes"), mlxc::stream(s)), "slice_update_dynamic"));
   });
 }
 
@@ -1875,7 +2041,7 @@ extern "C" int mlx_slice_update_add(
     size_t strides_num,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mx::slice_update_add(mlxc::get(src), mlxc::get(update), mlxc::shape(start, start_num, "start"), mlxc::shape(stop, stop_num, "stop"), mlxc::shape(strides, strides_num, "strides"), mlxc::stream(s)));
+    put(res, mlxc::checked(mx::slice_update_add(mlxc::get(src), mlxc::get(update), mlxc::shape(start, start_num, "start"), mlxc::shape(stop, stop_num, "stop"), mlxc::slice_strides(mlxc::get(src), mlxc::shape(strides, strides_num, "strides"), "slice_update_add"), mlxc::stream(s)), "slice_update_add"));
   });
 }
 
@@ -1891,7 +2057,7 @@ extern "C" int mlx_slice_update_max(
     size_t strides_num,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mx::slice_update_max(mlxc::get(src), mlxc::get(update), mlxc::shape(start, start_num, "start"), mlxc::shape(stop, stop_num, "stop"), mlxc::shape(strides, strides_num, "strides"), mlxc::stream(s)));
+    put(res, mlxc::checked(mx::slice_update_max(mlxc::get(src), mlxc::get(update), mlxc::shape(start, start_num, "start"), mlxc::shape(stop, stop_num, "stop"), mlxc::slice_strides(mlxc::get(src), mlxc::shape(strides, strides_num, "strides"), "slice_update_max"), mlxc::stream(s)), "slice_update_max"));
   });
 }
 
@@ -1907,7 +2073,7 @@ extern "C" int mlx_slice_update_min(
     size_t strides_num,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mx::slice_update_min(mlxc::get(src), mlxc::get(update), mlxc::shape(start, start_num, "start"), mlxc::shape(stop, stop_num, "stop"), mlxc::shape(strides, strides_num, "strides"), mlxc::stream(s)));
+    put(res, mlxc::checked(mx::slice_update_min(mlxc::get(src), mlxc::get(update), mlxc::shape(start, start_num, "start"), mlxc::shape(stop, stop_num, "stop"), mlxc::slice_strides(mlxc::get(src), mlxc::shape(strides, strides_num, "strides"), "slice_update_min"), mlxc::stream(s)), "slice_update_min"));
   });
 }
 
@@ -1923,7 +2089,7 @@ extern "C" int mlx_slice_update_prod(
     size_t strides_num,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mx::slice_update_prod(mlxc::get(src), mlxc::get(update), mlxc::shape(start, start_num, "start"), mlxc::shape(stop, stop_num, "stop"), mlxc::shape(strides, strides_num, "strides"), mlxc::stream(s)));
+    put(res, mlxc::checked(mx::slice_update_prod(mlxc::get(src), mlxc::get(update), mlxc::shape(start, start_num, "start"), mlxc::shape(stop, stop_num, "stop"), mlxc::slice_strides(mlxc::get(src), mlxc::shape(strides, strides_num, "strides"), "slice_update_prod"), mlxc::stream(s)), "slice_update_prod"));
   });
 }
 
@@ -1935,7 +2101,7 @@ extern "C" int mlx_softmax_axes(
     bool precise,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mx::softmax(mlxc::get(a), mlxc::ints(axes, axes_num, "axes"), precise, mlxc::stream(s)));
+    put(res, mlxc::checked(mx::softmax(mlxc::get(a), mlxc::ints(axes, axes_num, "axes"), precise, mlxc::stream(s)), "softmax_axes"));
   });
 }
 
@@ -1945,7 +2111,9 @@ extern "C" int mlx_softmax_axis(
     int axis,
     bool precise,
     const mlx_stream s) {
-  return guard([&] { put(res, mx::softmax(mlxc::get(a), axis, precise, mlxc::stream(s))); });
+  return guard([&] {
+    put(res, mlxc::checked(mx::softmax(mlxc::get(a), axis, precise, mlxc::stream(s)), "softmax_axis"));
+  });
 }
 
 extern "C" int mlx_softmax(
@@ -1953,7 +2121,9 @@ extern "C" int mlx_softmax(
     const mlx_array a,
     bool precise,
     const mlx_stream s) {
-  return guard([&] { put(res, mx::softmax(mlxc::get(a), precise, mlxc::stream(s))); });
+  return guard([&] {
+    put(res, mlxc::checked(mx::softmax(mlxc::get(a), precise, mlxc::stream(s)), "softmax"));
+  });
 }
 
 extern "C" int mlx_sort_axis(
@@ -1961,11 +2131,11 @@ extern "C" int mlx_sort_axis(
     const mlx_array a,
     int axis,
     const mlx_stream s) {
-  return guard([&] { put(res, mx::sort(mlxc::get(a), axis, mlxc::stream(s))); });
+  return guard([&] { put(res, mlxc::checked(mx::sort(mlxc::get(a), axis, mlxc::stream(s)), "sort_axis")); });
 }
 
 extern "C" int mlx_sort(mlx_array* res, const mlx_array a, const mlx_stream s) {
-  return guard([&] { put(res, mx::sort(mlxc::get(a), mlxc::stream(s))); });
+  return guard([&] { put(res, mlxc::checked(mx::sort(mlxc::get(a), mlxc::stream(s)), "sort")); });
 }
 
 extern "C" int mlx_split(
@@ -1974,7 +2144,9 @@ extern "C" int mlx_split(
     int num_splits,
     int axis,
     const mlx_stream s) {
-  return guard([&] { put(res, mx::split(mlxc::get(a), num_splits, axis, mlxc::stream(s))); });
+  return guard([&] {
+    put(res, mlxc::checked(mx::split(mlxc::get(a), num_splits, axis, mlxc::stream(s)), "split"));
+  });
 }
 
 extern "C" int mlx_split_sections(
@@ -1985,16 +2157,16 @@ extern "C" int mlx_split_sections(
     int axis,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mx::split(mlxc::get(a), mlxc::shape(indices, indices_num, "indices"), axis, mlxc::stream(s)));
+    put(res, mlxc::checked(mx::split(mlxc::get(a), mlxc::shape(indices, indices_num, "indices"), axis, mlxc::stream(s)), "split_sections"));
   });
 }
 
 extern "C" int mlx_sqrt(mlx_array* res, const mlx_array a, const mlx_stream s) {
-  return guard([&] { put(res, mx::sqrt(mlxc::get(a), mlxc::stream(s))); });
+  return guard([&] { put(res, mlxc::checked(mx::sqrt(mlxc::get(a), mlxc::stream(s)), "sqrt")); });
 }
 
 extern "C" int mlx_square(mlx_array* res, const mlx_array a, const mlx_stream s) {
-  return guard([&] { put(res, mx::square(mlxc::get(a), mlxc::stream(s))); });
+  return guard([&] { put(res, mlxc::checked(mx::square(mlxc::get(a), mlxc::stream(s)), "square")); });
 }
 
 extern "C" int mlx_squeeze_axes(
@@ -2004,7 +2176,7 @@ extern "C" int mlx_squeeze_axes(
     size_t axes_num,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mx::squeeze(mlxc::get(a), mlxc::ints(axes, axes_num, "axes"), mlxc::stream(s)));
+    put(res, mlxc::checked(mx::squeeze(mlxc::get(a), mlxc::ints(axes, axes_num, "axes"), mlxc::stream(s)), "squeeze_axes"));
   });
 }
 
@@ -2013,11 +2185,13 @@ extern "C" int mlx_squeeze_axis(
     const mlx_array a,
     int axis,
     const mlx_stream s) {
-  return guard([&] { put(res, mx::squeeze(mlxc::get(a), axis, mlxc::stream(s))); });
+  return guard([&] {
+    put(res, mlxc::checked(mx::squeeze(mlxc::get(a), axis, mlxc::stream(s)), "squeeze_axis"));
+  });
 }
 
 extern "C" int mlx_squeeze(mlx_array* res, const mlx_array a, const mlx_stream s) {
-  return guard([&] { put(res, mx::squeeze(mlxc::get(a), mlxc::stream(s))); });
+  return guard([&] { put(res, mlxc::checked(mx::squeeze(mlxc::get(a), mlxc::stream(s)), "squeeze")); });
 }
 
 extern "C" int mlx_stack_axis(
@@ -2025,14 +2199,16 @@ extern "C" int mlx_stack_axis(
     const mlx_vector_array arrays,
     int axis,
     const mlx_stream s) {
-  return guard([&] { put(res, mx::stack(mlxc::get(arrays), axis, mlxc::stream(s))); });
+  return guard([&] {
+    put(res, mlxc::checked(mx::stack(mlxc::get(arrays), axis, mlxc::stream(s)), "stack_axis"));
+  });
 }
 
 extern "C" int mlx_stack(
     mlx_array* res,
     const mlx_vector_array arrays,
     const mlx_stream s) {
-  return guard([&] { put(res, mx::stack(mlxc::get(arrays), mlxc::stream(s))); });
+  return guard([&] { put(res, mlxc::checked(mx::stack(mlxc::get(arrays), mlxc::stream(s)), "stack")); });
 }
 
 extern "C" int mlx_std_axes(
@@ -2044,7 +2220,7 @@ extern "C" int mlx_std_axes(
     int ddof,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mx::std(mlxc::get(a), mlxc::ints(axes, axes_num, "axes"), keepdims, ddof, mlxc::stream(s)));
+    put(res, mlxc::checked(mx::std(mlxc::reduce_input(mlxc::get(a)), mlxc::ints(axes, axes_num, "axes"), keepdims, ddof, mlxc::stream(s)), "std_axes"));
   });
 }
 
@@ -2055,7 +2231,9 @@ extern "C" int mlx_std_axis(
     bool keepdims,
     int ddof,
     const mlx_stream s) {
-  return guard([&] { put(res, mx::std(mlxc::get(a), axis, keepdims, ddof, mlxc::stream(s))); });
+  return guard([&] {
+    put(res, mlxc::checked(mx::std(mlxc::reduce_input(mlxc::get(a)), axis, keepdims, ddof, mlxc::stream(s)), "std_axis"));
+  });
 }
 
 extern "C" int mlx_std(
@@ -2064,11 +2242,15 @@ extern "C" int mlx_std(
     bool keepdims,
     int ddof,
     const mlx_stream s) {
-  return guard([&] { put(res, mx::std(mlxc::get(a), keepdims, ddof, mlxc::stream(s))); });
+  return guard([&] {
+    put(res, mlxc::checked(mx::std(mlxc::reduce_input(mlxc::get(a)), keepdims, ddof, mlxc::stream(s)), "std"));
+  });
 }
 
 extern "C" int mlx_stop_gradient(mlx_array* res, const mlx_array a, const mlx_stream s) {
-  return guard([&] { put(res, mx::stop_gradient(mlxc::get(a), mlxc::stream(s))); });
+  return guard([&] {
+    put(res, mlxc::checked(mx::stop_gradient(mlxc::get(a), mlxc::stream(s)), "stop_gradient"));
+  });
 }
 
 extern "C" int mlx_subtract(
@@ -2076,7 +2258,9 @@ extern "C" int mlx_subtract(
     const mlx_array a,
     const mlx_array b,
     const mlx_stream s) {
-  return guard([&] { put(res, mx::subtract(mlxc::get(a), mlxc::get(b), mlxc::stream(s))); });
+  return guard([&] {
+    put(res, mlxc::checked(mx::subtract(mlxc::get(a), mlxc::get(b), mlxc::stream(s)), "subtract"));
+  });
 }
 
 extern "C" int mlx_sum_axes(
@@ -2087,7 +2271,7 @@ extern "C" int mlx_sum_axes(
     bool keepdims,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mx::sum(mlxc::get(a), mlxc::ints(axes, axes_num, "axes"), keepdims, mlxc::stream(s)));
+    put(res, mlxc::checked(mx::sum(mlxc::reduce_input(mlxc::get(a)), mlxc::ints(axes, axes_num, "axes"), keepdims, mlxc::stream(s)), "sum_axes"));
   });
 }
 
@@ -2097,7 +2281,9 @@ extern "C" int mlx_sum_axis(
     int axis,
     bool keepdims,
     const mlx_stream s) {
-  return guard([&] { put(res, mx::sum(mlxc::get(a), axis, keepdims, mlxc::stream(s))); });
+  return guard([&] {
+    put(res, mlxc::checked(mx::sum(mlxc::reduce_input(mlxc::get(a)), axis, keepdims, mlxc::stream(s)), "sum_axis"));
+  });
 }
 
 extern "C" int mlx_sum(
@@ -2105,7 +2291,9 @@ extern "C" int mlx_sum(
     const mlx_array a,
     bool keepdims,
     const mlx_stream s) {
-  return guard([&] { put(res, mx::sum(mlxc::get(a), keepdims, mlxc::stream(s))); });
+  return guard([&] {
+    put(res, mlxc::checked(mx::sum(mlxc::reduce_input(mlxc::get(a)), keepdims, mlxc::stream(s)), "sum"));
+  });
 }
 
 extern "C" int mlx_swapaxes(
@@ -2114,7 +2302,9 @@ extern "C" int mlx_swapaxes(
     int axis1,
     int axis2,
     const mlx_stream s) {
-  return guard([&] { put(res, mx::swapaxes(mlxc::get(a), axis1, axis2, mlxc::stream(s))); });
+  return guard([&] {
+    put(res, mlxc::checked(mx::swapaxes(mlxc::get(a), axis1, axis2, mlxc::stream(s)), "swapaxes"));
+  });
 }
 
 extern "C" int mlx_take_axis(
@@ -2123,7 +2313,9 @@ extern "C" int mlx_take_axis(
     const mlx_array indices,
     int axis,
     const mlx_stream s) {
-  return guard([&] { put(res, mx::take(mlxc::get(a), mlxc::get(indices), axis, mlxc::stream(s))); });
+  return guard([&] {
+    put(res, mlxc::checked(mx::take(mlxc::get(a), mlxc::get(indices), axis, mlxc::stream(s)), "take_axis"));
+  });
 }
 
 extern "C" int mlx_take(
@@ -2131,7 +2323,9 @@ extern "C" int mlx_take(
     const mlx_array a,
     const mlx_array indices,
     const mlx_stream s) {
-  return guard([&] { put(res, mx::take(mlxc::get(a), mlxc::get(indices), mlxc::stream(s))); });
+  return guard([&] {
+    put(res, mlxc::checked(mx::take(mlxc::get(a), mlxc::get(indices), mlxc::stream(s)), "take"));
+  });
 }
 
 extern "C" int mlx_take_along_axis(
@@ -2141,16 +2335,16 @@ extern "C" int mlx_take_along_axis(
     int axis,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mx::take_along_axis(mlxc::get(a), mlxc::get(indices), axis, mlxc::stream(s)));
+    put(res, mlxc::checked(mx::take_along_axis(mlxc::get(a), mlxc::integer_indices(mlxc::get(indices), "take_along_axis"), axis, mlxc::stream(s)), "take_along_axis"));
   });
 }
 
 extern "C" int mlx_tan(mlx_array* res, const mlx_array a, const mlx_stream s) {
-  return guard([&] { put(res, mx::tan(mlxc::get(a), mlxc::stream(s))); });
+  return guard([&] { put(res, mlxc::checked(mx::tan(mlxc::get(a), mlxc::stream(s)), "tan")); });
 }
 
 extern "C" int mlx_tanh(mlx_array* res, const mlx_array a, const mlx_stream s) {
-  return guard([&] { put(res, mx::tanh(mlxc::get(a), mlxc::stream(s))); });
+  return guard([&] { put(res, mlxc::checked(mx::tanh(mlxc::get(a), mlxc::stream(s)), "tanh")); });
 }
 
 extern "C" int mlx_tensordot(
@@ -2163,7 +2357,7 @@ extern "C" int mlx_tensordot(
     size_t axes_b_num,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mx::tensordot(mlxc::get(a), mlxc::get(b), mlxc::ints(axes_a, axes_a_num, "axes_a"), mlxc::ints(axes_b, axes_b_num, "axes_b"), mlxc::stream(s)));
+    put(res, mlxc::checked(mx::tensordot(mlxc::get(a), mlxc::get(b), mlxc::ints(axes_a, axes_a_num, "axes_a"), mlxc::ints(axes_b, axes_b_num, "axes_b"), mlxc::stream(s)), "tensordot"));
   });
 }
 
@@ -2173,7 +2367,9 @@ extern "C" int mlx_tensordot_axis(
     const mlx_array b,
     int axis,
     const mlx_stream s) {
-  return guard([&] { put(res, mx::tensordot(mlxc::get(a), mlxc::get(b), axis, mlxc::stream(s))); });
+  return guard([&] {
+    put(res, mlxc::checked(mx::tensordot(mlxc::get(a), mlxc::get(b), axis, mlxc::stream(s)), "tensordot_axis"));
+  });
 }
 
 extern "C" int mlx_tile(
@@ -2183,12 +2379,12 @@ extern "C" int mlx_tile(
     size_t reps_num,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mx::tile(mlxc::get(arr), mlxc::ints(reps, reps_num, "reps"), mlxc::stream(s)));
+    put(res, mlxc::checked(mx::tile(mlxc::get(arr), mlxc::ints(reps, reps_num, "reps"), mlxc::stream(s)), "tile"));
   });
 }
 
 extern "C" int mlx_to_fp8(mlx_array* res, const mlx_array x, const mlx_stream s) {
-  return guard([&] { put(res, mx::to_fp8(mlxc::get(x), mlxc::stream(s))); });
+  return guard([&] { put(res, mlxc::checked(mx::to_fp8(mlxc::get(x), mlxc::stream(s)), "to_fp8")); });
 }
 
 extern "C" int mlx_topk_axis(
@@ -2197,11 +2393,13 @@ extern "C" int mlx_topk_axis(
     int k,
     int axis,
     const mlx_stream s) {
-  return guard([&] { put(res, mx::topk(mlxc::get(a), k, axis, mlxc::stream(s))); });
+  return guard([&] {
+    put(res, mlxc::checked(mx::topk(mlxc::get(a), k, axis, mlxc::stream(s)), "topk_axis"));
+  });
 }
 
 extern "C" int mlx_topk(mlx_array* res, const mlx_array a, int k, const mlx_stream s) {
-  return guard([&] { put(res, mx::topk(mlxc::get(a), k, mlxc::stream(s))); });
+  return guard([&] { put(res, mlxc::checked(mx::topk(mlxc::get(a), k, mlxc::stream(s)), "topk")); });
 }
 
 extern "C" int mlx_trace_axes(
@@ -2213,12 +2411,12 @@ extern "C" int mlx_trace_axes(
     mlx_dtype dtype,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mx::trace(mlxc::get(a), offset, axis1, axis2, mlxc::to_cpp(dtype), mlxc::stream(s)));
+    put(res, mlxc::checked(mx::trace(mlxc::get(a), offset, axis1, axis2, mlxc::to_cpp(dtype), mlxc::stream(s)), "trace_axes"));
   });
 }
 
 extern "C" int mlx_trace(mlx_array* res, const mlx_array a, const mlx_stream s) {
-  return guard([&] { put(res, mx::trace(mlxc::get(a), mlxc::stream(s))); });
+  return guard([&] { put(res, mlxc::checked(mx::trace(mlxc::get(a), mlxc::stream(s)), "trace")); });
 }
 
 extern "C" int mlx_transpose_axes(
@@ -2228,12 +2426,12 @@ extern "C" int mlx_transpose_axes(
     size_t axes_num,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mx::transpose(mlxc::get(a), mlxc::ints(axes, axes_num, "axes"), mlxc::stream(s)));
+    put(res, mlxc::checked(mx::transpose(mlxc::get(a), mlxc::ints(axes, axes_num, "axes"), mlxc::stream(s)), "transpose_axes"));
   });
 }
 
 extern "C" int mlx_transpose(mlx_array* res, const mlx_array a, const mlx_stream s) {
-  return guard([&] { put(res, mx::transpose(mlxc::get(a), mlxc::stream(s))); });
+  return guard([&] { put(res, mlxc::checked(mx::transpose(mlxc::get(a), mlxc::stream(s)), "transpose")); });
 }
 
 extern "C" int mlx_tri(
@@ -2243,19 +2441,25 @@ extern "C" int mlx_tri(
     int k,
     mlx_dtype type,
     const mlx_stream s) {
-  return guard([&] { put(res, mx::tri(n, m, k, mlxc::to_cpp(type), mlxc::stream(s))); });
+  return guard([&] {
+    put(res, mlxc::checked(mlxc::tri(n, m, k, mlxc::to_cpp(type), mlxc::stream(s)), "tri"));
+  });
 }
 
 extern "C" int mlx_tril(mlx_array* res, const mlx_array x, int k, const mlx_stream s) {
-  return guard([&] { put(res, mx::tril(mlxc::get(x), k, mlxc::stream(s))); });
+  return guard([&] {
+    put(res, mlxc::checked(mlxc::triangle(mlxc::get(x), k, true, mlxc::stream(s)), "tril"));
+  });
 }
 
 extern "C" int mlx_triu(mlx_array* res, const mlx_array x, int k, const mlx_stream s) {
-  return guard([&] { put(res, mx::triu(mlxc::get(x), k, mlxc::stream(s))); });
+  return guard([&] {
+    put(res, mlxc::checked(mlxc::triangle(mlxc::get(x), k, false, mlxc::stream(s)), "triu"));
+  });
 }
 
 extern "C" int mlx_trunc(mlx_array* res, const mlx_array a, const mlx_stream s) {
-  return guard([&] { put(res, mx::trunc(mlxc::get(a), mlxc::stream(s))); });
+  return guard([&] { put(res, mlxc::checked(mx::trunc(mlxc::get(a), mlxc::stream(s)), "trunc")); });
 }
 
 extern "C" int mlx_unflatten(
@@ -2266,7 +2470,7 @@ extern "C" int mlx_unflatten(
     size_t shape_num,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mx::unflatten(mlxc::get(a), axis, mlxc::shape(shape, shape_num, "shape"), mlxc::stream(s)));
+    put(res, mlxc::checked(mx::unflatten(mlxc::get(a), axis, mlxc::shape(shape, shape_num, "shape"), mlxc::stream(s)), "unflatten"));
   });
 }
 
@@ -2275,11 +2479,13 @@ extern "C" int mlx_unstack_axis(
     const mlx_array a,
     int axis,
     const mlx_stream s) {
-  return guard([&] { put(res, mx::unstack(mlxc::get(a), axis, mlxc::stream(s))); });
+  return guard([&] {
+    put(res, mlxc::checked(mx::unstack(mlxc::get(a), axis, mlxc::stream(s)), "unstack_axis"));
+  });
 }
 
 extern "C" int mlx_unstack(mlx_vector_array* res, const mlx_array a, const mlx_stream s) {
-  return guard([&] { put(res, mx::unstack(mlxc::get(a), mlxc::stream(s))); });
+  return guard([&] { put(res, mlxc::checked(mx::unstack(mlxc::get(a), mlxc::stream(s)), "unstack")); });
 }
 
 extern "C" int mlx_var_axes(
@@ -2291,7 +2497,7 @@ extern "C" int mlx_var_axes(
     int ddof,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mx::var(mlxc::get(a), mlxc::ints(axes, axes_num, "axes"), keepdims, ddof, mlxc::stream(s)));
+    put(res, mlxc::checked(mx::var(mlxc::reduce_input(mlxc::get(a)), mlxc::ints(axes, axes_num, "axes"), keepdims, ddof, mlxc::stream(s)), "var_axes"));
   });
 }
 
@@ -2302,7 +2508,9 @@ extern "C" int mlx_var_axis(
     bool keepdims,
     int ddof,
     const mlx_stream s) {
-  return guard([&] { put(res, mx::var(mlxc::get(a), axis, keepdims, ddof, mlxc::stream(s))); });
+  return guard([&] {
+    put(res, mlxc::checked(mx::var(mlxc::reduce_input(mlxc::get(a)), axis, keepdims, ddof, mlxc::stream(s)), "var_axis"));
+  });
 }
 
 extern "C" int mlx_var(
@@ -2311,7 +2519,9 @@ extern "C" int mlx_var(
     bool keepdims,
     int ddof,
     const mlx_stream s) {
-  return guard([&] { put(res, mx::var(mlxc::get(a), keepdims, ddof, mlxc::stream(s))); });
+  return guard([&] {
+    put(res, mlxc::checked(mx::var(mlxc::reduce_input(mlxc::get(a)), keepdims, ddof, mlxc::stream(s)), "var"));
+  });
 }
 
 extern "C" int mlx_vecdot(
@@ -2320,7 +2530,9 @@ extern "C" int mlx_vecdot(
     const mlx_array b,
     int axis,
     const mlx_stream s) {
-  return guard([&] { put(res, mx::vecdot(mlxc::get(a), mlxc::get(b), axis, mlxc::stream(s))); });
+  return guard([&] {
+    put(res, mlxc::checked(mx::vecdot(mlxc::get(a), mlxc::get(b), axis, mlxc::stream(s)), "vecdot"));
+  });
 }
 
 extern "C" int mlx_view(
@@ -2328,7 +2540,9 @@ extern "C" int mlx_view(
     const mlx_array a,
     mlx_dtype dtype,
     const mlx_stream s) {
-  return guard([&] { put(res, mx::view(mlxc::get(a), mlxc::to_cpp(dtype), mlxc::stream(s))); });
+  return guard([&] {
+    put(res, mlxc::checked(mx::view(mlxc::get(a), mlxc::to_cpp(dtype), mlxc::stream(s)), "view"));
+  });
 }
 
 extern "C" int mlx_where(
@@ -2338,7 +2552,7 @@ extern "C" int mlx_where(
     const mlx_array y,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mx::where(mlxc::get(condition), mlxc::get(x), mlxc::get(y), mlxc::stream(s)));
+    put(res, mlxc::checked(mx::where(mlxc::get(condition), mlxc::get(x), mlxc::get(y), mlxc::stream(s)), "where"));
   });
 }
 
@@ -2349,7 +2563,7 @@ extern "C" int mlx_zeros(
     mlx_dtype dtype,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mx::zeros(mlxc::shape(shape, shape_num, "shape"), mlxc::to_cpp(dtype), mlxc::stream(s)));
+    put(res, mlxc::checked(mx::zeros(mlxc::shape(shape, shape_num, "shape"), mlxc::to_cpp(dtype), mlxc::stream(s)), "zeros"));
   });
 }
 
@@ -2358,9 +2572,11 @@ extern "C" int mlx_zeros_like_dtype(
     const mlx_array a,
     mlx_dtype dtype,
     const mlx_stream s) {
-  return guard([&] { put(res, mx::zeros_like(mlxc::get(a), mlxc::to_cpp(dtype), mlxc::stream(s))); });
+  return guard([&] {
+    put(res, mlxc::checked(mx::zeros_like(mlxc::get(a), mlxc::to_cpp(dtype), mlxc::stream(s)), "zeros_like_dtype"));
+  });
 }
 
 extern "C" int mlx_zeros_like(mlx_array* res, const mlx_array a, const mlx_stream s) {
-  return guard([&] { put(res, mx::zeros_like(mlxc::get(a), mlxc::stream(s))); });
+  return guard([&] { put(res, mlxc::checked(mx::zeros_like(mlxc::get(a), mlxc::stream(s)), "zeros_like")); });
 }

@@ -12,7 +12,7 @@ extern "C" int mlx_random_bernoulli(
     const mlx_array key /* may be null */,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mx::random::bernoulli(mlxc::get(p), mlxc::shape(shape, shape_num, "shape"), mlxc::opt(key), mlxc::stream(s)));
+    put(res, mlxc::checked(mx::random::bernoulli(mlxc::get(p), mlxc::shape(shape, shape_num, "shape"), mlxc::opt(key), mlxc::stream(s)), "bernoulli"));
   });
 }
 
@@ -24,7 +24,7 @@ extern "C" int mlx_random_bits(
     const mlx_array key /* may be null */,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mx::random::bits(mlxc::shape(shape, shape_num, "shape"), width, mlxc::opt(key), mlxc::stream(s)));
+    put(res, mlxc::checked(mx::random::bits(mlxc::shape(shape, shape_num, "shape"), width, mlxc::opt(key), mlxc::stream(s)), "bits"));
   });
 }
 
@@ -37,7 +37,7 @@ extern "C" int mlx_random_categorical_shape(
     const mlx_array key /* may be null */,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mx::random::categorical(mlxc::get(logits), axis, mlxc::shape(shape, shape_num, "shape"), mlxc::opt(key), mlxc::stream(s)));
+    put(res, mlxc::checked(mx::random::categorical(mlxc::get(logits), axis, mlxc::shape(shape, shape_num, "shape"), mlxc::opt(key), mlxc::stream(s)), "categorical_shape"));
   });
 }
 
@@ -49,7 +49,7 @@ extern "C" int mlx_random_categorical_num_samples(
     const mlx_array key /* may be null */,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mx::random::categorical(mlxc::get(logits_), axis, num_samples, mlxc::opt(key), mlxc::stream(s)));
+    put(res, mlxc::checked(mx::random::categorical(mlxc::get(logits_), axis, num_samples, mlxc::opt(key), mlxc::stream(s)), "categorical_num_samples"));
   });
 }
 
@@ -60,7 +60,7 @@ extern "C" int mlx_random_categorical(
     const mlx_array key /* may be null */,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mx::random::categorical(mlxc::get(logits), axis, mlxc::opt(key), mlxc::stream(s)));
+    put(res, mlxc::checked(mx::random::categorical(mlxc::get(logits), axis, mlxc::opt(key), mlxc::stream(s)), "categorical"));
   });
 }
 
@@ -72,12 +72,12 @@ extern "C" int mlx_random_gumbel(
     const mlx_array key /* may be null */,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mx::random::gumbel(mlxc::shape(shape, shape_num, "shape"), mlxc::to_cpp(dtype), mlxc::opt(key), mlxc::stream(s)));
+    put(res, mlxc::checked(mx::random::gumbel(mlxc::shape(shape, shape_num, "shape"), mlxc::to_cpp(dtype), mlxc::opt(key), mlxc::stream(s)), "gumbel"));
   });
 }
 
 extern "C" int mlx_random_key(mlx_array* res, uint64_t seed) {
-  return guard([&] { put(res, mx::random::key(seed)); });
+  return guard([&] { put(res, mlxc::checked(mx::random::key(seed), "key")); });
 }
 
 extern "C" int mlx_random_laplace(
@@ -90,7 +90,7 @@ extern "C" int mlx_random_laplace(
     const mlx_array key /* may be null */,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mx::random::laplace(mlxc::shape(shape, shape_num, "shape"), mlxc::to_cpp(dtype), loc, scale, mlxc::opt(key), mlxc::stream(s)));
+    put(res, mlxc::checked(mx::random::laplace(mlxc::shape(shape, shape_num, "shape"), mlxc::to_cpp(dtype), loc, scale, mlxc::opt(key), mlxc::stream(s)), "laplace"));
   });
 }
 
@@ -104,7 +104,7 @@ extern "C" int mlx_random_multivariate_normal(
     const mlx_array key /* may be null */,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mx::random::multivariate_normal(mlxc::get(mean), mlxc::get(cov), mlxc::shape(shape, shape_num, "shape"), mlxc::to_cpp(dtype), mlxc::opt(key), mlxc::stream(s)));
+    put(res, mlxc::checked(mx::random::multivariate_normal(mlxc::get(mean), mlxc::get(cov), mlxc::shape(shape, shape_num, "shape"), mlxc::to_cpp(dtype), mlxc::opt(key), mlxc::stream(s)), "multivariate_normal"));
   });
 }
 
@@ -118,7 +118,7 @@ extern "C" int mlx_random_normal_broadcast(
     const mlx_array key /* may be null */,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mx::random::normal(mlxc::shape(shape, shape_num, "shape"), mlxc::to_cpp(dtype), mlxc::opt(loc), mlxc::opt(scale), mlxc::opt(key), mlxc::stream(s)));
+    put(res, mlxc::checked(mx::random::normal(mlxc::shape(shape, shape_num, "shape"), mlxc::to_cpp(dtype), mlxc::opt(loc), mlxc::opt(scale), mlxc::opt(key), mlxc::stream(s)), "normal_broadcast"));
   });
 }
 
@@ -132,7 +132,7 @@ extern "C" int mlx_random_normal(
     const mlx_array key /* may be null */,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mx::random::normal(mlxc::shape(shape, shape_num, "shape"), mlxc::to_cpp(dtype), loc, scale, mlxc::opt(key), mlxc::stream(s)));
+    put(res, mlxc::checked(mx::random::normal(mlxc::shape(shape, shape_num, "shape"), mlxc::to_cpp(dtype), loc, scale, mlxc::opt(key), mlxc::stream(s)), "normal"));
   });
 }
 
@@ -143,7 +143,7 @@ extern "C" int mlx_random_permutation(
     const mlx_array key /* may be null */,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mx::random::permutation(mlxc::get(x), axis, mlxc::opt(key), mlxc::stream(s)));
+    put(res, mlxc::checked(mx::random::permutation(mlxc::get(x), axis, mlxc::opt(key), mlxc::stream(s)), "permutation"));
   });
 }
 
@@ -152,7 +152,9 @@ extern "C" int mlx_random_permutation_arange(
     int x,
     const mlx_array key /* may be null */,
     const mlx_stream s) {
-  return guard([&] { put(res, mx::random::permutation(x, mlxc::opt(key), mlxc::stream(s))); });
+  return guard([&] {
+    put(res, mlxc::checked(mx::random::permutation(x, mlxc::opt(key), mlxc::stream(s)), "permutation_arange"));
+  });
 }
 
 extern "C" int mlx_random_randint(
@@ -165,7 +167,7 @@ extern "C" int mlx_random_randint(
     const mlx_array key /* may be null */,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mx::random::randint(mlxc::get(low), mlxc::get(high), mlxc::shape(shape, shape_num, "shape"), mlxc::to_cpp(dtype), mlxc::opt(key), mlxc::stream(s)));
+    put(res, mlxc::checked(mx::random::randint(mlxc::get(low), mlxc::get(high), mlxc::shape(shape, shape_num, "shape"), mlxc::to_cpp(dtype), mlxc::opt(key), mlxc::stream(s)), "randint"));
   });
 }
 
@@ -178,7 +180,9 @@ extern "C" int mlx_random_split_num(
     const mlx_array key,
     int num,
     const mlx_stream s) {
-  return guard([&] { put(res, mx::random::split(mlxc::get(key), num, mlxc::stream(s))); });
+  return guard([&] {
+    put(res, mlxc::checked(mx::random::split(mlxc::get(key), num, mlxc::stream(s)), "split_num"));
+  });
 }
 
 extern "C" int mlx_random_split(
@@ -186,7 +190,7 @@ extern "C" int mlx_random_split(
     mlx_array* res_1,
     const mlx_array key,
     const mlx_stream s) {
-  return put_pair(res_0, res_1, [&] { return mx::random::split(mlxc::get(key), mlxc::stream(s)); });
+  return put_pair(res_0, res_1, [&] { return mlxc::checked(mx::random::split(mlxc::get(key), mlxc::stream(s)), "split"); });
 }
 
 extern "C" int mlx_random_truncated_normal(
@@ -199,7 +203,7 @@ extern "C" int mlx_random_truncated_normal(
     const mlx_array key /* may be null */,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mx::random::truncated_normal(mlxc::get(lower), mlxc::get(upper), mlxc::shape(shape, shape_num, "shape"), mlxc::to_cpp(dtype), mlxc::opt(key), mlxc::stream(s)));
+    put(res, mlxc::checked(mx::random::truncated_normal(mlxc::get(lower), mlxc::get(upper), mlxc::shape(shape, shape_num, "shape"), mlxc::to_cpp(dtype), mlxc::opt(key), mlxc::stream(s)), "truncated_normal"));
   });
 }
 
@@ -213,6 +217,6 @@ extern "C" int mlx_random_uniform(
     const mlx_array key /* may be null */,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mx::random::uniform(mlxc::get(low), mlxc::get(high), mlxc::shape(shape, shape_num, "shape"), mlxc::to_cpp(dtype), mlxc::opt(key), mlxc::stream(s)));
+    put(res, mlxc::checked(mx::random::uniform(mlxc::get(low), mlxc::get(high), mlxc::shape(shape, shape_num, "shape"), mlxc::to_cpp(dtype), mlxc::opt(key), mlxc::stream(s)), "uniform"));
   });
 }

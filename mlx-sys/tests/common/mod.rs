@@ -220,6 +220,115 @@ pub fn assert_close(got: &[f32], want: &[f64], tol: f64) {
     }
 }
 
+// --- fuzzing --------------------------------------------------------------------------------------------
+
+/// The fuzz harnesses' generator (xorshift64: small, fast, and a seed replays a run exactly).
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    /// Uniform in `0..n` (0 for n = 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+    /// True with probability 1/n.
+    pub fn one_in(&mut self, n: u64) -> bool {
+        self.below(n) == 0
+    }
+    pub fn pick<'a, T>(&mut self, v: &'a [T]) -> &'a T {
+        &v[self.below(v.len() as u64) as usize]
+    }
+}
+
+/// Time per fuzz harness: `ZMLX_FUZZ_SECS` (default 3, what CI runs).
+pub fn fuzz_budget() -> std::time::Duration {
+    let s = std::env::var("ZMLX_FUZZ_SECS")
+        .ok()
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(3.0);
+    std::time::Duration::from_secs_f64(s.max(0.0))
+}
+
+/// A harness's run seed, which it prints: `ZMLX_FUZZ_SEED` (a printed seed, to replay that run) or the
+/// clock mixed with the harness's `salt`, so that the harnesses of one run differ. Never 0 (xorshift's
+/// fixed point).
+pub fn fuzz_seed(name: &str, salt: u64) -> u64 {
+    let s = std::env::var("ZMLX_FUZZ_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok());
+    let seed = s.unwrap_or_else(|| {
+        let clock = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1);
+        clock ^ salt
+    }) | 1;
+    // Straight to the process's stderr, past the test harness's output capture: a run that dies of a
+    // signal still shows how to replay it.
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{name}: ZMLX_FUZZ_SEED={seed}");
+    seed
+}
+
+/// The seed of case `i` of a run: each case has its own generator, so one case replays alone (the
+/// corpora keep such case seeds).
+pub fn case_seed(run: u64, i: u64) -> u64 {
+    let mut r = Rng((run ^ i.wrapping_mul(0x9e37_79b9_7f4a_7c15)) | 1);
+    r.next();
+    r.next() | 1
+}
+
+/// The case seeds of a corpus file: one number a line; `#` starts a comment.
+pub fn corpus_seeds(path: &std::path::Path) -> Vec<u64> {
+    let text =
+        std::fs::read_to_string(path).unwrap_or_else(|e| panic!("corpus {}: {e}", path.display()));
+    text.lines()
+        .map(|l| l.split('#').next().unwrap_or("").trim())
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            l.parse()
+                .unwrap_or_else(|_| panic!("corpus {}: not a seed: {l}", path.display()))
+        })
+        .collect()
+}
+
+/// An error message with its numbers (and lists of numbers: shapes) replaced by `#`: the class of error
+/// a case reached (the harnesses count distinct classes, and `ZMLX_FUZZ_NEW_CORPUS` prints case seeds
+/// that reach the classes the corpus does not).
+pub fn error_class(msg: &str) -> String {
+    let mut out = String::new();
+    for c in msg.chars() {
+        if c.is_ascii_digit() || (c == '-' && !out.ends_with('#')) {
+            if !out.ends_with('#') {
+                out.push('#');
+            }
+        } else if (c == ',' || c == ' ') && out.ends_with('#') {
+            // Inside a list of numbers: dropped with the numbers unless the list ends here.
+            out.push(c);
+        } else {
+            if c == ')' || c == ']' {
+                while out.ends_with(',') || out.ends_with(' ') {
+                    out.pop();
+                }
+            }
+            out.push(c);
+        }
+        // "#, #" and "#,#" collapse to "#".
+        for pat in ["#, #", "#,#"] {
+            if out.ends_with(pat) {
+                out.truncate(out.len() - pat.len());
+                out.push('#');
+            }
+        }
+    }
+    out
+}
+
 // --- files ----------------------------------------------------------------------------------------------
 
 /// A name no other test process or call uses: `zmlx-<tag>-<pid>-<nanoseconds>`.

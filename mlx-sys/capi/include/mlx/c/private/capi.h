@@ -16,6 +16,7 @@
 #include <memory>
 #include <optional>
 #include <cstring>
+#include <sstream>
 #include <string>
 #include <unordered_map>
 #include <utility>
@@ -211,6 +212,16 @@ inline std::optional<int> opt(mlx_optional_int v) {
   return v.has_value ? std::optional<int>(v.value) : std::nullopt;
 }
 
+// An optional quantization size (group_size, bits): positive when given. MLX 0.32.4 divides by these
+// before it validates them (quantize by group_size, quantized_matmul / gather_qmm / qqmm by bits), so
+// a zero would be SIGFPE instead of an error.
+inline std::optional<int> opt_size(mlx_optional_int v, const char* what) {
+  if (v.has_value && v.value <= 0) {
+    throw std::invalid_argument(std::string(what) + " must be positive, got " + std::to_string(v.value));
+  }
+  return opt(v);
+}
+
 inline std::optional<float> opt(mlx_optional_float v) {
   return v.has_value ? std::optional<float>(v.value) : std::nullopt;
 }
@@ -251,6 +262,36 @@ inline mx::Shape shape(const int* data, size_t n, const char* what = "shape") {
     throw std::invalid_argument(std::string("null ") + what + " with non-zero length");
   }
   return mx::Shape(data, data + n);
+}
+
+// The strides of a slice of `a` (or of a slice update of it): non-zero, and a stride whose magnitude
+// reaches its axis's size replaced by that size, which selects the same element or none. MLX 0.32.4
+// divides by the stride unchecked (a zero is SIGFPE) and computes the slice's length in int (a stride
+// near INT_MAX or INT_MIN overflows there and the slice comes out empty).
+inline mx::Shape slice_strides(const mx::array& a, mx::Shape strides, const char* tag) {
+  for (size_t i = 0; i < strides.size(); ++i) {
+    if (strides[i] == 0) {
+      throw std::invalid_argument(std::string("[") + tag + "] slice strides must be non-zero (axis " +
+                                  std::to_string(i) + ")");
+    }
+    if (i < a.ndim()) {
+      int n = std::max(a.shape(static_cast<int>(i)), 1);
+      strides[i] = std::clamp(strides[i], -n, n);
+    }
+  }
+  return strides;
+}
+
+// The index array of take_along_axis / put_along_axis / scatter_add_axis: of an integer dtype. MLX 0.32.4
+// accepts any dtype there and fails only while evaluating, inside the CPU back end, where an error can
+// leave the stream's count of tasks in flight wrong and a later evaluation waiting forever.
+inline const mx::array& integer_indices(const mx::array& idx, const char* tag) {
+  if (!mx::issubdtype(idx.dtype(), mx::integer)) {
+    std::ostringstream msg;
+    msg << "[" << tag << "] indices must have an integer dtype, got " << idx.dtype();
+    throw std::invalid_argument(msg.str());
+  }
+  return idx;
 }
 
 inline std::vector<int> ints(const int* data, size_t n, const char* what = "axes") {
@@ -314,6 +355,151 @@ inline void check_callback(int status, const char* what, unsigned long errors_be
   throw std::runtime_error(msg);
 }
 
+// The input of a reduction. MLX 0.32.4's CPU reduction of an empty array that is not row-contiguous
+// (a transposed one, reduced over its zero-length axis) plans its loops from uninitialised values and
+// can run for hours; a row-contiguous copy, which costs nothing for an array without elements, takes
+// the path that works.
+inline mx::array reduce_input(const mx::array& a) {
+  return a.size() == 0 ? mx::contiguous(a) : a;
+}
+
+// An operand of the quantized matmuls, which MLX 0.32.4 evaluates with a division by its sizes: one
+// without elements (an empty batch included) is SIGFPE there, so it is an error here.
+inline const mx::array& nonempty(const mx::array& a, const char* what) {
+  if (a.size() == 0) {
+    std::ostringstream msg;
+    msg << what << " has no elements (shape " << a.shape()
+        << "): MLX's quantized matrix products need non-empty operands";
+    throw std::invalid_argument(msg.str());
+  }
+  return a;
+}
+
+// The diagonal offset of an n x m triangle, clamped to [-n, m]: beyond those the triangle is all or
+// nothing, as at the bounds. MLX 0.32.4 negates k and subtracts 1 from it in int (overflows at the ends
+// of int's range).
+inline int triangle_offset(int k, int n, int m) {
+  return std::clamp(k, -n, m);
+}
+
+// tri(n, m, k): MLX 0.32.4 compares an arange of n with an arange of m whatever the other is, so the
+// empty tri(0, 2^31 - 1) first made two billion elements (16 GB).
+inline mx::array tri(int n, int m, int k, mx::Dtype t, mx::StreamOrDevice s) {
+  if (n < 0 || m < 0) {
+    throw std::invalid_argument(
+        "[tri] n and m must be non-negative, got " + std::to_string(n) + " and " + std::to_string(m));
+  }
+  if (n == 0 || m == 0) {
+    return mx::zeros({n, m}, t, s);
+  }
+  return mx::tri(n, m, triangle_offset(k, n, m), t, s);
+}
+
+// tril / triu. Of an array without elements: that array. MLX 0.32.4 builds the mask of the last two
+// dimensions whatever the others are, so the triangle of a [0, 2^20, 2^16] array (no elements) first
+// made a mask of 2^36 elements, and crashed.
+inline mx::array triangle(const mx::array& x, int k, bool lower, mx::StreamOrDevice s) {
+  if (x.ndim() >= 2 && x.size() == 0) {
+    return x;
+  }
+  if (x.ndim() >= 2) {
+    k = triangle_offset(k, x.shape(-2), x.shape(-1));
+  }
+  return lower ? mx::tril(x, k, s) : mx::triu(x, k, s);
+}
+
+// Integer floor_divide / remainder / divmod. MLX 0.32.4 divides integers with the CPU's instruction,
+// which traps (SIGFPE) on a zero divisor and on INT_MIN / -1. As numpy: x // 0 and x % 0 are 0, and
+// for signed types x // -1 is -x (wrapping) and x % -1 is 0. Floating types go to MLX unchanged.
+inline std::pair<mx::array, mx::array> int_divmod(
+    const mx::array& a,
+    const mx::array& b,
+    bool want_quotient,
+    bool want_remainder,
+    mx::StreamOrDevice s) {
+  auto t = mx::promote_types(a.dtype(), b.dtype());
+  if (!mx::issubdtype(t, mx::integer)) {
+    return {
+        want_quotient ? mx::floor_divide(a, b, s) : mx::array(0),
+        want_remainder ? mx::remainder(a, b, s) : mx::array(0)};
+  }
+  auto x = mx::astype(a, t, s);
+  auto y = mx::astype(b, t, s);
+  auto zero = mx::array(0, t);
+  auto one = mx::array(1, t);
+  auto by_zero = mx::equal(y, zero, s);
+  auto by_minus_one = mx::issubdtype(t, mx::signedinteger) ? mx::equal(y, mx::array(-1, t), s)
+                                                          : mx::zeros_like(by_zero, s);
+  auto safe = mx::where(mx::logical_or(by_zero, by_minus_one, s), one, y, s);
+  mx::array q(0), r(0);
+  if (want_quotient) {
+    q = mx::where(by_zero, zero, mx::where(by_minus_one, mx::negative(x, s), mx::floor_divide(x, safe, s), s), s);
+  }
+  if (want_remainder) {
+    r = mx::where(mx::logical_or(by_zero, by_minus_one, s), zero, mx::remainder(x, safe, s), s);
+  }
+  return {q, r};
+}
+
+inline mx::array floor_divide(const mx::array& a, const mx::array& b, mx::StreamOrDevice s) {
+  return int_divmod(a, b, true, false, s).first;
+}
+
+inline mx::array remainder(const mx::array& a, const mx::array& b, mx::StreamOrDevice s) {
+  return int_divmod(a, b, false, true, s).second;
+}
+
+inline std::vector<mx::array> divmod(const mx::array& a, const mx::array& b, mx::StreamOrDevice s) {
+  if (!mx::issubdtype(mx::promote_types(a.dtype(), b.dtype()), mx::integer)) {
+    return mx::divmod(a, b, s);
+  }
+  auto [q, r] = int_divmod(a, b, true, true, s);
+  return {q, r};
+}
+
+// --- results ---------------------------------------------------------------------------------------
+
+// An op's result as MLX 0.32.4 made it, checked before a caller sees it: no negative dimension (its
+// reshape takes any negative size, not only -1, when the sizes' product matches) and an element and
+// byte count that fit in int64 (its shape products are unchecked size_t: a shape of 2^64 elements
+// wraps to an array of size 0 whose slices then read memory it does not have).
+inline void check_shape(const mx::array& a, const char* fn) {
+  int64_t n = 1;
+  for (auto d : a.shape()) {
+    if (d < 0 || __builtin_mul_overflow(n, static_cast<int64_t>(d), &n)) {
+      std::ostringstream msg;
+      msg << "[" << fn << "] the result's shape " << a.shape()
+          << (d < 0 ? " has a negative dimension" : " has more elements than int64 counts");
+      throw std::invalid_argument(msg.str());
+    }
+  }
+  int64_t bytes = 0;
+  if (__builtin_mul_overflow(n, static_cast<int64_t>(a.itemsize()), &bytes)) {
+    std::ostringstream msg;
+    msg << "[" << fn << "] the result's shape " << a.shape() << " has more bytes than int64 counts";
+    throw std::invalid_argument(msg.str());
+  }
+}
+
+inline mx::array checked(mx::array a, const char* fn) {
+  check_shape(a, fn);
+  return a;
+}
+
+inline std::vector<mx::array> checked(std::vector<mx::array> v, const char* fn) {
+  for (auto& a : v) {
+    check_shape(a, fn);
+  }
+  return v;
+}
+
+template <class A, class B>
+std::pair<A, B> checked(std::pair<A, B> p, const char* fn) {
+  check_shape(p.first, fn);
+  check_shape(p.second, fn);
+  return p;
+}
+
 // --- error guard ------------------------------------------------------------------------------------
 
 // Runs `f`; returns 0, or reports the exception and returns 1. Never lets an exception escape to C.
@@ -324,6 +510,8 @@ int guard(F&& f) noexcept {
     return 0;
   } catch (const std::exception& e) {
     report_error(e.what());
+  } catch (const char* msg) { // MLX 0.32.4's scatter throws a bare string literal
+    report_error(msg ? msg : "unknown C++ exception");
   } catch (...) {
     report_error("unknown C++ exception");
   }
@@ -337,6 +525,8 @@ R guard_value(R fallback, F&& f) noexcept {
     return f();
   } catch (const std::exception& e) {
     report_error(e.what());
+  } catch (const char* msg) {
+    report_error(msg ? msg : "unknown C++ exception");
   } catch (...) {
     report_error("unknown C++ exception");
   }
