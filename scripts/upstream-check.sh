@@ -111,6 +111,13 @@ phase "C++ tests (ctest)"
 grep -E 'tests passed|tests failed' "$work/logs/ctest.log"
 ctest_failed=$(sed -n 's/.*tests passed, \([0-9]*\) tests failed out of.*/\1/p' "$work/logs/ctest.log")
 ctest_total=$(sed -n 's/.*tests failed out of \([0-9]*\).*/\1/p' "$work/logs/ctest.log")
+ctest_status=0
+if [ -z "$ctest_failed" ] || [ "$ctest_failed" != 0 ]; then
+  ctest_status=1
+  ctest_failed=${ctest_failed:-0}
+  ctest_total=${ctest_total:-0}
+  echo "ctest FAILED:"; grep -E 'Failed|\*\*\*' "$work/logs/ctest.log" | head -n 40
+fi
 
 phase "Python tests"
 py_tests=(test_quantized.py)
@@ -147,4 +154,4 @@ fi
 phase "done"
 echo "summary: ctest $((ctest_total - ctest_failed))/$ctest_total passed; python: ${py_tests[*]} $([ $py_status = 0 ] && echo OK || echo FAILED)$cargo_summary"
 ccache -s 2>/dev/null | grep -E 'Hits|Misses|hit rate' || true
-[ $py_status = 0 ] && [ $cargo_status = 0 ]
+[ $ctest_status = 0 ] && [ $py_status = 0 ] && [ $cargo_status = 0 ]
