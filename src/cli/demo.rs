@@ -15,6 +15,9 @@ pub struct DemoArgs {
     /// Synthetic preset of the default run.
     #[arg(long, default_value = "qwen3-tiny")]
     preset: String,
+    /// Prompt length of the default run's decode (its prefill is timed on both paths).
+    #[arg(long, default_value_t = 128, value_parser = at_least_one)]
+    prompt_tokens: usize,
     /// Tokens to decode per path in the default run.
     #[arg(long, default_value_t = 64, value_parser = at_least_one)]
     decode_tokens: usize,
@@ -32,7 +35,7 @@ pub fn run(a: &DemoArgs) -> Result<()> {
     report::header()?;
     let (model, _, _) = synth_model(&a.preset, 0, None)?;
     report::model_line(&model, &format!("synthetic {} (seed 0)", a.preset));
-    let prompt = random_tokens(16, model.config.vocab_size, 1);
+    let prompt = random_tokens(a.prompt_tokens, model.config.vocab_size, 1);
     let r = run_decode(
         &model,
         &prompt,

@@ -66,14 +66,22 @@ pub fn decode_table(prompt: usize, r: &Generation, f: &Generation) {
         r.tokens.len()
     );
     println!(
-        "  {:<11} {:>12} {:>14}",
-        "path", "prefill (s)", "decode tok/s"
+        "  {:<11} {:>12} {:>15} {:>14}",
+        "path", "prefill (s)", "prefill tok/s", "decode tok/s"
     );
+    let prefill_rate = |g: &Generation| {
+        if g.prefill_secs > 0.0 {
+            g.prompt_tokens as f64 / g.prefill_secs
+        } else {
+            0.0
+        }
+    };
     for (name, g) in [("reference", r), ("fused", f)] {
         println!(
-            "  {:<11} {:>12.3} {:>14.2}",
+            "  {:<11} {:>12.3} {:>15.1} {:>14.2}",
             name,
             g.prefill_secs,
+            prefill_rate(g),
             g.decode_tok_per_s()
         );
     }
@@ -83,6 +91,10 @@ pub fn decode_table(prompt: usize, r: &Generation, f: &Generation) {
     let (rt, ft) = (r.decode_tok_per_s(), f.decode_tok_per_s());
     if rt > 0.0 {
         println!("  speedup (fused / reference decode): {:.2}x", ft / rt);
+    }
+    let (rp, fp) = (prefill_rate(r), prefill_rate(f));
+    if rp > 0.0 {
+        println!("  speedup (fused / reference prefill): {:.2}x", fp / rp);
     }
     match first_diff(&r.tokens, &f.tokens) {
         None => println!("  greedy tokens: identical ({} / {})", r.tokens.len(), r.tokens.len()),
