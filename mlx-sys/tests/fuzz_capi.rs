@@ -1993,7 +1993,12 @@ fn run_program(seed: u64, stats: &mut Stats) {
     }
     let mut p = Program::new(seed, stats);
     let steps = 40 + p.r.below(200);
-    for _ in 0..steps {
+    // `ZMLX_FUZZ_STEPS`: run only the program's first steps (to find the call that breaks a case).
+    let limit = std::env::var("ZMLX_FUZZ_STEPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(steps);
+    for _ in 0..steps.min(limit) {
         p.step();
         if p.trace && std::env::var("ZMLX_FUZZ_TRACE").is_ok_and(|v| v == "sync") {
             // Work left in flight by an async_eval shows up here, at the step that started it.
@@ -2670,6 +2675,60 @@ fn regression_slice_strides() {
 /// Float indices of take_along_axis / put_along_axis / scatter_add_axis were accepted and failed inside
 /// the CPU back end while evaluating; with async evaluation that left the stream's count of tasks in
 /// flight wrong and the next evaluation waited forever.
+/// hadamard_transform of a last dimension that is not m * 2^k (m in 1, 12, 20, 28): MLX divided out 12
+/// from 60 and ran its power-of-two butterfly on 5, writing past the output (heap corruption).
+#[test]
+fn regression_hadamard_sizes_are_checked() {
+    let s = Stream::cpu();
+    let none = sys::mlx_optional_float {
+        value: 0.0,
+        has_value: false,
+    };
+    for n in [3, 5, 6, 24 * 5, 60, 36, 1 << 27] {
+        // Lazy zeros: the check comes before anything is allocated.
+        let mut a = Arr::empty();
+        let shape = [1, n];
+        check(
+            unsafe {
+                sys::mlx_zeros(
+                    &mut a.0,
+                    shape.as_ptr(),
+                    2,
+                    sys::mlx_dtype__MLX_FLOAT32,
+                    s.0,
+                )
+            },
+            "zeros",
+        );
+        fails(
+            "[hadamard_transform] the last dimension must be m * 2^k",
+            |r| unsafe { sys::mlx_hadamard_transform(r, a.0, none, s.0) },
+        );
+    }
+    // Supported sizes still transform: H2 of [1, 2] / sqrt(2), and 12 * 2 and 20 run.
+    let a = f32s(&[1., 2.], &[2]);
+    let mut r = Arr::empty();
+    check(
+        unsafe { sys::mlx_hadamard_transform(&mut r.0, a.0, none, s.0) },
+        "hadamard_transform",
+    );
+    let h = 1.0 / 2f32.sqrt();
+    let got = r.values();
+    assert!(
+        (got[0] - 3. * h).abs() < 1e-6 && (got[1] + h).abs() < 1e-6,
+        "{got:?}"
+    );
+    for n in [1, 12, 24, 20, 28, 56, 1024] {
+        let a = weights(2, n as usize);
+        let mut r = Arr::empty();
+        check(
+            unsafe { sys::mlx_hadamard_transform(&mut r.0, a.0, none, s.0) },
+            "hadamard_transform",
+        );
+        check(unsafe { sys::mlx_array_eval(r.0) }, "eval");
+    }
+}
+
 #[test]
 fn regression_float_indices_along_an_axis_are_errors() {
     let s = Stream::cpu();

@@ -1003,7 +1003,7 @@ extern "C" int mlx_hadamard_transform(
     mlx_optional_float scale,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mlxc::checked(mx::hadamard_transform(mlxc::get(a), mlxc::opt(scale), mlxc::stream(s)), "hadamard_transform"));
+    put(res, mlxc::checked(mlxc::hadamard_transform(mlxc::get(a), mlxc::opt(scale), mlxc::stream(s)), "hadamard_transform"));
   });
 }
 

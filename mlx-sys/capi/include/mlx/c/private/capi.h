@@ -382,6 +382,28 @@ inline int triangle_offset(int k, int n, int m) {
   return std::clamp(k, -n, m);
 }
 
+// hadamard_transform: the last dimension must be m * 2^k with m in (1, 12, 20, 28) and 2^k <= 2^26. MLX
+// 0.32.4 divides out the first m that divides n but does not check that the rest is a power of two, and its
+// CPU kernel then writes past the output (n = 60 = 12 * 5 corrupted the heap).
+inline mx::array hadamard_transform(
+    const mx::array& a,
+    std::optional<float> scale,
+    mx::StreamOrDevice s) {
+  const int n = a.ndim() > 0 ? a.shape(-1) : 1;
+  auto pow2 = [](int v) { return v > 0 && (v & (v - 1)) == 0 && v <= (1 << 26); };
+  bool ok = n <= 1;
+  for (int m : {1, 12, 20, 28}) {
+    ok = ok || (n % m == 0 && pow2(n / m));
+  }
+  if (!ok) {
+    throw std::invalid_argument(
+        "[hadamard_transform] the last dimension must be m * 2^k with m in (1, 12, 20, 28) and k <= 26, "
+        "but got " +
+        std::to_string(n));
+  }
+  return mx::hadamard_transform(a, scale, s);
+}
+
 // tri(n, m, k): MLX 0.32.4 compares an arange of n with an arange of m whatever the other is, so the
 // empty tri(0, 2^31 - 1) first made two billion elements (16 GB).
 inline mx::array tri(int n, int m, int k, mx::Dtype t, mx::StreamOrDevice s) {
