@@ -2510,6 +2510,37 @@ fn regression_triangles_of_empty_arrays() {
         check(unsafe { f(&mut r.0, a.0, k, s.0) }, "tril/triu");
         assert_eq!(r.values(), want, "k {k} lower {lower}");
     }
+    // tri far below the diagonal: MLX's arange(-k, m - k) overflowed int, and the result had shape
+    // [2^31 - 1, 0] instead of [2^31 - 1, 3] (after an 8 GB arange). Not evaluated here: 6.4e9 elements.
+    let mut r = Arr::empty();
+    check(
+        unsafe {
+            sys::mlx_tri(
+                &mut r.0,
+                i32::MAX,
+                3,
+                i32::MIN,
+                sys::mlx_dtype__MLX_FLOAT16,
+                s.0,
+            )
+        },
+        "tri",
+    );
+    assert_eq!(common::shape_of(&r), vec![i32::MAX, 3]);
+    for (k, want) in [
+        (i32::MIN, vec![0.; 6]),
+        (-1, vec![0., 0., 0., 1., 0., 0.]),
+        (0, vec![1., 0., 0., 1., 1., 0.]),
+        (1, vec![1., 1., 0., 1., 1., 1.]),
+        (i32::MAX, vec![1.; 6]),
+    ] {
+        let mut r = Arr::empty();
+        check(
+            unsafe { sys::mlx_tri(&mut r.0, 2, 3, k, sys::mlx_dtype__MLX_FLOAT32, s.0) },
+            "tri",
+        );
+        assert_eq!(r.values(), want, "tri(2, 3, {k})");
+    }
     // tri(0, 2^31 - 1) made two arange of n and m first: 16 GB for an empty result.
     let mut r = Arr::empty();
     let t0 = std::time::Instant::now();

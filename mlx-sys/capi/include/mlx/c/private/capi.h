@@ -375,13 +375,6 @@ inline const mx::array& nonempty(const mx::array& a, const char* what) {
   return a;
 }
 
-// The diagonal offset of an n x m triangle, clamped to [-n, m]: beyond those the triangle is all or
-// nothing, as at the bounds. MLX 0.32.4 negates k and subtracts 1 from it in int (overflows at the ends
-// of int's range).
-inline int triangle_offset(int k, int n, int m) {
-  return std::clamp(k, -n, m);
-}
-
 // hadamard_transform: the last dimension must be m * 2^k with m in (1, 12, 20, 28) and 2^k <= 2^26. MLX
 // 0.32.4 divides out the first m that divides n but does not check that the rest is a power of two, and its
 // CPU kernel then writes past the output (n = 60 = 12 * 5 corrupted the heap).
@@ -404,8 +397,17 @@ inline mx::array hadamard_transform(
   return mx::hadamard_transform(a, scale, s);
 }
 
-// tri(n, m, k): MLX 0.32.4 compares an arange of n with an arange of m whatever the other is, so the
-// empty tri(0, 2^31 - 1) first made two billion elements (16 GB).
+// The n x m mask j <= i + k, in 64-bit arithmetic. MLX 0.32.4's tri builds arange(-k, m - k) in int, which
+// overflows for offsets far below the diagonal: tri(2^31 - 1, 3, -2^31) came out with shape [2^31 - 1, 0]
+// (silently wrong) after an 8 GB arange; and tril / triu use that tri (triu with k - 1).
+inline mx::array triangle_mask(int n, int m, int64_t k, mx::StreamOrDevice s) {
+  auto rows = mx::expand_dims(mx::astype(mx::arange(n, s), mx::int64, s), 1, s);
+  auto cols = mx::expand_dims(mx::astype(mx::arange(m, s), mx::int64, s), 0, s);
+  return mx::less_equal(cols, mx::add(rows, mx::array(k, mx::int64), s), s);
+}
+
+// tri(n, m, k). A side of 0 gives zeros without building aranges of the other side (MLX 0.32.4 made two
+// billion elements for the empty tri(0, 2^31 - 1)).
 inline mx::array tri(int n, int m, int k, mx::Dtype t, mx::StreamOrDevice s) {
   if (n < 0 || m < 0) {
     throw std::invalid_argument(
@@ -414,20 +416,23 @@ inline mx::array tri(int n, int m, int k, mx::Dtype t, mx::StreamOrDevice s) {
   if (n == 0 || m == 0) {
     return mx::zeros({n, m}, t, s);
   }
-  return mx::tri(n, m, triangle_offset(k, n, m), t, s);
+  return mx::astype(triangle_mask(n, m, k, s), t, s);
 }
 
-// tril / triu. Of an array without elements: that array. MLX 0.32.4 builds the mask of the last two
-// dimensions whatever the others are, so the triangle of a [0, 2^20, 2^16] array (no elements) first
-// made a mask of 2^36 elements, and crashed.
+// tril / triu. Of an array without elements: that array (MLX 0.32.4 builds the mask of the last two
+// dimensions whatever the others are: a [0, 2^20, 2^16] array first made a mask of 2^36 elements, and
+// crashed).
 inline mx::array triangle(const mx::array& x, int k, bool lower, mx::StreamOrDevice s) {
-  if (x.ndim() >= 2 && x.size() == 0) {
+  if (x.ndim() < 2) {
+    return lower ? mx::tril(x, k, s) : mx::triu(x, k, s); // MLX's error
+  }
+  if (x.size() == 0) {
     return x;
   }
-  if (x.ndim() >= 2) {
-    k = triangle_offset(k, x.shape(-2), x.shape(-1));
-  }
-  return lower ? mx::tril(x, k, s) : mx::triu(x, k, s);
+  const int n = x.shape(-2), m = x.shape(-1);
+  auto zero = mx::zeros({}, x.dtype(), s);
+  return lower ? mx::where(triangle_mask(n, m, k, s), x, zero, s)
+               : mx::where(triangle_mask(n, m, int64_t{k} - 1, s), zero, x, s);
 }
 
 // Integer floor_divide / remainder / divmod. MLX 0.32.4 divides integers with the CPU's instruction,
