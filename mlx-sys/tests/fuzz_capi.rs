@@ -2470,6 +2470,81 @@ fn regression_quantized_matmuls_of_empty_operands_are_errors() {
 /// Triangles. Of an array without elements but with large other dimensions: MLX built the 2^36-element
 /// mask of the last two dimensions first and crashed (SIGSEGV after 10 GB); tri(0, 2^31 - 1) allocated
 /// 16 GB (a run of fuzz_capi_programs then ended in heap corruption). Both found by the harness.
+/// A quantized (uint32) weight of fewer than 2 dimensions: MLX compared the batch dimensions of weight and
+/// scales with a memcmp of size -8 (AddressSanitizer: negative-size-param), reading before the shape.
+#[test]
+fn regression_quantized_weights_need_two_dimensions() {
+    let s = Stream::cpu();
+    let x = f32s(&[0.5; 64], &[1, 64]);
+    let w1 = new_arr(&[7u32; 8], &[8], sys::mlx_dtype__MLX_UINT32);
+    let sc = f32s(&[0.25], &[1]);
+    let bi = f32s(&[0.5], &[1]);
+    let mode = c"affine";
+    let g = sys::mlx_optional_int {
+        value: 64,
+        has_value: true,
+    };
+    let b = sys::mlx_optional_int {
+        value: 4,
+        has_value: true,
+    };
+    fails(
+        "the quantized weight must have at least 2 dimensions",
+        |r| unsafe {
+            sys::mlx_quantized_matmul(r, x.0, w1.0, sc.0, bi.0, true, g, b, mode.as_ptr(), s.0)
+        },
+    );
+    // Scales without the weight's batch dimensions.
+    let w3 = new_arr(&[7u32; 32], &[2, 2, 8], sys::mlx_dtype__MLX_UINT32);
+    let none = sys::mlx_array {
+        ctx: std::ptr::null_mut(),
+    };
+    let sc0 = new_arr(&[0.25f32], &[], sys::mlx_dtype__MLX_FLOAT32);
+    fails(
+        "the scales must have the weight's batch dimensions",
+        |r| unsafe {
+            sys::mlx_gather_qmm(
+                r,
+                x.0,
+                w3.0,
+                sc0.0,
+                none,
+                none,
+                none,
+                true,
+                g,
+                b,
+                mode.as_ptr(),
+                false,
+                s.0,
+            )
+        },
+    );
+    // A well-formed 2-D weight still multiplies.
+    let w2 = new_arr(&[0x7654_3210u32; 16], &[2, 8], sys::mlx_dtype__MLX_UINT32);
+    let sc2 = f32s(&[0.25, 0.5], &[2, 1]);
+    let bi2 = f32s(&[-1.0, 1.0], &[2, 1]);
+    let mut r = Arr::empty();
+    check(
+        unsafe {
+            sys::mlx_quantized_matmul(
+                &mut r.0,
+                x.0,
+                w2.0,
+                sc2.0,
+                bi2.0,
+                true,
+                g,
+                b,
+                mode.as_ptr(),
+                s.0,
+            )
+        },
+        "quantized_matmul",
+    );
+    assert_eq!(common::shape_of(&r), vec![1, 2]);
+}
+
 #[test]
 fn regression_triangles_of_empty_arrays() {
     let s = Stream::cpu();

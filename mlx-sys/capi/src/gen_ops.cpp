@@ -954,7 +954,7 @@ extern "C" int mlx_gather_qmm(
     bool sorted_indices,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mlxc::checked(mx::gather_qmm(mlxc::nonempty(mlxc::get(x), "x"), mlxc::nonempty(mlxc::get(w), "w"), mlxc::get(scales), mlxc::opt(biases), mlxc::opt(lhs_indices), mlxc::opt(rhs_indices), transpose, mlxc::opt_size(group_size, "group_size"), mlxc::opt_size(bits, "bits"), mlxc::str(mode, "mode"), std::nullopt, sorted_indices, mlxc::stream(s)), "gather_qmm"));
+    put(res, mlxc::checked(mx::gather_qmm(mlxc::nonempty(mlxc::get(x), "x"), mlxc::quantized_weight(mlxc::nonempty(mlxc::get(w), "w"), mlxc::get(scales)), mlxc::get(scales), mlxc::opt(biases), mlxc::opt(lhs_indices), mlxc::opt(rhs_indices), transpose, mlxc::opt_size(group_size, "group_size"), mlxc::opt_size(bits, "bits"), mlxc::str(mode, "mode"), std::nullopt, sorted_indices, mlxc::stream(s)), "gather_qmm"));
   });
 }
 
@@ -973,7 +973,7 @@ extern "C" int mlx_gather_qqmm(
     bool sorted_indices,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mlxc::checked(mx::gather_qqmm(mlxc::nonempty(mlxc::get(x), "x"), mlxc::nonempty(mlxc::get(w), "w"), mlxc::opt(scales_w), mlxc::opt(lhs_indices), mlxc::opt(rhs_indices), mlxc::opt_size(group_size, "group_size"), mlxc::opt_size(bits, "bits"), mlxc::str(mode, "mode"), mlxc::opt(global_scale_x), mlxc::opt(global_scale_w), sorted_indices, mlxc::stream(s)), "gather_qqmm"));
+    put(res, mlxc::checked(mx::gather_qqmm(mlxc::nonempty(mlxc::get(x), "x"), mlxc::quantized_weight(mlxc::nonempty(mlxc::get(w), "w"), mlxc::opt(scales_w)), mlxc::opt(scales_w), mlxc::opt(lhs_indices), mlxc::opt(rhs_indices), mlxc::opt_size(group_size, "group_size"), mlxc::opt_size(bits, "bits"), mlxc::str(mode, "mode"), mlxc::opt(global_scale_x), mlxc::opt(global_scale_w), sorted_indices, mlxc::stream(s)), "gather_qqmm"));
   });
 }
 
@@ -1651,7 +1651,7 @@ extern "C" int mlx_qqmm(
     const mlx_array global_scale_w /* may be null */,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mlxc::checked(mx::qqmm(mlxc::nonempty(mlxc::get(x), "x"), mlxc::nonempty(mlxc::get(w), "w"), mlxc::opt(w_scales), mlxc::opt_size(group_size, "group_size"), mlxc::opt_size(bits, "bits"), mlxc::str(mode, "mode"), mlxc::opt(global_scale_x), mlxc::opt(global_scale_w), mlxc::stream(s)), "qqmm"));
+    put(res, mlxc::checked(mx::qqmm(mlxc::nonempty(mlxc::get(x), "x"), mlxc::quantized_weight(mlxc::nonempty(mlxc::get(w), "w"), mlxc::opt(w_scales)), mlxc::opt(w_scales), mlxc::opt_size(group_size, "group_size"), mlxc::opt_size(bits, "bits"), mlxc::str(mode, "mode"), mlxc::opt(global_scale_x), mlxc::opt(global_scale_w), mlxc::stream(s)), "qqmm"));
   });
 }
 
@@ -1680,7 +1680,7 @@ extern "C" int mlx_quantized_matmul(
     const char* mode,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mlxc::checked(mx::quantized_matmul(mlxc::nonempty(mlxc::get(x), "x"), mlxc::nonempty(mlxc::get(w), "w"), mlxc::get(scales), mlxc::opt(biases), transpose, mlxc::opt_size(group_size, "group_size"), mlxc::opt_size(bits, "bits"), mlxc::str(mode, "mode"), mlxc::stream(s)), "quantized_matmul"));
+    put(res, mlxc::checked(mx::quantized_matmul(mlxc::nonempty(mlxc::get(x), "x"), mlxc::quantized_weight(mlxc::nonempty(mlxc::get(w), "w"), mlxc::get(scales)), mlxc::get(scales), mlxc::opt(biases), transpose, mlxc::opt_size(group_size, "group_size"), mlxc::opt_size(bits, "bits"), mlxc::str(mode, "mode"), mlxc::stream(s)), "quantized_matmul"));
   });
 }
 

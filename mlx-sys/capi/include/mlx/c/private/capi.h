@@ -375,6 +375,30 @@ inline const mx::array& nonempty(const mx::array& a, const char* what) {
   return a;
 }
 
+// A quantized weight (uint32) and its scales, before MLX 0.32.4 compares their batch dimensions: it reads
+// w.shape()[0, ndim - 2), which for a weight of fewer than 2 dimensions starts before the shape (a memcmp of
+// size -8, found by AddressSanitizer), and as many dimensions of the scales.
+inline const mx::array& quantized_weight(const mx::array& w, const std::optional<mx::array>& scales) {
+  if (w.dtype() != mx::uint32) {
+    return w; // not quantized: MLX's own checks
+  }
+  if (w.ndim() < 2) {
+    std::ostringstream msg;
+    msg << "[quantized] the quantized weight must have at least 2 dimensions, but got shape " << w.shape();
+    throw std::invalid_argument(msg.str());
+  }
+  if (scales && (scales->ndim() < 1 || scales->ndim() + 2 < w.ndim())) {
+    std::ostringstream msg;
+    msg << "[quantized] the scales must have the weight's batch dimensions and a last one (weight shape "
+        << w.shape() << "), but got shape " << scales->shape();
+    throw std::invalid_argument(msg.str());
+  }
+  return w;
+}
+inline const mx::array& quantized_weight(const mx::array& w, const mx::array& scales) {
+  return quantized_weight(w, std::optional<mx::array>(scales));
+}
+
 // hadamard_transform: the last dimension must be m * 2^k with m in (1, 12, 20, 28) and 2^k <= 2^26. MLX
 // 0.32.4 divides out the first m that divides n but does not check that the rest is a power of two, and its
 // CPU kernel then writes past the output (n = 60 = 12 * 5 corrupted the heap).
