@@ -2470,6 +2470,57 @@ fn regression_quantized_matmuls_of_empty_operands_are_errors() {
 /// Triangles. Of an array without elements but with large other dimensions: MLX built the 2^36-element
 /// mask of the last two dimensions first and crashed (SIGSEGV after 10 GB); tri(0, 2^31 - 1) allocated
 /// 16 GB (a run of fuzz_capi_programs then ended in heap corruption). Both found by the harness.
+/// Bool data bytes other than 0 and 1: reading one as a bool is undefined behaviour (UBSan found item_bool
+/// loading 27). Both the copying and the in-place constructors refuse them.
+#[test]
+fn regression_bool_data_bytes_are_checked() {
+    let bad = [0u8, 1, 27, 1];
+    let shape = [4];
+    let a = unsafe {
+        sys::mlx_array_new_data(
+            bad.as_ptr().cast(),
+            shape.as_ptr(),
+            1,
+            sys::mlx_dtype__MLX_BOOL,
+        )
+    };
+    assert!(a.ctx.is_null());
+    let e = last_error();
+    assert!(
+        e.contains("bool data must hold bytes 0 or 1, but element 2 is 27"),
+        "{e}"
+    );
+    let mut owned = bad;
+    let m = unsafe {
+        sys::mlx_array_new_data_managed(
+            owned.as_mut_ptr().cast(),
+            shape.as_ptr(),
+            1,
+            sys::mlx_dtype__MLX_BOOL,
+            None,
+        )
+    };
+    assert!(m.ctx.is_null());
+    assert!(last_error().contains("bool data must hold bytes 0 or 1"));
+    // 0 / 1 bytes make a bool array whose items read back.
+    let good = [1u8];
+    let g = Arr(unsafe {
+        sys::mlx_array_new_data(
+            good.as_ptr().cast(),
+            shape.as_ptr(),
+            0,
+            sys::mlx_dtype__MLX_BOOL,
+        )
+    });
+    assert!(!g.0.ctx.is_null(), "{}", last_error());
+    let mut v = false;
+    check(
+        unsafe { sys::mlx_array_item_bool(&mut v, g.0) },
+        "item_bool",
+    );
+    assert!(v);
+}
+
 /// A quantized (uint32) weight of fewer than 2 dimensions: MLX compared the batch dimensions of weight and
 /// scales with a memcmp of size -8 (AddressSanitizer: negative-size-param), reading before the shape.
 #[test]

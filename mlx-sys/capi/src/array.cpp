@@ -64,6 +64,22 @@ mx::Shape data_shape(const int* shape_p, int dim, mx::Dtype dt, size_t& bytes) {
   return shp;
 }
 
+// A bool element is one byte holding 0 or 1; MLX (and C++) reading any other byte as a bool is undefined
+// behaviour (UBSan: "load of value 27, which is not a valid value for type 'bool'").
+void check_bool_bytes(const void* data, size_t bytes, mx::Dtype dt) {
+  if (dt != mx::bool_) {
+    return;
+  }
+  const auto* p = static_cast<const unsigned char*>(data);
+  for (size_t i = 0; i < bytes; ++i) {
+    if (p[i] > 1) {
+      throw std::invalid_argument(
+          "bool data must hold bytes 0 or 1, but element " + std::to_string(i) + " is " +
+          std::to_string(static_cast<int>(p[i])));
+    }
+  }
+}
+
 mx::array from_bytes(const void* data, const int* shape_p, int dim, const mlx_dtype& dtype) {
   auto dt = to_cpp(dtype);
   size_t bytes = 0;
@@ -71,6 +87,7 @@ mx::array from_bytes(const void* data, const int* shape_p, int dim, const mlx_dt
   if (data == nullptr && bytes != 0) {
     throw std::invalid_argument("null data for a non-empty array");
   }
+  check_bool_bytes(data, bytes, dt);
   auto buf = mx::allocator::malloc(bytes);
   if (bytes) {
     std::memcpy(buf.buffer().raw_ptr(), data, bytes);
@@ -86,6 +103,7 @@ mx::array managed(void* data, const int* shape_p, int dim, const mlx_dtype& dtyp
   if (data == nullptr) {
     throw std::invalid_argument("null data");
   }
+  check_bool_bytes(data, bytes, dt);
   return mx::array(data, std::move(shp), dt, deleter);
 }
 

@@ -79,7 +79,9 @@ mlx_array mlx_array_new_float64(double val);
 mlx_array mlx_array_new_double(double val);
 mlx_array mlx_array_new_complex(float real_val, float imag_val);
 
-/* Copies `data` (row-major, `dim` dimensions). Returns the empty handle on error. */
+/* Copies `data` (row-major, `dim` dimensions). Returns the empty handle on error. The data of a bool array
+ * is one byte per element holding 0 or 1 (any other byte is an error, here and in the two functions below,
+ * which check the bytes once, when the array is made). */
 mlx_array mlx_array_new_data(
     const void* data,
     const int* shape,
