@@ -2470,6 +2470,43 @@ fn regression_quantized_matmuls_of_empty_operands_are_errors() {
 /// Triangles. Of an array without elements but with large other dimensions: MLX built the 2^36-element
 /// mask of the last two dimensions first and crashed (SIGSEGV after 10 GB); tri(0, 2^31 - 1) allocated
 /// 16 GB (a run of fuzz_capi_programs then ended in heap corruption). Both found by the harness.
+/// Matrix products without elements: MLX's CPU matmul of an empty batch of 65536 x 65536 matrices divides by
+/// zero (SIGFPE) when evaluated. The C API returns zeros of the product's shape.
+#[test]
+fn regression_empty_matrix_products_are_zeros() {
+    let s = Stream::cpu();
+    for dt in [sys::mlx_dtype__MLX_FLOAT32, sys::mlx_dtype__MLX_COMPLEX64] {
+        let shape = [0, 65536, 65536];
+        let mut a = Arr::empty();
+        check(
+            unsafe { sys::mlx_zeros(&mut a.0, shape.as_ptr(), 3, dt, s.0) },
+            "zeros",
+        );
+        let mut m = Arr::empty();
+        check(
+            unsafe { sys::mlx_matmul(&mut m.0, a.0, a.0, s.0) },
+            "matmul",
+        );
+        let mut c = Arr::empty();
+        check(
+            unsafe { sys::mlx_addmm(&mut c.0, a.0, a.0, a.0, 1.0, 1.0, s.0) },
+            "addmm",
+        );
+        for (name, r) in [("matmul", &m), ("addmm", &c)] {
+            check(unsafe { sys::mlx_array_eval(r.0) }, name);
+            assert_eq!(common::shape_of(r), shape.to_vec(), "{name}");
+        }
+    }
+    // Products with elements are still computed.
+    let a = f32s(&[1., 2., 3., 4.], &[2, 2]);
+    let mut r = Arr::empty();
+    check(
+        unsafe { sys::mlx_matmul(&mut r.0, a.0, a.0, s.0) },
+        "matmul",
+    );
+    assert_eq!(r.values(), vec![7., 10., 15., 22.]);
+}
+
 /// Bool data bytes other than 0 and 1: reading one as a bool is undefined behaviour (UBSan found item_bool
 /// loading 27). Both the copying and the in-place constructors refuse them.
 #[test]

@@ -9,13 +9,14 @@
 
 #include <mlx/compile_impl.h>
 #include <mlx/mlx.h>
+#include <mlx/primitives.h>
 
 #include <algorithm>
+#include <cstring>
 #include <exception>
 #include <functional>
 #include <memory>
 #include <optional>
-#include <cstring>
 #include <sstream>
 #include <string>
 #include <unordered_map>
@@ -532,8 +533,26 @@ inline void check_shape(const mx::array& a, const char* fn) {
   }
 }
 
+// Matrix products whose result has no elements. MLX 0.32.4's CPU matmul of an empty batch of large matrices
+// (shape [0, 65536, 65536], in Python too) divides by zero (SIGFPE) when evaluated; there is nothing to
+// compute, so these ops return zeros of the result's shape and dtype instead.
+inline bool is_matrix_product(const char* fn) {
+  static const char* const names[] = {"matmul", "addmm", "tensordot", "tensordot_axis", "inner",
+                                      "einsum", "block_masked_mm", "gather_mm", "segmented_mm"};
+  for (const char* n : names) {
+    if (std::strcmp(n, fn) == 0) {
+      return true;
+    }
+  }
+  return false;
+}
+
 inline mx::array checked(mx::array a, const char* fn) {
   check_shape(a, fn);
+  if (a.size() == 0 && is_matrix_product(fn)) {
+    return a.has_primitive() ? mx::zeros(a.shape(), a.dtype(), a.primitive().stream())
+                             : mx::zeros(a.shape(), a.dtype());
+  }
   return a;
 }
 
