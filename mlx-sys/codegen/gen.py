@@ -23,7 +23,9 @@ A parameter is `[type] name`; the type defaults to `array`. Types and their C fo
 
     array      const mlx_array            -> get(x)          (must be a non-empty handle)
     array?     const mlx_array            -> opt(x)          (the empty handle means "absent")
-    reduced    const mlx_array            -> reduce_input(get(x)): the input of a reduction (capi.h)
+    reduced    const mlx_array            -> reduce_input(get(x)): the input of a reduction (capi.h); of an
+                                             op's only `reduced` input, with its `int* axes` / `int axis`
+                                             (with neither: all axes)
     nonempty   const mlx_array            -> nonempty(get(x)): an array that must have elements (capi.h)
     arrays     const mlx_vector_array     -> get(x)
     int* / shape / int64*                 -> `const T* x, size_t x_num` as std::vector<int> / Shape / Strides
@@ -179,6 +181,17 @@ def c_decl(cname, params, result, has_stream, indent="    "):
 
 def cpp_call(spec, params, has_stream, call):
     conv = {pname: TYPES[ptype][1].format(n=pname) for ptype, pname in params}
+    # The one input of a reduction also gets the reduced axes (all of them when the op takes none).
+    reduced = [pname for ptype, pname in params if ptype == "reduced"]
+    if len(reduced) == 1:
+        types = {pname: ptype for ptype, pname in params}
+        arr = f"mlxc::get({reduced[0]})"
+        if types.get("axes") == "int*":
+            conv[reduced[0]] = f"mlxc::reduce_input({arr}, {conv['axes']})"
+        elif types.get("axis") == "int":
+            conv[reduced[0]] = f"mlxc::reduce_input({arr}, std::vector<int>{{axis}})"
+        elif "axis" not in types and "axes" not in types:
+            conv[reduced[0]] = f"mlxc::reduce_input_all({arr})"
     if "(" in call:
         expr = call
         for pname in sorted(conv, key=len, reverse=True):

@@ -2470,6 +2470,49 @@ fn regression_quantized_matmuls_of_empty_operands_are_errors() {
 /// Triangles. Of an array without elements but with large other dimensions: MLX built the 2^36-element
 /// mask of the last two dimensions first and crashed (SIGSEGV after 10 GB); tri(0, 2^31 - 1) allocated
 /// 16 GB (a run of fuzz_capi_programs then ended in heap corruption). Both found by the harness.
+/// Reductions of an array without elements over an empty axis and long ones: the result is the identity,
+/// but MLX looped over the long reduced axes (~1.3e10 iterations per output element for `all` over
+/// [3, 5, 65536, 2, 65536, 0] along axes 0, 2, 4, 5: a hang).
+#[test]
+fn regression_reductions_over_an_empty_axis_finish() {
+    let s = Stream::cpu();
+    let shape = [3, 5, 65536, 2, 65536, 0];
+    let mut a = Arr::empty();
+    check(
+        unsafe { sys::mlx_zeros(&mut a.0, shape.as_ptr(), 6, sys::mlx_dtype__MLX_UINT64, s.0) },
+        "zeros",
+    );
+    let t = Instant::now();
+    let axes = [0, 2, -2, 5];
+    let mut all = Arr::empty();
+    check(
+        unsafe { sys::mlx_all_axes(&mut all.0, a.0, axes.as_ptr(), 4, true, s.0) },
+        "all_axes",
+    );
+    assert_eq!(common::shape_of(&all), vec![1, 5, 1, 2, 1, 1]);
+    let mut any = Arr::empty();
+    check(
+        unsafe { sys::mlx_any_axis(&mut any.0, a.0, 5, false, s.0) },
+        "any_axis",
+    );
+    assert_eq!(common::shape_of(&any), vec![3, 5, 65536, 2, 65536]);
+    let mut sum = Arr::empty();
+    check(unsafe { sys::mlx_sum(&mut sum.0, a.0, false, s.0) }, "sum");
+    let mut flat = Arr::empty();
+    check(
+        unsafe { sys::mlx_astype(&mut flat.0, all.0, sys::mlx_dtype__MLX_FLOAT32, s.0) },
+        "astype",
+    );
+    assert_eq!(flat.values(), vec![1.0; 10]);
+    let mut sf = Arr::empty();
+    check(
+        unsafe { sys::mlx_astype(&mut sf.0, sum.0, sys::mlx_dtype__MLX_FLOAT32, s.0) },
+        "astype",
+    );
+    assert_eq!(sf.values(), vec![0.0]);
+    assert!(t.elapsed() < Duration::from_secs(20), "{:?}", t.elapsed());
+}
+
 /// Matrix products without elements: MLX's CPU matmul of an empty batch of 65536 x 65536 matrices divides by
 /// zero (SIGFPE) when evaluated. The C API returns zeros of the product's shape.
 #[test]

@@ -37,7 +37,7 @@ extern "C" int mlx_all_axes(
     bool keepdims,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mlxc::checked(mx::all(mlxc::reduce_input(mlxc::get(a)), mlxc::ints(axes, axes_num, "axes"), keepdims, mlxc::stream(s)), "all_axes"));
+    put(res, mlxc::checked(mx::all(mlxc::reduce_input(mlxc::get(a), mlxc::ints(axes, axes_num, "axes")), mlxc::ints(axes, axes_num, "axes"), keepdims, mlxc::stream(s)), "all_axes"));
   });
 }
 
@@ -48,7 +48,7 @@ extern "C" int mlx_all_axis(
     bool keepdims,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mlxc::checked(mx::all(mlxc::reduce_input(mlxc::get(a)), axis, keepdims, mlxc::stream(s)), "all_axis"));
+    put(res, mlxc::checked(mx::all(mlxc::reduce_input(mlxc::get(a), std::vector<int>{axis}), axis, keepdims, mlxc::stream(s)), "all_axis"));
   });
 }
 
@@ -58,7 +58,7 @@ extern "C" int mlx_all(
     bool keepdims,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mlxc::checked(mx::all(mlxc::reduce_input(mlxc::get(a)), keepdims, mlxc::stream(s)), "all"));
+    put(res, mlxc::checked(mx::all(mlxc::reduce_input_all(mlxc::get(a)), keepdims, mlxc::stream(s)), "all"));
   });
 }
 
@@ -83,7 +83,7 @@ extern "C" int mlx_any_axes(
     bool keepdims,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mlxc::checked(mx::any(mlxc::reduce_input(mlxc::get(a)), mlxc::ints(axes, axes_num, "axes"), keepdims, mlxc::stream(s)), "any_axes"));
+    put(res, mlxc::checked(mx::any(mlxc::reduce_input(mlxc::get(a), mlxc::ints(axes, axes_num, "axes")), mlxc::ints(axes, axes_num, "axes"), keepdims, mlxc::stream(s)), "any_axes"));
   });
 }
 
@@ -94,7 +94,7 @@ extern "C" int mlx_any_axis(
     bool keepdims,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mlxc::checked(mx::any(mlxc::reduce_input(mlxc::get(a)), axis, keepdims, mlxc::stream(s)), "any_axis"));
+    put(res, mlxc::checked(mx::any(mlxc::reduce_input(mlxc::get(a), std::vector<int>{axis}), axis, keepdims, mlxc::stream(s)), "any_axis"));
   });
 }
 
@@ -104,7 +104,7 @@ extern "C" int mlx_any(
     bool keepdims,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mlxc::checked(mx::any(mlxc::reduce_input(mlxc::get(a)), keepdims, mlxc::stream(s)), "any"));
+    put(res, mlxc::checked(mx::any(mlxc::reduce_input_all(mlxc::get(a)), keepdims, mlxc::stream(s)), "any"));
   });
 }
 
@@ -161,7 +161,7 @@ extern "C" int mlx_argmax_axis(
     bool keepdims,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mlxc::checked(mx::argmax(mlxc::reduce_input(mlxc::get(a)), axis, keepdims, mlxc::stream(s)), "argmax_axis"));
+    put(res, mlxc::checked(mx::argmax(mlxc::reduce_input(mlxc::get(a), std::vector<int>{axis}), axis, keepdims, mlxc::stream(s)), "argmax_axis"));
   });
 }
 
@@ -171,7 +171,7 @@ extern "C" int mlx_argmax(
     bool keepdims,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mlxc::checked(mx::argmax(mlxc::reduce_input(mlxc::get(a)), keepdims, mlxc::stream(s)), "argmax"));
+    put(res, mlxc::checked(mx::argmax(mlxc::reduce_input_all(mlxc::get(a)), keepdims, mlxc::stream(s)), "argmax"));
   });
 }
 
@@ -182,7 +182,7 @@ extern "C" int mlx_argmin_axis(
     bool keepdims,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mlxc::checked(mx::argmin(mlxc::reduce_input(mlxc::get(a)), axis, keepdims, mlxc::stream(s)), "argmin_axis"));
+    put(res, mlxc::checked(mx::argmin(mlxc::reduce_input(mlxc::get(a), std::vector<int>{axis}), axis, keepdims, mlxc::stream(s)), "argmin_axis"));
   });
 }
 
@@ -192,7 +192,7 @@ extern "C" int mlx_argmin(
     bool keepdims,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mlxc::checked(mx::argmin(mlxc::reduce_input(mlxc::get(a)), keepdims, mlxc::stream(s)), "argmin"));
+    put(res, mlxc::checked(mx::argmin(mlxc::reduce_input_all(mlxc::get(a)), keepdims, mlxc::stream(s)), "argmin"));
   });
 }
 
@@ -553,7 +553,7 @@ extern "C" int mlx_count_nonzero_axis(
     bool keepdims,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mlxc::checked(mx::count_nonzero(mlxc::reduce_input(mlxc::get(a)), axis, keepdims, mlxc::stream(s)), "count_nonzero_axis"));
+    put(res, mlxc::checked(mx::count_nonzero(mlxc::reduce_input(mlxc::get(a), std::vector<int>{axis}), axis, keepdims, mlxc::stream(s)), "count_nonzero_axis"));
   });
 }
 
@@ -565,7 +565,7 @@ extern "C" int mlx_count_nonzero_axes(
     bool keepdims,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mlxc::checked(mx::count_nonzero(mlxc::reduce_input(mlxc::get(a)), mlxc::ints(axes, axes_num, "axes"), keepdims, mlxc::stream(s)), "count_nonzero_axes"));
+    put(res, mlxc::checked(mx::count_nonzero(mlxc::reduce_input(mlxc::get(a), mlxc::ints(axes, axes_num, "axes")), mlxc::ints(axes, axes_num, "axes"), keepdims, mlxc::stream(s)), "count_nonzero_axes"));
   });
 }
 
@@ -575,7 +575,7 @@ extern "C" int mlx_count_nonzero(
     bool keepdims,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mlxc::checked(mx::count_nonzero(mlxc::reduce_input(mlxc::get(a)), keepdims, mlxc::stream(s)), "count_nonzero"));
+    put(res, mlxc::checked(mx::count_nonzero(mlxc::reduce_input_all(mlxc::get(a)), keepdims, mlxc::stream(s)), "count_nonzero"));
   });
 }
 
@@ -1226,7 +1226,7 @@ extern "C" int mlx_logsumexp_axes(
     bool keepdims,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mlxc::checked(mx::logsumexp(mlxc::reduce_input(mlxc::get(a)), mlxc::ints(axes, axes_num, "axes"), keepdims, mlxc::stream(s)), "logsumexp_axes"));
+    put(res, mlxc::checked(mx::logsumexp(mlxc::reduce_input(mlxc::get(a), mlxc::ints(axes, axes_num, "axes")), mlxc::ints(axes, axes_num, "axes"), keepdims, mlxc::stream(s)), "logsumexp_axes"));
   });
 }
 
@@ -1237,7 +1237,7 @@ extern "C" int mlx_logsumexp_axis(
     bool keepdims,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mlxc::checked(mx::logsumexp(mlxc::reduce_input(mlxc::get(a)), axis, keepdims, mlxc::stream(s)), "logsumexp_axis"));
+    put(res, mlxc::checked(mx::logsumexp(mlxc::reduce_input(mlxc::get(a), std::vector<int>{axis}), axis, keepdims, mlxc::stream(s)), "logsumexp_axis"));
   });
 }
 
@@ -1247,7 +1247,7 @@ extern "C" int mlx_logsumexp(
     bool keepdims,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mlxc::checked(mx::logsumexp(mlxc::reduce_input(mlxc::get(a)), keepdims, mlxc::stream(s)), "logsumexp"));
+    put(res, mlxc::checked(mx::logsumexp(mlxc::reduce_input_all(mlxc::get(a)), keepdims, mlxc::stream(s)), "logsumexp"));
   });
 }
 
@@ -1280,7 +1280,7 @@ extern "C" int mlx_max_axes(
     bool keepdims,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mlxc::checked(mx::max(mlxc::reduce_input(mlxc::get(a)), mlxc::ints(axes, axes_num, "axes"), keepdims, mlxc::stream(s)), "max_axes"));
+    put(res, mlxc::checked(mx::max(mlxc::reduce_input(mlxc::get(a), mlxc::ints(axes, axes_num, "axes")), mlxc::ints(axes, axes_num, "axes"), keepdims, mlxc::stream(s)), "max_axes"));
   });
 }
 
@@ -1291,7 +1291,7 @@ extern "C" int mlx_max_axis(
     bool keepdims,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mlxc::checked(mx::max(mlxc::reduce_input(mlxc::get(a)), axis, keepdims, mlxc::stream(s)), "max_axis"));
+    put(res, mlxc::checked(mx::max(mlxc::reduce_input(mlxc::get(a), std::vector<int>{axis}), axis, keepdims, mlxc::stream(s)), "max_axis"));
   });
 }
 
@@ -1301,7 +1301,7 @@ extern "C" int mlx_max(
     bool keepdims,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mlxc::checked(mx::max(mlxc::reduce_input(mlxc::get(a)), keepdims, mlxc::stream(s)), "max"));
+    put(res, mlxc::checked(mx::max(mlxc::reduce_input_all(mlxc::get(a)), keepdims, mlxc::stream(s)), "max"));
   });
 }
 
@@ -1323,7 +1323,7 @@ extern "C" int mlx_mean_axes(
     bool keepdims,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mlxc::checked(mx::mean(mlxc::reduce_input(mlxc::get(a)), mlxc::ints(axes, axes_num, "axes"), keepdims, mlxc::stream(s)), "mean_axes"));
+    put(res, mlxc::checked(mx::mean(mlxc::reduce_input(mlxc::get(a), mlxc::ints(axes, axes_num, "axes")), mlxc::ints(axes, axes_num, "axes"), keepdims, mlxc::stream(s)), "mean_axes"));
   });
 }
 
@@ -1334,7 +1334,7 @@ extern "C" int mlx_mean_axis(
     bool keepdims,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mlxc::checked(mx::mean(mlxc::reduce_input(mlxc::get(a)), axis, keepdims, mlxc::stream(s)), "mean_axis"));
+    put(res, mlxc::checked(mx::mean(mlxc::reduce_input(mlxc::get(a), std::vector<int>{axis}), axis, keepdims, mlxc::stream(s)), "mean_axis"));
   });
 }
 
@@ -1344,7 +1344,7 @@ extern "C" int mlx_mean(
     bool keepdims,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mlxc::checked(mx::mean(mlxc::reduce_input(mlxc::get(a)), keepdims, mlxc::stream(s)), "mean"));
+    put(res, mlxc::checked(mx::mean(mlxc::reduce_input_all(mlxc::get(a)), keepdims, mlxc::stream(s)), "mean"));
   });
 }
 
@@ -1356,7 +1356,7 @@ extern "C" int mlx_median_axes(
     bool keepdims,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mlxc::checked(mx::median(mlxc::reduce_input(mlxc::get(a)), mlxc::ints(axes, axes_num, "axes"), keepdims, mlxc::stream(s)), "median_axes"));
+    put(res, mlxc::checked(mx::median(mlxc::reduce_input(mlxc::get(a), mlxc::ints(axes, axes_num, "axes")), mlxc::ints(axes, axes_num, "axes"), keepdims, mlxc::stream(s)), "median_axes"));
   });
 }
 
@@ -1367,7 +1367,7 @@ extern "C" int mlx_median_axis(
     bool keepdims,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mlxc::checked(mx::median(mlxc::reduce_input(mlxc::get(a)), axis, keepdims, mlxc::stream(s)), "median_axis"));
+    put(res, mlxc::checked(mx::median(mlxc::reduce_input(mlxc::get(a), std::vector<int>{axis}), axis, keepdims, mlxc::stream(s)), "median_axis"));
   });
 }
 
@@ -1377,7 +1377,7 @@ extern "C" int mlx_median(
     bool keepdims,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mlxc::checked(mx::median(mlxc::reduce_input(mlxc::get(a)), keepdims, mlxc::stream(s)), "median"));
+    put(res, mlxc::checked(mx::median(mlxc::reduce_input_all(mlxc::get(a)), keepdims, mlxc::stream(s)), "median"));
   });
 }
 
@@ -1400,7 +1400,7 @@ extern "C" int mlx_min_axes(
     bool keepdims,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mlxc::checked(mx::min(mlxc::reduce_input(mlxc::get(a)), mlxc::ints(axes, axes_num, "axes"), keepdims, mlxc::stream(s)), "min_axes"));
+    put(res, mlxc::checked(mx::min(mlxc::reduce_input(mlxc::get(a), mlxc::ints(axes, axes_num, "axes")), mlxc::ints(axes, axes_num, "axes"), keepdims, mlxc::stream(s)), "min_axes"));
   });
 }
 
@@ -1411,7 +1411,7 @@ extern "C" int mlx_min_axis(
     bool keepdims,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mlxc::checked(mx::min(mlxc::reduce_input(mlxc::get(a)), axis, keepdims, mlxc::stream(s)), "min_axis"));
+    put(res, mlxc::checked(mx::min(mlxc::reduce_input(mlxc::get(a), std::vector<int>{axis}), axis, keepdims, mlxc::stream(s)), "min_axis"));
   });
 }
 
@@ -1421,7 +1421,7 @@ extern "C" int mlx_min(
     bool keepdims,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mlxc::checked(mx::min(mlxc::reduce_input(mlxc::get(a)), keepdims, mlxc::stream(s)), "min"));
+    put(res, mlxc::checked(mx::min(mlxc::reduce_input_all(mlxc::get(a)), keepdims, mlxc::stream(s)), "min"));
   });
 }
 
@@ -1602,7 +1602,7 @@ extern "C" int mlx_prod_axes(
     bool keepdims,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mlxc::checked(mx::prod(mlxc::reduce_input(mlxc::get(a)), mlxc::ints(axes, axes_num, "axes"), keepdims, mlxc::stream(s)), "prod_axes"));
+    put(res, mlxc::checked(mx::prod(mlxc::reduce_input(mlxc::get(a), mlxc::ints(axes, axes_num, "axes")), mlxc::ints(axes, axes_num, "axes"), keepdims, mlxc::stream(s)), "prod_axes"));
   });
 }
 
@@ -1613,7 +1613,7 @@ extern "C" int mlx_prod_axis(
     bool keepdims,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mlxc::checked(mx::prod(mlxc::reduce_input(mlxc::get(a)), axis, keepdims, mlxc::stream(s)), "prod_axis"));
+    put(res, mlxc::checked(mx::prod(mlxc::reduce_input(mlxc::get(a), std::vector<int>{axis}), axis, keepdims, mlxc::stream(s)), "prod_axis"));
   });
 }
 
@@ -1623,7 +1623,7 @@ extern "C" int mlx_prod(
     bool keepdims,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mlxc::checked(mx::prod(mlxc::reduce_input(mlxc::get(a)), keepdims, mlxc::stream(s)), "prod"));
+    put(res, mlxc::checked(mx::prod(mlxc::reduce_input_all(mlxc::get(a)), keepdims, mlxc::stream(s)), "prod"));
   });
 }
 
@@ -2220,7 +2220,7 @@ extern "C" int mlx_std_axes(
     int ddof,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mlxc::checked(mx::std(mlxc::reduce_input(mlxc::get(a)), mlxc::ints(axes, axes_num, "axes"), keepdims, ddof, mlxc::stream(s)), "std_axes"));
+    put(res, mlxc::checked(mx::std(mlxc::reduce_input(mlxc::get(a), mlxc::ints(axes, axes_num, "axes")), mlxc::ints(axes, axes_num, "axes"), keepdims, ddof, mlxc::stream(s)), "std_axes"));
   });
 }
 
@@ -2232,7 +2232,7 @@ extern "C" int mlx_std_axis(
     int ddof,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mlxc::checked(mx::std(mlxc::reduce_input(mlxc::get(a)), axis, keepdims, ddof, mlxc::stream(s)), "std_axis"));
+    put(res, mlxc::checked(mx::std(mlxc::reduce_input(mlxc::get(a), std::vector<int>{axis}), axis, keepdims, ddof, mlxc::stream(s)), "std_axis"));
   });
 }
 
@@ -2243,7 +2243,7 @@ extern "C" int mlx_std(
     int ddof,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mlxc::checked(mx::std(mlxc::reduce_input(mlxc::get(a)), keepdims, ddof, mlxc::stream(s)), "std"));
+    put(res, mlxc::checked(mx::std(mlxc::reduce_input_all(mlxc::get(a)), keepdims, ddof, mlxc::stream(s)), "std"));
   });
 }
 
@@ -2271,7 +2271,7 @@ extern "C" int mlx_sum_axes(
     bool keepdims,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mlxc::checked(mx::sum(mlxc::reduce_input(mlxc::get(a)), mlxc::ints(axes, axes_num, "axes"), keepdims, mlxc::stream(s)), "sum_axes"));
+    put(res, mlxc::checked(mx::sum(mlxc::reduce_input(mlxc::get(a), mlxc::ints(axes, axes_num, "axes")), mlxc::ints(axes, axes_num, "axes"), keepdims, mlxc::stream(s)), "sum_axes"));
   });
 }
 
@@ -2282,7 +2282,7 @@ extern "C" int mlx_sum_axis(
     bool keepdims,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mlxc::checked(mx::sum(mlxc::reduce_input(mlxc::get(a)), axis, keepdims, mlxc::stream(s)), "sum_axis"));
+    put(res, mlxc::checked(mx::sum(mlxc::reduce_input(mlxc::get(a), std::vector<int>{axis}), axis, keepdims, mlxc::stream(s)), "sum_axis"));
   });
 }
 
@@ -2292,7 +2292,7 @@ extern "C" int mlx_sum(
     bool keepdims,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mlxc::checked(mx::sum(mlxc::reduce_input(mlxc::get(a)), keepdims, mlxc::stream(s)), "sum"));
+    put(res, mlxc::checked(mx::sum(mlxc::reduce_input_all(mlxc::get(a)), keepdims, mlxc::stream(s)), "sum"));
   });
 }
 
@@ -2497,7 +2497,7 @@ extern "C" int mlx_var_axes(
     int ddof,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mlxc::checked(mx::var(mlxc::reduce_input(mlxc::get(a)), mlxc::ints(axes, axes_num, "axes"), keepdims, ddof, mlxc::stream(s)), "var_axes"));
+    put(res, mlxc::checked(mx::var(mlxc::reduce_input(mlxc::get(a), mlxc::ints(axes, axes_num, "axes")), mlxc::ints(axes, axes_num, "axes"), keepdims, ddof, mlxc::stream(s)), "var_axes"));
   });
 }
 
@@ -2509,7 +2509,7 @@ extern "C" int mlx_var_axis(
     int ddof,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mlxc::checked(mx::var(mlxc::reduce_input(mlxc::get(a)), axis, keepdims, ddof, mlxc::stream(s)), "var_axis"));
+    put(res, mlxc::checked(mx::var(mlxc::reduce_input(mlxc::get(a), std::vector<int>{axis}), axis, keepdims, ddof, mlxc::stream(s)), "var_axis"));
   });
 }
 
@@ -2520,7 +2520,7 @@ extern "C" int mlx_var(
     int ddof,
     const mlx_stream s) {
   return guard([&] {
-    put(res, mlxc::checked(mx::var(mlxc::reduce_input(mlxc::get(a)), keepdims, ddof, mlxc::stream(s)), "var"));
+    put(res, mlxc::checked(mx::var(mlxc::reduce_input_all(mlxc::get(a)), keepdims, ddof, mlxc::stream(s)), "var"));
   });
 }
 
