@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use common::{
     case_seed, check, corpus_seeds, error_class, f32s, fuzz_budget, fuzz_seed, i32s, last_error,
-    new_arr, none, oi, Arr, Rng, Stream,
+    new_arr, none, of, oi, Arr, Rng, Stream,
 };
 use mlx_sys as sys;
 
@@ -136,11 +136,7 @@ unsafe extern "C" fn hadamard(
     a: sys::mlx_array,
     s: sys::mlx_stream,
 ) -> c_int {
-    let none = sys::mlx_optional_float {
-        value: 0.0,
-        has_value: false,
-    };
-    sys::mlx_hadamard_transform(r, a, none, s)
+    sys::mlx_hadamard_transform(r, a, of(None), s)
 }
 
 const BINARY: &[(&str, Binary)] = &[
@@ -2278,6 +2274,16 @@ fn fails(want: &str, f: impl FnOnce(&mut sys::mlx_array) -> c_int) {
     assert!(e.contains(want), "{e}");
 }
 
+/// Zeros of `shape`, not evaluated: a large or empty operand that costs nothing until something evaluates it.
+fn lazy_zeros(shape: &[i32], dtype: sys::mlx_dtype, s: &Stream) -> Arr {
+    let mut a = Arr::empty();
+    check(
+        unsafe { sys::mlx_zeros(&mut a.0, shape.as_ptr(), shape.len(), dtype, s.0) },
+        "zeros",
+    );
+    a
+}
+
 fn weights(rows: usize, cols: usize) -> Arr {
     let v: Vec<f32> = (0..rows * cols)
         .map(|i| ((i * 7919) % 23) as f32 / 11.0 - 1.0)
@@ -2476,12 +2482,7 @@ fn regression_quantized_matmuls_of_empty_operands_are_errors() {
 #[test]
 fn regression_reductions_over_an_empty_axis_finish() {
     let s = Stream::cpu();
-    let shape = [3, 5, 65536, 2, 65536, 0];
-    let mut a = Arr::empty();
-    check(
-        unsafe { sys::mlx_zeros(&mut a.0, shape.as_ptr(), 6, sys::mlx_dtype__MLX_UINT64, s.0) },
-        "zeros",
-    );
+    let a = lazy_zeros(&[3, 5, 65536, 2, 65536, 0], sys::mlx_dtype__MLX_UINT64, &s);
     let t = Instant::now();
     let axes = [0, 2, -2, 5];
     let mut all = Arr::empty();
@@ -2520,11 +2521,7 @@ fn regression_empty_matrix_products_are_zeros() {
     let s = Stream::cpu();
     for dt in [sys::mlx_dtype__MLX_FLOAT32, sys::mlx_dtype__MLX_COMPLEX64] {
         let shape = [0, 65536, 65536];
-        let mut a = Arr::empty();
-        check(
-            unsafe { sys::mlx_zeros(&mut a.0, shape.as_ptr(), 3, dt, s.0) },
-            "zeros",
-        );
+        let a = lazy_zeros(&shape, dt, &s);
         let mut m = Arr::empty();
         check(
             unsafe { sys::mlx_matmul(&mut m.0, a.0, a.0, s.0) },
@@ -2611,14 +2608,7 @@ fn regression_quantized_weights_need_two_dimensions() {
     let sc = f32s(&[0.25], &[1]);
     let bi = f32s(&[0.5], &[1]);
     let mode = c"affine";
-    let g = sys::mlx_optional_int {
-        value: 64,
-        has_value: true,
-    };
-    let b = sys::mlx_optional_int {
-        value: 4,
-        has_value: true,
-    };
+    let (g, b) = (oi(Some(64)), oi(Some(4)));
     fails(
         "the quantized weight must have at least 2 dimensions",
         |r| unsafe {
@@ -2627,9 +2617,6 @@ fn regression_quantized_weights_need_two_dimensions() {
     );
     // Scales without the weight's batch dimensions.
     let w3 = new_arr(&[7u32; 32], &[2, 2, 8], sys::mlx_dtype__MLX_UINT32);
-    let none = sys::mlx_array {
-        ctx: std::ptr::null_mut(),
-    };
     let sc0 = new_arr(&[0.25f32], &[], sys::mlx_dtype__MLX_FLOAT32);
     fails(
         "the scales must have the weight's batch dimensions",
@@ -2639,9 +2626,9 @@ fn regression_quantized_weights_need_two_dimensions() {
                 x.0,
                 w3.0,
                 sc0.0,
-                none,
-                none,
-                none,
+                none(),
+                none(),
+                none(),
                 true,
                 g,
                 b,
@@ -2680,19 +2667,7 @@ fn regression_quantized_weights_need_two_dimensions() {
 fn regression_triangles_of_empty_arrays() {
     let s = Stream::cpu();
     let shape = [0, 1 << 20, 1 << 16];
-    let mut z = Arr::empty();
-    check(
-        unsafe {
-            sys::mlx_zeros(
-                &mut z.0,
-                shape.as_ptr(),
-                3,
-                sys::mlx_dtype__MLX_FLOAT32,
-                s.0,
-            )
-        },
-        "zeros",
-    );
+    let z = lazy_zeros(&shape, sys::mlx_dtype__MLX_FLOAT32, &s);
     type Tri =
         unsafe extern "C" fn(*mut sys::mlx_array, sys::mlx_array, c_int, sys::mlx_stream) -> c_int;
     for (name, f) in [("tril", sys::mlx_tril as Tri), ("triu", sys::mlx_triu)] {
@@ -2917,36 +2892,19 @@ fn regression_slice_strides() {
 #[test]
 fn regression_hadamard_sizes_are_checked() {
     let s = Stream::cpu();
-    let none = sys::mlx_optional_float {
-        value: 0.0,
-        has_value: false,
-    };
     for n in [3, 5, 6, 24 * 5, 60, 36, 1 << 27] {
         // Lazy zeros: the check comes before anything is allocated.
-        let mut a = Arr::empty();
-        let shape = [1, n];
-        check(
-            unsafe {
-                sys::mlx_zeros(
-                    &mut a.0,
-                    shape.as_ptr(),
-                    2,
-                    sys::mlx_dtype__MLX_FLOAT32,
-                    s.0,
-                )
-            },
-            "zeros",
-        );
+        let a = lazy_zeros(&[1, n], sys::mlx_dtype__MLX_FLOAT32, &s);
         fails(
             "[hadamard_transform] the last dimension must be m * 2^k",
-            |r| unsafe { sys::mlx_hadamard_transform(r, a.0, none, s.0) },
+            |r| unsafe { hadamard(r, a.0, s.0) },
         );
     }
     // Supported sizes still transform: H2 of [1, 2] / sqrt(2), and 12 * 2 and 20 run.
     let a = f32s(&[1., 2.], &[2]);
     let mut r = Arr::empty();
     check(
-        unsafe { sys::mlx_hadamard_transform(&mut r.0, a.0, none, s.0) },
+        unsafe { hadamard(&mut r.0, a.0, s.0) },
         "hadamard_transform",
     );
     let h = 1.0 / 2f32.sqrt();
@@ -2959,7 +2917,7 @@ fn regression_hadamard_sizes_are_checked() {
         let a = weights(2, n as usize);
         let mut r = Arr::empty();
         check(
-            unsafe { sys::mlx_hadamard_transform(&mut r.0, a.0, none, s.0) },
+            unsafe { hadamard(&mut r.0, a.0, s.0) },
             "hadamard_transform",
         );
         check(unsafe { sys::mlx_array_eval(r.0) }, "eval");
