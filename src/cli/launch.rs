@@ -573,9 +573,11 @@ fn supervise(mut ranks: Vec<Rank>, timeout: Option<Duration>) -> Result<()> {
                 }
             }
         }
-        let cause_seen = failures.iter().any(|&i| !lost_a_peer(&ranks[i]));
         let grace_over = first_failure.is_some_and(|t| t.elapsed() >= PEER_LOST_GRACE);
-        if cause_seen || grace_over || ranks.iter().all(|r| r.status.is_some()) {
+        if cause(&failures, &ranks).is_some()
+            || grace_over
+            || ranks.iter().all(|r| r.status.is_some())
+        {
             break;
         }
         if timeout.is_some_and(|t| t0.elapsed() >= t) {
@@ -584,11 +586,7 @@ fn supervise(mut ranks: Vec<Rank>, timeout: Option<Duration>) -> Result<()> {
         }
         std::thread::sleep(POLL);
     }
-    let failed = failures
-        .iter()
-        .copied()
-        .find(|&i| !lost_a_peer(&ranks[i]))
-        .or(failures.first().copied());
+    let failed = cause(&failures, &ranks).or(failures.first().copied());
     let lost: Vec<usize> = failures
         .iter()
         .filter(|&&i| Some(i) != failed && lost_a_peer(&ranks[i]))
@@ -662,6 +660,11 @@ fn stop(ranks: &mut [Rank]) -> Vec<usize> {
         }
     }
     killed
+}
+
+/// The first of the failed ranks that did not fail only for a lost peer.
+fn cause(failures: &[usize], ranks: &[Rank]) -> Option<usize> {
+    failures.iter().copied().find(|&i| !lost_a_peer(&ranks[i]))
 }
 
 fn lost_a_peer(rk: &Rank) -> bool {
