@@ -127,6 +127,7 @@ fn non_contiguous_inputs() {
 
 #[test]
 fn errors() {
+    common::use_test_device();
     let x = randn(&[2, 8], 1, 0.0, 1.0);
     let w = randn(&[8], 2, 1.0, 0.1);
     // (what, x, residual, weight, eps, expected message)
@@ -263,13 +264,18 @@ fn vjp_of(
 
 #[test]
 fn gradients_match_finite_differences_and_composed() {
+    common::use_test_device();
     let shape = [3, 37];
     let x = randn(&shape, 11, 0.2, 1.0);
     let r = randn(&shape, 12, 0.0, 0.5);
     let w = randn(&[37], 13, 1.0, 0.2);
     let ch = randn(&shape, 14, 0.0, 1.0);
     let cy = randn(&shape, 15, 0.0, 1.0);
-    let (_, g) = vjp_of(false, &x, &r, &w, &ch, &cy);
+    let (outs, g) = vjp_of(false, &x, &r, &w, &ch, &cy);
+    // The traced op's values are the plain op's, bit for bit (on CUDA streams: the same kernel).
+    let (h, y) = add_rms_norm(&x, &r, Some(&w), 1e-5).unwrap();
+    assert_eq!(f64s(&outs[0]), f64s(&h));
+    assert_eq!(f64s(&outs[1]), f64s(&y));
     let (_, gr) = vjp_of(true, &x, &r, &w, &ch, &cy);
     for (a, b) in g.iter().zip(&gr) {
         let (av, bv) = (f64s(a), f64s(b));

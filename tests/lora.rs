@@ -3,6 +3,8 @@
 //! adapters on the fused path (fused MoE ops, add_rms_norm, float32-accumulating linears, all differentiated
 //! through their composed references) against the same on the reference path (mlx-lm's ops).
 
+mod common;
+
 use zmlx::array::to_f32_vec;
 use zmlx::mlx_rs::error::Exception;
 use zmlx::mlx_rs::ops::indexing::IndexOp;
@@ -52,6 +54,7 @@ fn loss(model: &Model, ids: &Array, targets: &Array, ab: &[Array], path: MoePath
 
 #[test]
 fn lora_step_fused_equals_reference() {
+    common::use_test_device();
     let p = preset("qwen3-tiny-f32").unwrap();
     let (model, _) = models::synthesize(&p.config, 3, &mut |_, _, _| {}).unwrap();
     let d = model.config.hidden_size;

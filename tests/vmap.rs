@@ -109,6 +109,7 @@ fn vmap(body: Body, inputs: &[&Array], in_axes: &[c_int]) -> Result<Array, Strin
 
 #[test]
 fn add_rms_norm_maps() {
+    common::use_test_device();
     // x and residual mapped on axis 1 ([2, 3, 16] -> three [2, 16] problems), the weight not mapped.
     let x = randn(&[2, 3, 16], 1);
     let r = randn(&[2, 3, 16], 2);
@@ -134,6 +135,7 @@ fn add_rms_norm_maps() {
 
 #[test]
 fn moe_ops_refuse_vmap_clearly() {
+    common::use_test_device();
     let w = randn(&[4, 32, 64], 4);
     let down = quantize(&w, QuantMode::Affine, Some(64), Some(4)).unwrap();
     let idx = Array::from_slice(&[0u32, 2, 1, 3], &[2, 2]);

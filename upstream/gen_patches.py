@@ -83,6 +83,11 @@ registered for export. The shared helpers under mlx/fused/common and
 mlx/backend/cpu/fused (scalar dtype conversions, the composed-graph transformations,
 the CPU kernels' thread pool) are used by the MoE primitives that follow.
 
+mlx/backend/cuda/fused/gpu.h declares the CUDA entry points of the fused ops (this
+one's and the MoE ops' that follow); this patch adds the build without fused CUDA
+kernels (no_cuda.cpp), where every entry point reports "not fused" and the ops
+compose.
+
 Python: mlx.core.add_rms_norm(x, residual, weight, eps) -> (h, y), tested against
 mx.add + mx.fast.rms_norm over dtypes, shapes, layouts and with gradients.
 """,
@@ -114,9 +119,6 @@ bounds-checked (an out-of-range index fails evaluation; MLX's gather_qmm does no
 check). Other devices build the composed graph. vjp / jvp (with respect to x and
 the additive biases) and vmap are those of the composed graph; the quantized
 weights and the indices are constants, as in gather_qmm.
-
-mlx/backend/cuda/fused/gpu.h declares the CUDA entry points of the fused ops; this
-patch adds the build without fused CUDA kernels (no_cuda.cpp).
 
 Python: mlx.core.gather_qmm_swiglu, tested against two mx.gather_qmm calls and a
 float64 oracle for every mode, three dtypes and both activations.
@@ -175,7 +177,8 @@ the graph of MLX's own ops within tolerance.
 # goes to mlx/fused/ (compiled in every build), the CPU kernels and their engines to mlx/backend/cpu/fused/
 # (compiled with MLX_BUILD_CPU).
 FILES = [
-    # 1: add_rms_norm, and the shared helpers it needs.
+    # 1: add_rms_norm, the shared helpers it needs, the CUDA entry points' declarations and their stub
+    # for builds without the fused CUDA kernels.
     (1, "mlx/norm/add_rms_norm/add_rms_norm.h", "mlx/fused/add_rms_norm.h"),
     (1, "mlx/norm/add_rms_norm/add_rms_norm.cpp", "mlx/fused/add_rms_norm.cpp"),
     (1, "mlx/norm/add_rms_norm/cpu.cpp", "mlx/backend/cpu/fused/add_rms_norm.cpp"),
@@ -188,9 +191,10 @@ FILES = [
     (1, "mlx/moe/common/kernel_macros.h", "mlx/fused/common/kernel_macros.h"),
     (1, "mlx/moe/common/thread_pool.h", "mlx/backend/cpu/fused/thread_pool.h"),
     (1, "mlx/moe/common/thread_pool.cpp", "mlx/backend/cpu/fused/thread_pool.cpp"),
+    (1, "mlx/backend/cuda/moe/gpu.h", "mlx/backend/cuda/fused/gpu.h"),
+    (1, "upstream/mlx/backend/cuda/fused/no_cuda.cpp", "mlx/backend/cuda/fused/no_cuda.cpp"),
     (1, "upstream/python/tests/test_fused_add_rms_norm.py", "python/tests/test_fused_add_rms_norm.py"),
-    # 2: gather_qmm_swiglu, the MoE ops' shared validation and input handling, the CPU engines, the CUDA
-    # entry points' declarations and their stub for builds without the fused CUDA kernels.
+    # 2: gather_qmm_swiglu, the MoE ops' shared validation and input handling, the CPU engines.
     (2, "mlx/moe/gather_qmm_swiglu/gather_qmm_swiglu.h", "mlx/fused/gather_qmm_swiglu.h"),
     (2, "mlx/moe/gather_qmm_swiglu/gather_qmm_swiglu.cpp", "mlx/fused/gather_qmm_swiglu.cpp"),
     (2, "mlx/moe/gather_qmm_swiglu/cpu.cpp", "mlx/backend/cpu/fused/gather_qmm_swiglu.cpp"),
@@ -208,8 +212,6 @@ FILES = [
     (2, "mlx/moe/common/engine.cpp", "mlx/backend/cpu/fused/engine.cpp"),
     (2, "mlx/moe/common/engine_avx2.cpp", "mlx/backend/cpu/fused/engine_avx2.cpp"),
     (2, "mlx/moe/common/engine_avx512.cpp", "mlx/backend/cpu/fused/engine_avx512.cpp"),
-    (2, "mlx/backend/cuda/moe/gpu.h", "mlx/backend/cuda/fused/gpu.h"),
-    (2, "upstream/mlx/backend/cuda/fused/no_cuda.cpp", "mlx/backend/cuda/fused/no_cuda.cpp"),
     (2, "upstream/python/tests/test_fused_gather_qmm_swiglu.py", "python/tests/test_fused_gather_qmm_swiglu.py"),
     # 3: gather_qmm_combine and fused_quantized_linear.
     (3, "mlx/moe/gather_qmm_combine/gather_qmm_combine.h", "mlx/fused/gather_qmm_combine.h"),
@@ -241,7 +243,7 @@ INSERTS = [
     (1, "python/src/mlx.cpp", "  init_fast(m);", "  init_fused(m);\n"),
     (1, "docs/src/python/ops.rst", "   add", "   add_rms_norm\n"),
     # Until a patch adds the fused CUDA kernels, every build takes the stub.
-    (2, "mlx/CMakeLists.txt", "add_subdirectory(${CMAKE_CURRENT_SOURCE_DIR}/io)",
+    (1, "mlx/CMakeLists.txt", "add_subdirectory(${CMAKE_CURRENT_SOURCE_DIR}/io)",
      "target_sources(mlx PRIVATE ${CMAKE_CURRENT_SOURCE_DIR}/backend/cuda/fused/no_cuda.cpp)\n"),
     (2, "docs/src/python/ops.rst", "<   greater", "   gather_qmm_swiglu\n"),
     (3, "docs/src/python/ops.rst", "   gather_qmm", "   gather_qmm_combine\n"),

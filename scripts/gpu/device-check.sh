@@ -8,7 +8,8 @@
 # Steps: info, kernel-bench (scripts/gpu/kernel_bench.cu, built by scripts/gpu/build-kernel-bench.sh; needs no
 # MLX wheel; KB_LAYERS / KB_TOKENS restrict it, e.g. "qwen3" "1,16"), ncu-kernels (Nsight Compute on the kernel
 # benchmark's default-shape swiglu and combine kernels of KB_LAYERS at KB_TOKENS), tests (the fused-op test files on the GPU, outputs poisoned with NaN before every kernel),
-# bench (the MoE layer benchmark, all layers), bench-qwen3 (Qwen3 layer only), default (the default run),
+# transforms (tests/add_rms_norm.rs, grad.rs, lora.rs and vmap.rs on the GPU, from TBIN, default .devt),
+# bench-norm (add_rms_norm against MLX's add + rms_norm), bench (the MoE layer benchmark, all layers), bench-qwen3 (Qwen3 layer only), default (the default run),
 # validate (the fidelity check on two presets), ncu (kernel times of one Qwen3 decode layer from Nsight
 # Compute). Each step's output goes to $OUT/<step>.log (OUT: the device tool's output folder, else
 # /tmp/zmlx-out); the last lines printed are a summary.
@@ -65,6 +66,29 @@ tests() {
   return $rc
 }
 
+# add_rms_norm and the transformations of the fused ops on the GPU, one process per test file.
+transforms() {
+  export ZMLX_TEST_DEVICE=gpu ZMLX_GPU_POISON=1 MLX_ENABLE_TF32=0
+  local tb=${TBIN:-.devt} pids=() names=() rc=0
+  for t in add_rms_norm grad lora vmap; do
+    timeout "${PER_TEST_LIMIT:-240}" "$tb/$t" --test-threads=1 >"$LOGS/test-$t.log" 2>&1 &
+    pids+=($!)
+    names+=("$t")
+  done
+  for k in "${!pids[@]}"; do
+    wait "${pids[$k]}"
+    local r=$?
+    [ $r = 0 ] || rc=1
+    echo "--- ${names[$k]}: exit $r; $(grep -E '^test result' "$LOGS/test-${names[$k]}.log" | tail -n 1)"
+    grep -E "^test |FAILED|panicked|error" "$LOGS/test-${names[$k]}.log" | head -n 30
+  done
+  return $rc
+}
+
+if [ "$steps" = __transforms ]; then
+  transforms
+  exit $?
+fi
 if [ "$steps" = __tests ]; then
   tests
   exit $?
@@ -85,6 +109,8 @@ for s in "${list[@]}"; do
         "$BIN/kernel_bench" "${KB_LAYERS:-qwen3}" "${KB_TOKENS:-1}"
       ;;
     tests) run_step tests "${TESTS_LIMIT:-300}" bash "$0" __tests ;;
+    transforms) run_step transforms "${TESTS_LIMIT:-300}" bash "$0" __transforms ;;
+    bench-norm) run_step bench-norm "${BENCH_LIMIT:-200}" "$BIN/zmlx" --device gpu bench norm --tokens 1,16,128,1024,4096 --dtype bfloat16,float32 --budget "${BUDGET:-0.5}" ;;
     bench) run_step bench "${BENCH_LIMIT:-400}" "$BIN/zmlx" --device gpu bench layer --budget "${BUDGET:-0.5}" ;;
     bench-qwen3) run_step bench-qwen3 200 "$BIN/zmlx" --device gpu bench layer --layer qwen3 --budget "${BUDGET:-0.5}" ;;
     default) run_step default "${DEFAULT_LIMIT:-200}" "$BIN/zmlx" --device gpu ;;

@@ -181,12 +181,17 @@ fn run_grad(a: &GradArgs) -> Result<()> {
 
 fn run_norm(a: &NormArgs) -> Result<()> {
     report::header()?;
-    if runtime::default_device()? == DeviceKind::Gpu {
-        println!("GPU streams: add_rms_norm is MLX's add + rms_norm there (no fused kernel yet)");
-    }
-    // The inputs of a norm are the residual stream, hot in cache in a forward pass: GB/s here are
-    // not compared with the memory's bandwidth.
-    report::norm_header(norm::CHAIN);
+    // On a GPU the card's copy bandwidth, measured before each row. On a CPU the inputs of a norm are
+    // the residual stream, hot in cache in a forward pass: GB/s there are not compared with the
+    // memory's bandwidth.
+    let probe = if runtime::default_device()? == DeviceKind::Gpu {
+        let name = runtime::gpu_name()?.unwrap_or_else(|| "unnamed GPU".to_string());
+        println!("GPU: {name}; fused ops: {}", zmlx::fused::gpu_coverage()?);
+        Some(GpuCopyProbe::new(1 << 30)?)
+    } else {
+        None
+    };
+    report::norm_header(norm::CHAIN, probe.is_some());
     for (i, dt) in a.dtype.iter().enumerate() {
         let dtype = match dt.as_str() {
             "float32" => zmlx::mlx_rs::Dtype::Float32,
@@ -195,7 +200,11 @@ fn run_norm(a: &NormArgs) -> Result<()> {
         };
         for (j, &t) in a.tokens.iter().enumerate() {
             let seed = a.seed.wrapping_add((i * 1000 + j) as u64);
-            report::norm_row(&norm::time(t, a.dim, dtype, a.budget, a.iters, seed)?);
+            let bw = match &probe {
+                Some(p) => Some(p.gb_per_sec(3)?),
+                None => None,
+            };
+            report::norm_row(&norm::time(t, a.dim, dtype, a.budget, a.iters, seed)?, bw);
         }
     }
     Ok(())

@@ -312,12 +312,15 @@ pub fn layer_row(r: &LayerRow, peak_gb_s: f64) {
 }
 
 /// Header of the `bench norm` table.
-pub fn norm_header(chain: usize) {
+pub fn norm_header(chain: usize, with_bandwidth: bool) {
     println!(
         "  (one call per eval: x + r and the norm, both outputs evaluated; chained: {chain} residual steps in one\n   eval, time per step; GB/s: x and r read, h and y written, per chained fused step (cache-resident\n   inputs, as in a forward pass); agreement: max |fused y - MLX y| / max |MLX y|)"
     );
+    if with_bandwidth {
+        println!("  (of bw: the fused chained step's GB/s over the card's copy bandwidth measured before the row)");
+    }
     println!(
-        "  {:>6} {:>6} {:>9} | {:>10} {:>10} {:>7} | {:>10} {:>10} {:>7} | {:>8} | {:>9}",
+        "  {:>6} {:>6} {:>9} | {:>10} {:>10} {:>7} | {:>10} {:>10} {:>7} | {:>8} | {:>9}{}",
         "T",
         "D",
         "dtype",
@@ -328,15 +331,23 @@ pub fn norm_header(chain: usize) {
         "MLX µs/s",
         "speedup",
         "GB/s",
-        "agreement"
+        "agreement",
+        if with_bandwidth {
+            " |  of bw | bw GB/s"
+        } else {
+            ""
+        }
     );
 }
 
 /// One row of the `bench norm` table.
-pub fn norm_row(r: &super::bench::norm::NormRow) {
+pub fn norm_row(r: &super::bench::norm::NormRow, bandwidth_gb_s: Option<f64>) {
     let gbs = r.bytes() / r.fused_chain_s / 1e9;
+    let of_bw = bandwidth_gb_s
+        .map(|b| format!(" | {:>5.1}% | {b:>7.0}", 100.0 * gbs / b))
+        .unwrap_or_default();
     println!(
-        "  {:>6} {:>6} {:>9} | {:>10.1} {:>10.1} {:>6.2}x | {:>10.1} {:>10.1} {:>6.2}x | {:>8.1} | {:>9.1e}",
+        "  {:>6} {:>6} {:>9} | {:>10.1} {:>10.1} {:>6.2}x | {:>10.1} {:>10.1} {:>6.2}x | {:>8.1} | {:>9.1e}{of_bw}",
         r.tokens,
         r.d,
         format!("{:?}", r.dtype).to_lowercase(),

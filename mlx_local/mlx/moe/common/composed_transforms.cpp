@@ -4,6 +4,7 @@
 #include <mlx/ops.h>
 #include <mlx/transforms.h>
 
+#include <cstring>
 #include <sstream>
 #include <stdexcept>
 
@@ -105,6 +106,112 @@ std::pair<std::vector<array>, std::vector<int>> composed_vmap(
   } catch (const std::exception& e) {
     throw std::invalid_argument(std::string("[") + tag + "] vmap through the composed path: " + e.what());
   }
+}
+
+bool is_kernel_node(const array& a) {
+  return a.has_primitive() && std::strcmp(a.primitive().name(), "CustomKernel") == 0;
+}
+
+bool any_traced(const std::vector<array>& arrays) {
+  for (const auto& a : arrays) {
+    if (a.is_tracer()) {
+      return true;
+    }
+  }
+  return false;
+}
+
+std::vector<array> with_composed_transforms(
+    const char* tag,
+    const std::vector<array>& kernel_outputs,
+    ComposedFn reference,
+    std::vector<InputRole> roles,
+    const std::vector<array>& inputs) {
+  const array& k = kernel_outputs.at(0);
+  std::vector<array> in = k.inputs();
+  const size_t n_kernel = in.size();
+  in.insert(in.end(), inputs.begin(), inputs.end());
+  std::vector<Shape> shapes;
+  std::vector<Dtype> dtypes;
+  for (const auto& o : kernel_outputs) {
+    shapes.push_back(o.shape());
+    dtypes.push_back(o.dtype());
+  }
+  auto p = std::make_shared<KernelWithTransforms>(
+      k.primitive().stream(), tag, k.primitive_ptr(), n_kernel, std::move(reference),
+      std::move(roles), shapes, dtypes);
+  return array::make_arrays(std::move(shapes), dtypes, std::move(p), std::move(in));
+}
+
+void KernelWithTransforms::eval_cpu(const std::vector<array>&, std::vector<array>&) {
+  throw std::runtime_error(std::string("[") + tag_ + "] a CUDA kernel node cannot run on the CPU.");
+}
+
+void KernelWithTransforms::eval_gpu(
+    const std::vector<array>& inputs,
+    std::vector<array>& outputs) {
+  const std::vector<array> in(inputs.begin(), inputs.begin() + kernel_inputs_);
+  kernel_->eval_gpu(in, outputs);
+}
+
+std::vector<array> KernelWithTransforms::vjp(
+    const std::vector<array>& primals,
+    const std::vector<array>& cotangents,
+    const std::vector<int>& argnums,
+    const std::vector<array>&) {
+  // The kernel's own inputs get zeros: the traced arrays among them are also reference inputs.
+  const std::vector<array> ref(primals.begin() + kernel_inputs_, primals.end());
+  std::vector<int> ref_args;
+  for (int a : argnums) {
+    if (static_cast<size_t>(a) >= kernel_inputs_) {
+      ref_args.push_back(a - static_cast<int>(kernel_inputs_));
+    }
+  }
+  std::vector<array> ref_vjps;
+  if (!ref_args.empty()) {
+    ref_vjps = composed_vjp(tag_, reference_, roles_, ref, cotangents, ref_args);
+  }
+  std::vector<array> out;
+  size_t j = 0;
+  for (int a : argnums) {
+    if (static_cast<size_t>(a) >= kernel_inputs_) {
+      out.push_back(ref_vjps.at(j++));
+    } else {
+      out.push_back(zeros_like(primals[a], stream()));
+    }
+  }
+  return out;
+}
+
+std::vector<array> KernelWithTransforms::jvp(
+    const std::vector<array>& primals,
+    const std::vector<array>& tangents,
+    const std::vector<int>& argnums) {
+  const std::vector<array> ref(primals.begin() + kernel_inputs_, primals.end());
+  std::vector<int> ref_args;
+  std::vector<array> ref_tangents;
+  for (size_t i = 0; i < argnums.size(); ++i) {
+    if (static_cast<size_t>(argnums[i]) >= kernel_inputs_) {
+      ref_args.push_back(argnums[i] - static_cast<int>(kernel_inputs_));
+      ref_tangents.push_back(tangents[i]);
+    }
+  }
+  if (ref_args.empty()) {
+    std::vector<array> out;
+    for (size_t i = 0; i < out_shapes_.size(); ++i) {
+      out.push_back(zeros(out_shapes_[i], out_dtypes_[i], stream()));
+    }
+    return out;
+  }
+  return composed_jvp(tag_, reference_, roles_, ref, ref_tangents, ref_args);
+}
+
+std::pair<std::vector<array>, std::vector<int>> KernelWithTransforms::vmap(
+    const std::vector<array>& inputs,
+    const std::vector<int>& axes) {
+  return composed_vmap(
+      tag_, reference_, std::vector<array>(inputs.begin() + kernel_inputs_, inputs.end()),
+      std::vector<int>(axes.begin() + kernel_inputs_, axes.end()));
 }
 
 } // namespace mlx::core::moe

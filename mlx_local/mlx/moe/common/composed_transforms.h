@@ -8,8 +8,10 @@
 #pragma once
 
 #include <mlx/array.h>
+#include <mlx/primitives.h>
 
 #include <functional>
+#include <memory>
 #include <string>
 #include <utility>
 #include <vector>
@@ -50,5 +52,74 @@ std::pair<std::vector<array>, std::vector<int>> composed_vmap(
     const ComposedFn& reference,
     const std::vector<array>& inputs,
     const std::vector<int>& axes);
+
+// The fused ops on GPU streams are kernel nodes of fast::cuda_kernel, which have no vjp, jvp or vmap.
+// When the op's inputs are traced (a transformation is being built), the op returns the kernel's
+// outputs through this primitive instead: it runs the same kernel (the kernel node's primitive,
+// evaluated on its inputs) and transforms as the composed reference does, with the errors of the
+// CPU primitive. Its inputs are the kernel node's inputs followed by the reference's inputs (the
+// same arrays may appear in both); derivatives reach the traced arrays through the second part.
+class KernelWithTransforms : public Primitive {
+ public:
+  KernelWithTransforms(
+      Stream stream,
+      const char* tag,
+      std::shared_ptr<Primitive> kernel,
+      size_t kernel_inputs,
+      ComposedFn reference,
+      std::vector<InputRole> roles,
+      std::vector<Shape> out_shapes,
+      std::vector<Dtype> out_dtypes)
+      : Primitive(stream),
+        tag_(tag),
+        kernel_(std::move(kernel)),
+        kernel_inputs_(kernel_inputs),
+        reference_(std::move(reference)),
+        roles_(std::move(roles)),
+        out_shapes_(std::move(out_shapes)),
+        out_dtypes_(std::move(out_dtypes)) {}
+
+  void eval_cpu(const std::vector<array>& inputs, std::vector<array>& outputs) override;
+  void eval_gpu(const std::vector<array>& inputs, std::vector<array>& outputs) override;
+  std::vector<array> jvp(
+      const std::vector<array>& primals,
+      const std::vector<array>& tangents,
+      const std::vector<int>& argnums) override;
+  std::vector<array> vjp(
+      const std::vector<array>& primals,
+      const std::vector<array>& cotangents,
+      const std::vector<int>& argnums,
+      const std::vector<array>& outputs) override;
+  std::pair<std::vector<array>, std::vector<int>> vmap(
+      const std::vector<array>& inputs,
+      const std::vector<int>& axes) override;
+  const char* name() const override {
+    return tag_;
+  }
+
+ private:
+  const char* tag_;
+  std::shared_ptr<Primitive> kernel_;
+  size_t kernel_inputs_;
+  ComposedFn reference_;
+  std::vector<InputRole> roles_;
+  std::vector<Shape> out_shapes_;
+  std::vector<Dtype> out_dtypes_;
+};
+
+// Whether `a` is the output of a fast::cuda_kernel node (not, say, the zeros of an empty result).
+bool is_kernel_node(const array& a);
+
+// Whether any of the arrays is traced by a transformation being built (vjp, jvp, vmap, compile).
+bool any_traced(const std::vector<array>& arrays);
+
+// The outputs of `kernel_outputs` (all outputs of one fast::cuda_kernel node) as the outputs of a
+// KernelWithTransforms node over the reference's `inputs` (one role per input).
+std::vector<array> with_composed_transforms(
+    const char* tag,
+    const std::vector<array>& kernel_outputs,
+    ComposedFn reference,
+    std::vector<InputRole> roles,
+    const std::vector<array>& inputs);
 
 } // namespace mlx::core::moe

@@ -178,13 +178,29 @@ array gather_qmm_combine(
   Shape out_shape(c.batch.begin(), c.batch.end() - 1);
   out_shape.push_back(h.shape(-2));
   out_shape.push_back(c.proj.N);
+  // The primitive's inputs (the reference's, for transformations on GPU streams).
+  const array wc = moe::ensure_contiguous(w, stream);
+  const array sc = moe::ensure_contiguous(scales, stream);
+  std::optional<array> bc;
+  std::vector<array> inputs{h, wc, sc};
+  if (c.params.q.info->has_biases) {
+    bc = moe::ensure_contiguous(*biases, stream);
+    inputs.push_back(*bc);
+  }
+  inputs.push_back(rhs_indices);
+  inputs.push_back(scores);
+  if (bias) {
+    inputs.push_back(*bias);
+  }
   if (stream.device == Device::gpu) {
     if (moe::gpu::cuda_available() &&
         moe::gpu::unsupported(transpose, c.proj.K).empty()) {
       auto y = moe::gpu::combine(
-          h, moe::ensure_contiguous(w, stream), moe::ensure_contiguous(scales, stream),
-          biases ? std::optional(moe::ensure_contiguous(*biases, stream)) : std::nullopt,
-          rhs_indices, scores, bias, c.params, c.out_dtype, out_shape, stream);
+          h, wc, sc, bc, rhs_indices, scores, bias, c.params, c.out_dtype, out_shape, stream);
+      if (y && moe::is_kernel_node(*y) && moe::any_traced(inputs)) {
+        return moe::with_composed_transforms(
+            kTag, {*y}, composed(c.params, stream), input_roles(c.params), inputs)[0];
+      }
       if (y) {
         return *y;
       }
@@ -193,18 +209,6 @@ array gather_qmm_combine(
         h, w, scales, biases, rhs_indices, scores, transpose, group_size, bits, mode, bias, stream);
   }
 
-  std::vector<array> inputs;
-  inputs.push_back(h);
-  inputs.push_back(moe::ensure_contiguous(w, stream));
-  inputs.push_back(moe::ensure_contiguous(scales, stream));
-  if (c.params.q.info->has_biases) {
-    inputs.push_back(moe::ensure_contiguous(*biases, stream));
-  }
-  inputs.push_back(rhs_indices);
-  inputs.push_back(scores);
-  if (bias) {
-    inputs.push_back(*bias);
-  }
   return array(
       std::move(out_shape),
       c.out_dtype,
@@ -251,7 +255,10 @@ array fused_quantized_linear(
   Shape out_shape(x.shape().begin(), x.shape().end() - 1);
   out_shape.push_back(proj.N);
   if (stream.device == Device::gpu) {
-    if (moe::gpu::cuda_available() && moe::gpu::unsupported(true, K).empty()) {
+    // While traced, MLX's quantized_matmul, whose derivatives MLX defines.
+    const bool traced = moe::any_traced(
+        {x, w, scales, biases.value_or(x), bias.value_or(x)});
+    if (!traced && moe::gpu::cuda_available() && moe::gpu::unsupported(true, K).empty()) {
       auto y = moe::gpu::linear(
           x, moe::ensure_contiguous(w, stream), moe::ensure_contiguous(scales, stream),
           biases ? std::optional(moe::ensure_contiguous(*biases, stream)) : std::nullopt, bias, q,

@@ -270,38 +270,24 @@ array gather_qmm_swiglu(
   const int N = c.gate.N;
   out_shape.push_back(M);
   out_shape.push_back(N);
-  if (stream.device == Device::gpu) {
-    if (moe::gpu::cuda_available() &&
-        moe::gpu::unsupported(transpose, c.gate.K).empty()) {
-      auto y = moe::gpu::swiglu(
-          x, moe::ensure_contiguous(gate_w, stream), moe::ensure_contiguous(gate_scales, stream),
-          gate_biases ? std::optional(moe::ensure_contiguous(*gate_biases, stream)) : std::nullopt,
-          moe::ensure_contiguous(up_w, stream), moe::ensure_contiguous(up_scales, stream),
-          up_biases ? std::optional(moe::ensure_contiguous(*up_biases, stream)) : std::nullopt,
-          lhs_indices, rhs_indices, gate_bias, up_bias, c.params, c.out_dtype, out_shape,
-          c.gate.experts, stream);
-      if (y) {
-        return *y;
-      }
-    }
-    // No fused kernel for this configuration on this GPU: MLX's composed ops.
-    return gather_qmm_swiglu_reference(
-        x, gate_w, gate_scales, gate_biases, up_w, up_scales, up_biases, std::move(lhs_indices),
-        std::move(rhs_indices), transpose, group_size, bits, mode, sorted_indices, activation, alpha,
-        limit, gate_bias, up_bias, stream);
-  }
-
-  std::vector<array> inputs;
-  inputs.push_back(x);
-  inputs.push_back(moe::ensure_contiguous(gate_w, stream));
-  inputs.push_back(moe::ensure_contiguous(gate_scales, stream));
+  // The primitive's inputs (the reference's, for transformations on GPU streams).
+  const array gw = moe::ensure_contiguous(gate_w, stream);
+  const array gs = moe::ensure_contiguous(gate_scales, stream);
+  const array uw = moe::ensure_contiguous(up_w, stream);
+  const array us = moe::ensure_contiguous(up_scales, stream);
+  std::optional<array> gb, ub;
   if (c.params.q.info->has_biases) {
-    inputs.push_back(moe::ensure_contiguous(*gate_biases, stream));
+    gb = moe::ensure_contiguous(*gate_biases, stream);
+    ub = moe::ensure_contiguous(*up_biases, stream);
   }
-  inputs.push_back(moe::ensure_contiguous(up_w, stream));
-  inputs.push_back(moe::ensure_contiguous(up_scales, stream));
-  if (c.params.q.info->has_biases) {
-    inputs.push_back(moe::ensure_contiguous(*up_biases, stream));
+  std::vector<array> inputs{x, gw, gs};
+  if (gb) {
+    inputs.push_back(*gb);
+  }
+  inputs.push_back(uw);
+  inputs.push_back(us);
+  if (ub) {
+    inputs.push_back(*ub);
   }
   if (lhs_indices) {
     c.params.has_lhs = true;
@@ -316,6 +302,26 @@ array gather_qmm_swiglu(
   }
   if (up_bias) {
     inputs.push_back(*up_bias);
+  }
+  if (stream.device == Device::gpu) {
+    if (moe::gpu::cuda_available() &&
+        moe::gpu::unsupported(transpose, c.gate.K).empty()) {
+      auto y = moe::gpu::swiglu(
+          x, gw, gs, gb, uw, us, ub, lhs_indices, rhs_indices, gate_bias, up_bias, c.params,
+          c.out_dtype, out_shape, c.gate.experts, stream);
+      if (y && moe::is_kernel_node(*y) && moe::any_traced(inputs)) {
+        return moe::with_composed_transforms(
+            kTag, {*y}, composed(c.params, stream), input_roles(c.params), inputs)[0];
+      }
+      if (y) {
+        return *y;
+      }
+    }
+    // No fused kernel for this configuration on this GPU: MLX's composed ops.
+    return gather_qmm_swiglu_reference(
+        x, gate_w, gate_scales, gate_biases, up_w, up_scales, up_biases, std::move(lhs_indices),
+        std::move(rhs_indices), transpose, group_size, bits, mode, sorted_indices, activation, alpha,
+        limit, gate_bias, up_bias, stream);
   }
   return array(
       std::move(out_shape),

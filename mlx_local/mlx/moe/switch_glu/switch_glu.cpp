@@ -9,6 +9,7 @@
 #include <string>
 
 #include "mlx/backend/cuda/moe/gpu.h"
+#include "mlx/moe/common/composed_transforms.h"
 #include "mlx/moe/common/validate.h"
 #include "mlx/moe/gather_qmm_combine/gather_qmm_combine.h"
 #include "mlx/moe/gather_qmm_swiglu/gather_qmm_swiglu.h"
@@ -48,7 +49,10 @@ array switch_glu_combine(
         std::string("[") + kTag + "] x must have at least one dimension but is a scalar.");
   }
   const array xe = expand_dims(x, {-2, -3}, stream);
-  if (stream.device == Device::gpu && moe::gpu::cuda_available() && moe::gpu::layer_enabled()) {
+  // While traced, the two fused ops (they carry the transformations; the one-launch kernel does not).
+  if (stream.device == Device::gpu && moe::gpu::cuda_available() && moe::gpu::layer_enabled() &&
+      !moe::any_traced(
+          {x, scores, gate_bias.value_or(x), up_bias.value_or(x), down_bias.value_or(x)})) {
     // The checks of the two ops, without building their graph nodes; h stands in as an array with
     // a shape and a dtype but no data (never evaluated).
     const moe::SwigluCheck sw = moe::check_swiglu_args(

@@ -11,6 +11,7 @@
 #include <sstream>
 #include <stdexcept>
 
+#include "mlx/backend/cuda/moe/gpu.h"
 #include "mlx/moe/common/composed_transforms.h"
 
 namespace mlx::core {
@@ -122,13 +123,25 @@ std::pair<array, array> add_rms_norm(
     StreamOrDevice s) {
   Checked c = check(x, residual, weight, eps);
   Stream stream = to_stream(s);
-  if (stream.device == Device::gpu) {
-    // No fused GPU kernel: MLX's add and its rms_norm kernel.
-    return composed_graph(x, residual, weight, eps, stream);
-  }
   std::vector<array> inputs{x, residual};
   if (weight) {
     inputs.push_back(*weight);
+  }
+  if (stream.device == Device::gpu) {
+    if (moe::gpu::cuda_available()) {
+      auto r = moe::gpu::add_rms_norm(x, residual, weight, eps, c.h_dtype, c.y_dtype, stream);
+      if (r && moe::is_kernel_node(r->first) && moe::any_traced(inputs)) {
+        auto o = moe::with_composed_transforms(
+            kTag, {r->first, r->second}, composed(eps, weight.has_value(), stream),
+            input_roles(weight.has_value()), inputs);
+        return {o[0], o[1]};
+      }
+      if (r) {
+        return *r;
+      }
+    }
+    // No fused GPU kernel (Metal, or too many rows): MLX's add and its rms_norm kernel.
+    return composed_graph(x, residual, weight, eps, stream);
   }
   auto outs = array::make_arrays(
       {x.shape(), x.shape()},
@@ -140,8 +153,8 @@ std::pair<array, array> add_rms_norm(
 
 void AddRMSNorm::eval_gpu(const std::vector<array>&, std::vector<array>&) {
   throw std::runtime_error(
-      "[add_rms_norm] the primitive runs on CPU streams only: on GPU streams the op builds the "
-      "composed graph.");
+      "[add_rms_norm] the primitive runs on CPU streams only: on GPU streams the op builds a CUDA "
+      "kernel node or the composed graph.");
 }
 
 std::vector<array> AddRMSNorm::jvp(

@@ -27,9 +27,10 @@ namespace mlx::core {
  *    weight; its CUDA kernel rounds once, as here).
  *
  * Evaluation: CPU streams run one pass per row (the rows spread over the fused kernels' thread
- * pool; any input layout). GPU streams compute the composed graph: add, then fast::rms_norm.
+ * pool; any input layout). CUDA streams run one kernel launch (a block per row; non-contiguous
+ * inputs are copied first); other GPUs compute the composed graph: add, then fast::rms_norm.
  * Transformations: vjp / jvp with respect to x, residual and weight, and vmap, are those of the
- * composed graph.
+ * composed graph (on CUDA streams the traced op still runs the kernel).
  */
 MLX_API std::pair<array, array> add_rms_norm(
     const array& x,

@@ -30,6 +30,7 @@
 
 #include "mlx/moe/gather_qmm_combine/gather_qmm_combine.h"
 #include "mlx/moe/gather_qmm_swiglu/gather_qmm_swiglu.h"
+#include "mlx/moe/common/validate.h"
 
 namespace mlx::core::moe::gpu {
 
@@ -180,6 +181,16 @@ const KernelSpec& layer_spec() {
   return k;
 }
 
+const KernelSpec& norm_spec() {
+  static const KernelSpec k{
+      "zmlx_add_rms_norm",
+      {"nil", "x", "r", "w"},
+      {"h", "y"},
+      "zmlx_norm::add_rms_norm_entry<(unsigned(EPS_HI) << 16) | unsigned(EPS_LO)>("
+      "nil, x, r, w, x_shape.data(), x_ndim, h, y);"};
+  return k;
+}
+
 // MLX's CUDA type names (mlx/backend/cuda/utils.cpp: dtype_to_cuda_type).
 const char* cuda_type(Dtype t) {
   switch (t) {
@@ -312,8 +323,12 @@ const fast::CustomKernelFunction& kernel(
     static const fast::CustomKernelFunction sw = make(swiglu_spec(), kernel_header());
     static const fast::CustomKernelFunction co = make(combine_spec(), kernel_header());
     static const fast::CustomKernelFunction la = make(layer_spec(), kernel_header());
+    static const fast::CustomKernelFunction no = make(norm_spec(), kernel_header());
     if (&spec == &swiglu_spec()) {
       return sw;
+    }
+    if (&spec == &norm_spec()) {
+      return no;
     }
     return &spec == &combine_spec() ? co : la;
   }
@@ -410,6 +425,11 @@ TemplateArgs swiglu_args(const SwigluParams& p, const SwigluShape& sh) {
   t.emplace_back("LIMIT_HI", static_cast<int>(l >> 16));
   t.emplace_back("LIMIT_LO", static_cast<int>(l & 0xffffu));
   return t;
+}
+
+TemplateArgs norm_args(float eps) {
+  const uint32_t e = float_bits(eps);
+  return {{"EPS_HI", static_cast<int>(e >> 16)}, {"EPS_LO", static_cast<int>(e & 0xffffu)}};
 }
 
 TemplateArgs combine_args(const QuantParams& q, const CombineShape& sh) {
@@ -742,6 +762,32 @@ std::optional<array> linear(
   return x.ndim() < 2 ? reshape(y, {n}, s) : y;
 }
 
+std::optional<std::pair<array, array>> add_rms_norm(
+    const array& x,
+    const array& residual,
+    const std::optional<array>& weight,
+    float eps,
+    Dtype h_dtype,
+    Dtype y_dtype,
+    Stream s) {
+  const int64_t d = x.shape(-1);
+  const int64_t rows = d == 0 ? 0 : static_cast<int64_t>(x.size()) / d;
+  if (rows * kThreads > std::numeric_limits<int>::max()) {
+    return std::nullopt;
+  }
+  if (x.size() == 0) {
+    return std::make_pair(zeros(x.shape(), h_dtype, s), zeros(x.shape(), y_dtype, s));
+  }
+  const array& z = nil();
+  std::vector<array> in = {
+      z, ensure_contiguous(x, s), ensure_contiguous(residual, s),
+      weight ? ensure_contiguous(*weight, s) : z};
+  auto out = launch(
+      norm_spec(), in, {x.shape(), x.shape()}, {h_dtype, y_dtype},
+      {static_cast<int>(rows * kThreads), 1, 1}, norm_args(eps), 0, s);
+  return std::make_pair(out[0], out[1]);
+}
+
 // ---------------------------------------------------------------------------------------------
 // The ahead-of-time compile check
 // ---------------------------------------------------------------------------------------------
@@ -821,6 +867,18 @@ std::string check_translation_unit() {
       }
       ++variant;
     }
+  }
+  // add_rms_norm: each dtype with and without a weight, and the promotions (mixed inputs give
+  // float32 h; a float32 weight gives float32 y).
+  const std::vector<std::vector<Dtype>> norms = {
+      {bfloat16, bfloat16, bfloat16, bfloat16, bfloat16},
+      {float16, float16, float32, float16, float16},
+      {float32, float32, float32, float32, float32},
+      {bfloat16, bfloat16, float32, bfloat16, float32},
+      {float16, bfloat16, bfloat16, float32, float32},
+      {bfloat16, float32, float16, float32, float32}};
+  for (const auto& t : norms) {
+    o << wrap(norm_spec(), {float32, t[0], t[1], t[2]}, {t[3], t[4]}, norm_args(1e-6f), 0);
   }
   o << "} // namespace mlx::core::cu\n";
   return o.str();

@@ -1,6 +1,6 @@
 // Copyright © 2026 zmlx contributors.
 //
-// The fused quantized-MoE ops on CUDA GPU streams: graph nodes built with MLX's public
+// The fused ops (quantized MoE, add_rms_norm) on CUDA GPU streams: graph nodes built with MLX's public
 // fast::cuda_kernel (the CUDA wheel exports no command encoder), one kernel launch per op. The
 // device code is kernels.cuh. Callers validate their arguments first (the ops' check_* functions);
 // these functions only choose the kernel variant and the launch grid.
@@ -12,6 +12,7 @@
 
 #include <optional>
 #include <string>
+#include <utility>
 
 #include "mlx/moe/common/quant_modes.h"
 
@@ -112,6 +113,18 @@ std::optional<array> linear(
     const std::optional<array>& bias,
     const QuantParams& q,
     Dtype out_dtype,
+    Stream s);
+
+// add_rms_norm (mlx/norm/add_rms_norm) on a CUDA stream: (h, y) of dtypes h_dtype and y_dtype,
+// one launch (inputs in any layout; non-contiguous ones are copied first). Returns nullopt when the
+// rows exceed the launch grid (then the caller composes).
+std::optional<std::pair<array, array>> add_rms_norm(
+    const array& x,
+    const array& residual,
+    const std::optional<array>& weight,
+    float eps,
+    Dtype h_dtype,
+    Dtype y_dtype,
     Stream s);
 
 // One line for `zmlx info`: which configurations have a fused CUDA kernel.

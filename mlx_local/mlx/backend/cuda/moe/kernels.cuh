@@ -1406,3 +1406,65 @@ __device__ void layer_entry(
 }
 
 } // namespace zmlx_moe
+
+// ---------------------------------------------------------------------------------------------
+// add_rms_norm (mlx/norm/add_rms_norm): h = x + residual, y = h * rsqrt(mean(h^2) + eps) * weight
+// ---------------------------------------------------------------------------------------------
+
+namespace zmlx_norm {
+
+using zmlx_moe::fromf;
+using zmlx_moe::i64;
+using zmlx_moe::THREADS;
+using zmlx_moe::tof;
+
+// One block of THREADS threads per row of D elements (x, r, h and y row-contiguous, w [D]
+// contiguous or absent, i.e. `nil`). h is rounded to H once (MLX's add: both operands converted to
+// the promoted type, whose float sum rounds to it exactly as H's own add does); the statistics are
+// float32 over the rounded h, in a fixed order; y is rounded to Y once. Each thread reads back only
+// the h elements it wrote.
+template <unsigned EPS_BITS, typename X, typename R, typename W, typename H, typename Y>
+__device__ void add_rms_norm_entry(
+    const float* nil,
+    const X* x,
+    const R* r,
+    const W* w,
+    const int* x_shape,
+    int x_ndim,
+    H* h,
+    Y* y) {
+  __shared__ float partial[THREADS / 32];
+  const float eps = __uint_as_float(EPS_BITS);
+  const bool has_w = static_cast<const void*>(w) != static_cast<const void*>(nil);
+  const i64 d = x_shape[x_ndim - 1];
+  const i64 base = static_cast<i64>(blockIdx.x) * d;
+  const int tid = threadIdx.x;
+  float ss = 0.0f;
+  for (i64 i = tid; i < d; i += THREADS) {
+    const H hv = fromf<H>(tof(x[base + i]) + tof(r[base + i]));
+    h[base + i] = hv;
+    const float f = tof(hv);
+    ss = fmaf(f, f, ss);
+  }
+  for (int o = 16; o > 0; o >>= 1) {
+    ss += __shfl_xor_sync(0xffffffffu, ss, o);
+  }
+  if ((tid & 31) == 0) {
+    partial[tid >> 5] = ss;
+  }
+  __syncthreads();
+  float total = 0.0f;
+  for (int k = 0; k < THREADS / 32; ++k) {
+    total += partial[k];
+  }
+  const float scale = rsqrtf(total / static_cast<float>(d) + eps);
+  for (i64 i = tid; i < d; i += THREADS) {
+    float v = tof(h[base + i]) * scale;
+    if (has_w) {
+      v *= tof(w[i]);
+    }
+    y[base + i] = fromf<Y>(v);
+  }
+}
+
+} // namespace zmlx_norm

@@ -91,6 +91,17 @@ std::optional<array> linear(
   return std::nullopt;
 }
 
+std::optional<std::pair<array, array>> add_rms_norm(
+    const array&,
+    const array&,
+    const std::optional<array>&,
+    float,
+    Dtype,
+    Dtype,
+    Stream) {
+  return std::nullopt;
+}
+
 const char* coverage() {
   return "no fused CUDA kernels in this build";
 }
