@@ -56,9 +56,10 @@ std::pair<std::vector<array>, std::vector<int>> composed_vmap(
 // The fused ops on GPU streams are kernel nodes of fast::cuda_kernel, which have no vjp, jvp or vmap.
 // When the op's inputs are traced (a transformation is being built), the op returns the kernel's
 // outputs through this primitive instead: it runs the same kernel (the kernel node's primitive,
-// evaluated on its inputs) and transforms as the composed reference does, with the errors of the
-// CPU primitive. Its inputs are the kernel node's inputs followed by the reference's inputs (the
-// same arrays may appear in both); derivatives reach the traced arrays through the second part.
+// evaluated on its inputs, on either device) and transforms as the composed reference does, with the
+// errors of the CPU primitive. Its inputs are the kernel node's inputs followed by the reference's
+// inputs (the same arrays may appear in both); derivatives reach the traced arrays through the
+// second part.
 class KernelWithTransforms : public Primitive {
  public:
   KernelWithTransforms(
@@ -109,6 +110,10 @@ class KernelWithTransforms : public Primitive {
 
 // Whether `a` is the output of a fast::cuda_kernel node (not, say, the zeros of an empty result).
 bool is_kernel_node(const array& a);
+
+// ZMLX_TEST_WRAP_TRACED=1: traced ops on CPU streams wrap their primitive's node the same way, so the
+// CPU test suite exercises the wrapping that CUDA streams use (for tests; off by default).
+bool wrap_traced_on_cpu();
 
 // Whether any of the arrays is traced by a transformation being built (vjp, jvp, vmap, compile).
 bool any_traced(const std::vector<array>& arrays);

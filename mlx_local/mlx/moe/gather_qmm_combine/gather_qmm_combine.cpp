@@ -209,11 +209,16 @@ array gather_qmm_combine(
         h, w, scales, biases, rhs_indices, scores, transpose, group_size, bits, mode, bias, stream);
   }
 
-  return array(
+  array y(
       std::move(out_shape),
       c.out_dtype,
       std::make_shared<GatherQMMCombine>(stream, c.params),
-      std::move(inputs));
+      inputs);
+  if (moe::wrap_traced_on_cpu() && moe::any_traced(inputs)) {
+    return moe::with_composed_transforms(
+        kTag, {y}, composed(c.params, stream), input_roles(c.params), inputs)[0];
+  }
+  return y;
 }
 
 array fused_quantized_linear(

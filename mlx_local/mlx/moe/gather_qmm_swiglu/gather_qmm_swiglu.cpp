@@ -323,11 +323,16 @@ array gather_qmm_swiglu(
         std::move(rhs_indices), transpose, group_size, bits, mode, sorted_indices, activation, alpha,
         limit, gate_bias, up_bias, stream);
   }
-  return array(
+  array y(
       std::move(out_shape),
       c.out_dtype,
       std::make_shared<GatherQMMSwiGLU>(stream, c.params),
-      std::move(inputs));
+      inputs);
+  if (moe::wrap_traced_on_cpu() && moe::any_traced(inputs)) {
+    return moe::with_composed_transforms(
+        kTag, {y}, composed(c.params, stream), input_roles(c.params), inputs)[0];
+  }
+  return y;
 }
 
 GatherQMMSwiGLU::GatherQMMSwiGLU(

@@ -148,6 +148,11 @@ std::pair<array, array> add_rms_norm(
       {c.h_dtype, c.y_dtype},
       std::make_shared<AddRMSNorm>(stream, eps, weight.has_value()),
       inputs);
+  if (moe::wrap_traced_on_cpu() && moe::any_traced(inputs)) {
+    outs = moe::with_composed_transforms(
+        kTag, outs, composed(eps, weight.has_value(), stream), input_roles(weight.has_value()),
+        inputs);
+  }
   return {outs[0], outs[1]};
 }
 
