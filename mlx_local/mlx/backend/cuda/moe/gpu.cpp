@@ -565,7 +565,8 @@ std::string unsupported(bool transpose, int K) {
 
 const char* coverage() {
   return "fused CUDA kernels for every mode (affine 2/3/4/5/6/8-bit g32/64/128, mxfp4, nvfp4, "
-         "mxfp8) with transpose=true and K a multiple of 32; other layouts take MLX's composed ops";
+         "mxfp8) with transpose=true and K a multiple of 32; other layouts take MLX's composed ops; "
+         "add_rms_norm: one launch for every dtype";
 }
 
 std::optional<array> swiglu(
