@@ -109,18 +109,6 @@ std::pair<std::vector<array>, std::vector<int>> composed_vmap(
   }
 }
 
-bool is_kernel_node(const array& a) {
-  return a.has_primitive() && std::strcmp(a.primitive().name(), "CustomKernel") == 0;
-}
-
-bool wrap_traced_on_cpu() {
-  static const bool on = [] {
-    const char* v = std::getenv("ZMLX_TEST_WRAP_TRACED");
-    return v != nullptr && std::strcmp(v, "1") == 0;
-  }();
-  return on;
-}
-
 bool any_traced(const std::vector<array>& arrays) {
   for (const auto& a : arrays) {
     if (a.is_tracer()) {
@@ -128,6 +116,19 @@ bool any_traced(const std::vector<array>& arrays) {
     }
   }
   return false;
+}
+
+bool needs_composed_transforms(const array& out, const std::vector<array>& inputs) {
+  static const bool wrap_cpu = [] {
+    const char* v = std::getenv("ZMLX_TEST_WRAP_TRACED");
+    return v != nullptr && std::strcmp(v, "1") == 0;
+  }();
+  if (!out.has_primitive()) {
+    return false;
+  }
+  const bool kernel = std::strcmp(out.primitive().name(), "CustomKernel") == 0;
+  const bool cpu = wrap_cpu && out.primitive().stream().device == Device::cpu;
+  return (kernel || cpu) && any_traced(inputs);
 }
 
 std::vector<array> with_composed_transforms(

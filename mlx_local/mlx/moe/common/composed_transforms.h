@@ -108,12 +108,12 @@ class KernelWithTransforms : public Primitive {
   std::vector<Dtype> out_dtypes_;
 };
 
-// Whether `a` is the output of a fast::cuda_kernel node (not, say, the zeros of an empty result).
-bool is_kernel_node(const array& a);
-
-// ZMLX_TEST_WRAP_TRACED=1: traced ops on CPU streams wrap their primitive's node the same way, so the
-// CPU test suite exercises the wrapping that CUDA streams use (for tests; off by default).
-bool wrap_traced_on_cpu();
+// Whether an op's output `out`, computed from the reference's `inputs`, must go through
+// with_composed_transforms: an input is traced and `out` comes from a fast::cuda_kernel node (not,
+// say, the zeros of an empty result). With ZMLX_TEST_WRAP_TRACED=1 a CPU stream's primitive node is
+// wrapped the same way, so the CPU test suite exercises the wrapping CUDA streams use (for tests;
+// off by default).
+bool needs_composed_transforms(const array& out, const std::vector<array>& inputs);
 
 // Whether any of the arrays is traced by a transformation being built (vjp, jvp, vmap, compile).
 bool any_traced(const std::vector<array>& arrays);

@@ -192,33 +192,30 @@ array gather_qmm_combine(
   if (bias) {
     inputs.push_back(*bias);
   }
+  std::optional<array> y;
   if (stream.device == Device::gpu) {
     if (moe::gpu::cuda_available() &&
         moe::gpu::unsupported(transpose, c.proj.K).empty()) {
-      auto y = moe::gpu::combine(
+      y = moe::gpu::combine(
           h, wc, sc, bc, rhs_indices, scores, bias, c.params, c.out_dtype, out_shape, stream);
-      if (y && moe::is_kernel_node(*y) && moe::any_traced(inputs)) {
-        return moe::with_composed_transforms(
-            kTag, {*y}, composed(c.params, stream), input_roles(c.params), inputs)[0];
-      }
-      if (y) {
-        return *y;
-      }
     }
-    return gather_qmm_combine_reference(
-        h, w, scales, biases, rhs_indices, scores, transpose, group_size, bits, mode, bias, stream);
+    if (!y) {
+      return gather_qmm_combine_reference(
+          h, w, scales, biases, rhs_indices, scores, transpose, group_size, bits, mode, bias,
+          stream);
+    }
+  } else {
+    y = array(
+        std::move(out_shape),
+        c.out_dtype,
+        std::make_shared<GatherQMMCombine>(stream, c.params),
+        inputs);
   }
-
-  array y(
-      std::move(out_shape),
-      c.out_dtype,
-      std::make_shared<GatherQMMCombine>(stream, c.params),
-      inputs);
-  if (moe::wrap_traced_on_cpu() && moe::any_traced(inputs)) {
+  if (moe::needs_composed_transforms(*y, inputs)) {
     return moe::with_composed_transforms(
-        kTag, {y}, composed(c.params, stream), input_roles(c.params), inputs)[0];
+        kTag, {*y}, composed(c.params, stream), input_roles(c.params), inputs)[0];
   }
-  return y;
+  return *y;
 }
 
 array fused_quantized_linear(

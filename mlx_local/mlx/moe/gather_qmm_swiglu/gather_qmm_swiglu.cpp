@@ -303,36 +303,33 @@ array gather_qmm_swiglu(
   if (up_bias) {
     inputs.push_back(*up_bias);
   }
+  std::optional<array> y;
   if (stream.device == Device::gpu) {
     if (moe::gpu::cuda_available() &&
         moe::gpu::unsupported(transpose, c.gate.K).empty()) {
-      auto y = moe::gpu::swiglu(
+      y = moe::gpu::swiglu(
           x, gw, gs, gb, uw, us, ub, lhs_indices, rhs_indices, gate_bias, up_bias, c.params,
           c.out_dtype, out_shape, c.gate.experts, stream);
-      if (y && moe::is_kernel_node(*y) && moe::any_traced(inputs)) {
-        return moe::with_composed_transforms(
-            kTag, {*y}, composed(c.params, stream), input_roles(c.params), inputs)[0];
-      }
-      if (y) {
-        return *y;
-      }
     }
-    // No fused kernel for this configuration on this GPU: MLX's composed ops.
-    return gather_qmm_swiglu_reference(
-        x, gate_w, gate_scales, gate_biases, up_w, up_scales, up_biases, std::move(lhs_indices),
-        std::move(rhs_indices), transpose, group_size, bits, mode, sorted_indices, activation, alpha,
-        limit, gate_bias, up_bias, stream);
+    if (!y) {
+      // No fused kernel for this configuration on this GPU: MLX's composed ops.
+      return gather_qmm_swiglu_reference(
+          x, gate_w, gate_scales, gate_biases, up_w, up_scales, up_biases, std::move(lhs_indices),
+          std::move(rhs_indices), transpose, group_size, bits, mode, sorted_indices, activation,
+          alpha, limit, gate_bias, up_bias, stream);
+    }
+  } else {
+    y = array(
+        std::move(out_shape),
+        c.out_dtype,
+        std::make_shared<GatherQMMSwiGLU>(stream, c.params),
+        inputs);
   }
-  array y(
-      std::move(out_shape),
-      c.out_dtype,
-      std::make_shared<GatherQMMSwiGLU>(stream, c.params),
-      inputs);
-  if (moe::wrap_traced_on_cpu() && moe::any_traced(inputs)) {
+  if (moe::needs_composed_transforms(*y, inputs)) {
     return moe::with_composed_transforms(
-        kTag, {y}, composed(c.params, stream), input_roles(c.params), inputs)[0];
+        kTag, {*y}, composed(c.params, stream), input_roles(c.params), inputs)[0];
   }
-  return y;
+  return *y;
 }
 
 GatherQMMSwiGLU::GatherQMMSwiGLU(

@@ -127,28 +127,25 @@ std::pair<array, array> add_rms_norm(
   if (weight) {
     inputs.push_back(*weight);
   }
+  std::vector<array> outs;
   if (stream.device == Device::gpu) {
+    std::optional<std::pair<array, array>> r;
     if (moe::gpu::cuda_available()) {
-      auto r = moe::gpu::add_rms_norm(x, residual, weight, eps, c.h_dtype, c.y_dtype, stream);
-      if (r && moe::is_kernel_node(r->first) && moe::any_traced(inputs)) {
-        auto o = moe::with_composed_transforms(
-            kTag, {r->first, r->second}, composed(eps, weight.has_value(), stream),
-            input_roles(weight.has_value()), inputs);
-        return {o[0], o[1]};
-      }
-      if (r) {
-        return *r;
-      }
+      r = moe::gpu::add_rms_norm(x, residual, weight, eps, c.h_dtype, c.y_dtype, stream);
     }
-    // No fused GPU kernel (Metal, or too many rows): MLX's add and its rms_norm kernel.
-    return composed_graph(x, residual, weight, eps, stream);
+    if (!r) {
+      // No fused GPU kernel (Metal, or too many rows): MLX's add and its rms_norm kernel.
+      return composed_graph(x, residual, weight, eps, stream);
+    }
+    outs = {r->first, r->second};
+  } else {
+    outs = array::make_arrays(
+        {x.shape(), x.shape()},
+        {c.h_dtype, c.y_dtype},
+        std::make_shared<AddRMSNorm>(stream, eps, weight.has_value()),
+        inputs);
   }
-  auto outs = array::make_arrays(
-      {x.shape(), x.shape()},
-      {c.h_dtype, c.y_dtype},
-      std::make_shared<AddRMSNorm>(stream, eps, weight.has_value()),
-      inputs);
-  if (moe::wrap_traced_on_cpu() && moe::any_traced(inputs)) {
+  if (moe::needs_composed_transforms(outs[0], inputs)) {
     outs = moe::with_composed_transforms(
         kTag, outs, composed(eps, weight.has_value(), stream), input_roles(weight.has_value()),
         inputs);
