@@ -33,56 +33,59 @@ run_step() { # name timeout command...
   summary+=("$name: exit $rc in $((SECONDS - t0)) s")
 }
 
-# The fused-op tests in parallel processes (each CUDA kernel variant is compiled by NVRTC at first use,
-# one at a time within a process): the two op matrices in FUSED_SHARDS shards each, the rest of
-# fused_ops, and the other test files.
-tests() {
-  # MLX_ENABLE_TF32=0: float32 matmuls in float32 (MLX defaults to TF32 on CUDA), as the tests assume.
+# Test processes run in the background on the GPU: start_test launches one (its log in $LOGS), then
+# wait_tests waits for each in turn and prints its result line and its log's lines matching a pattern.
+# MLX_ENABLE_TF32=0: float32 matmuls in float32 (MLX defaults to TF32 on CUDA), as the tests assume.
+export_test_env() {
   export ZMLX_TEST_DEVICE=gpu ZMLX_GPU_POISON=1 MLX_ENABLE_TF32=0
-  local n=${FUSED_SHARDS:-4} pids=() names=() rc=0
-  start() { # name command...
-    local name=$1
-    shift
-    timeout "${PER_TEST_LIMIT:-180}" "$@" --test-threads=1 --nocapture >"$LOGS/test-$name.log" 2>&1 &
-    pids+=($!)
-    names+=("$name")
-  }
-  for i in $(seq 0 $((n - 1))); do
-    FUSED_SHARD=$i/$n start "swiglu-$i" "$BIN/fused_ops" swiglu_matches_oracle_and_composed
-    FUSED_SHARD=$i/$n start "combine-$i" "$BIN/fused_ops" combine_matches_oracle_and_composed
-  done
-  start fused_ops-rest "$BIN/fused_ops" --skip swiglu_matches_oracle_and_composed \
-    --skip combine_matches_oracle_and_composed
-  start fused "$BIN/fused"
-  start quantized_linear "$BIN/quantized_linear"
-  start moe "$BIN/moe"
+}
+pids=()
+names=()
+start_test() { # limit name command...
+  local limit=$1 name=$2
+  shift 2
+  timeout "$limit" "$@" --test-threads=1 >"$LOGS/test-$name.log" 2>&1 &
+  pids+=($!)
+  names+=("$name")
+}
+wait_tests() { # pattern lines
+  local k r rc=0
   for k in "${!pids[@]}"; do
     wait "${pids[$k]}"
-    local r=$?
+    r=$?
     [ $r = 0 ] || rc=1
     echo "--- ${names[$k]}: exit $r; $(grep -E '^test result' "$LOGS/test-${names[$k]}.log" | tail -n 1)"
-    grep -E "cases, worst|FAILED|FAIL |panicked|failed:|out_of_range|nvcc|max error" "$LOGS/test-${names[$k]}.log" | head -n 24
+    grep -E "$1" "$LOGS/test-${names[$k]}.log" | head -n "$2"
   done
   return $rc
 }
 
+# The fused-op tests in parallel processes (each CUDA kernel variant is compiled by NVRTC at first use,
+# one at a time within a process): the two op matrices in FUSED_SHARDS shards each, the rest of
+# fused_ops, and the other test files.
+tests() {
+  export_test_env
+  local n=${FUSED_SHARDS:-4} limit=${PER_TEST_LIMIT:-180}
+  for i in $(seq 0 $((n - 1))); do
+    FUSED_SHARD=$i/$n start_test "$limit" "swiglu-$i" "$BIN/fused_ops" swiglu_matches_oracle_and_composed --nocapture
+    FUSED_SHARD=$i/$n start_test "$limit" "combine-$i" "$BIN/fused_ops" combine_matches_oracle_and_composed --nocapture
+  done
+  start_test "$limit" fused_ops-rest "$BIN/fused_ops" --skip swiglu_matches_oracle_and_composed \
+    --skip combine_matches_oracle_and_composed --nocapture
+  start_test "$limit" fused "$BIN/fused" --nocapture
+  start_test "$limit" quantized_linear "$BIN/quantized_linear" --nocapture
+  start_test "$limit" moe "$BIN/moe" --nocapture
+  wait_tests "cases, worst|FAILED|FAIL |panicked|failed:|out_of_range|nvcc|max error" 24
+}
+
 # add_rms_norm and the transformations of the fused ops on the GPU, one process per test file.
 transforms() {
-  export ZMLX_TEST_DEVICE=gpu ZMLX_GPU_POISON=1 MLX_ENABLE_TF32=0
-  local tb=${TBIN:-.devt} pids=() names=() rc=0
+  export_test_env
+  local t
   for t in add_rms_norm grad lora vmap; do
-    timeout "${PER_TEST_LIMIT:-240}" "$tb/$t" --test-threads=1 >"$LOGS/test-$t.log" 2>&1 &
-    pids+=($!)
-    names+=("$t")
+    start_test "${PER_TEST_LIMIT:-240}" "$t" "${TBIN:-.devt}/$t"
   done
-  for k in "${!pids[@]}"; do
-    wait "${pids[$k]}"
-    local r=$?
-    [ $r = 0 ] || rc=1
-    echo "--- ${names[$k]}: exit $r; $(grep -E '^test result' "$LOGS/test-${names[$k]}.log" | tail -n 1)"
-    grep -E "^test |FAILED|panicked|error" "$LOGS/test-${names[$k]}.log" | head -n 30
-  done
-  return $rc
+  wait_tests "^test |FAILED|panicked|error" 30
 }
 
 if [ "$steps" = __transforms ]; then
