@@ -179,15 +179,21 @@ fn run_grad(a: &GradArgs) -> Result<()> {
     Ok(())
 }
 
+/// Names the GPU and its fused-kernel coverage, and makes the copy-bandwidth probe (1 GiB) that GPU
+/// benchmarks compare with.
+fn gpu_copy_probe() -> Result<GpuCopyProbe> {
+    let name = runtime::gpu_name()?.unwrap_or_else(|| "unnamed GPU".to_string());
+    println!("GPU: {name}; fused ops: {}", zmlx::fused::gpu_coverage()?);
+    Ok(GpuCopyProbe::new(1 << 30)?)
+}
+
 fn run_norm(a: &NormArgs) -> Result<()> {
     report::header()?;
     // On a GPU the card's copy bandwidth, measured before each row. On a CPU the inputs of a norm are
     // the residual stream, hot in cache in a forward pass: GB/s there are not compared with the
     // memory's bandwidth.
     let probe = if runtime::default_device()? == DeviceKind::Gpu {
-        let name = runtime::gpu_name()?.unwrap_or_else(|| "unnamed GPU".to_string());
-        println!("GPU: {name}; fused ops: {}", zmlx::fused::gpu_coverage()?);
-        Some(GpuCopyProbe::new(1 << 30)?)
+        Some(gpu_copy_probe()?)
     } else {
         None
     };
@@ -234,9 +240,7 @@ fn run_layer(a: &LayerArgs) -> Result<()> {
     // the bandwidth of their moment (see BenchLayer::time), and, for the record, before and after each
     // layer's rows.
     let (probe, probe_about): (Box<dyn BandwidthProbe>, String) = if on_gpu {
-        let name = runtime::gpu_name()?.unwrap_or_else(|| "unnamed GPU".to_string());
-        println!("GPU: {name}; fused ops: {}", zmlx::fused::gpu_coverage()?);
-        let p = GpuCopyProbe::new(1 << 30)?;
+        let p = gpu_copy_probe()?;
         let about = format!(
             "device-to-device copy, {} chained copies of a {} MiB buffer, bytes read + written",
             GpuCopyProbe::CHAIN,
